@@ -1,0 +1,63 @@
+"""Atomic artifact writing: everything is written to a temp path and renamed at the end,
+so a failed run never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import MlpdeployError
+
+
+def ensure_writable_dir(directory: Path) -> None:
+    """Create `directory` (and parents) or raise a one-line error naming it."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise MlpdeployError(f"cannot create output directory {directory}: {exc.strerror}; choose a writable path with -o") from exc
+    if not os.access(directory, os.W_OK):
+        raise MlpdeployError(f"output directory {directory} is not writable; choose a writable path with -o")
+
+
+@contextlib.contextmanager
+def staged_files(final: Path | str) -> Iterator[Path]:
+    """Yield a temp path with the same basename as `final`, in a staging directory beside it.
+
+    Every file written into the staging directory (the model and, e.g., its external data
+    file) is moved next to `final` when the block succeeds; on error nothing is left behind.
+    """
+    final = Path(final)
+    ensure_writable_dir(final.parent)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield stage / final.name
+        for item in sorted(stage.iterdir()):
+            os.replace(item, final.parent / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def write_text(path: Path | str, text: str) -> Path:
+    """Write a text file atomically."""
+    path = Path(path)
+    with staged_files(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
+def write_json(path: Path | str, obj) -> Path:
+    """Write a JSON file atomically (indented, keys in insertion order)."""
+    return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

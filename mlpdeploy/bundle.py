@@ -1,0 +1,106 @@
+"""ModelBundle: a torch module plus everything needed to export, feed and judge it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+DEFAULT_DIM_RANGE = (1, 4096)
+
+
+@dataclass
+class InputSpec:
+    """One model input. `shape` holds ints for static dims and names for dynamic ones.
+
+    Generated data: integer inputs are uniform in [low, high); float inputs are standard
+    normal unless low/high are given (then uniform); `fill` (e.g. 1 for an attention mask)
+    overrides both.
+    """
+
+    name: str
+    dtype: str
+    shape: list[int | str]
+    example_shape: list[int]
+    low: float | None = None
+    high: float | None = None
+    fill: float | None = None
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "InputSpec":
+        return cls(**data)
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+
+@dataclass
+class ModelBundle:
+    """A module in eval mode, example inputs (in forward-argument order) and their specs.
+
+    `dim_ranges` bounds each named dynamic dim for export (default 1..4096).
+    `task` is a `mlpdeploy.data.Task` when the model has an evaluation task (zoo models).
+    """
+
+    module: torch.nn.Module
+    example_inputs: dict[str, torch.Tensor]
+    inputs: list[InputSpec]
+    output_names: list[str]
+    source: str
+    kind: str
+    dim_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
+    task: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters())
+
+    def dim_range(self, name: str) -> tuple[int, int]:
+        return self.dim_ranges.get(name, DEFAULT_DIM_RANGE)
+
+
+_TORCH_TO_NUMPY = {
+    torch.float32: "float32",
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float64: "float64",
+    torch.int64: "int64",
+    torch.int32: "int32",
+    torch.bool: "bool",
+    torch.uint8: "uint8",
+}
+
+
+def numpy_dtype_name(dtype: torch.dtype) -> str:
+    """The numpy dtype name of a torch dtype (bfloat16 via ml_dtypes)."""
+    return _TORCH_TO_NUMPY[dtype]
+
+
+def infer_input_specs(example_inputs: dict[str, torch.Tensor], dynamic: dict[str, dict[int, str]] | None = None) -> list[InputSpec]:
+    """Input specs for a user model: documented default dynamic axes unless given.
+
+    Defaults: axis 0 of every input is `batch`; axis 1 of an integer input of rank 2
+    (token ids, masks) and of a float input of rank 3 ([batch, seq, features]) is `seq`.
+    Images (rank 4) and everything else keep their other dims static.
+    """
+    specs = []
+    for name, t in example_inputs.items():
+        if dynamic is not None and name in dynamic:
+            axes = dict(dynamic[name])
+        else:
+            axes = {0: "batch"} if t.dim() >= 1 else {}
+            is_int = not t.is_floating_point()
+            if (is_int and t.dim() == 2) or (not is_int and t.dim() == 3):
+                axes[1] = "seq"
+        shape = [axes.get(i, int(s)) for i, s in enumerate(t.shape)]
+        low = high = None
+        if not t.is_floating_point() and t.numel():
+            low, high = int(t.min()), int(t.max()) + 1
+        specs.append(InputSpec(name, numpy_dtype_name(t.dtype), shape, list(t.shape), low, high))
+    return specs

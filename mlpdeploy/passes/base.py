@@ -1,0 +1,46 @@
+"""The contract every rewrite pass follows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx_ir as ir
+
+
+@dataclass
+class PassReport:
+    """What a pass did: how many sites it rewrote, and why candidate sites were skipped."""
+
+    name: str
+    rewritten: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # site -> reason the check failed
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"rewritten": self.rewritten, "skipped": self.skipped, **self.details}
+
+
+class RewritePass(ir.passes.InPlacePass):
+    """An in-place onnx_ir pass with a registered name and typed options.
+
+    Subclasses set `name`, `description` and `options` (name -> default value; the type of
+    the default is the type a `--pass NAME:key=value` string is converted to), and implement
+    `rewrite(model) -> PassReport`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, **options: Any):
+        super().__init__()
+        self.config = {**self.options, **options}
+        self.report = PassReport(self.name)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        self.report = self.rewrite(model)
+        return ir.passes.PassResult(model, modified=self.report.rewritten > 0)
+
+    def rewrite(self, model: ir.Model) -> PassReport:  # pragma: no cover - interface
+        raise NotImplementedError

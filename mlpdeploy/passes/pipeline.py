@@ -1,0 +1,84 @@
+"""Parse `--pass NAME[:key=value,...]` specs and run the pass pipeline on an ONNX model."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
+
+from ..errors import MlpdeployError
+from . import REGISTRY
+from .base import RewritePass
+
+
+@dataclass
+class PassSpec:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        opts = ",".join(f"{k}={v}" for k, v in self.options.items())
+        return f"{self.name}:{opts}" if opts else self.name
+
+
+def available_passes() -> list[str]:
+    return sorted(REGISTRY)
+
+
+def pass_class(name: str) -> type[RewritePass]:
+    """The pass class registered as `name`, or a one-line error listing the known passes."""
+    if name not in REGISTRY:
+        known = ", ".join(available_passes()) or "none registered yet"
+        raise MlpdeployError(f"unknown pass {name!r}; available passes: {known}")
+    module, cls = REGISTRY[name].split(":")
+    return getattr(importlib.import_module(f"mlpdeploy.passes.{module}"), cls)
+
+
+def _convert(text: str, default: Any, key: str, name: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if default is None:
+            return text
+        return type(default)(text)
+    except ValueError:
+        raise MlpdeployError(f"pass {name}: option {key}={text!r} is not a valid {type(default).__name__}") from None
+
+
+def parse_pass_spec(text: str) -> PassSpec:
+    """Parse `NAME[:key=value,...]`, converting values to the type of each option's default."""
+    name, _, rest = text.partition(":")
+    name = name.strip()
+    cls = pass_class(name)
+    options: dict[str, Any] = {}
+    for item in filter(None, (s.strip() for s in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise MlpdeployError(f"pass {name}: option {item!r} must be key=value")
+        if key not in cls.options:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise MlpdeployError(f"pass {name}: unknown option {key!r}; options are: {known}")
+        options[key] = _convert(value, cls.options[key], key, name)
+    return PassSpec(name, options)
+
+
+def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> dict[str, dict]:
+    """Run the passes in order, in place, then remove dead nodes, functions and opsets.
+
+    Returns each pass's report keyed by its spec string.
+    """
+    reports: dict[str, dict] = {}
+    for spec in specs:
+        p = pass_class(spec.name)(**spec.options)
+        p(model)
+        reports[str(spec)] = p.report.to_json()
+    for cleanup in (RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
+        cleanup(model)
+    return reports

@@ -1,0 +1,21 @@
+"""mlpdeploy's model zoo (installed as `mlpdeploy.zoo`). One registration line per model."""
+
+from __future__ import annotations
+
+from .registry import ZooEntry
+
+ZOO: dict[str, ZooEntry] = {
+    e.name: e
+    for e in [
+        ZooEntry("llama-tiny", "llama:llama_tiny", "LLaMA-style decoder: RMSNorm, rotary GQA attention, SwiGLU MLP (random weights)"),
+        ZooEntry("opt-relu-tiny", "opt:opt_relu_tiny", "OPT-style decoder: LayerNorm, learned positions, ReLU MLP (random weights)"),
+        ZooEntry("vit-tiny", "vit:vit_tiny", "Vision Transformer: patch embedding, class token, GELU MLP (random weights)"),
+        ZooEntry("mixer-tiny", "mixer:mixer_tiny", "MLP-Mixer: token-mixing and channel-mixing MLPs (random weights)"),
+        ZooEntry("gmlp-tiny", "gmlp:gmlp_tiny", "gMLP: channel MLP with a spatial gating unit (random weights)"),
+    ]
+}
+
+
+def get(name: str) -> ZooEntry:
+    """The zoo entry called `name` (KeyError if absent)."""
+    return ZOO[name]
