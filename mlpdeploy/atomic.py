@@ -61,3 +61,26 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path | str) -> Iterator[Path]:
+    """Yield an empty temp directory beside `final`; on success its files move into `final`.
+
+    Used for multi-artifact runs (compile): on error nothing appears in `final`.
+    """
+    final = Path(final)
+    if final.exists() and not final.is_dir():
+        raise MlpdeployError(f"output {final} exists and is not a directory; choose a directory path with -o")
+    ensure_writable_dir(final.parent)
+    stage = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        yield stage
+        final.mkdir(exist_ok=True)
+        for item in sorted(stage.iterdir()):
+            target = final / item.name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(item, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

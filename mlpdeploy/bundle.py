@@ -101,6 +101,6 @@ def infer_input_specs(example_inputs: dict[str, torch.Tensor], dynamic: dict[str
         shape = [axes.get(i, int(s)) for i, s in enumerate(t.shape)]
         low = high = None
         if not t.is_floating_point() and t.numel():
-            low, high = int(t.min()), int(t.max()) + 1
+            low, high = min(int(t.min()), 0), int(t.max()) + 1
         specs.append(InputSpec(name, numpy_dtype_name(t.dtype), shape, list(t.shape), low, high))
     return specs

@@ -1,0 +1,111 @@
+"""Backend `onnxruntime`: an offline-optimized ONNX model plus the session options to run it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from ..atomic import staged_files
+from ..errors import MlpdeployError
+from ..manifest import find_manifest, manifest_path
+from ..onnx_io import check_onnx_path, load_onnx
+from .base import Backend, BuildOptions, BuildResult
+
+OPT_LEVELS = {
+    "disabled": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
+}
+
+# ORT fuses DQ(int4)->MatMul into MatMulNBits; at accuracy level 4 it quantizes activations to
+# int8 (error 1.9e-5 -> 0.42 measured, see ENVIRONMENT.md). mlpdeploy keeps it exact (level 0).
+CONFIG_ENTRIES = {"session.qdq_matmulnbits_accuracy_level": "0"}
+
+
+def session_config(opt_level: str = "extended", device: str = "auto", threads: int = 0) -> dict:
+    """The session settings mlpdeploy builds and runs a model with, as plain JSON data."""
+    import onnxruntime as ort
+
+    if opt_level not in OPT_LEVELS:
+        raise MlpdeployError(f"unknown ONNX Runtime optimization level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
+    available = ort.get_available_providers()
+    if device == "cpu":
+        providers = ["CPUExecutionProvider"]
+    elif device in ("cuda", "auto"):
+        if "CUDAExecutionProvider" in available:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        elif device == "cuda":
+            raise MlpdeployError(
+                f"device cuda requested, but available ONNX Runtime providers are {', '.join(available)}; "
+                "install onnxruntime-gpu on a machine with a GPU, or use --device cpu"
+            )
+        else:
+            providers = ["CPUExecutionProvider"]
+    else:
+        raise MlpdeployError(f"unknown device {device!r}; choose auto, cpu or cuda")
+    return {
+        "graph_optimization_level": OPT_LEVELS[opt_level],
+        "providers": providers,
+        "intra_op_num_threads": threads,
+        "config_entries": dict(CONFIG_ENTRIES),
+        "onnxruntime_version": ort.__version__,
+    }
+
+
+def make_session(model_path: Path | str, config: dict, optimized_output: Path | None = None):
+    """An InferenceSession for `model_path` with the settings of `session_config`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, config["graph_optimization_level"])
+    options.intra_op_num_threads = config.get("intra_op_num_threads", 0)
+    options.log_severity_level = 3
+    for key, value in config.get("config_entries", {}).items():
+        options.add_session_config_entry(key, value)
+    if optimized_output is not None:
+        options.optimized_model_filepath = str(optimized_output)
+    try:
+        return ort.InferenceSession(str(model_path), options, providers=config["providers"])
+    except Exception as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MlpdeployError(f"ONNX Runtime cannot load {model_path}: {msg}") from None
+
+
+def session_options_path(model_path: Path | str) -> Path:
+    """`x.ort.onnx` → `x.ort.session.json`, the session settings saved beside a built model."""
+    path = Path(model_path)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return path.parent / f"{stem}.session.json"
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX Runtime: offline graph optimization; CPU by default, CUDA EP when onnxruntime-gpu and a GPU are present"
+    suffix = ".ort.onnx"
+
+    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
+        model_path = check_onnx_path(model_path)
+        load_onnx(model_path, load_external_data=False)  # a clear error for a file that is not ONNX
+        config = session_config(options.opt_level, options.device)
+        start = time.perf_counter()
+        with staged_files(output) as tmp:
+            make_session(model_path, config, optimized_output=tmp)
+            if not tmp.exists():
+                raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
+            session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
+            manifest = find_manifest(model_path)
+            if manifest is not None:
+                derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
+                manifest_path(tmp).write_text(json.dumps(derived.to_json(), indent=2) + "\n")
+        seconds = time.perf_counter() - start
+        artifacts = {"model": output, "session_options": session_options_path(output)}
+        if manifest is not None:
+            artifacts["manifest"] = manifest_path(output)
+        return BuildResult(
+            backend=self.name,
+            artifacts=artifacts,
+            info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size},
+            validation_model=output,
+        )

@@ -1,0 +1,131 @@
+"""`compile`: export → rewrite → build → validate, writing every artifact and a report into one directory."""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .atomic import staged_directory, write_json, write_text
+from .backends import BuildOptions, get_backend
+from .bundle import ModelBundle
+from .export import DEFAULT_OPSET, export_model
+from .passes.pipeline import PassSpec
+from .report import render_html
+from .rewrite import rewrite_model
+from .source import load_model
+from .validate import validate
+
+StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
+
+
+@dataclass
+class CompileOptions:
+    passes: list[PassSpec] = field(default_factory=list)
+    backend: str = "onnxruntime"
+    build: BuildOptions = field(default_factory=BuildOptions)
+    atol: float | None = None
+    rtol: float | None = None
+    opset: int = DEFAULT_OPSET
+    seed: int = 0
+    debug: bool = False
+
+
+class _Stages:
+    """Times each stage and tells the hook when it starts and ends."""
+
+    def __init__(self, hook: StageHook | None):
+        self.hook = hook or (lambda *_: None)
+        self.records: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.hook(name, "start", None)
+        start = time.perf_counter()
+        result = fn()
+        seconds = time.perf_counter() - start
+        self.records[name] = {"seconds": round(seconds, 3)}
+        self.hook(name, "done", seconds)
+        return result
+
+
+def compile_model(model: str | ModelBundle, out_dir: Path | str, options: CompileOptions | None = None, on_stage: StageHook | None = None) -> dict:
+    """Run every stage on `model` (a MODEL spec or a bundle); write artifacts and report.json/html to `out_dir`.
+
+    Returns the report (also written as report.json). A numerics failure is recorded in the
+    report (`validation.passed` false); errors in any stage raise and leave `out_dir` untouched.
+    """
+    options = options or CompileOptions()
+    out_dir = Path(out_dir)
+    backend = get_backend(options.backend)  # fail fast on a bad backend name
+    stages = _Stages(on_stage)
+    with staged_directory(out_dir) as work:
+        bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
+        exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
+        rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", options.passes))
+        built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
+        validation = stages.run(
+            "validate",
+            lambda: validate(
+                bundle,
+                built.validation_model,
+                precision=options.build.precision,
+                atol=options.atol,
+                rtol=options.rtol,
+                seed=options.seed,
+                note=built.validation_note,
+            ),
+        )
+        stages.records["rewrite"].update(rewritten.to_json())
+        stages.records["build"].update({"backend": built.backend, **built.info})
+        artifacts = {
+            "onnx": exported.model_path,
+            "manifest": exported.manifest_path,
+            "rewritten_onnx": rewritten.model_path,
+            **{f"build_{k}": v for k, v in built.artifacts.items()},
+            "report_json": work / "report.json",
+            "report_html": work / "report.html",
+        }
+        validation_json = validation.to_json()
+        validation_json["candidate"] = str(out_dir / Path(validation.candidate).relative_to(work))
+        report = {
+            "model": bundle.source,
+            "kind": bundle.kind,
+            "parameters": bundle.num_parameters,
+            "passed": validation.passed,
+            "stages": stages.records,
+            "artifacts": {k: str(out_dir / Path(v).relative_to(work)) for k, v in artifacts.items()},
+            "validation": validation_json,
+            "environment": _environment(),
+        }
+        write_json(work / "report.json", report)
+        write_text(work / "report.html", render_html(report))
+    return report
+
+
+def _environment() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import torch
+
+    return {
+        "mlpdeploy": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+        "machine": f"{platform.system()} {platform.machine()}",
+        "processor": _cpu_name(),
+    }
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

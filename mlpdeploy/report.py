@@ -1,0 +1,96 @@
+"""A self-contained HTML page for a compile report (inline CSS and SVG, no external assets)."""
+
+from __future__ import annotations
+
+import html
+import json
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
+h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
+table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
+th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.pass{color:#fff;background:#2e7d32;padding:.15rem .5rem;border-radius:.3rem}
+.fail{color:#fff;background:#c62828;padding:.15rem .5rem;border-radius:.3rem}
+pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem}
+"""
+
+
+def _e(value) -> str:
+    return html.escape(str(value))
+
+
+def _badge(passed: bool) -> str:
+    return f'<span class="{"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
+
+
+def _table(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = ""
+    for row in rows:
+        cells = "".join(
+            f'<td class="num">{cell}</td>' if i >= numeric_from else f"<td>{cell}</td>" for i, cell in enumerate(row)
+        )
+        body += f"<tr>{cells}</tr>"
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _stage_chart(stages: dict[str, dict]) -> str:
+    """Horizontal SVG bars of seconds per stage."""
+    items = [(name, float(info.get("seconds", 0.0))) for name, info in stages.items()]
+    longest = max((s for _, s in items), default=0.0) or 1.0
+    bar_h, width, label_w = 22, 520, 90
+    rows = []
+    for i, (name, seconds) in enumerate(items):
+        y = i * (bar_h + 6)
+        w = max(1.0, (width - label_w - 80) * seconds / longest)
+        rows.append(
+            f'<text x="0" y="{y + 15}" font-size="13">{_e(name)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#4a78b5"/>'
+            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="12">{seconds:.2f} s</text>'
+        )
+    height = len(items) * (bar_h + 6)
+    return f'<svg width="{width}" height="{height}" role="img" aria-label="seconds per stage">{"".join(rows)}</svg>'
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3e}" if isinstance(x, float) else _e(x)
+
+
+def render_html(report: dict) -> str:
+    """The compile report as one HTML page."""
+    val = report["validation"]
+    outputs = [
+        [_e(name), _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["mean_abs"]), f'{o["cosine"]:.8f}', _badge(o["passed"])]
+        for name, o in val["outputs"].items()
+    ]
+    parts = [
+        f"<h1>mlpdeploy compile: {_e(report['model'])} {_badge(report['passed'])}</h1>",
+        f"<p>{_e(report['kind'])} model, {report['parameters']:,} parameters.</p>",
+        "<h2>Validation</h2>",
+        f"<p>Reference {_e(val['reference'])} (torch) vs candidate {_e(val['candidate'])}; "
+        f"atol {val['atol']:g}, rtol {val['rtol']:g}; inputs {_e(val['inputs'])}.</p>",
+        _table(["output", "max abs", "max rel", "mean abs", "cosine", "verdict"], outputs),
+    ]
+    if val.get("note"):
+        parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
+    if val.get("task"):
+        task = val["task"]
+        parts += ["<h2>Task metric</h2>", _table(list(task), [[_e(v) for v in task.values()]], numeric_from=99)]
+    parts += [
+        "<h2>Stages</h2>",
+        _stage_chart(report["stages"]),
+        _table(["stage", "seconds"], [[_e(k), f'{v.get("seconds", 0):.3f}'] for k, v in report["stages"].items()]),
+        "<h2>Artifacts</h2>",
+        _table(["artifact", "path"], [[_e(k), _e(v)] for k, v in report["artifacts"].items()], numeric_from=99),
+        "<h2>Environment</h2>",
+        _table(["what", "version"], [[_e(k), _e(v)] for k, v in report["environment"].items()], numeric_from=99),
+        "<h2>Full report</h2>",
+        f"<pre>{_e(json.dumps(report, indent=2))}</pre>",
+    ]
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>mlpdeploy: {_e(report['model'])}</title><style>{_CSS}</style></head><body>"
+        + "\n".join(parts)
+        + "</body></html>\n"
+    )

@@ -1,0 +1,208 @@
+"""Stage 5: run reference and candidate on the same inputs through Polygraphy's Comparator,
+report per-output errors, and decide pass/fail against tolerances.
+
+Pass rule (Polygraphy's elementwise check): an element fails only when BOTH
+|cand − ref| > atol and |cand − ref| / |ref| > rtol; an output passes when no element fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import ModelBundle
+from .errors import MlpdeployError
+from .inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
+from .manifest import find_manifest
+
+# Default tolerances per precision of the candidate (see README, "Tolerances").
+TOLERANCES = {
+    "fp32": (1e-4, 1e-3),
+    "fp16": (2e-2, 2e-2),
+    "bf16": (8e-2, 8e-2),
+}
+
+
+@dataclass
+class OutputErrors:
+    max_abs: float
+    max_rel: float
+    mean_abs: float
+    cosine: float
+    passed: bool
+    shape: list[int]
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    candidate: str
+    atol: float
+    rtol: float
+    passed: bool
+    outputs: dict[str, OutputErrors]
+    inputs: dict[str, list[int]]
+    note: str | None = None
+    task: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        data = {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "inputs": self.inputs,
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+        }
+        if self.note:
+            data["note"] = self.note
+        if self.task is not None:
+            data["task"] = self.task
+        return {**data, **self.extra}
+
+
+def tolerances(precision: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:
+    """(atol, rtol): the explicit values, else the documented defaults for `precision`."""
+    if precision not in TOLERANCES:
+        raise MlpdeployError(f"unknown precision {precision!r}; choose one of {', '.join(TOLERANCES)}")
+    default_atol, default_rtol = TOLERANCES[precision]
+    return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+
+
+def _side(model: ModelBundle | Path | str, name: str):
+    """A Polygraphy runner and a manifest (if known) for one side of the comparison."""
+    from .runners import TorchRunner, onnx_runner
+
+    if isinstance(model, ModelBundle):
+        return TorchRunner(model, name=f"{name}:torch"), None
+    path = Path(model)
+    return onnx_runner(path, name=f"{name}:onnxruntime"), find_manifest(path)
+
+
+def validate(
+    reference: ModelBundle | Path | str,
+    candidate: Path | str,
+    *,
+    inputs: Path | str | None = None,
+    precision: str = "fp32",
+    atol: float | None = None,
+    rtol: float | None = None,
+    seed: int = 0,
+    dims: dict[str, int] | None = None,
+    note: str | None = None,
+) -> ValidationReport:
+    """Compare `candidate` (an ONNX file) against `reference` (a torch ModelBundle or an ONNX file)."""
+    atol, rtol = tolerances(precision, atol, rtol)
+    ref_runner, ref_manifest = _side(reference, "reference")
+    cand_runner, cand_manifest = _side(candidate, "candidate")
+    manifest = cand_manifest or ref_manifest
+    specs = manifest.inputs if manifest else (reference.inputs if isinstance(reference, ModelBundle) else None)
+    if specs is None:
+        raise MlpdeployError(f"no manifest beside {candidate} to generate inputs from; pass --inputs FILE")
+    dim_ranges = manifest.dims if manifest else {}
+    if inputs is not None:
+        feeds = load_inputs(inputs)
+        source = str(inputs)
+    else:
+        _check_dims(dims or {}, specs)
+        feeds = [generate_inputs(specs, seed=seed, dims=dims)]
+        source = "generated inputs"
+    for feed in feeds:
+        check_inputs(feed, specs, dim_ranges, source)
+    feeds = [cast_to_specs(f, specs) for f in feeds]
+    outputs = compare_runners(cand_runner, ref_runner, feeds, atol, rtol)
+    return ValidationReport(
+        reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
+        candidate=str(candidate),
+        atol=atol,
+        rtol=rtol,
+        passed=all(o.passed for o in outputs.values()),
+        outputs=outputs,
+        inputs={k: list(v.shape) for k, v in feeds[0].items()},
+        note=note,
+    )
+
+
+def _check_dims(dims: dict[str, int], specs) -> None:
+    known = {d for s in specs for d in s.dynamic_axes.values()}
+    unknown = sorted(set(dims) - known)
+    if unknown:
+        raise MlpdeployError(f"unknown dim(s) {', '.join(unknown)}; the model's dynamic dims are {', '.join(sorted(known)) or 'none'}")
+
+
+@contextlib.contextmanager
+def _quiet_polygraphy():
+    from polygraphy.logger import G_LOGGER
+
+    old = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.ERROR
+    try:
+        yield
+    finally:
+        G_LOGGER.module_severity = old
+
+
+def compare_runners(candidate, reference, feeds: list[dict[str, np.ndarray]], atol: float, rtol: float) -> dict[str, OutputErrors]:
+    """Run both runners through Polygraphy's Comparator; per-output errors, worst over feeds."""
+    from polygraphy.comparator import Comparator, SimpleCompareFunc
+
+    with _quiet_polygraphy():
+        results = Comparator.run([candidate, reference], data_loader=feeds)
+        cand_name, ref_name = candidate.name, reference.name
+        cand_iters, ref_iters = results[cand_name], results[ref_name]
+        ref_outputs = set(ref_iters[0].keys())
+        missing = sorted(ref_outputs - set(cand_iters[0].keys()))
+        if missing:
+            raise MlpdeployError(
+                f"candidate has no output(s) {', '.join(missing)}; its outputs are {', '.join(cand_iters[0].keys())}"
+            )
+        accuracy = Comparator.compare_accuracy(
+            results, compare_func=SimpleCompareFunc(atol=atol, rtol=rtol, check_error_stat="elemwise")
+        )
+    verdicts = accuracy[0][(cand_name, ref_name)]
+    errors: dict[str, OutputErrors] = {}
+    for it, (cand, ref) in enumerate(zip(cand_iters, ref_iters)):
+        for name in ref_iters[0].keys():
+            e = _errors(np.asarray(cand[name]), np.asarray(ref[name]), bool(verdicts[it][name]))
+            prev = errors.get(name)
+            errors[name] = e if prev is None else _worst(prev, e)
+    return errors
+
+
+def _errors(cand: np.ndarray, ref: np.ndarray, passed: bool) -> OutputErrors:
+    if cand.shape != ref.shape:
+        raise MlpdeployError(f"output shapes differ: candidate {list(cand.shape)} vs reference {list(ref.shape)}")
+    c, r = cand.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
+    diff = np.abs(c - r)
+    rel = diff / np.maximum(np.abs(r), np.finfo(np.float64).tiny)
+    denom = np.linalg.norm(c) * np.linalg.norm(r)
+    cosine = float(c @ r / denom) if denom > 0 else float(np.array_equal(c, r))
+    return OutputErrors(
+        max_abs=float(diff.max(initial=0.0)),
+        max_rel=float(rel.max(initial=0.0)),
+        mean_abs=float(diff.mean()) if diff.size else 0.0,
+        cosine=cosine,
+        passed=passed,
+        shape=list(ref.shape),
+    )
+
+
+def _worst(a: OutputErrors, b: OutputErrors) -> OutputErrors:
+    return OutputErrors(
+        max_abs=max(a.max_abs, b.max_abs),
+        max_rel=max(a.max_rel, b.max_rel),
+        mean_abs=max(a.mean_abs, b.mean_abs),
+        cosine=min(a.cosine, b.cosine),
+        passed=a.passed and b.passed,
+        shape=a.shape,
+    )
+
