@@ -65,6 +65,14 @@ class ModelBundle:
         return self.dim_ranges.get(name, DEFAULT_DIM_RANGE)
 
 
+def set_eval(module: torch.nn.Module) -> None:
+    """Put `module` in eval mode; a torch.export program's module refuses eval() and needs none."""
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass
+
+
 _TORCH_TO_NUMPY = {
     torch.float32: "float32",
     torch.float16: "float16",

@@ -14,7 +14,7 @@ from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
 from .backends.onnxruntime import make_session, session_config, session_options_path
-from .bundle import ModelBundle
+from .bundle import ModelBundle, set_eval
 
 
 def default_output_names(count: int) -> list[str]:
@@ -42,7 +42,7 @@ class TorchRunner(BaseRunner):
         self.bundle = bundle
 
     def activate_impl(self):
-        self.bundle.module.eval()
+        set_eval(self.bundle.module)
 
     def get_input_metadata_impl(self):
         meta = TensorMetadata()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from .bundle import ModelBundle, infer_input_specs
+from .bundle import ModelBundle, infer_input_specs, set_eval
 from .errors import MlpdeployError
 
 ACCEPTED = (
@@ -99,7 +99,7 @@ def _from_factory(path: Path, factory_name: str, spec: str) -> ModelBundle:
 
 def bundle_from_module(module: torch.nn.Module, inputs, dynamic, source: str, kind: str) -> ModelBundle:
     """Wrap a module and its example inputs (tensor, sequence or dict) into a ModelBundle."""
-    module.eval()
+    set_eval(module)
     named = _name_inputs(module, inputs, source)
     return ModelBundle(
         module=module,

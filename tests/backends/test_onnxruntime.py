@@ -1,0 +1,41 @@
+"""The onnxruntime backend: optimized model, saved session settings, derived manifest."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.backends.onnxruntime import session_config
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.manifest import load_manifest
+from mlpdeploy.source import load_model
+from mlpdeploy.validate import validate
+
+
+@pytest.mark.parametrize("level", ["basic", "extended", "all"])
+def test_build_writes_model_session_and_manifest(tiny_export, tiny_spec, tmp_path, level):
+    out = tmp_path / "m.ort.onnx"
+    result = get_backend("onnxruntime").build(tiny_export.model_path, out, BuildOptions(opt_level=level, device="cpu"))
+    assert set(result.artifacts) == {"model", "session_options", "manifest"}
+    session = json.loads(result.artifacts["session_options"].read_text())
+    assert session["providers"] == ["CPUExecutionProvider"]
+    assert session["config_entries"]["session.qdq_matmulnbits_accuracy_level"] == "0"
+    assert [h["stage"] for h in load_manifest(result.artifacts["manifest"]).history] == ["export", "build"]
+    report = validate(load_model(tiny_spec), out, dims={"batch": 3, "seq": 11})
+    assert report.passed and report.outputs["output"].max_abs <= 1e-4
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this machine has the CUDA execution provider")
+    with pytest.raises(MlpdeployError, match="device cuda requested, but available ONNX Runtime providers are"):
+        session_config(device="cuda")
+
+
+def test_unknown_backend_lists_available():
+    with pytest.raises(MlpdeployError, match="unknown backend 'tensorflow'; available backends: .*onnxruntime"):
+        get_backend("tensorflow")
