@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .errors import MlpdeployError
@@ -36,7 +37,7 @@ def handles_errors(fn):
         except MlpdeployError as exc:
             if _debug_requested():
                 traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
         except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException):
             raise
@@ -45,7 +46,7 @@ def handles_errors(fn):
                 traceback.print_exc()
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             err_console.print(
-                f"[bold red]error:[/] {type(exc).__name__}: {msg} (rerun with --debug for the traceback)",
+                f"[bold red]error:[/] {type(exc).__name__}: {escape(msg)} (rerun with --debug for the traceback)",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -136,7 +137,7 @@ def export(model: str, output: Path, opset: int, debug: bool) -> None:
 
     with console.status(f"exporting {model}"):
         result = export_model(load_model(model), output, opset=opset, debug=debug)
-    console.print(f"wrote {result.model_path} and {result.manifest_path} in {result.seconds:.1f} s")
+    console.print(f"wrote {result.model_path} and {result.manifest_path} in {result.seconds:.1f} s", markup=False)
 
 
 @cli.command()
@@ -151,10 +152,10 @@ def rewrite(onnx_model: Path, output: Path, passes: tuple[str, ...], debug: bool
 
     result = rewrite_model(onnx_model, output, _parse_passes(passes))
     for spec, report in result.passes.items():
-        console.print(f"{spec}: rewrote {report['rewritten']} site(s)")
+        console.print(f"{spec}: rewrote {report['rewritten']} site(s)", markup=False)
         for site, reason in report.get("skipped", {}).items():
-            console.print(f"  skipped {site}: {reason}")
-    console.print(f"wrote {output} in {result.seconds:.2f} s")
+            console.print(f"  skipped {site}: {reason}", markup=False)
+    console.print(f"wrote {output} in {result.seconds:.2f} s", markup=False)
 
 
 @cli.command()
@@ -189,7 +190,7 @@ def build(onnx_model: Path, backend: str, output: Path, device: str, opt_level: 
     with console.status(f"building with {backend}"):
         result = impl.build(onnx_model, output, _build_options(device, opt_level, precision, target))
     for name, path in result.artifacts.items():
-        console.print(f"{name}: {path}")
+        console.print(f"{name}: {path}", markup=False)
     console.print(f"built in {result.info.get('seconds', 0):.2f} s")
 
 
@@ -265,8 +266,8 @@ def compile_cmd(model, output, passes, backend, device, opt_level, precision, ta
     val = report["validation"]
     console.print(_validation_table(val["outputs"], f"{report['model']}: validation (atol {val['atol']:g}, rtol {val['rtol']:g})"))
     if val.get("note"):
-        console.print(f"note: {val['note']}")
-    console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}")
+        console.print(f"note: {val['note']}", markup=False)
+    console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}", markup=False)
     console.print("[green]PASS[/]" if report["passed"] else "[red]FAIL: outputs drifted past tolerance[/]")
     sys.exit(0 if report["passed"] else 1)
 
