@@ -35,10 +35,26 @@ def bert_dir(tmp_path_factory):
     return _save(transformers.BertModel(config), tmp_path_factory.mktemp("hf") / "bert")
 
 
-def test_llama_dir_compiles(llama_dir, tmp_path):
-    report = compile_model(str(llama_dir), tmp_path / "out")
+DECODERS = {
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "mistral": ("MistralConfig", "MistralForCausalLM"),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM"),
+}
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_causal_lm_dir_compiles(family, tmp_path):
+    config_cls, model_cls = (getattr(transformers, n) for n in DECODERS[family])
+    torch.manual_seed(0)
+    config = config_cls(
+        vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    directory = _save(model_cls(config), tmp_path / family)
+    report = compile_model(str(directory), tmp_path / "out")
     assert report["kind"] == "hf" and report["passed"]
     assert report["validation"]["outputs"]["logits"]["max_abs"] <= 1e-4
+    assert report["validation"]["outputs"]["logits"]["shape"] == [2, 8, 128]
 
 
 def test_bert_dir_compiles_with_mask(bert_dir, tmp_path):
