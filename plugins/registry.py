@@ -29,6 +29,6 @@ class CustomOp:
 OPS: dict[str, CustomOp] = {
     op.op_type: op
     for op in [
-        # CustomOp("GatedMLP", "gated_mlp"),
+        CustomOp("GatedMLP", "gated_mlp"),  # gated MLP: act(x·W_gate)⊙(x·W_up)·W_down (SwiGLU/GeGLU/bilinear)
     ]
 }

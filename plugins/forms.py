@@ -1,0 +1,64 @@
+"""The two forms a graph with mlpdeploy ops can take, for every op alike.
+
+* plugin form (what passes write): each `mlpdeploy::<Op>` node carries
+  `plugin_namespace="mlpdeploy"`, `plugin_version="1"`, so datacenter TensorRT (≥ 10.7) with
+  the mlpdeploy plugins registered builds the plugin; ONNX Runtime inlines the local function.
+* function-body form (for TensorRT-RTX, or TensorRT without plugins): no node names a plugin,
+  so the TensorRT parser inlines the local function. TensorRT's parser keys local functions
+  by name alone and ignores the IR v10 `overload` field, so overloaded functions are renamed
+  `<Op>_<overload>` (overload cleared) and their call nodes follow; ONNX Runtime runs either form.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from .registry import DOMAIN
+
+PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
+
+
+def _mlpdeploy_nodes(model: ir.Model):
+    graphs = [model.graph, *(f.graph for f in model.functions.values())]
+    for graph in graphs:
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            if node.domain == DOMAIN:
+                yield node
+
+
+def plugin_nodes(model: ir.Model) -> list[str]:
+    """Names (or op types) of the nodes that would resolve to a TensorRT plugin."""
+    return [
+        node.name or f"{node.domain}::{node.op_type}"
+        for node in _mlpdeploy_nodes(model)
+        if any(a in node.attributes for a in PLUGIN_ATTRIBUTES)
+    ]
+
+
+def function_body_form(model: ir.Model) -> None:
+    """Strip plugin attributes from every mlpdeploy node and de-overload mlpdeploy functions, in place."""
+    renames: dict[tuple[str, str, str], str] = {}
+    taken = {(f.domain, f.name) for f in model.functions.values()}
+    for key, function in list(model.functions.items()):
+        domain, name, overload = key
+        if domain != DOMAIN or not overload:
+            continue
+        new_name = f"{name}_{overload}"
+        if (domain, new_name) in taken:
+            raise ValueError(
+                f"cannot de-overload {domain}::{name}:{overload}: a function named {new_name!r} already exists"
+            )
+        taken.add((domain, new_name))
+        renames[key] = new_name
+    for key, new_name in renames.items():
+        function = model.functions.pop(key)
+        function.name = new_name
+        function.overload = ""
+        model.functions[function.identifier()] = function
+    for node in _mlpdeploy_nodes(model):
+        for attr in PLUGIN_ATTRIBUTES:
+            node.attributes.pop(attr, None)
+        new_name = renames.get((node.domain, node.op_type, node.overload))
+        if new_name is not None:
+            node.op_type = new_name
+            node.overload = ""
