@@ -1,0 +1,77 @@
+"""LLaMA-style decoder: RMSNorm, rotary grouped-query causal attention, SwiGLU MLP.
+
+Module names follow Hugging Face's LlamaModel (`layers.{i}.self_attn.q_proj`,
+`layers.{i}.mlp.gate_proj`, …) so scopes in the exported graph match what users know.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlpdeploy.bundle import ModelBundle
+
+from .common import seeded, token_bundle
+from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int = 256
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    hidden_dim: int = 176
+    max_positions: int = 128
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+
+
+class LlamaBlock(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg.dim, cfg.n_heads, cfg.n_kv_heads, bias=False, causal=True, out_name="o_proj")
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LlamaLM(nn.Module):
+    """input_ids [batch, seq] → logits [batch, seq, vocab]."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.rotary = RotaryEmbedding(cfg.dim // cfg.n_heads, cfg.max_positions, cfg.rope_theta)
+        self.layers = nn.ModuleList(LlamaBlock(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary(input_ids.shape[1])
+        for layer in self.layers:
+            h = layer(h, rope)
+        return self.lm_head(self.norm(h))
+
+
+TINY = LlamaConfig()
+
+
+def build(cfg: LlamaConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
+    """A bundle of a LLaMA decoder with config `cfg`, weights drawn from `seed`."""
+    model = seeded(lambda: LlamaLM(cfg), seed)
+    return token_bundle(model, cfg.vocab_size, cfg.max_positions, task, **metadata)
+
+
+def llama_tiny() -> ModelBundle:
+    """2 layers, dim 64, 4 heads / 2 kv heads, SwiGLU 176, byte vocab; random weights."""
+    return build(TINY)

@@ -1,0 +1,73 @@
+"""OPT-style decoder: LayerNorm (pre-norm), learned positional embeddings, causal attention,
+ReLU MLP as `layers.{i}.fc1` / `layers.{i}.fc2` (Hugging Face OPTDecoderLayer naming)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlpdeploy.bundle import ModelBundle
+
+from .common import seeded, token_bundle
+from .layers import Attention
+
+
+@dataclass(frozen=True)
+class OPTConfig:
+    vocab_size: int = 256
+    dim: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    ffn_dim: int = 256
+    max_positions: int = 128
+
+
+class OPTBlock(nn.Module):
+    def __init__(self, cfg: OPTConfig):
+        super().__init__()
+        self.self_attn_layer_norm = nn.LayerNorm(cfg.dim)
+        self.self_attn = Attention(cfg.dim, cfg.n_heads, bias=True, causal=True, out_name="out_proj")
+        self.final_layer_norm = nn.LayerNorm(cfg.dim)
+        self.fc1 = nn.Linear(cfg.dim, cfg.ffn_dim)
+        self.activation_fn = nn.ReLU()
+        self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.self_attn(self.self_attn_layer_norm(x))
+        return x + self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(x))))
+
+
+class OPTLM(nn.Module):
+    """input_ids [batch, seq] → logits [batch, seq, vocab]."""
+
+    def __init__(self, cfg: OPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.embed_positions = nn.Embedding(cfg.max_positions, cfg.dim)
+        self.layers = nn.ModuleList(OPTBlock(cfg) for _ in range(cfg.n_layers))
+        self.final_layer_norm = nn.LayerNorm(cfg.dim)
+        self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.embed_tokens(input_ids) + self.embed_positions(positions)
+        for layer in self.layers:
+            h = layer(h)
+        return self.lm_head(self.final_layer_norm(h))
+
+
+TINY = OPTConfig()
+
+
+def build(cfg: OPTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
+    """A bundle of an OPT decoder with config `cfg`, weights drawn from `seed`."""
+    model = seeded(lambda: OPTLM(cfg), seed)
+    return token_bundle(model, cfg.vocab_size, cfg.max_positions, task, **metadata)
+
+
+def opt_relu_tiny() -> ModelBundle:
+    """2 layers, dim 64, 4 heads, ReLU MLP 256, byte vocab; random weights."""
+    return build(TINY)

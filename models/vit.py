@@ -1,0 +1,77 @@
+"""Vision Transformer: Conv2d patch embedding, class token, learned positions, pre-LN blocks,
+GELU MLP as `blocks.{i}.mlp.fc1` / `mlp.fc2` (timm naming)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlpdeploy.bundle import ModelBundle
+
+from .common import image_bundle, seeded
+from .layers import Attention, Mlp, PatchEmbed
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 10
+    dim: int = 64
+    depth: int = 2
+    n_heads: int = 4
+    mlp_dim: int = 256
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.attn = Attention(cfg.dim, cfg.n_heads, bias=True, causal=False, out_name="proj")
+        self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.mlp = Mlp(cfg.dim, cfg.mlp_dim, act=nn.GELU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """pixel_values [batch, C, H, W] → logits [batch, classes] (from the class token)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.config = cfg
+        self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, cfg.dim))
+        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
+        self.head = nn.Linear(cfg.dim, cfg.num_classes)
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixel_values)
+        cls = self.cls_token.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.norm(x)[:, 0])
+
+
+TINY = ViTConfig()
+
+
+def build(cfg: ViTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
+    """A bundle of a ViT with config `cfg`, weights drawn from `seed`."""
+    model = seeded(lambda: ViT(cfg), seed)
+    return image_bundle(model, cfg.in_chans, cfg.image_size, task, **metadata)
+
+
+def vit_tiny() -> ModelBundle:
+    """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, GELU MLP 256; random weights."""
+    return build(TINY)
