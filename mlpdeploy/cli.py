@@ -108,6 +108,17 @@ def _validation_table(outputs: dict, title: str) -> Table:
     return table
 
 
+def _layer_table(layers: dict, worst: int = 8) -> Table:
+    """The layers with the largest errors (all of them when there are few)."""
+    table = Table(title=f"per layer (worst {worst}, in {layers['model']})")
+    for col in ("layer", "max abs", "mean abs", "cosine"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    ranked = sorted(layers["errors"].items(), key=lambda kv: -kv[1]["max_abs"])[:worst]
+    for name, e in ranked:
+        table.add_row(name, f"{e['max_abs']:.3e}", f"{e['mean_abs']:.3e}", f"{e['cosine']:.8f}")
+    return table
+
+
 @cli.command()
 @debug_option
 @handles_errors
@@ -203,10 +214,11 @@ def build(onnx_model: Path, backend: str, output: Path, device: str, opt_level: 
 @click.option("--rtol", type=float, help="Relative tolerance (default per precision).")
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=INT", help="Size of a dynamic dim for generated inputs, e.g. --dim seq=17.")
+@click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @debug_option
 @handles_errors
-def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, seed, dims, json_path, debug) -> None:
+def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, seed, dims, layers, json_path, debug) -> None:
     """Compare a candidate ONNX model with the reference; exit 1 when over tolerance."""
     from .atomic import write_json
     from .source import load_model
@@ -214,8 +226,12 @@ def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, see
 
     ref = Path(reference) if reference.endswith(".onnx") else load_model(reference)
     with console.status("validating"):
-        report = run_validation(ref, candidate, inputs=inputs, precision=precision, atol=atol, rtol=rtol, seed=seed, dims=_parse_dims(dims))
+        report = run_validation(
+            ref, candidate, inputs=inputs, precision=precision, atol=atol, rtol=rtol, seed=seed, dims=_parse_dims(dims), layers=layers
+        )
     console.print(_validation_table(report.outputs, f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})"))
+    if report.layers is not None:
+        console.print(_layer_table(report.layers))
     if json_path:
         write_json(json_path, report.to_json())
     console.print("[green]PASS[/]" if report.passed else "[red]FAIL: outputs drifted past tolerance[/]")
@@ -264,6 +280,8 @@ def compile_cmd(model, output, passes, backend, device, opt_level, precision, ta
 
         report = compile_model(model, output, options, on_stage=on_stage)
     val = report["validation"]
+    if val.get("layers", {}).get("errors"):
+        console.print(_layer_table(val["layers"]))
     console.print(_validation_table(val["outputs"], f"{report['model']}: validation (atol {val['atol']:g}, rtol {val['rtol']:g})"))
     if val.get("note"):
         console.print(f"note: {val['note']}", markup=False)

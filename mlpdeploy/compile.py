@@ -76,6 +76,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
                 rtol=options.rtol,
                 seed=options.seed,
                 note=built.validation_note,
+                layers=True,
+                layers_model=rewritten.model_path,
             ),
         )
         stages.records["rewrite"].update(rewritten.to_json())
@@ -89,20 +91,27 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "report_html": work / "report.html",
         }
         validation_json = validation.to_json()
-        validation_json["candidate"] = str(out_dir / Path(validation.candidate).relative_to(work))
+        validation_json["candidate"] = _final(validation.candidate, work, out_dir)
+        if validation.layers:
+            validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)
         report = {
             "model": bundle.source,
             "kind": bundle.kind,
             "parameters": bundle.num_parameters,
             "passed": validation.passed,
             "stages": stages.records,
-            "artifacts": {k: str(out_dir / Path(v).relative_to(work)) for k, v in artifacts.items()},
+            "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},
             "validation": validation_json,
             "environment": _environment(),
         }
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def _final(path: Path | str, work: Path, out_dir: Path) -> str:
+    """Where a file written in the staging directory ends up."""
+    return str(out_dir / Path(path).relative_to(work))
 
 
 def _environment() -> dict[str, str]:

@@ -43,6 +43,7 @@ class EncoderHidden(torch.nn.Module):
 def load_hf_dir(path: Path) -> ModelBundle:
     """Load a transformers checkpoint directory (config.json + weights) into a ModelBundle."""
     transformers = require("transformers", "hf", "Hugging Face model directories")
+    transformers.utils.logging.disable_progress_bar()
     try:
         config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
     except Exception as exc:
@@ -51,7 +52,7 @@ def load_hf_dir(path: Path) -> ModelBundle:
     causal = any(a.endswith("ForCausalLM") for a in architectures) or getattr(config, "is_decoder", False)
     auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
     try:
-        model = auto.from_pretrained(str(path), local_files_only=True, torch_dtype=torch.float32, attn_implementation="eager")
+        model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, attn_implementation="eager")
     except Exception as exc:
         raise MlpdeployError(f"cannot load weights from {path}: {_first_line(exc)}; the directory needs config.json and model.safetensors (or pytorch_model.bin)") from None
     model.eval()

@@ -53,6 +53,37 @@ def _stage_chart(stages: dict[str, dict]) -> str:
     return f'<svg width="{width}" height="{height}" role="img" aria-label="seconds per stage">{"".join(rows)}</svg>'
 
 
+def _layer_chart(errors: dict[str, dict]) -> str:
+    """Max abs error per layer on a log scale (1e-10 .. 1e1), in model order."""
+    import math
+
+    items = list(errors.items())
+    if not items:
+        return ""
+    width, height, left, bottom = 640, 180, 50, 20
+    step = (width - left - 10) / max(len(items), 1)
+    lo, hi = -10.0, 1.0
+
+    def y(v: float) -> float:
+        exp = math.log10(max(v, 10**lo))
+        return (height - bottom) * (1 - (min(exp, hi) - lo) / (hi - lo))
+
+    bars = "".join(
+        f'<rect x="{left + i * step:.1f}" y="{y(e["max_abs"]):.1f}" width="{max(step - 2, 1):.1f}" '
+        f'height="{height - bottom - y(e["max_abs"]):.1f}" fill="#4a78b5"><title>{_e(name)}: {e["max_abs"]:.3e}</title></rect>'
+        for i, (name, e) in enumerate(items)
+    )
+    ticks = "".join(
+        f'<text x="0" y="{y(10.0**p) + 4:.1f}" font-size="11">1e{p}</text>'
+        f'<line x1="{left}" x2="{width}" y1="{y(10.0**p):.1f}" y2="{y(10.0**p):.1f}" stroke="#ddd"/>'
+        for p in (-10, -7, -4, -1)
+    )
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="max abs error per layer">{ticks}{bars}'
+        f'<text x="{left}" y="{height - 4}" font-size="11">layers in model order (hover for names)</text></svg>'
+    )
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3e}" if isinstance(x, float) else _e(x)
 
@@ -74,6 +105,17 @@ def render_html(report: dict) -> str:
     ]
     if val.get("note"):
         parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
+    if val.get("layers"):
+        layers = val["layers"]
+        rows = [[_e(k), _fmt(v["max_abs"]), _fmt(v["mean_abs"]), f'{v["cosine"]:.8f}'] for k, v in layers["errors"].items()]
+        parts += [
+            "<h2>Per layer</h2>",
+            f"<p>Torch module outputs vs the same values in {_e(layers['model'])} (found through module scopes).</p>",
+            _layer_chart(layers["errors"]),
+            _table(["layer", "max abs", "mean abs", "cosine"], rows),
+        ]
+        if layers.get("skipped"):
+            parts.append(_table(["skipped", "reason"], [[_e(k), _e(v)] for k, v in layers["skipped"].items()], numeric_from=99))
     if val.get("task"):
         task = val["task"]
         parts += ["<h2>Task metric</h2>", _table(list(task), [[_e(v) for v in task.values()]], numeric_from=99)]

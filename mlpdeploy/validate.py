@@ -51,6 +51,7 @@ class ValidationReport:
     inputs: dict[str, list[int]]
     note: str | None = None
     task: dict[str, Any] | None = None
+    layers: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -67,6 +68,8 @@ class ValidationReport:
             data["note"] = self.note
         if self.task is not None:
             data["task"] = self.task
+        if self.layers is not None:
+            data["layers"] = self.layers
         return {**data, **self.extra}
 
 
@@ -99,8 +102,14 @@ def validate(
     seed: int = 0,
     dims: dict[str, int] | None = None,
     note: str | None = None,
+    layers: bool = False,
+    layers_model: Path | str | None = None,
 ) -> ValidationReport:
-    """Compare `candidate` (an ONNX file) against `reference` (a torch ModelBundle or an ONNX file)."""
+    """Compare `candidate` (an ONNX file) against `reference` (a torch ModelBundle or an ONNX file).
+
+    With `layers` (torch reference only), also compare every layer's output, found through the
+    module scopes of `layers_model` (default: the candidate; ORT-optimized graphs carry none).
+    """
     atol, rtol = tolerances(precision, atol, rtol)
     ref_runner, ref_manifest = _side(reference, "reference")
     cand_runner, cand_manifest = _side(candidate, "candidate")
@@ -120,6 +129,13 @@ def validate(
         check_inputs(feed, specs, dim_ranges, source)
     feeds = [cast_to_specs(f, specs) for f in feeds]
     outputs = compare_runners(cand_runner, ref_runner, feeds, atol, rtol)
+    layer_report = None
+    if layers and isinstance(reference, ModelBundle):
+        from .layerwise import compare_layers
+
+        layer_path = layers_model or candidate
+        errors, skipped = compare_layers(reference, layer_path, feeds[0])
+        layer_report = {"model": str(layer_path), "errors": {k: v.to_json() for k, v in errors.items()}, "skipped": skipped}
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
         candidate=str(candidate),
@@ -129,6 +145,7 @@ def validate(
         outputs=outputs,
         inputs={k: list(v.shape) for k, v in feeds[0].items()},
         note=note,
+        layers=layer_report,
     )
 
 
