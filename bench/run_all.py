@@ -1,0 +1,34 @@
+"""`make bench`: run every CPU benchmark in turn (GPU ones live in bench/gpu.sh)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+# One line per CPU benchmark: script and arguments.
+BENCHMARKS = [
+    ["ort_vs_torch.py"],
+    ["gated_mlp_cpu.py"],
+]
+
+
+def main() -> int:
+    failed = []
+    for script, *args in BENCHMARKS:
+        path = HERE / script
+        if not path.exists():
+            print(f"== {script}: not present, skipped")
+            continue
+        print(f"== {script} {' '.join(args)}", flush=True)
+        if subprocess.call([sys.executable, str(path), *args]) != 0:
+            failed.append(script)
+    if failed:
+        print(f"failed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
