@@ -9,6 +9,7 @@ from .base import Backend, BuildOptions, BuildResult  # noqa: F401
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "onnxruntime:OnnxRuntimeBackend",
+    "tensorrt-rtx": "tensorrt_rtx:TensorRTRTXBackend",
 }
 
 

@@ -273,10 +273,6 @@ class EngineCache:
             pass  # a cache that cannot be written only costs the next build its time
 
 
-def copy_file(src: Path, dst: Path) -> None:
-    shutil.copyfile(src, dst)
-
-
 # --- the GPU ---------------------------------------------------------------------------------
 
 def visible_gpus() -> list[dict[str, str]]:

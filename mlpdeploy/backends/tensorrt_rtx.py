@@ -1,0 +1,199 @@
+"""Backend `tensorrt-rtx`: TensorRT for RTX engines, built ahead of time on any machine (no GPU needed).
+
+Options read (BuildOptions):
+  target     sm75 | sm80 | sm86 | sm89 | sm120 | sm121; None builds TensorRT-RTX's default
+             portable engine (runs on sm80, sm86, sm89 and sm120 GPUs; sm75 needs its own build)
+  precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.precision` (strongly typed)
+  shapes     optimization-profile overrides (`mlpdeploy.backends.trt_shapes`)
+  extra      cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
+  device, opt_level: do not apply (the build runs on the CPU; TensorRT-RTX compiles kernels
+             when the engine is loaded); listed under `ignored_options` in info when set.
+
+Steps: the graph is put in function-body form (plugins/forms.py) and refused if any node
+would still resolve to a TensorRT plugin (TensorRT-RTX has no plugin layer and aborts the
+process when its parser meets one); converted to the precision; written next to the engine
+as `<engine>.onnx` (the exact graph parsed, which validation runs in ONNX Runtime); parsed and
+built with one optimization profile.
+
+Cache: TensorRT-RTX's timing cache is a deprecated no-op (it does no autotuning ahead of
+time) and its runtime cache needs a GPU, so the cache here is of whole engines, keyed by a
+digest of the parsed ONNX, the target, the profile and the TensorRT-RTX version
+(`<cache_dir>/tensorrt-rtx/<digest>.engine`); a hit skips the build.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import onnx_ir as ir
+
+from ..atomic import staged_files
+from ..errors import MlpdeployError, require
+from ..manifest import find_manifest, manifest_path
+from ..onnx_io import check_onnx_path, load_ir, write_onnx
+from ..precision import check_precision, convert_precision, emulate_in_fp32
+from . import trt_common as common
+from .base import Backend, BuildOptions, BuildResult
+from .trt_shapes import derive_profile, profile_to_json
+
+PRODUCT = "TensorRT-RTX"
+TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
+PORTABLE = "portable (TensorRT-RTX default: sm80, sm86, sm89, sm120)"
+FP4_TARGETS = ("sm120", "sm121")
+
+
+def check_target(target: str | None) -> str | None:
+    """The target in canonical form (`sm89`), None for the portable default, or a one-line error."""
+    if target is None:
+        return None
+    canonical = target.strip().lower().replace(".", "").replace("_", "")
+    if not canonical.startswith("sm"):
+        canonical = "sm" + canonical
+    if canonical not in TARGETS:
+        raise MlpdeployError(f"unknown TensorRT-RTX target {target!r}; valid targets are {', '.join(TARGETS)}")
+    return canonical
+
+
+def load_trt():
+    return require("tensorrt_rtx_bindings", "rtx", "the tensorrt-rtx backend")
+
+
+def prepare_graph(model_path: Path, precision: str) -> tuple[ir.Model, dict]:
+    """The graph TensorRT-RTX will parse: function-body form, checked for plugin nodes, in `precision`."""
+    from ..plugins.forms import function_body_form
+
+    model = load_ir(model_path)
+    function_body_form(model)
+    bad = common.plugin_resolving_nodes(model)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise MlpdeployError(
+            f"{model_path.name}: node {bad[0]}{more}, so TensorRT-RTX would resolve it to a plugin, which it cannot "
+            "build (its parser aborts the process); give every custom op an ONNX function body, or use --backend tensorrt"
+        )
+    report = convert_precision(model, precision)
+    return model, report.to_json()
+
+
+def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
+    """A failed build's log as one line; TensorRT-RTX's FP4-before-Blackwell failure said plainly."""
+    error = common.first_error(records) or "the builder logged no error"
+    hw = re.search(r"HW-specific datatypes:\s*([\w, ]+?)(?:\.|\s+In\s|$)", error)
+    if hw:
+        dtypes = hw.group(1).strip()
+        return (
+            f"{PRODUCT} cannot build for {target}: the model contains {dtypes} tensors, which only Blackwell GPUs "
+            f"({', '.join(FP4_TARGETS)}) support; build with --target sm120 (or sm121), or quantize those weights to "
+            "int4/fp8 for this target"
+        )
+    return f"{PRODUCT} build failed for {target or 'the portable target'}: {error}"
+
+
+def validation_note(target: str | None, precision: str) -> str:
+    """Why the engine itself was not run, stated from what this machine has."""
+    gpus = common.visible_gpus()
+    graph = "the ONNX graph the engine was parsed from ran in ONNX Runtime instead"
+    if precision == "bf16":
+        graph += ", with bf16 rounding emulated in fp32 (ONNX Runtime's CPU provider has no bf16 kernels)"
+    if not gpus:
+        return f"the {PRODUCT} engine itself was not run: no GPU is present; {graph}"
+    here = ", ".join(f"{g['name']} ({g['sm']})" for g in gpus)
+    if target is not None and all(g["sm"] != target for g in gpus):
+        return f"the {PRODUCT} engine itself was not run: it targets {target} and the GPU here is {here}; {graph}"
+    return f"the {PRODUCT} engine itself was not run: mlpdeploy has no {PRODUCT} runner yet (GPU here: {here}); {graph}"
+
+
+class TensorRTRTXBackend(Backend):
+    name = "tensorrt-rtx"
+    description = "TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; validated through the parsed ONNX"
+    extra = "rtx"
+    suffix = ".engine"
+
+    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
+        model_path, output = check_onnx_path(model_path), Path(output)
+        target = check_target(options.target)
+        check_precision(options.precision)
+        trt = load_trt()
+        start = time.perf_counter()
+        model, precision_report = prepare_graph(model_path, options.precision)
+        manifest = find_manifest(model_path)
+        profile = derive_profile(model, manifest, options.shapes)
+        cache = common.EngineCache(common.cache_dir(options.extra), "tensorrt-rtx")
+        onnx_out = output.parent / f"{output.name}.onnx"
+        log_out = output.parent / f"{output.name}.log"
+        with staged_files(output) as tmp:
+            onnx_tmp = tmp.parent / onnx_out.name
+            write_onnx(model, onnx_tmp)
+            settings = {"product": PRODUCT, "version": trt.__version__, "target": target, "profile": profile}
+            key = common.file_digest(onnx_tmp, onnx_tmp.parent / f"{onnx_tmp.name}.data", settings=settings)
+            cached = cache.load(key)
+            if cached is not None:
+                engine, built = cached
+                cache_state = "hit"
+            else:
+                result = common.build_engine(
+                    trt, PRODUCT, onnx_tmp, profile,
+                    configure=lambda config, builder: self._configure(trt, config, target),
+                    explain_failure=lambda log: explain_failure(log, target),
+                )
+                engine = result.engine
+                built = {
+                    "build_seconds": round(result.seconds, 3),
+                    "log": common.log_lines(result.log),
+                    "layers": common.engine_layers_from_log(result.log),
+                    "network_layers": len(result.network_layers),
+                }
+                cache_state = "miss" if cache.dir is not None else "off"
+                cache.store(key, engine, built)
+            tmp.write_bytes(engine)
+            (tmp.parent / log_out.name).write_text("\n".join(built["log"]) + "\n")
+            validation_out = onnx_out
+            if options.precision == "bf16":
+                validation_out = output.parent / f"{output.name}.validate.onnx"
+                emulated = load_ir(onnx_tmp)
+                emulate_in_fp32(emulated)
+                write_onnx(emulated, tmp.parent / validation_out.name)
+            history = {
+                "backend": self.name, "target": target or "portable", "precision": options.precision,
+                "profile": profile_to_json(profile), "tensorrt_rtx": trt.__version__,
+            }
+            if manifest is not None:
+                text = json.dumps(manifest.derived("build", **history).to_json(), indent=2) + "\n"
+                manifest_path(onnx_tmp).write_text(text)
+                if validation_out != onnx_out:
+                    manifest_path(tmp.parent / validation_out.name).write_text(text)
+        artifacts = {"engine": output, "onnx": onnx_out, "log": log_out}
+        if validation_out != onnx_out:
+            artifacts["validation_onnx"] = validation_out
+        if manifest is not None:
+            artifacts["manifest"] = manifest_path(onnx_out)
+        info = {
+            "target": target or PORTABLE,
+            "precision": options.precision,
+            "precision_report": precision_report,
+            "profile": profile_to_json(profile),
+            "seconds": round(time.perf_counter() - start, 3),
+            **built,
+            "cache": cache_state,
+            "bytes": len(engine),
+            "tensorrt_rtx": trt.__version__,
+        }
+        ignored = [k for k, default in (("device", "auto"), ("opt_level", "extended")) if getattr(options, k) != default]
+        if ignored:
+            info["ignored_options"] = ignored
+        return BuildResult(
+            backend=self.name,
+            artifacts=artifacts,
+            info=info,
+            validation_model=validation_out,
+            validation_note=validation_note(target, options.precision),
+        )
+
+    @staticmethod
+    def _configure(trt, config, target: str | None) -> None:
+        if target is not None:
+            config.num_compute_capabilities = 1
+            config.set_compute_capability(getattr(trt.ComputeCapability, target.upper()), 0)
