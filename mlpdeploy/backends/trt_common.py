@@ -100,7 +100,10 @@ def format_parser_errors(parser, model_path: Path, product: str) -> str:
         stack = list(err.local_function_stack()) if err.local_function_stack_size() else []
         if stack:
             where += f" inside function {' > '.join(stack)}"
-        errors.append(f"{where}: {' '.join(err.desc().split())}")
+        desc = " ".join(err.desc().split())
+        if desc in ("", "false"):  # the parser's checkers often say only "false": give the code instead
+            desc = f"{str(err.code()).rsplit('.', 1)[-1].lower().replace('_', ' ')} ({err.func()})"
+        errors.append(f"{where}: {desc}")
     shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
     more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
     return f"{product} cannot parse {model_path.name}: {shown or 'unknown parser error'}{more}"
