@@ -36,7 +36,16 @@ def plugin_nodes(model: ir.Model) -> list[str]:
 
 
 def function_body_form(model: ir.Model) -> None:
-    """Strip plugin attributes from every mlpdeploy node and de-overload mlpdeploy functions, in place."""
+    """Strip plugin attributes from every mlpdeploy node and de-overload mlpdeploy functions, in place.
+
+    Refuses a node with an empty input slot: TensorRT's parser rejects such a function call.
+    """
+    for node in _mlpdeploy_nodes(model):
+        if any(v is None for v in node.inputs):
+            raise ValueError(
+                f"{node.domain}::{node.op_type} node {node.name!r} has an empty input slot, which TensorRT's "
+                "ONNX parser rejects; build it with the op's node builder"
+            )
     renames: dict[tuple[str, str, str], str] = {}
     taken = {(f.domain, f.name) for f in model.functions.values()}
     for key, function in list(model.functions.items()):

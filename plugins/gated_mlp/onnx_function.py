@@ -1,12 +1,15 @@
 """GatedMLP as an ONNX model-local function: a node builder and the standard-op body.
 
 Scheme: one FunctionProto per variant, all named `mlpdeploy::GatedMLP`, told apart by the
-IR v10 function `overload` field. The variant is (activation, has b_gate_up, has b_down),
-because a function body cannot branch on whether an optional input is present. Overload
-names read `<activation>[_bgu][_bd]`, e.g. `silu`, `gelu_tanh_bgu_bd`. The call node keeps
-all five input slots positionally (a missing bias is an empty name); an unused formal input
-of the body is declared and never read. The node's attributes `activation`,
-`plugin_namespace`, `plugin_version` are declared on the function (the body ignores them).
+IR v10 function `overload` field, because a function body cannot branch on whether an
+optional input is present. Overload names read `<activation>[_bgu[_bd]]`, e.g. `silu`,
+`gelu_tanh_bgu_bd` (verified: ONNX Runtime 1.32 resolves calls by overload). Call nodes never
+have an empty input slot: TensorRT's parser rejects a local-function call with an empty
+input ("Invalid Node"), and a plugin cannot tell which bias a shortened input list holds. So
+the inputs are x, W_gate_up, W_down, then b_gate_up, then b_down; a node given b_down
+without b_gate_up gets a zero b_gate_up constant (registered as an initializer by
+`ensure_function`). The node's attributes `activation`, `plugin_namespace`,
+`plugin_version` are declared on the function (the body ignores them).
 
 Body (the model's default-domain opset, ≥ 15 for CastLike):
     GU = MatMul(X, W_gate_up) [+ B_gate_up];  Gate, Up = Split(GU, axis=-1, 2 halves)
@@ -49,9 +52,11 @@ __all__ = [
 
 
 def overload_name(activation: str, has_b_gate_up: bool, has_b_down: bool) -> str:
-    """The function overload a variant resolves to: `<activation>[_bgu][_bd]`."""
+    """The function overload a variant resolves to: `<activation>[_bgu[_bd]]`."""
     if activation not in ACTIVATIONS:
         raise ValueError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+    if has_b_down and not has_b_gate_up:
+        raise ValueError("a GatedMLP with b_down has b_gate_up too (gated_mlp_node supplies a zero one)")
     return activation + ("_bgu" if has_b_gate_up else "") + ("_bd" if has_b_down else "")
 
 
@@ -68,13 +73,13 @@ def gated_mlp_node(
     """A `mlpdeploy::GatedMLP` node (not inserted in any graph) with one output.
 
     The output's dtype is x's, and its shape is x's with the last dim replaced by W_down's
-    last dim, as far as those are known.
+    last dim, as far as those are known. Given b_down without b_gate_up, a zero b_gate_up
+    constant named `<name or w_gate_up's name>_b_gate_up_zero` fills the slot (W_gate_up's
+    shape and dtype must be known); `ensure_function` registers it as an initializer.
     """
-    inputs: list[ir.Value | None] = [x, w_gate_up, w_down]
-    if b_gate_up is not None or b_down is not None:
-        inputs.append(b_gate_up)
-    if b_down is not None:
-        inputs.append(b_down)
+    if b_down is not None and b_gate_up is None:
+        b_gate_up = _zero_bias(w_gate_up, name)
+    inputs = [v for v in (x, w_gate_up, w_down, b_gate_up, b_down) if v is not None]
     node = ir.Node(
         DOMAIN,
         OP_TYPE,
@@ -97,13 +102,35 @@ def gated_mlp_node(
     return node
 
 
+def _zero_bias(w_gate_up: ir.Value, name: str | None) -> ir.Value:
+    shape, dtype = w_gate_up.shape, w_gate_up.dtype
+    if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or dtype is None:
+        raise ValueError(
+            f"GatedMLP with b_down but no b_gate_up needs W_gate_up's static shape and dtype for a zero "
+            f"b_gate_up; {w_gate_up.name!r} has shape {shape} and dtype {dtype}"
+        )
+    value_name = f"{name or w_gate_up.name}_b_gate_up_zero"
+    zeros = np.zeros((shape[1],), dtype=dtype.numpy())
+    return ir.Value(
+        name=value_name, shape=ir.Shape([shape[1]]), type=ir.TensorType(dtype), const_value=ir.tensor(zeros, name=value_name)
+    )
+
+
 def ensure_function(model: ir.Model, node: ir.Node) -> None:
-    """Add the model-local function `node` resolves to (once) and the `mlpdeploy` opset import."""
+    """Add the model-local function `node` resolves to (once) and the `mlpdeploy` opset import.
+
+    Constant inputs of the node that no graph holds yet (the zero b_gate_up of
+    gated_mlp_node) are registered as initializers of the main graph.
+    """
     if node.domain != DOMAIN or node.op_type != OP_TYPE:
         raise ValueError(f"ensure_function expects a {DOMAIN}::{OP_TYPE} node, got {node.domain}::{node.op_type}")
     activation = node.attributes.get_string("activation", "silu")
-    has_bgu = len(node.inputs) > 3 and node.inputs[3] is not None
-    has_bd = len(node.inputs) > 4 and node.inputs[4] is not None
+    if any(v is None for v in node.inputs) or not 3 <= len(node.inputs) <= 5:
+        raise ValueError(
+            f"GatedMLP node {node.name!r} must have 3 to 5 inputs and no empty slot "
+            "(x, w_gate_up, w_down[, b_gate_up[, b_down]]); build it with gated_mlp_node"
+        )
+    has_bgu, has_bd = len(node.inputs) > 3, len(node.inputs) > 4
     overload = overload_name(activation, has_bgu, has_bd)
     if node.overload != overload:
         raise ValueError(
@@ -114,6 +141,9 @@ def ensure_function(model: ir.Model, node: ir.Node) -> None:
     if existing is not None and existing != OPSET_VERSION:
         raise ValueError(f"model imports domain {DOMAIN!r} at version {existing}, GatedMLP needs {OPSET_VERSION}")
     model.opset_imports[DOMAIN] = OPSET_VERSION
+    for value in node.inputs:
+        if value.const_value is not None and value.graph is None and value.producer() is None:
+            model.graph.register_initializer(value)
     if (DOMAIN, OP_TYPE, overload) in model.functions:
         return
     onnx_opset = model.opset_imports.get("", DEFAULT_ONNX_OPSET)
@@ -218,7 +248,7 @@ def make_model(
     b_down = init("b_down", (d_out,), 0.5) if has_bd else None
     node = gated_mlp_node(x, *weights, activation=activation, b_gate_up=b_gate_up, b_down=b_down, name="gated_mlp")
     node.outputs[0].name = "y"
-    initializers = [v for v in (*weights, b_gate_up, b_down) if v is not None]
+    initializers = [v for v in (*weights, b_gate_up, b_down) if v is not None]  # a zero b_gate_up: ensure_function
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=initializers, opset_imports={"": onnx_opset}, name="gated_mlp")
     model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
     ensure_function(model, node)

@@ -2,7 +2,7 @@
 
 The ONNX parser maps a `GatedMLP` node that carries `plugin_namespace="mlpdeploy"` to this
 plugin and hands it the node's `activation` attribute as a CHAR field. Inputs arrive in the
-node's order: x [..., d], W_gate_up [d, 2h], W_down [h, d_out], then the biases present.
+node's order: x [..., d], W_gate_up [d, 2h], W_down [h, d_out], [b_gate_up [2h], [b_down]].
 `enqueue` wraps TensorRT's device pointers as torch tensors on TensorRT's stream, launches
 the fused Triton gate-up kernel into the workspace (H [M, h]) and a cuBLAS GEMM into the
 output. The rules (fields, shapes, dtypes, formats, workspace, which biases) are plain
@@ -62,32 +62,20 @@ def supports_combination(pos: int, types: Sequence[str], linear: Sequence[bool])
     return types[pos] == types[0]
 
 
-def bias_slots(num_inputs: int, x_dims: Sequence[int], w_gate_up_dims: Sequence[int], w_down_dims: Sequence[int],
-               extra_dims: Sequence[Sequence[int]]) -> tuple[int | None, int | None]:
-    """Input indices of (b_gate_up, b_down), None when absent.
+def bias_slots(num_inputs: int, w_gate_up_dims: Sequence[int], w_down_dims: Sequence[int],
+               bias_dims: Sequence[Sequence[int]]) -> tuple[int | None, int | None]:
+    """Input indices of (b_gate_up, b_down), None when absent, with their lengths checked.
 
-    3 inputs: no bias; 5: both. 4 inputs arise from a node with b_gate_up only, or from a
-    node with b_down only whose empty 4th slot TensorRT dropped: the vector's length tells
-    them apart (2h vs d_out); if 2h == d_out the two cannot be told apart and this refuses.
+    GatedMLP nodes have no empty input slots (a lone b_down comes with a zero b_gate_up), so
+    3 inputs mean no bias, 4 mean b_gate_up [2h], 5 mean b_gate_up [2h] and b_down [d_out].
     """
-    two_h, d_out = int(w_gate_up_dims[1]), int(w_down_dims[1])
-    if num_inputs == 3:
-        return None, None
-    if num_inputs == 5:
-        return 3, 4
-    if num_inputs != 4:
+    if not 3 <= num_inputs <= 5:
         raise ValueError(f"GatedMLP plugin takes 3 to 5 inputs, got {num_inputs}")
-    (length,) = (int(v) for v in extra_dims[0])
-    if two_h == d_out:
-        raise ValueError(
-            f"GatedMLP plugin with one bias of length {length} is ambiguous when 2h == d_out ({two_h}); "
-            "give the node both biases (a zero one for the missing side)"
-        )
-    if length == two_h:
-        return 3, None
-    if length == d_out:
-        return None, 3
-    raise ValueError(f"GatedMLP bias of length {length} fits neither 2h={two_h} nor d_out={d_out}")
+    want = [int(w_gate_up_dims[1]), int(w_down_dims[1])][: num_inputs - 3]
+    for name, n, dims in zip(("b_gate_up", "b_down"), want, bias_dims):
+        if len(dims) != 1 or int(dims[0]) != n:
+            raise ValueError(f"GatedMLP {name} must have shape ({n},), got {tuple(int(v) for v in dims)}")
+    return (3 if num_inputs > 3 else None), (4 if num_inputs > 4 else None)
 
 
 def workspace_bytes(x_max_dims: Sequence[int], w_down_dims: Sequence[int], type_name: str) -> int:
@@ -158,7 +146,7 @@ def plugin_class(trt) -> type:
             dtype = trt_common.TORCH_DTYPES[trt_common.dtype_name(input_desc[0].type)]
             dims = [tuple(d.dims) for d in input_desc]
             tensors = [trt_common.device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
-            i_bgu, i_bd = bias_slots(len(inputs), dims[0], dims[1], dims[2], dims[3:4])
+            i_bgu, i_bd = bias_slots(len(inputs), dims[1], dims[2], dims[3:])
             out = trt_common.device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
             m = trt_common.volume(dims[0][:-1])
             scratch = trt_common.device_tensor(workspace, (m * dims[2][0],), dtype)
