@@ -3,5 +3,5 @@
 from __future__ import annotations
 
 REGISTRY: dict[str, str] = {
-    # "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
+    "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
 }
