@@ -79,7 +79,7 @@ def prepare_graph(model_path: Path, precision: str) -> tuple[ir.Model, dict]:
 
 
 def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
-    """A failed build's log as one line; TensorRT-RTX's FP4-before-Blackwell failure said plainly."""
+    """A failed build's log as one line; FP4 before Blackwell and fp32 GEMMs on Turing said plainly."""
     error = common.first_error(records) or "the builder logged no error"
     hw = re.search(r"HW-specific datatypes:\s*([\w, ]+?)(?:\.|\s+In\s|$)", error)
     if hw:
@@ -88,6 +88,12 @@ def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
             f"{PRODUCT} cannot build for {target}: the model contains {dtypes} tensors, which only Blackwell GPUs "
             f"({', '.join(FP4_TARGETS)}) support; build with --target sm120 (or sm121), or quantize those weights to "
             "int4/fp8 for this target"
+        )
+    turing = re.search(r"Cannot compile operation '([^']*)' for Turing \(SM75\): (FP32 \w+) is not supported", error)
+    if turing:
+        return (
+            f"{PRODUCT} cannot build node {turing.group(1)!r} for sm75: Turing GPUs have no {turing.group(2)} in "
+            f"{PRODUCT}; build with --precision fp16 for sm75"
         )
     return f"{PRODUCT} build failed for {target or 'the portable target'}: {error}"
 
@@ -143,6 +149,7 @@ class TensorRTRTXBackend(Backend):
                 built = {
                     "build_seconds": round(result.seconds, 3),
                     "log": common.log_lines(result.log),
+                    "io": common.engine_io_from_log(result.log),
                     "layers": common.engine_layers_from_log(result.log),
                     "network_layers": len(result.network_layers),
                 }

@@ -168,6 +168,29 @@ def engine_layers_from_log(records: list[tuple[str, str]]) -> list[dict[str, Any
     return []
 
 
+_IO = re.compile(r"^\s*Name: (?P<name>.*?), IOMode: (?P<mode>\w+), DataType: (?P<dtype>\w+), Dimensions: \[(?P<dims>[^\]]*)\]")
+_PROFILE = re.compile(r"MinShape: \[(?P<min>[^\]]*)\], OptShape: \[(?P<opt>[^\]]*)\], MaxShape: \[(?P<max>[^\]]*)\]")
+
+
+def engine_io_from_log(records: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The engine's I/O tensors as the builder reports them: mode, dtype, dims, and profile shapes for inputs."""
+    ints = lambda text: [int(d) for d in text.split(",") if d.strip()]  # noqa: E731
+    for _, msg in records:
+        if msg.startswith("Layers:\n") and "I/O Tensors:" in msg:
+            io = {}
+            for line in msg.split("I/O Tensors:", 1)[1].splitlines():
+                m = _IO.match(line)
+                if not m:
+                    continue
+                entry: dict[str, Any] = {"mode": m["mode"].lower(), "dtype": m["dtype"], "dims": ints(m["dims"])}
+                p = _PROFILE.search(line)
+                if p:
+                    entry.update(min=ints(p["min"]), opt=ints(p["opt"]), max=ints(p["max"]))
+                io[m["name"]] = entry
+            return io
+    return {}
+
+
 def engine_layers_from_inspector(trt, engine) -> list[dict[str, Any]]:
     """The engine's layers through the engine inspector (needs a deserialized engine)."""
     inspector = engine.create_engine_inspector()
