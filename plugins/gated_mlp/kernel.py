@@ -109,8 +109,9 @@ def gate_up_act(
         HAS_BIAS=b_gate_up is not None,
         # tl.dot on bf16 returns garbage in the interpreter; fp32 tiles there are exact.
         DOT_FP32=interpreting() and x2d.dtype == torch.bfloat16,
-        # fp32 follows torch's matmul setting (exact fp32 unless TF32 is allowed).
-        INPUT_PRECISION="tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee",
+        # fp32 follows torch's matmul setting (exact fp32 unless TF32 is allowed); fp16/bf16
+        # tiles take Triton's default, which only fp32 operands read.
+        INPUT_PRECISION="ieee" if x2d.dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32",
         BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, GROUP_M=cfg.group_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
