@@ -23,19 +23,18 @@ digest of the parsed ONNX, the target, the profile and the TensorRT-RTX version
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from pathlib import Path
 
 import onnx_ir as ir
 
-from ..atomic import staged_files
 from ..errors import MlpdeployError, require
-from ..manifest import find_manifest, manifest_path
-from ..onnx_io import check_onnx_path, load_ir, write_onnx
-from ..precision import check_precision, convert_precision, emulate_in_fp32
+from ..manifest import find_manifest
+from ..onnx_io import check_onnx_path, load_ir
+from ..precision import check_precision, convert_precision
 from . import trt_common as common
+from . import trt_log
 from .base import Backend, BuildOptions, BuildResult
 from .trt_shapes import derive_profile, profile_to_json
 
@@ -80,7 +79,7 @@ def prepare_graph(model_path: Path, precision: str) -> tuple[ir.Model, dict]:
 
 def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
     """A failed build's log as one line; FP4 before Blackwell and fp32 GEMMs on Turing said plainly."""
-    error = common.first_error(records) or "the builder logged no error"
+    error = trt_log.first_error(records) or "the builder logged no error"
     hw = re.search(r"HW-specific datatypes:\s*([\w, ]+?)(?:\.|\s+In\s|$)", error)
     if hw:
         dtypes = hw.group(1).strip()
@@ -128,55 +127,37 @@ class TensorRTRTXBackend(Backend):
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
         cache = common.EngineCache(common.cache_dir(options.extra), "tensorrt-rtx")
-        onnx_out = output.parent / f"{output.name}.onnx"
-        log_out = output.parent / f"{output.name}.log"
-        with staged_files(output) as tmp:
-            onnx_tmp = tmp.parent / onnx_out.name
-            write_onnx(model, onnx_tmp)
+        state = {"cache": "off" if cache.dir is None else "miss"}
+
+        def make_engine(onnx_path: Path) -> tuple[bytes, dict]:
             settings = {"product": PRODUCT, "version": trt.__version__, "target": target, "profile": profile}
-            key = common.file_digest(onnx_tmp, onnx_tmp.parent / f"{onnx_tmp.name}.data", settings=settings)
+            key = common.file_digest(onnx_path, onnx_path.parent / f"{onnx_path.name}.data", settings=settings)
             cached = cache.load(key)
             if cached is not None:
-                engine, built = cached
-                cache_state = "hit"
-            else:
-                result = common.build_engine(
-                    trt, PRODUCT, onnx_tmp, profile,
-                    configure=lambda config, builder: self._configure(trt, config, target),
-                    explain_failure=lambda log: explain_failure(log, target),
-                )
-                engine = result.engine
-                built = {
-                    "build_seconds": round(result.seconds, 3),
-                    "log": common.log_lines(result.log),
-                    "io": common.engine_io_from_log(result.log),
-                    "layers": common.engine_layers_from_log(result.log),
-                    "network_layers": len(result.network_layers),
-                }
-                cache_state = "miss" if cache.dir is not None else "off"
-                cache.store(key, engine, built)
-            tmp.write_bytes(engine)
-            (tmp.parent / log_out.name).write_text("\n".join(built["log"]) + "\n")
-            validation_out = onnx_out
-            if options.precision == "bf16":
-                validation_out = output.parent / f"{output.name}.validate.onnx"
-                emulated = load_ir(onnx_tmp)
-                emulate_in_fp32(emulated)
-                write_onnx(emulated, tmp.parent / validation_out.name)
-            history = {
-                "backend": self.name, "target": target or "portable", "precision": options.precision,
-                "profile": profile_to_json(profile), "tensorrt_rtx": trt.__version__,
+                state["cache"] = "hit"
+                return cached
+            result = common.build_engine(
+                trt, PRODUCT, onnx_path, profile,
+                configure=lambda config, builder: self._configure(trt, config, target),
+                explain_failure=lambda log: explain_failure(log, target),
+            )
+            built = {
+                "build_seconds": round(result.seconds, 3),
+                "log": trt_log.log_lines(result.log),
+                "io": trt_log.engine_io_from_log(result.log),
+                "layers": trt_log.engine_layers_from_log(result.log),
+                "network_layers": len(result.network_layers),
             }
-            if manifest is not None:
-                text = json.dumps(manifest.derived("build", **history).to_json(), indent=2) + "\n"
-                manifest_path(onnx_tmp).write_text(text)
-                if validation_out != onnx_out:
-                    manifest_path(tmp.parent / validation_out.name).write_text(text)
-        artifacts = {"engine": output, "onnx": onnx_out, "log": log_out}
-        if validation_out != onnx_out:
-            artifacts["validation_onnx"] = validation_out
-        if manifest is not None:
-            artifacts["manifest"] = manifest_path(onnx_out)
+            cache.store(key, result.engine, built)
+            return result.engine, built
+
+        history = {
+            "backend": self.name, "target": target or "portable", "precision": options.precision,
+            "profile": profile_to_json(profile), "tensorrt_rtx": trt.__version__,
+        }
+        artifacts, validation_model, engine, built = common.write_artifacts(
+            output, model, options.precision, manifest, history, make_engine
+        )
         info = {
             "target": target or PORTABLE,
             "precision": options.precision,
@@ -184,18 +165,17 @@ class TensorRTRTXBackend(Backend):
             "profile": profile_to_json(profile),
             "seconds": round(time.perf_counter() - start, 3),
             **built,
-            "cache": cache_state,
+            "cache": state["cache"],
             "bytes": len(engine),
             "tensorrt_rtx": trt.__version__,
         }
-        ignored = [k for k, default in (("device", "auto"), ("opt_level", "extended")) if getattr(options, k) != default]
-        if ignored:
-            info["ignored_options"] = ignored
+        if common.ignored_options(options):
+            info["ignored_options"] = common.ignored_options(options)
         return BuildResult(
             backend=self.name,
             artifacts=artifacts,
             info=info,
-            validation_model=validation_out,
+            validation_model=validation_model,
             validation_note=validation_note(target, options.precision),
         )
 

@@ -1,5 +1,6 @@
-"""Code shared by the `tensorrt-rtx` and `tensorrt` backends: parse + build driver, the captured
-build log, parser errors with node and op, layer lists, caches on disk, plugin-node checks.
+"""Code shared by the `tensorrt-rtx` and `tensorrt` backends: the parse + build driver, the
+artifacts every engine build writes, plugin-node checks, caches on disk, the GPU check.
+(What TensorRT logs is read in `trt_log`; optimization profiles come from `trt_shapes`.)
 
 Both TensorRT Python modules (`tensorrt_rtx_bindings`, `tensorrt`) have the same builder API;
 every function here takes the module as its first argument instead of importing one.
@@ -10,14 +11,11 @@ Caches live under `BuildOptions.extra["cache_dir"]`, else `$MLPDEPLOY_CACHE_DIR`
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,87 +25,20 @@ import onnx_ir as ir
 
 from ..atomic import staged_files
 from ..errors import MlpdeployError
+from ..manifest import Manifest, manifest_path
+from ..onnx_io import load_ir, write_onnx
+from ..precision import emulate_in_fp32
+from .base import BuildOptions
+from .trt_log import captured_log, first_error, format_parser_errors, network_layers
 from .trt_shapes import Triple
 
 # Domains whose ops the TensorRT ONNX parser imports itself; a node in any other domain with no
 # model-local function is looked up in the plugin registry by its op_type.
 STANDARD_DOMAINS = ("", "ai.onnx")
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
-MAX_ERRORS_SHOWN = 3
 
 
-# --- the build log ---------------------------------------------------------------------------
-
-_LOGGERS: dict[str, Any] = {}
-_BUILD_LOCK = threading.Lock()
-
-
-def logger_for(trt):
-    """The process-wide capturing logger for a TensorRT module.
-
-    TensorRT keeps the first logger a process gives it and ignores later ones, so there is one
-    logger per module and each build points its sink at a fresh list (under a lock).
-    """
-    if trt.__name__ not in _LOGGERS:
-
-        class CapturingLogger(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.sink: list[tuple[str, str]] | None = None
-
-            def log(self, severity, msg):
-                if self.sink is not None:
-                    self.sink.append((str(severity).rsplit(".", 1)[-1], str(msg)))
-
-        _LOGGERS[trt.__name__] = CapturingLogger()
-    return _LOGGERS[trt.__name__]
-
-
-@contextlib.contextmanager
-def captured_log(trt):
-    """Run a TensorRT call with its log captured: yields (logger, records)."""
-    logger = logger_for(trt)
-    records: list[tuple[str, str]] = []
-    with _BUILD_LOCK:
-        logger.sink = records
-        try:
-            yield logger, records
-        finally:
-            logger.sink = None
-
-
-def log_lines(records: list[tuple[str, str]], verbose: bool = False) -> list[str]:
-    """`SEVERITY: message` lines (VERBOSE ones only if asked)."""
-    return [f"{sev}: {msg}" for sev, msg in records if verbose or sev != "VERBOSE"]
-
-
-def first_error(records: list[tuple[str, str]]) -> str | None:
-    for sev, msg in records:
-        if sev in ("ERROR", "INTERNAL_ERROR"):
-            return " ".join(msg.split())
-    return None
-
-
-# --- parsing ---------------------------------------------------------------------------------
-
-def format_parser_errors(parser, model_path: Path, product: str) -> str:
-    """One line naming each failing node (name and op type) and what the parser said."""
-    errors = []
-    for i in range(parser.num_errors):
-        err = parser.get_error(i)
-        name, op = err.node_name() or f"#{err.node()}", err.node_operator() or "?"
-        where = f"node {name!r} ({op})"
-        stack = list(err.local_function_stack()) if err.local_function_stack_size() else []
-        if stack:
-            where += f" inside function {' > '.join(stack)}"
-        desc = " ".join(err.desc().split())
-        if desc in ("", "false"):  # the parser's checkers often say only "false": give the code instead
-            desc = f"{str(err.code()).rsplit('.', 1)[-1].lower().replace('_', ' ')} ({err.func()})"
-        errors.append(f"{where}: {desc}")
-    shown = "; ".join(errors[:MAX_ERRORS_SHOWN])
-    more = f" (and {len(errors) - MAX_ERRORS_SHOWN} more)" if len(errors) > MAX_ERRORS_SHOWN else ""
-    return f"{product} cannot parse {model_path.name}: {shown or 'unknown parser error'}{more}"
-
+# --- plugin nodes -----------------------------------------------------------------------------
 
 def plugin_resolving_nodes(model: ir.Model) -> list[str]:
     """Nodes the TensorRT parser would resolve to a plugin, as `'name' (domain::Op): why`.
@@ -134,76 +65,6 @@ def _all_nodes(model: ir.Model):
             yield f" in function {function.name}", node
 
 
-# --- layers ----------------------------------------------------------------------------------
-
-_LAYER = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*),.*?TacticName: (?P<tactic>[^,]*),.*?Metadata: (?P<meta>.*)$")
-
-
-def network_layers(network) -> list[dict[str, str]]:
-    """The parsed network's layers (before optimization): name, type, output dtype."""
-    layers = []
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        dtype = str(layer.get_output(0).dtype).rsplit(".", 1)[-1] if layer.num_outputs else ""
-        layers.append({"name": layer.name, "type": str(layer.type).rsplit(".", 1)[-1], "dtype": dtype})
-    return layers
-
-
-def engine_layers_from_log(records: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """The engine's layers as the builder reports them (ProfilingVerbosity.DETAILED).
-
-    The builder logs the same listing the engine inspector gives; read from the log it needs
-    no GPU (the inspector needs a deserialized engine, which needs one).
-    """
-    for _, msg in records:
-        if msg.startswith("Layers:\n"):
-            body = msg[len("Layers:\n"):].split("\n\n", 1)[0]
-            layers = []
-            for line in body.splitlines():
-                m = _LAYER.match(line)
-                if m:
-                    onnx_nodes = re.findall(r"\[ONNX Layer: ([^\]]*)\]", m["meta"])
-                    layers.append({"name": m["name"], "type": m["type"], "tactic": m["tactic"], "onnx_nodes": onnx_nodes})
-            return layers
-    return []
-
-
-_IO = re.compile(r"^\s*Name: (?P<name>.*?), IOMode: (?P<mode>\w+), DataType: (?P<dtype>\w+), Dimensions: \[(?P<dims>[^\]]*)\]")
-_PROFILE = re.compile(r"MinShape: \[(?P<min>[^\]]*)\], OptShape: \[(?P<opt>[^\]]*)\], MaxShape: \[(?P<max>[^\]]*)\]")
-
-
-def engine_io_from_log(records: list[tuple[str, str]]) -> dict[str, dict[str, Any]]:
-    """The engine's I/O tensors as the builder reports them: mode, dtype, dims, and profile shapes for inputs."""
-    ints = lambda text: [int(d) for d in text.split(",") if d.strip()]  # noqa: E731
-    for _, msg in records:
-        if msg.startswith("Layers:\n") and "I/O Tensors:" in msg:
-            io = {}
-            for line in msg.split("I/O Tensors:", 1)[1].splitlines():
-                m = _IO.match(line)
-                if not m:
-                    continue
-                entry: dict[str, Any] = {"mode": m["mode"].lower(), "dtype": m["dtype"], "dims": ints(m["dims"])}
-                p = _PROFILE.search(line)
-                if p:
-                    entry.update(min=ints(p["min"]), opt=ints(p["opt"]), max=ints(p["max"]))
-                io[m["name"]] = entry
-            return io
-    return {}
-
-
-def engine_layers_from_inspector(trt, engine) -> list[dict[str, Any]]:
-    """The engine's layers through the engine inspector (needs a deserialized engine)."""
-    inspector = engine.create_engine_inspector()
-    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
-    layers = []
-    for layer in info.get("Layers", []):
-        if isinstance(layer, str):
-            layers.append({"name": layer})
-        else:
-            layers.append({"name": layer.get("Name", ""), "type": layer.get("LayerType", ""), "tactic": layer.get("TacticName", "")})
-    return layers
-
-
 # --- the build driver ------------------------------------------------------------------------
 
 @dataclass
@@ -224,6 +85,7 @@ def build_engine(
     configure: Callable[[Any, Any], None],
     explain_failure: Callable[[list[tuple[str, str]]], str],
     setup_parser: Callable[[Any], None] | None = None,
+    builder_hint: str = "",
 ) -> EngineBuild:
     """Parse `onnx_path` into a strongly typed network and build it with one optimization profile.
 
@@ -232,7 +94,11 @@ def build_engine(
     """
     with captured_log(trt) as (logger, records):
         start = time.perf_counter()
-        builder = trt.Builder(logger)
+        try:
+            builder = trt.Builder(logger)
+        except Exception as exc:  # pybind raises when the C++ factory returns null (e.g. no usable GPU)
+            detail = first_error(records) or " ".join(str(exc).split())
+            raise MlpdeployError(f"{product} cannot create a builder: {detail}{builder_hint}") from None
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, logger)
         if setup_parser is not None:
@@ -250,6 +116,53 @@ def build_engine(
         if serialized is None:
             raise MlpdeployError(explain_failure(records))
         return EngineBuild(bytes(serialized), time.perf_counter() - start, records, network_layers(network))
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+def write_artifacts(
+    output: Path,
+    model: ir.Model,
+    precision: str,
+    manifest: Manifest | None,
+    history: dict[str, Any],
+    make_engine: Callable[[Path], tuple[bytes, dict[str, Any]]],
+) -> tuple[dict[str, Path], Path, bytes, dict[str, Any]]:
+    """Write an engine build's files atomically (all or none), beside `output`:
+
+    `<output>` the engine, `<output>.onnx` the exact graph parsed, `<output>.log` the build log,
+    `<output>.manifest.json` the derived manifest (when the model has one), and for bf16
+    `<output>.validate.onnx` (+ manifest), the graph with bf16 rounding emulated in fp32.
+    `make_engine(parsed_onnx_path)` returns the engine bytes and the build's info (with `log`).
+    Returns (artifacts, validation model, engine bytes, build info).
+    """
+    onnx_out, log_out = output.parent / f"{output.name}.onnx", output.parent / f"{output.name}.log"
+    validation_out = output.parent / f"{output.name}.validate.onnx" if precision == "bf16" else onnx_out
+    with staged_files(output) as tmp:
+        stage = tmp.parent
+        write_onnx(model, stage / onnx_out.name)
+        engine, built = make_engine(stage / onnx_out.name)
+        tmp.write_bytes(engine)
+        (stage / log_out.name).write_text("\n".join(built["log"]) + "\n")
+        if validation_out != onnx_out:
+            emulated = load_ir(stage / onnx_out.name)
+            emulate_in_fp32(emulated)
+            write_onnx(emulated, stage / validation_out.name)
+        if manifest is not None:
+            text = json.dumps(manifest.derived("build", **history).to_json(), indent=2) + "\n"
+            for path in {onnx_out, validation_out}:
+                manifest_path(stage / path.name).write_text(text)
+    artifacts = {"engine": output, "onnx": onnx_out, "log": log_out}
+    if validation_out != onnx_out:
+        artifacts["validation_onnx"] = validation_out
+    if manifest is not None:
+        artifacts["manifest"] = manifest_path(onnx_out)
+    return artifacts, validation_out, engine, built
+
+
+def ignored_options(options: BuildOptions) -> list[str]:
+    """The shared options a TensorRT backend does not use, when set away from their defaults."""
+    return [k for k, default in (("device", "auto"), ("opt_level", "extended")) if getattr(options, k) != default]
 
 
 # --- caches ----------------------------------------------------------------------------------
@@ -297,6 +210,38 @@ class EngineCache:
                 tmp.with_suffix(".json").write_text(json.dumps(meta))
         except (OSError, MlpdeployError):
             pass  # a cache that cannot be written only costs the next build its time
+
+
+class TimingCache:
+    """A builder timing cache kept in a file (datacenter TensorRT; TensorRT-RTX ignores timing caches)."""
+
+    def __init__(self, root: Path | None, product: str, device_key: str):
+        self.path = root / product / f"timing-{device_key}.cache" if root is not None else None
+        self.loaded_bytes = 0
+        self._config = None
+
+    def attach(self, config) -> None:
+        """Load the file (if any) into `config`'s timing cache; call before building."""
+        if self.path is None:
+            return
+        data = self.path.read_bytes() if self.path.is_file() else b""
+        cache = config.create_timing_cache(data)
+        if not config.set_timing_cache(cache, False):  # a cache from another TensorRT or GPU: start afresh
+            data = b""
+            config.set_timing_cache(config.create_timing_cache(data), False)
+        self.loaded_bytes, self._config = len(data), config
+
+    def save(self) -> int:
+        """Write the (grown) cache back atomically; returns its size in bytes."""
+        if self.path is None or self._config is None:
+            return 0
+        data = bytes(self._config.get_timing_cache().serialize())
+        try:
+            with staged_files(self.path) as tmp:
+                tmp.write_bytes(data)
+        except (OSError, MlpdeployError):
+            return 0
+        return len(data)
 
 
 # --- the GPU ---------------------------------------------------------------------------------
