@@ -74,16 +74,22 @@ def checkpoint_path(name: str) -> Path:
     return CHECKPOINTS / f"{name}.safetensors"
 
 
+def checkpoint_metadata(name: str) -> dict[str, str]:
+    """The string metadata stored in `checkpoints/NAME.safetensors` (config, metrics, …)."""
+    from safetensors import safe_open
+
+    with safe_open(str(checkpoint_path(name)), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def load_checkpoint(module: nn.Module, name: str, config: Any) -> nn.Module:
     """Load `checkpoints/NAME.safetensors` into `module`; its metadata must record `config`."""
-    from safetensors import safe_open
     from safetensors.torch import load_file
 
     path = checkpoint_path(name)
     if not path.is_file():
         raise MlpdeployError(f"checkpoint {path} not found; train it with `python -m mlpdeploy.zoo.train {name}` (or `make models`)")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
+    meta = checkpoint_metadata(name)
     if meta.get("config") != config_json(config):
         raise MlpdeployError(
             f"checkpoint {path} was trained for config {meta.get('config')}, but the code builds {config_json(config)}; "
@@ -92,6 +98,20 @@ def load_checkpoint(module: nn.Module, name: str, config: Any) -> nn.Module:
     module.load_state_dict(load_file(str(path)), strict=True)
     module.eval()
     return module
+
+
+def trained_bundle(build: Callable[..., ModelBundle], config: Any, name: str, task: Any) -> ModelBundle:
+    """`build(config, task=task)` with the weights of the committed checkpoint `name`.
+
+    `bundle.metadata` gets the checkpoint's recorded metrics (`metrics`) and card path (`card`).
+    """
+    bundle = build(config, task=task)
+    load_checkpoint(bundle.module, name, config)
+    meta = checkpoint_metadata(name)
+    bundle.metadata.update(checkpoint=str(checkpoint_path(name)), card=str(CARDS / f"{name}.md"))
+    if "metrics" in meta:
+        bundle.metadata["metrics"] = json.loads(meta["metrics"])
+    return bundle
 
 
 def save_checkpoint(module: nn.Module, name: str, config: Any, extra: dict[str, str] | None = None) -> Path:

@@ -13,7 +13,9 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from .common import image_bundle, seeded
+from mlpdeploy.data import DigitsTask
+
+from .common import image_bundle, seeded, trained_bundle
 from .layers import PatchEmbed
 
 
@@ -90,6 +92,7 @@ class GMLP(nn.Module):
 
 
 TINY = GMLPConfig()
+SMALL = GMLPConfig(image_size=8, patch_size=2, in_chans=1, dim=64, depth=4, ffn_dim=128)
 
 
 def build(cfg: GMLPConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
@@ -100,4 +103,9 @@ def build(cfg: GMLPConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
 
 def gmlp_tiny() -> ModelBundle:
     """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, gated MLP 256; random weights."""
-    return build(TINY)
+    return build(TINY, task=DigitsTask(image_size=TINY.image_size, channels=TINY.in_chans))
+
+
+def gmlp_small() -> ModelBundle:
+    """Trained on digits: 1×8×8 input, patch 2 (16 patches), dim 64, 4 blocks, gated MLP 128 (see cards/gmlp-small.md)."""
+    return trained_bundle(build, SMALL, "gmlp-small", DigitsTask(image_size=SMALL.image_size, channels=SMALL.in_chans))

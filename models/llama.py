@@ -13,7 +13,9 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from .common import seeded, token_bundle
+from mlpdeploy.data import LMTask
+
+from .common import seeded, token_bundle, trained_bundle
 from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
 
 
@@ -64,6 +66,7 @@ class LlamaLM(nn.Module):
 
 
 TINY = LlamaConfig()
+SMALL = LlamaConfig(dim=128, n_layers=4, n_heads=4, n_kv_heads=2, hidden_dim=344, max_positions=256)
 
 
 def build(cfg: LlamaConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
@@ -74,4 +77,9 @@ def build(cfg: LlamaConfig, seed: int = 0, task=None, **metadata) -> ModelBundle
 
 def llama_tiny() -> ModelBundle:
     """2 layers, dim 64, 4 heads / 2 kv heads, SwiGLU 176, byte vocab; random weights."""
-    return build(TINY)
+    return build(TINY, task=LMTask(seq_len=TINY.max_positions))
+
+
+def llama_small() -> ModelBundle:
+    """Trained on stdlib bytes: 4 layers, dim 128, 4 heads / 2 kv heads, SwiGLU 344, context 256 (see cards/llama-small.md)."""
+    return trained_bundle(build, SMALL, "llama-small", LMTask(seq_len=SMALL.max_positions))

@@ -10,7 +10,9 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from .common import image_bundle, seeded
+from mlpdeploy.data import DigitsTask
+
+from .common import image_bundle, seeded, trained_bundle
 from .layers import Mlp, PatchEmbed
 
 
@@ -58,6 +60,7 @@ class Mixer(nn.Module):
 
 
 TINY = MixerConfig()
+SMALL = MixerConfig(image_size=8, patch_size=2, in_chans=1, dim=64, depth=4, tokens_hidden=32, channels_hidden=128)
 
 
 def build(cfg: MixerConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
@@ -68,4 +71,9 @@ def build(cfg: MixerConfig, seed: int = 0, task=None, **metadata) -> ModelBundle
 
 def mixer_tiny() -> ModelBundle:
     """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, token MLP 32, channel MLP 256; random weights."""
-    return build(TINY)
+    return build(TINY, task=DigitsTask(image_size=TINY.image_size, channels=TINY.in_chans))
+
+
+def mixer_small() -> ModelBundle:
+    """Trained on digits: 1×8×8 input, patch 2 (16 patches), dim 64, 4 blocks, token MLP 32, channel MLP 128 (see cards/mixer-small.md)."""
+    return trained_bundle(build, SMALL, "mixer-small", DigitsTask(image_size=SMALL.image_size, channels=SMALL.in_chans))

@@ -10,7 +10,9 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from .common import seeded, token_bundle
+from mlpdeploy.data import LMTask
+
+from .common import seeded, token_bundle, trained_bundle
 from .layers import Attention
 
 
@@ -60,6 +62,7 @@ class OPTLM(nn.Module):
 
 
 TINY = OPTConfig()
+SMALL = OPTConfig(dim=128, n_layers=4, n_heads=4, ffn_dim=512, max_positions=256)
 
 
 def build(cfg: OPTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
@@ -70,4 +73,9 @@ def build(cfg: OPTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
 
 def opt_relu_tiny() -> ModelBundle:
     """2 layers, dim 64, 4 heads, ReLU MLP 256, byte vocab; random weights."""
-    return build(TINY)
+    return build(TINY, task=LMTask(seq_len=TINY.max_positions))
+
+
+def opt_relu_small() -> ModelBundle:
+    """Trained on stdlib bytes: 4 layers, dim 128, 4 heads, ReLU MLP 512, context 256 (see cards/opt-relu-small.md)."""
+    return trained_bundle(build, SMALL, "opt-relu-small", LMTask(seq_len=SMALL.max_positions))

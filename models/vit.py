@@ -10,7 +10,9 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from .common import image_bundle, seeded
+from mlpdeploy.data import DigitsTask
+
+from .common import image_bundle, seeded, trained_bundle
 from .layers import Attention, Mlp, PatchEmbed
 
 
@@ -64,6 +66,7 @@ class ViT(nn.Module):
 
 
 TINY = ViTConfig()
+SMALL = ViTConfig(image_size=8, patch_size=2, in_chans=1, dim=64, depth=4, n_heads=4, mlp_dim=128)
 
 
 def build(cfg: ViTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
@@ -74,4 +77,9 @@ def build(cfg: ViTConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
 
 def vit_tiny() -> ModelBundle:
     """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, GELU MLP 256; random weights."""
-    return build(TINY)
+    return build(TINY, task=DigitsTask(image_size=TINY.image_size, channels=TINY.in_chans))
+
+
+def vit_small() -> ModelBundle:
+    """Trained on digits: 1×8×8 input, patch 2 (16 patches), dim 64, 4 blocks, GELU MLP 128 (see cards/vit-small.md)."""
+    return trained_bundle(build, SMALL, "vit-small", DigitsTask(image_size=SMALL.image_size, channels=SMALL.in_chans))
