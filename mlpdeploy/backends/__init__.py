@@ -10,6 +10,7 @@ from .base import Backend, BuildOptions, BuildResult  # noqa: F401
 REGISTRY: dict[str, str] = {
     "onnxruntime": "onnxruntime:OnnxRuntimeBackend",
     "tensorrt-rtx": "tensorrt_rtx:TensorRTRTXBackend",
+    "tensorrt": "tensorrt:TensorRTBackend",
 }
 
 
