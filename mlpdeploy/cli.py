@@ -108,6 +108,18 @@ def _validation_table(outputs: dict, title: str) -> Table:
     return table
 
 
+def _task_table(task: dict) -> Table:
+    table = Table(title=f"task {task['task']} ({task['samples']} eval samples)")
+    for col in ("metric", "reference", "candidate", "delta", "top-1 agreement", "verdict"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    verdict = "-" if "passed" not in task else ("[green]PASS[/]" if task["passed"] else "[red]FAIL[/]")
+    table.add_row(
+        task["metric"], f"{task['reference']:.4f}", f"{task['candidate']:.4f}",
+        f"{task['delta']:+.4g} ({task['relative_delta']:+.3%})", f"{task['agreement']:.4%}", verdict,
+    )
+    return table
+
+
 def _layer_table(layers: dict, worst: int = 8) -> Table:
     """The layers with the largest errors (all of them when there are few)."""
     table = Table(title=f"per layer (worst {worst}, in {layers['model']})")
@@ -215,10 +227,13 @@ def build(onnx_model: Path, backend: str, output: Path, device: str, opt_level: 
 @click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
 @click.option("--dim", "dims", multiple=True, metavar="NAME=INT", help="Size of a dynamic dim for generated inputs, e.g. --dim seq=17.")
 @click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
+@click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task).")
+@click.option("--task-samples", type=int, default=0, show_default=True, help="Eval samples for the task metric (0: the whole eval split).")
+@click.option("--max-metric-delta", type=float, help="Fail when the task metric degrades by more than this (metric units; implies --task).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @debug_option
 @handles_errors
-def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, seed, dims, layers, json_path, debug) -> None:
+def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, seed, dims, layers, task, task_samples, max_metric_delta, json_path, debug) -> None:
     """Compare a candidate ONNX model with the reference; exit 1 when over tolerance."""
     from .atomic import write_json
     from .source import load_model
@@ -227,11 +242,14 @@ def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, see
     ref = Path(reference) if reference.endswith(".onnx") else load_model(reference)
     with console.status("validating"):
         report = run_validation(
-            ref, candidate, inputs=inputs, precision=precision, atol=atol, rtol=rtol, seed=seed, dims=_parse_dims(dims), layers=layers
+            ref, candidate, inputs=inputs, precision=precision, atol=atol, rtol=rtol, seed=seed, dims=_parse_dims(dims),
+            layers=layers, task=task, task_limit=task_samples or None, max_metric_delta=max_metric_delta,
         )
     console.print(_validation_table(report.outputs, f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})"))
     if report.layers is not None:
         console.print(_layer_table(report.layers))
+    if report.task is not None:
+        console.print(_task_table(report.task))
     if json_path:
         write_json(json_path, report.to_json())
     console.print("[green]PASS[/]" if report.passed else "[red]FAIL: outputs drifted past tolerance[/]")
@@ -251,9 +269,11 @@ def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, see
 @click.option("--rtol", type=float, help="Relative tolerance (default per precision).")
 @click.option("--opset", default=20, show_default=True)
 @click.option("--seed", default=0, show_default=True)
+@click.option("--task-samples", type=int, default=128, show_default=True, help="Eval samples for the task metric (0: the whole eval split).")
+@click.option("--max-metric-delta", type=float, help="Fail when the task metric degrades by more than this (metric units).")
 @debug_option
 @handles_errors
-def compile_cmd(model, output, passes, backend, device, opt_level, precision, target, atol, rtol, opset, seed, debug) -> None:
+def compile_cmd(model, output, passes, backend, device, opt_level, precision, target, atol, rtol, opset, seed, task_samples, max_metric_delta, debug) -> None:
     """Export, rewrite, build and validate MODEL; write artifacts and report.json/html to OUTPUT."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -267,6 +287,8 @@ def compile_cmd(model, output, passes, backend, device, opt_level, precision, ta
         rtol=rtol,
         opset=opset,
         seed=seed,
+        task_limit=task_samples or None,
+        max_metric_delta=max_metric_delta,
         debug=debug,
     )
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as progress:
@@ -283,6 +305,8 @@ def compile_cmd(model, output, passes, backend, device, opt_level, precision, ta
     if val.get("layers", {}).get("errors"):
         console.print(_layer_table(val["layers"]))
     console.print(_validation_table(val["outputs"], f"{report['model']}: validation (atol {val['atol']:g}, rtol {val['rtol']:g})"))
+    if val.get("task"):
+        console.print(_task_table(val["task"]))
     if val.get("note"):
         console.print(f"note: {val['note']}", markup=False)
     console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}", markup=False)

@@ -31,6 +31,8 @@ class CompileOptions:
     rtol: float | None = None
     opset: int = DEFAULT_OPSET
     seed: int = 0
+    task_limit: int | None = 128  # eval samples for the task metric (None: the whole eval split)
+    max_metric_delta: float | None = None
     debug: bool = False
 
 
@@ -78,6 +80,9 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
                 note=built.validation_note,
                 layers=True,
                 layers_model=rewritten.model_path,
+                task=bundle.task is not None,
+                task_limit=options.task_limit,
+                max_metric_delta=options.max_metric_delta,
             ),
         )
         stages.records["rewrite"].update(rewritten.to_json())

@@ -104,11 +104,16 @@ def validate(
     note: str | None = None,
     layers: bool = False,
     layers_model: Path | str | None = None,
+    task: bool = False,
+    task_limit: int | None = None,
+    max_metric_delta: float | None = None,
 ) -> ValidationReport:
     """Compare `candidate` (an ONNX file) against `reference` (a torch ModelBundle or an ONNX file).
 
     With `layers` (torch reference only), also compare every layer's output, found through the
     module scopes of `layers_model` (default: the candidate; ORT-optimized graphs carry none).
+    With `task` (a zoo reference with a task), also compute the task metric on both sides over
+    the first `task_limit` eval samples; `max_metric_delta` turns its degradation into pass/fail.
     """
     atol, rtol = tolerances(precision, atol, rtol)
     ref_runner, ref_manifest = _side(reference, "reference")
@@ -136,15 +141,24 @@ def validate(
         layer_path = layers_model or candidate
         errors, skipped = compare_layers(reference, layer_path, feeds[0])
         layer_report = {"model": str(layer_path), "errors": {k: v.to_json() for k, v in errors.items()}, "skipped": skipped}
+    task_report = None
+    if task or max_metric_delta is not None:
+        if not isinstance(reference, ModelBundle) or reference.task is None:
+            raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
+        from .task_eval import compare_task
+
+        task_report = compare_task(reference, candidate, limit=task_limit, max_metric_delta=max_metric_delta)
+    passed = all(o.passed for o in outputs.values()) and (task_report or {}).get("passed", True)
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
         candidate=str(candidate),
         atol=atol,
         rtol=rtol,
-        passed=all(o.passed for o in outputs.values()),
+        passed=passed,
         outputs=outputs,
         inputs={k: list(v.shape) for k, v in feeds[0].items()},
         note=note,
+        task=task_report,
         layers=layer_report,
     )
 
