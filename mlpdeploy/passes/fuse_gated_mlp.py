@@ -381,6 +381,8 @@ def apply(model: ir.Model, site: Site, taken: set[str], node_names: set[str], in
     b_down = site.down.reusable_bias()
     if b_down is None and site.down.biases:
         b_down = new("down_proj.bias", site.down.bias_array())
+    if b_down is not None and b_gate_up is None:  # the op has no b_down-only form: a zero b_gate_up
+        b_gate_up = new("gate_up_proj.bias", np.zeros(2 * h, dtype=constant(b_down).dtype))
 
     name = unique_name(module or f"gated_mlp_{index}", node_names)
     node = gated_mlp_node(site.x, w_gate_up, w_down, activation=site.activation, b_gate_up=b_gate_up, b_down=b_down, name=name)

@@ -64,24 +64,57 @@ def op_label(value: ir.Value) -> str:
     return f"{node.domain + '::' if node.domain else ''}{node.op_type}"
 
 
-def constant(value: ir.Value | None) -> np.ndarray | None:
+FOLDABLE = ("Cast", "Reshape", "Identity", "Squeeze", "Unsqueeze")  # how exporters spell a constant index
+
+
+def constant(value: ir.Value | None, depth: int = 8) -> np.ndarray | None:
     """The value as a numpy array if it is constant: an initializer that is not a graph input
-    (a graph input can be overridden at run time), or the output of a Constant node."""
-    if value is None or value.is_graph_input():
+    (a graph input can be overridden at run time), a Constant node's output, or Cast/Reshape/
+    Identity/(Un)Squeeze of constants (torch's optimize=False export spells Slice bounds so)."""
+    if value is None or value.is_graph_input() or depth == 0:
         return None
-    if value.is_initializer() and value.const_value is not None:
-        return value.const_value.numpy()
-    node = producer(value, "Constant")
-    if node is not None:
+    if value.is_initializer():
+        return value.const_value.numpy() if value.const_value is not None else None
+    node = producer(value)
+    if node is None:
+        return None
+    if node.op_type == "Constant":
         tensor = ir.convenience.get_const_tensor(value)
         return tensor.numpy() if tensor is not None else None
+    if node.op_type not in FOLDABLE or not node.inputs:
+        return None
+    args = [constant(v, depth - 1) if v is not None else None for v in node.inputs]
+    if args[0] is None or any(a is None for v, a in zip(node.inputs, args) if v is not None):
+        return None
+    data = args[0]
+    if node.op_type == "Cast":
+        return data.astype(ir.DataType(int_attr(node, "to", 1)).numpy())
+    if node.op_type == "Identity":
+        return data
+    if node.op_type == "Reshape" and len(args) > 1:
+        shape = [int(s) for s in args[1].reshape(-1)]
+        if int_attr(node, "allowzero", 0) == 0:
+            shape = [data.shape[i] if s == 0 else s for i, s in enumerate(shape)]
+        return data.reshape(shape)
+    axes_attr = node.attributes.get("axes")
+    axes = args[1] if len(args) > 1 else (np.array(axes_attr.as_ints()) if axes_attr is not None else None)
+    if node.op_type == "Squeeze":
+        return np.squeeze(data, axis=None if axes is None else tuple(int(a) for a in axes.reshape(-1)))
+    if node.op_type == "Unsqueeze" and axes is not None:
+        return np.expand_dims(data, tuple(int(a) for a in axes.reshape(-1)))
     return None
 
 
 def is_constant(value: ir.Value | None) -> bool:
+    """Whether `constant(value)` would find a value (without materializing initializers)."""
     if value is None or value.is_graph_input():
         return False
-    return (value.is_initializer() and value.const_value is not None) or producer(value, "Constant") is not None
+    if value.is_initializer():
+        return value.const_value is not None
+    node = producer(value)
+    if node is None or node.op_type not in ("Constant", *FOLDABLE):
+        return False
+    return node.op_type == "Constant" or constant(value) is not None
 
 
 def scalar(value: ir.Value | None) -> float | None:
