@@ -2,7 +2,9 @@
 
 Options read (BuildOptions):
   target     sm75 | sm80 | sm86 | sm89 | sm120 | sm121; None builds TensorRT-RTX's default
-             portable engine (runs on sm80, sm86, sm89 and sm120 GPUs; sm75 needs its own build)
+             portable engine (runs on sm80, sm86, sm89 and sm120 GPUs). sm75 (Turing) has no
+             fp32 GEMM: build it with precision fp16. FP4 weights build for sm120/sm121 only
+             (a clear error otherwise; the portable engine accepts them but needs Blackwell to run)
   precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.precision` (strongly typed)
   shapes     optimization-profile overrides (`mlpdeploy.backends.trt_shapes`)
   extra      cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
@@ -11,9 +13,15 @@ Options read (BuildOptions):
 
 Steps: the graph is put in function-body form (plugins/forms.py) and refused if any node
 would still resolve to a TensorRT plugin (TensorRT-RTX has no plugin layer and aborts the
-process when its parser meets one); converted to the precision; written next to the engine
-as `<engine>.onnx` (the exact graph parsed, which validation runs in ONNX Runtime); parsed and
-built with one optimization profile.
+process when its parser meets one); converted to the precision; parsed (errors name node and
+op) and built with one optimization profile.
+
+Artifacts (written atomically, all or none): `<engine>`, `<engine>.onnx` (the exact graph
+parsed: validation runs it in ONNX Runtime), `<engine>.log` (the build log), the derived
+`<engine>.manifest.json`; for bf16 also `<engine>.validate.onnx`, the same graph with bf16
+rounding emulated in fp32 (ONNX Runtime's CPU provider has no bf16 MatMul), which validation
+runs instead. Info: target, precision (+ what was converted), profile, build log, engine layers
+and I/O tensors (read from the builder's log: the engine inspector needs a GPU), seconds, bytes.
 
 Cache: TensorRT-RTX's timing cache is a deprecated no-op (it does no autotuning ahead of
 time) and its runtime cache needs a GPU, so the cache here is of whole engines, keyed by a
