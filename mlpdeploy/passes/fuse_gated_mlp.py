@@ -386,6 +386,7 @@ def apply(model: ir.Model, site: Site, taken: set[str], node_names: set[str], in
 
     name = unique_name(module or f"gated_mlp_{index}", node_names)
     node = gated_mlp_node(site.x, w_gate_up, w_down, activation=site.activation, b_gate_up=b_gate_up, b_down=b_down, name=name)
+    node.outputs[0].dtype = (site.gate or site.gate_up).dtype  # x's may be unknown in graphs never shape-inferred
     node.metadata_props.update(scoped_metadata(site.product, scope, "gated_mlp", f"{DOMAIN}::{OP_TYPE}"))
     node.metadata_props["mlpdeploy.rewritten_by"] = FuseGatedMLP.name
     old_inputs = [v for n in site.nodes for v in n.inputs]
