@@ -119,6 +119,9 @@ def is_constant(value: ir.Value | None) -> bool:
 
 def scalar(value: ir.Value | None) -> float | None:
     """The value of a one-element constant, else None."""
+    shape = value.shape if value is not None else None
+    if shape is not None and all(isinstance(d, int) for d in shape) and math.prod(shape) != 1:
+        return None  # never materialize a weight to learn it is not a scalar
     array = constant(value)
     return float(array.reshape(-1)[0]) if array is not None and array.size == 1 else None
 
@@ -174,8 +177,9 @@ class Linear:
 
     @property
     def dtype(self) -> ir.DataType:
-        tensor = self.weight.const_value if self.weight.is_initializer() else ir.convenience.get_const_tensor(self.weight)
-        return tensor.dtype
+        if self.weight.is_initializer():
+            return self.weight.const_value.dtype
+        return ir.DataType.from_numpy(constant(self.weight).dtype)
 
     def _weight_shape(self) -> tuple[int, int]:
         return tuple(constant(self.weight).shape) if self.weight.shape is None else tuple(self.weight.shape)

@@ -57,7 +57,7 @@ class Builder:
 
     def linear(self, x: str, d_in: int, d_out: int, form: str = "matmul", bias: bool = False, scope=None) -> str:
         """x·W (+b) as `matmul` (W [in,out]), `transpose` (Transpose of W [out,in]), `constant`
-        (W from a Constant node), `gemm` (transB=0, separate Add bias) or `gemm_t` (transB=1,
+        (W from a Constant node), `cast` (Cast of an fp16 W), `gemm` (transB=0, separate Add bias) or `gemm_t` (transB=1,
         alpha=0.5, C with beta=2: both folded at rewrite time)."""
         w = self.weight(d_in, d_out)
         b = self.weight(d_out) if bias else None
@@ -68,6 +68,9 @@ class Builder:
             y = self.op("Gemm", x, self.init(w), scope=scope)
         elif form == "transpose":
             y = self.op("MatMul", x, self.op("Transpose", self.init(w.T.copy()), perm=[1, 0]), scope=scope)
+        elif form == "cast":  # weights stored in fp16, cast up at run time
+            w = w.astype(np.float16).astype(self.dtype)
+            y = self.op("MatMul", x, self.op("Cast", self.init(w.astype(np.float16)), to=self.elem), scope=scope)
         elif form == "constant":
             y = self.op("MatMul", x, self.op("Constant", value=onnx.numpy_helper.from_array(w)), scope=scope)
         else:
@@ -148,7 +151,7 @@ ACTS = {  # builder activation -> GatedMLP activation
     "silu": "silu", "swish": "silu", "gelu_op": "gelu", "gelu_tanh_op": "gelu_tanh", "gelu_ms": "gelu",
     "gelu_tanh_ms": "gelu_tanh", "relu": "relu", "gelu_div": "gelu", "gelu_tanh_cube": "gelu_tanh", "none": "none",
 }
-FORMS = ["matmul", "transpose", "constant", "gemm", "gemm_t"]
+FORMS = ["matmul", "transpose", "constant", "cast", "gemm", "gemm_t"]
 
 
 @pytest.mark.parametrize("form", FORMS)
@@ -214,6 +217,19 @@ def test_pipeline_option_bilinear_false_leaves_products_without_activation(h):
     assert report["rewritten"] == 1 and next(iter(report["sites"].values()))["activation"] == "silu"
     assert list(report["skipped"].values()) == ["no activation (bilinear) and option bilinear=false"]
     fuse_and_compare(model, h, expect=2)  # and by default both
+
+
+def test_shared_weight_is_read_not_removed(h):
+    """A gate weight also read by another linear (tied weights): fused, and the shared
+    initializer stays for its other reader; the MLP's own old weights go."""
+    b = Builder()
+    x = b.input("x", D)
+    y = gated(b, x, "silu")
+    gate_w = b.nodes[0].input[1]
+    other = b.op("MatMul", x, gate_w)
+    fused, _ = fuse_and_compare(b.model(y, other), h)
+    assert gate_w in fused.graph.initializers
+    assert len(fused.graph.initializers) == 3  # shared gate W, new W_gate_up, down W
 
 
 def test_running_twice_changes_nothing(h):
