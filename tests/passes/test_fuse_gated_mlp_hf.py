@@ -23,7 +23,11 @@ FAMILIES = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", 3),  # separate gate_proj / up_proj
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", 3),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", 2),  # one gate_up_proj, gate = first half
+    "mistral": ("MistralConfig", "MistralForCausalLM", 3),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", 3),  # GeGLU: gelu_pytorch_tanh
 }
+ACTIVATION = {"gemma": "gelu_tanh"}
+SLOW = ("mistral", "gemma")  # same exports again, each a few seconds: `-m slow`
 
 
 def _config(family: str):
@@ -45,7 +49,7 @@ def _save(family: str, directory):
     return directory
 
 
-@pytest.fixture(scope="module", params=list(FAMILIES))
+@pytest.fixture(scope="module", params=[pytest.param(f, id=f, marks=pytest.mark.slow if f in SLOW else ()) for f in FAMILIES])
 def family(request, tmp_path_factory, h):
     name = request.param
     directory = _save(name, tmp_path_factory.mktemp("hf") / name)
@@ -62,7 +66,7 @@ def test_every_mlp_fused(family, h):
     assert report["rewritten"] == LAYERS and report["skipped"] == {}, report
     paths = sorted(module_path(n) for n in fused.graph if n.op_type == "GatedMLP")
     assert paths == [f"model.model.layers.{i}.mlp" for i in range(LAYERS)]
-    assert {site["activation"] for site in report["sites"].values()} == {"silu"}
+    assert {site["activation"] for site in report["sites"].values()} == {ACTIVATION.get(family["name"], "silu")}
     linears = FAMILIES[family["name"]][2]
     before, after = h.op_counts(family["original"]), h.op_counts(fused)
     assert before["MatMul"] - after["MatMul"] == linears * LAYERS  # fewer MatMul nodes, by the MLPs'
