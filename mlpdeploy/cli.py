@@ -85,10 +85,33 @@ def _parse_passes(values: tuple[str, ...]):
     return [parse_pass_spec(v) for v in values]
 
 
-def _build_options(device, opt_level, precision, target):
+def _build_options(device, opt_level, precision, target, shapes=(), cache_dir=None, no_cache=False):
     from .backends import BuildOptions
+    from .backends.trt_shapes import parse_shapes
 
-    return BuildOptions(device=device, opt_level=opt_level, precision=precision, target=target)
+    extra = {}
+    if cache_dir is not None:
+        extra["cache_dir"] = cache_dir
+    if no_cache:
+        extra["cache"] = False
+    return BuildOptions(device=device, opt_level=opt_level, precision=precision, target=target, shapes=parse_shapes(shapes), extra=extra)
+
+
+def engine_options(fn):
+    """Options shared by `build` and `compile` that only TensorRT backends read."""
+    for option in reversed(
+        [
+            click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]),
+                         help="Engine precision (TensorRT backends; also picks validation tolerances)."),
+            click.option("--target", default=None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable)."),
+            click.option("--shapes", multiple=True, metavar="NAME=MIN:OPT:MAX",
+                         help="TensorRT optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024)."),
+            click.option("--cache-dir", type=click.Path(path_type=Path), help="TensorRT engine/timing cache (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
+            click.option("--no-cache", is_flag=True, help="Do not read or write the TensorRT cache."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
 
 
 def _validation_table(outputs: dict, title: str) -> Table:
@@ -201,17 +224,16 @@ def passes() -> None:
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the built artifact.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider.")
 @click.option("--opt-level", default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]), help="onnxruntime: graph optimization level.")
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]), help="Engine precision (TensorRT backends).")
-@click.option("--target", default=None, help="TensorRT-RTX target GPU, e.g. sm89 or sm120.")
+@engine_options
 @debug_option
 @handles_errors
-def build(onnx_model: Path, backend: str, output: Path, device: str, opt_level: str, precision: str, target: str | None, debug: bool) -> None:
+def build(onnx_model: Path, backend: str, output: Path, device: str, opt_level: str, precision, target, shapes, cache_dir, no_cache, debug: bool) -> None:
     """Build ONNX_MODEL into a deployable artifact with a backend."""
     from .backends import get_backend
 
     impl = get_backend(backend)
     with console.status(f"building with {backend}"):
-        result = impl.build(onnx_model, output, _build_options(device, opt_level, precision, target))
+        result = impl.build(onnx_model, output, _build_options(device, opt_level, precision, target, shapes, cache_dir, no_cache))
     for name, path in result.artifacts.items():
         console.print(f"{name}: {path}", markup=False)
     console.print(f"built in {result.info.get('seconds', 0):.2f} s")
@@ -263,8 +285,7 @@ def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, see
 @click.option("--backend", default="onnxruntime", show_default=True, help="Build backend.")
 @click.option("--device", default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--opt-level", default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]))
-@click.option("--precision", default="fp32", show_default=True, type=click.Choice(["fp32", "fp16", "bf16"]))
-@click.option("--target", default=None, help="TensorRT-RTX target GPU, e.g. sm89 or sm120.")
+@engine_options
 @click.option("--atol", type=float, help="Absolute tolerance (default per precision).")
 @click.option("--rtol", type=float, help="Relative tolerance (default per precision).")
 @click.option("--opset", default=20, show_default=True)
@@ -273,7 +294,7 @@ def validate(reference: str, candidate: Path, inputs, precision, atol, rtol, see
 @click.option("--max-metric-delta", type=float, help="Fail when the task metric degrades by more than this (metric units).")
 @debug_option
 @handles_errors
-def compile_cmd(model, output, passes, backend, device, opt_level, precision, target, atol, rtol, opset, seed, task_samples, max_metric_delta, debug) -> None:
+def compile_cmd(model, output, passes, backend, device, opt_level, precision, target, shapes, cache_dir, no_cache, atol, rtol, opset, seed, task_samples, max_metric_delta, debug) -> None:
     """Export, rewrite, build and validate MODEL; write artifacts and report.json/html to OUTPUT."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -282,7 +303,7 @@ def compile_cmd(model, output, passes, backend, device, opt_level, precision, ta
     options = CompileOptions(
         passes=_parse_passes(passes),
         backend=backend,
-        build=_build_options(device, opt_level, precision, target),
+        build=_build_options(device, opt_level, precision, target, shapes, cache_dir, no_cache),
         atol=atol,
         rtol=rtol,
         opset=opset,

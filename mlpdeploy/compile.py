@@ -68,16 +68,18 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", options.passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
+        engine_runner = backend.engine_runner(built)
         validation = stages.run(
             "validate",
             lambda: validate(
                 bundle,
-                built.validation_model,
+                built.artifacts["engine"] if engine_runner is not None else built.validation_model,
+                candidate_runner=engine_runner,
                 precision=options.build.precision,
                 atol=options.atol,
                 rtol=options.rtol,
                 seed=options.seed,
-                note=built.validation_note,
+                note=None if engine_runner is not None else built.validation_note,
                 layers=True,
                 layers_model=rewritten.model_path,
                 task=bundle.task is not None,

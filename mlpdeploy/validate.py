@@ -107,6 +107,7 @@ def validate(
     task: bool = False,
     task_limit: int | None = None,
     max_metric_delta: float | None = None,
+    candidate_runner=None,
 ) -> ValidationReport:
     """Compare `candidate` (an ONNX file) against `reference` (a torch ModelBundle or an ONNX file).
 
@@ -114,10 +115,15 @@ def validate(
     module scopes of `layers_model` (default: the candidate; ORT-optimized graphs carry none).
     With `task` (a zoo reference with a task), also compute the task metric on both sides over
     the first `task_limit` eval samples; `max_metric_delta` turns its degradation into pass/fail.
+    With `candidate_runner` (e.g. a TensorRT engine's Polygraphy runner), that runner is the
+    candidate and `candidate` only names it and locates its manifest.
     """
     atol, rtol = tolerances(precision, atol, rtol)
     ref_runner, ref_manifest = _side(reference, "reference")
-    cand_runner, cand_manifest = _side(candidate, "candidate")
+    if candidate_runner is not None:
+        cand_runner, cand_manifest = candidate_runner, find_manifest(candidate)
+    else:
+        cand_runner, cand_manifest = _side(candidate, "candidate")
     manifest = cand_manifest or ref_manifest
     specs = manifest.inputs if manifest else (reference.inputs if isinstance(reference, ModelBundle) else None)
     if specs is None:

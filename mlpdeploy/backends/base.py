@@ -51,3 +51,8 @@ class Backend:
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:  # pragma: no cover
         raise NotImplementedError
+
+    def engine_runner(self, result: BuildResult):
+        """A Polygraphy runner for the built engine when this machine can run it, else None
+        (validation then runs `result.validation_model` in ONNX Runtime)."""
+        return None

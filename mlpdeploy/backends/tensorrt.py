@@ -201,10 +201,15 @@ class TensorRTBackend(Backend):
         if common.ignored_options(options):
             info["ignored_options"] = common.ignored_options(options)
         note = (
-            "compile validated the ONNX graph the engine was parsed from in ONNX Runtime (plugin nodes through their "
-            "function bodies), not the engine; mlpdeploy.backends.tensorrt.validate_engine runs the engine itself"
+            "no GPU is visible, so the ONNX graph the engine was parsed from was validated in ONNX Runtime (plugin nodes "
+            "through their function bodies), not the engine; on a GPU, compile (and mlpdeploy.backends.tensorrt.validate_engine) "
+            "runs the engine itself through Polygraphy's TrtRunner"
         )
         return BuildResult(self.name, artifacts, info, validation_model=validation_model, validation_note=note)
+
+    def engine_runner(self, result: BuildResult):
+        """Polygraphy's TrtRunner on the engine when a GPU is visible (TensorRT builds need one anyway)."""
+        return trt_runner(result.artifacts["engine"]) if common.visible_gpus() else None
 
 
 def engine_layers(trt, engine: bytes, log: list[tuple[str, str]]) -> list[dict[str, Any]]:
@@ -243,30 +248,13 @@ def validate_engine(
     runner=None,
 ):
     """Compare a built engine (through `trt_runner`, or `runner`) with `reference` on inputs made from its manifest."""
-    from ..inputs import cast_to_specs, check_inputs, generate_inputs
-    from ..runners import TorchRunner, onnx_runner
-    from ..validate import ValidationReport, compare_runners, tolerances
+    from ..validate import validate
 
     engine_path = Path(engine_path)
-    manifest = find_manifest(engine_path)
-    if manifest is None:
+    if find_manifest(engine_path) is None:
         raise MlpdeployError(f"no manifest beside {engine_path}; build the engine with mlpdeploy from a model that has one")
-    atol, rtol = tolerances(precision, atol, rtol)
-    if isinstance(reference, ModelBundle):
-        ref_runner, ref_name = TorchRunner(reference, name="reference:torch"), reference.source
-    else:
-        ref_runner, ref_name = onnx_runner(reference, name="reference:onnxruntime"), str(reference)
     candidate = runner if runner is not None else trt_runner(engine_path)
-    feed = cast_to_specs(generate_inputs(manifest.inputs, seed=seed, dims=dims), manifest.inputs)
-    check_inputs(feed, manifest.inputs, manifest.dims, "generated inputs")
-    outputs = compare_runners(candidate, ref_runner, [feed], atol, rtol)
-    return ValidationReport(
-        reference=ref_name,
-        candidate=str(engine_path),
-        atol=atol,
-        rtol=rtol,
-        passed=all(o.passed for o in outputs.values()),
-        outputs=outputs,
-        inputs={k: list(v.shape) for k, v in feed.items()},
+    return validate(
+        reference, engine_path, candidate_runner=candidate, precision=precision, atol=atol, rtol=rtol, seed=seed, dims=dims,
         note=f"ran through {type(candidate).__name__}",
     )
