@@ -19,11 +19,13 @@ import torch
 from .bundle import ModelBundle
 from .onnx_io import load_ir
 from .scopes import name_scopes
+from .validate import error_stats
 
 
 @dataclass
 class LayerErrors:
     max_abs: float
+    max_rel: float
     mean_abs: float
     cosine: float
     shape: list[int]
@@ -112,20 +114,8 @@ def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, n
         if ref.shape != cand.shape:
             skipped[path] = f"shape {list(cand.shape)} in ONNX vs {list(ref.shape)} in torch"
             continue
-        errors[path] = _layer_errors(cand, ref)
+        errors[path] = LayerErrors(**error_stats(cand, ref), shape=list(ref.shape))
     return dict(sorted(errors.items(), key=lambda kv: _natural(kv[0]))), skipped
-
-
-def _layer_errors(cand: np.ndarray, ref: np.ndarray) -> LayerErrors:
-    c, r = cand.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    diff = np.abs(c - r)
-    denom = np.linalg.norm(c) * np.linalg.norm(r)
-    return LayerErrors(
-        max_abs=float(diff.max(initial=0.0)),
-        mean_abs=float(diff.mean()) if diff.size else 0.0,
-        cosine=float(c @ r / denom) if denom > 0 else float(np.array_equal(c, r)),
-        shape=list(ref.shape),
-    )
 
 
 def _natural(path: str):

@@ -215,22 +215,24 @@ def compare_runners(candidate, reference, feeds: list[dict[str, np.ndarray]], at
     return errors
 
 
-def _errors(cand: np.ndarray, ref: np.ndarray, passed: bool) -> OutputErrors:
+def error_stats(cand: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """max_abs, max_rel (relative to the reference), mean_abs and cosine similarity, in float64."""
     if cand.shape != ref.shape:
         raise MlpdeployError(f"output shapes differ: candidate {list(cand.shape)} vs reference {list(ref.shape)}")
     c, r = cand.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
     diff = np.abs(c - r)
     rel = diff / np.maximum(np.abs(r), np.finfo(np.float64).tiny)
     denom = np.linalg.norm(c) * np.linalg.norm(r)
-    cosine = float(c @ r / denom) if denom > 0 else float(np.array_equal(c, r))
-    return OutputErrors(
-        max_abs=float(diff.max(initial=0.0)),
-        max_rel=float(rel.max(initial=0.0)),
-        mean_abs=float(diff.mean()) if diff.size else 0.0,
-        cosine=cosine,
-        passed=passed,
-        shape=list(ref.shape),
-    )
+    return {
+        "max_abs": float(diff.max(initial=0.0)),
+        "max_rel": float(rel.max(initial=0.0)),
+        "mean_abs": float(diff.mean()) if diff.size else 0.0,
+        "cosine": float(c @ r / denom) if denom > 0 else float(np.array_equal(c, r)),
+    }
+
+
+def _errors(cand: np.ndarray, ref: np.ndarray, passed: bool) -> OutputErrors:
+    return OutputErrors(**error_stats(cand, ref), passed=passed, shape=list(ref.shape))
 
 
 def _worst(a: OutputErrors, b: OutputErrors) -> OutputErrors:
