@@ -191,10 +191,11 @@ def match_site(product: ir.Node, bilinear: bool = True) -> Site:
     gate_src = act.input if act is not None else gate_op
     check(gate_src is not up_op, f"gate and up are the same value {describe(up_op)}")
     nodes = [product, *(act.nodes if act is not None else [])]
-    if producer(gate_src, *PART_OPS) is not None or producer(up_op, *PART_OPS) is not None:
-        site = _match_fused(gate_src, up_op, kind)
-    else:
-        site = _match_separate(gate_src, up_op, kind)
+    gate_cut, up_cut = producer(gate_src, *PART_OPS), producer(up_op, *PART_OPS)
+    if (gate_cut is None) != (up_cut is None):
+        role, cut, other = ("gate", gate_cut, up_op) if gate_cut is not None else ("up", up_cut, gate_src)
+        fail(f"{role} is a {cut.op_type} piece but the other operand comes from {op_label(other)}: not one gate_up linear cut in halves")
+    site = _match_fused(gate_src, up_op, kind) if gate_cut is not None else _match_separate(gate_src, up_op, kind)
     site.product = product
     site.down = _match_down(product, site.hidden)
     site.nodes = _unique([*nodes, *site.nodes, *site.down.nodes])

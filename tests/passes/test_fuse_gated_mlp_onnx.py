@@ -336,6 +336,19 @@ def lookalike_split_on_batch_axis(b):
     return [b.linear(b.op("Mul", b.act("silu", g), u), H, D_OUT)], "not the last axis"
 
 
+def lookalike_gmlp_spatial_gating(b):  # gMLP: u * spatial(v), u, v = split(gelu(proj(x))); spatial mixes tokens
+    u, v = b.op("Split", b.act("gelu_op", b.linear(b.input("x", D), D, 2 * H)), outputs=2, axis=-1, num_outputs=2)
+    seq_mix = b.op("Transpose", b.op("MatMul", b.op("Transpose", v, perm=[0, 2, 1]), b.input("w_seq", 1)), perm=[0, 2, 1])
+    b.inputs[-1] = oh.make_tensor_value_info("w_seq", b.elem, ["seq", "seq"])
+    return [b.linear(b.op("Mul", u, seq_mix), H, D_OUT)], None
+
+
+def lookalike_piece_times_linear(b):
+    x = b.input("x", D)
+    g, _ = b.op("Split", b.linear(x, D, 2 * H), outputs=2, axis=-1, num_outputs=2)
+    return [b.linear(b.op("Mul", b.act("silu", g), b.linear(x, D, H)), H, D_OUT)], "not one gate_up linear cut in halves"
+
+
 def lookalike_both_activated(b):
     x = b.input("x", D)
     prod = b.op("Mul", b.act("silu", b.linear(x, D, H)), b.act("relu", b.linear(x, D, H)))
