@@ -7,10 +7,12 @@ Matched (graph walking on onnx_ir, so node metadata_props survive):
   (Phi-3); whichever half is activated becomes the gate, so a fused weight whose activated half
   comes second is swapped, never silently misread;
 * each linear as MatMul(x, W), MatMul(x, Transpose(W)) or Gemm (transB 0/1, alpha/beta folded),
-  with an optional constant bias (Add or Gemm's C); weights must be constants;
-* activations SiLU (Sigmoid·Mul, Swish), GELU (Gelu op, erf formula), tanh-GELU (Gelu op with
-  approximate=tanh, tanh formula), ReLU, or none (bilinear, option `bilinear`);
-* either operand order of the gating Mul.
+  with an optional constant bias (Add or Gemm's C). W must be constant: an initializer that is
+  not a graph input, a Constant, or Cast/Reshape of one (e.g. fp16-stored weights);
+* activations SiLU (Sigmoid·Mul, Swish), GELU (Gelu op, com.microsoft Gelu, erf formula),
+  tanh-GELU (Gelu approximate=tanh, com.microsoft FastGelu, tanh formula), ReLU, or none
+  (bilinear; option `bilinear=false` leaves those alone);
+* either operand order of the gating Mul. Main graph only (not If/Loop bodies or functions).
 
 Checks (a failure is recorded in `report.skipped` with its reason): gate and up read the same
 x, their halves/shapes/dtypes agree, the product is read only by the down linear, and no value
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OPSET_VERSION, OP_TYPE, ensure_function, gated_mlp_node
-from mlpdeploy.plugins.registry import DOMAIN
+from ..plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
+from ..plugins.registry import DOMAIN
 from ..scopes import module_path
 from .base import PassReport, RewritePass
 from .matching import (
