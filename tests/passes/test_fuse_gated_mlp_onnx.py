@@ -105,10 +105,11 @@ class Builder:
         assert kind == "none"
         return a
 
-    def model(self, *outputs: str) -> ir.Model:
+    def model(self, *outputs: str, ir_version: int = 10) -> ir.Model:
         outs = [oh.make_tensor_value_info(o, self.elem, [None] * self.rank) for o in outputs]
         graph = oh.make_graph(self.nodes, "g", self.inputs, outs, self.inits)
-        proto = oh.make_model(graph, opset_imports=[oh.make_opsetid(k, v) for k, v in self.opsets.items()], ir_version=10)
+        opsets = [oh.make_opsetid(k, v) for k, v in self.opsets.items()]
+        proto = oh.make_model(graph, opset_imports=opsets, ir_version=ir_version)
         onnx.checker.check_model(proto, full_check=True)
         return ir.from_proto(proto)
 
@@ -230,6 +231,13 @@ def test_shared_weight_is_read_not_removed(h):
     fused, _ = fuse_and_compare(b.model(y, other), h)
     assert gate_w in fused.graph.initializers
     assert len(fused.graph.initializers) == 3  # shared gate W, new W_gate_up, down W
+
+
+def test_ir_version_raised_for_function_overloads(h):
+    b = Builder()
+    model = b.model(gated(b, b.input("x", D)), ir_version=8)
+    fused, _ = fuse_and_compare(model, h)
+    assert model.ir_version == 8 and fused.ir_version == 10
 
 
 def test_running_twice_changes_nothing(h):
