@@ -19,8 +19,9 @@ Plugin nodes stay in plugin form (`plugin_namespace="mlpdeploy"`, `plugin_versio
 parser picks the registered plugin over the node's function body (TensorRT >= 10.7); every
 mlpdeploy plugin is registered through `plugins.trt_register.register_plugins` first.
 
-Validation: `compile` runs the parsed ONNX in ONNX Runtime (plugin nodes through their function
-bodies); `validate_engine` runs the engine itself through Polygraphy's TrtRunner (`trt_runner`).
+Validation: with a GPU visible, `compile` (through `engine_runner`) and `validate_engine` run the
+engine itself through Polygraphy's TrtRunner (`trt_runner`); without one, `compile` runs the
+parsed ONNX in ONNX Runtime (plugin nodes through their function bodies) and says so.
 
 What has run where: datacenter TensorRT cannot be installed on the machines this was written
 on, so nothing that needs `import tensorrt` has run. Everything else has: version, target and
