@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/mlpdeploy compile llama-tiny -o $(DEMO_DIR)
+	$(VENV)/bin/mlpdeploy compile llama-small --pass fuse-gated-mlp -o $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
