@@ -12,6 +12,11 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("vit-tiny", "vit:vit_tiny", "Vision Transformer: patch embedding, class token, GELU MLP (random weights)"),
         ZooEntry("mixer-tiny", "mixer:mixer_tiny", "MLP-Mixer: token-mixing and channel-mixing MLPs (random weights)"),
         ZooEntry("gmlp-tiny", "gmlp:gmlp_tiny", "gMLP: channel MLP with a spatial gating unit (random weights)"),
+        ZooEntry("llama-small", "llama:llama_small", "LLaMA-style decoder, 4 layers, trained on Python stdlib bytes (perplexity)", trained=True),
+        ZooEntry("opt-relu-small", "opt:opt_relu_small", "OPT-style decoder with ReLU MLPs, 4 layers, trained on Python stdlib bytes (perplexity)", trained=True),
+        ZooEntry("vit-small", "vit:vit_small", "Vision Transformer on 1x8x8 digits, trained (accuracy)", trained=True),
+        ZooEntry("mixer-small", "mixer:mixer_small", "MLP-Mixer on 1x8x8 digits, trained (accuracy)", trained=True),
+        ZooEntry("gmlp-small", "gmlp:gmlp_small", "gMLP on 1x8x8 digits, trained (accuracy)", trained=True),
     ]
 }
 

@@ -114,11 +114,13 @@ def trained_bundle(build: Callable[..., ModelBundle], config: Any, name: str, ta
     return bundle
 
 
-def save_checkpoint(module: nn.Module, name: str, config: Any, extra: dict[str, str] | None = None) -> Path:
-    """Write `module`'s state dict as `checkpoints/NAME.safetensors` (atomically), config in the metadata."""
+def save_checkpoint(module: nn.Module, name: str, config: Any, extra: dict[str, str] | None = None,
+                    directory: Path | None = None) -> Path:
+    """Write `module`'s state dict as `NAME.safetensors` in `directory` (default: the package's
+    checkpoints) atomically, with the config (and `extra`) in its metadata."""
     from safetensors.torch import save_file
 
-    path = checkpoint_path(name)
+    path = (directory or CHECKPOINTS) / f"{name}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().contiguous() for k, v in module.state_dict().items()}

@@ -17,6 +17,7 @@ import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -27,7 +28,7 @@ from torch import nn
 from mlpdeploy.data import EVAL_FILES, TRAIN_FILES, DigitsTask, LMTask, Task, corpus_info
 
 from . import gmlp, llama, mixer, opt, vit
-from .common import CARDS, checkpoint_path, save_checkpoint
+from .common import CARDS, CHECKPOINTS, checkpoint_path, save_checkpoint
 from .layers import init_weights
 
 
@@ -62,7 +63,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
         "LLaMA-style decoder: RMSNorm, rotary (RoPE) grouped-query causal attention, SwiGLU MLP, untied lm_head."),
     _lm("opt-relu-small", "opt", opt.OPTLM, opt.SMALL, 1000,
         "OPT-style decoder: pre-LayerNorm, learned positions, causal attention, ReLU MLP (fc1/fc2)."),
-    _digits("vit-small", "vit", vit.ViT, vit.SMALL,
+    _digits("vit-small", "vit", vit.ViT, vit.SMALL, steps=4000, lr=1e-3, summary=
             "Vision Transformer: Conv2d patch embedding, class token, learned positions, pre-LN blocks, GELU MLP."),
     _digits("mixer-small", "mixer", mixer.Mixer, mixer.SMALL,
             "MLP-Mixer: token-mixing MLP across patches and channel-mixing MLP per patch (GELU), mean pool."),
@@ -121,12 +122,16 @@ def _torch_run_fn(model: nn.Module):
     return run
 
 
-def train(name: str, steps: int | None = None, threads: int = 1, log=print) -> dict:
+def train(name: str, steps: int | None = None, threads: int = 1, out_dir: Path | None = None, log=None) -> dict:
     """Train recipe `name`, write its checkpoint and card; returns the measured numbers.
+
+    Writes into the package (`checkpoints/`, `cards/`) unless `out_dir` is given (then
+    `out_dir/checkpoints/` and `out_dir/cards/`).
 
     One torch thread by default: these models are too small to gain from intra-op threads,
     and on a shared 2-core machine two threads ran up to 10× slower under contention.
     """
+    log = log or (lambda line: print(line, flush=True))
     recipe = RECIPES[name]
     steps = steps or recipe.steps
     torch.set_num_threads(threads)
@@ -165,12 +170,30 @@ def train(name: str, steps: int | None = None, threads: int = 1, log=print) -> d
         "train_seconds": round(train_seconds, 1),
         "steps": steps,
         "final_train_loss": round(running, 4),
+        "load_average": round(os.getloadavg()[0], 2),  # other work on the machine inflates train_seconds
     }
-    path = save_checkpoint(model, name, recipe.config, {"metrics": json.dumps(metrics, sort_keys=True)})
-    _write_card(recipe, model, metrics, path.stat().st_size)
+    checkpoints, cards = (CHECKPOINTS, CARDS) if out_dir is None else (out_dir / "checkpoints", out_dir / "cards")
+    path = save_checkpoint(model, name, recipe.config, {"metrics": json.dumps(metrics, sort_keys=True)}, checkpoints)
+    _write_card(recipe, model, metrics, path.stat().st_size, cards)
     log(f"{name}: {metrics['metric']} {metrics['value']} (baseline {metrics['baseline']['value']}), "
         f"{train_seconds:.0f} s, {path.stat().st_size / 1e6:.2f} MB")
     return metrics
+
+
+def rewrite_card(name: str, out_dir: Path | None = None) -> Path:
+    """Regenerate the card of `name` from its checkpoint's recorded metrics (no training)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    recipe = RECIPES[name]
+    checkpoints, cards = (CHECKPOINTS, CARDS) if out_dir is None else (out_dir / "checkpoints", out_dir / "cards")
+    path = checkpoints / f"{name}.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        metrics = json.loads(f.metadata()["metrics"])
+    model = recipe.model()
+    model.load_state_dict(load_file(str(path)))
+    _write_card(recipe, model, metrics, path.stat().st_size, cards)
+    return cards / f"{name}.md"
 
 
 def _baseline(task: Task) -> dict:
@@ -182,7 +205,7 @@ def _baseline(task: Task) -> dict:
     return {"name": "majority class", "value": round(float((eval_labels == majority).mean()), 4)}
 
 
-def _write_card(recipe: Recipe, model: nn.Module, metrics: dict, size: int) -> None:
+def _write_card(recipe: Recipe, model: nn.Module, metrics: dict, size: int, cards: Path) -> None:
     params = sum(p.numel() for p in model.parameters())
     task = recipe.task
     if isinstance(task, LMTask):
@@ -233,13 +256,14 @@ def _write_card(recipe: Recipe, model: nn.Module, metrics: dict, size: int) -> N
 AdamW (β = 0.9, 0.95; weight decay {recipe.weight_decay} on matrices), peak learning rate {recipe.lr},
 {recipe.warmup} warm-up steps then cosine decay to 10%, gradient clipping 1.0, seed {recipe.seed},
 GPT-style init N(0, 0.02). Final running train loss {metrics['final_train_loss']}.
-Measured on {platform.machine()} with {torch.get_num_threads()} torch threads ({os.cpu_count()} CPUs),
+Measured on {platform.machine()} with {torch.get_num_threads()} torch thread(s) ({os.cpu_count()} CPUs;
+1-minute load average {metrics.get('load_average', 'not recorded')} when training ended: other jobs shared the CPUs),
 torch {torch.__version__}, Python {platform.python_version()}.
 
 Retrain: `python -m mlpdeploy.zoo.train {recipe.name}` (or `make models` for all).
 """
-    CARDS.mkdir(parents=True, exist_ok=True)
-    card = CARDS / f"{recipe.name}.md"
+    cards.mkdir(parents=True, exist_ok=True)
+    card = cards / f"{recipe.name}.md"
     tmp = card.with_name(f".{card.name}.tmp")
     tmp.write_text(text)
     tmp.replace(card)
@@ -250,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="+", help=f"recipes to train, or 'all': {', '.join(RECIPES)}")
     parser.add_argument("--steps", type=int, default=None, help="override the recipe's step count (for quick trials)")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--cards-only", action="store_true", help="rewrite the cards from the checkpoints' recorded metrics")
     args = parser.parse_args(argv)
     names = list(RECIPES) if args.names == ["all"] else args.names
     unknown = [n for n in names if n not in RECIPES]
@@ -257,10 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown recipe(s) {unknown}; available are {list(RECIPES)}", file=sys.stderr)
         return 2
     for name in names:
-        train(name, args.steps, args.threads)
-    print("wrote", ", ".join(str(checkpoint_path(n)) for n in names))
+        if args.cards_only:
+            print("wrote", rewrite_card(name))
+        else:
+            train(name, args.steps, args.threads)
+            print("wrote", checkpoint_path(name), "and", CARDS / f"{name}.md")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
