@@ -158,16 +158,26 @@ def _layer_table(layers: dict, worst: int = 8) -> Table:
 @debug_option
 @handles_errors
 def zoo(debug: bool) -> None:
-    """List the built-in models with their parameter counts."""
+    """List the built-in models: parameters, task and, for trained ones, their measured metric."""
     from .zoo import ZOO
 
-    table = Table(title="mlpdeploy zoo")
-    for col in ("name", "params", "trained", "description"):
+    table = Table(title="mlpdeploy zoo (metric on the task's eval split; baseline in brackets)")
+    for col in ("name", "params", "task", "metric", "description"):
         table.add_column(col, justify="right" if col == "params" else "left")
     for name, entry in ZOO.items():
         bundle = entry.build()
-        table.add_row(name, f"{bundle.num_parameters:,}", "yes" if entry.trained else "no", entry.description)
+        table.add_row(name, f"{bundle.num_parameters:,}", bundle.task.name if bundle.task else "-", _metric_text(bundle.metadata.get("metrics")), entry.description)
     console.print(table)
+
+
+def _metric_text(metrics: dict | None) -> str:
+    if not metrics:
+        return "untrained"
+    fmt = "{:.1%}" if metrics["metric"] == "accuracy" else "{:.3f}"
+    text = f"{metrics['metric']} {fmt.format(metrics['value'])}"
+    if metrics.get("baseline"):
+        text += f" ({fmt.format(metrics['baseline']['value'])})"
+    return text
 
 
 @cli.command()

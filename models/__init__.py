@@ -7,11 +7,11 @@ from .registry import ZooEntry
 ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
-        ZooEntry("llama-tiny", "llama:llama_tiny", "LLaMA-style decoder: RMSNorm, rotary GQA attention, SwiGLU MLP (random weights)"),
-        ZooEntry("opt-relu-tiny", "opt:opt_relu_tiny", "OPT-style decoder: LayerNorm, learned positions, ReLU MLP (random weights)"),
-        ZooEntry("vit-tiny", "vit:vit_tiny", "Vision Transformer: patch embedding, class token, GELU MLP (random weights)"),
-        ZooEntry("mixer-tiny", "mixer:mixer_tiny", "MLP-Mixer: token-mixing and channel-mixing MLPs (random weights)"),
-        ZooEntry("gmlp-tiny", "gmlp:gmlp_tiny", "gMLP: channel MLP with a spatial gating unit (random weights)"),
+        ZooEntry("llama-tiny", "llama:llama_tiny", "LLaMA-style decoder: RMSNorm, rotary GQA attention, SwiGLU MLP"),
+        ZooEntry("opt-relu-tiny", "opt:opt_relu_tiny", "OPT-style decoder: LayerNorm, learned positions, ReLU MLP"),
+        ZooEntry("vit-tiny", "vit:vit_tiny", "Vision Transformer: patch embedding, class token, GELU MLP"),
+        ZooEntry("mixer-tiny", "mixer:mixer_tiny", "MLP-Mixer: token-mixing and channel-mixing MLPs"),
+        ZooEntry("gmlp-tiny", "gmlp:gmlp_tiny", "gMLP: channel MLP with a spatial gating unit"),
         ZooEntry("llama-small", "llama:llama_small", "LLaMA-style decoder, 4 layers, trained on Python stdlib bytes (perplexity)", trained=True),
         ZooEntry("opt-relu-small", "opt:opt_relu_small", "OPT-style decoder with ReLU MLPs, 4 layers, trained on Python stdlib bytes (perplexity)", trained=True),
         ZooEntry("vit-small", "vit:vit_small", "Vision Transformer on 1x8x8 digits, trained (accuracy)", trained=True),

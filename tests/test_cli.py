@@ -124,3 +124,12 @@ def test_debug_shows_traceback(tmp_path):
 def test_listing_commands(command):
     result = run(command)
     assert result.exit_code == 0, result.output
+
+
+def test_zoo_lists_trained_metrics():
+    result = CliRunner().invoke(cli, ["zoo"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
+    assert {"llama-tiny", "llama-small", "opt-relu-small", "vit-small", "mixer-small"} <= set(rows)
+    assert "perplexity 4." in rows["llama-small"] and "untrained" in rows["llama-tiny"]
+    assert "accuracy 9" in rows["vit-small"]
