@@ -126,8 +126,11 @@ def test_listing_commands(command):
     assert result.exit_code == 0, result.output
 
 
-def test_zoo_lists_trained_metrics():
-    result = CliRunner().invoke(cli, ["zoo"], env={"COLUMNS": "200"})
+def test_zoo_lists_trained_metrics(monkeypatch):
+    from mlpdeploy import cli as cli_module
+
+    monkeypatch.setattr(cli_module.console, "width", 200)
+    result = CliRunner().invoke(cli, ["zoo"])
     assert result.exit_code == 0, result.output
     rows = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.startswith("│")}
     assert {"llama-tiny", "llama-small", "opt-relu-small", "vit-small", "mixer-small"} <= set(rows)
