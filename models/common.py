@@ -66,6 +66,13 @@ def image_bundle(module: nn.Module, in_chans: int, image_size: int, task: Any = 
     )
 
 
+def digits_task(config: Any):
+    """The digits task sized for an image model's config (`image_size`, `in_chans`)."""
+    from mlpdeploy.data import DigitsTask
+
+    return DigitsTask(image_size=config.image_size, channels=config.in_chans)
+
+
 def config_json(config: Any) -> str:
     return json.dumps({"class": type(config).__name__, **dataclasses.asdict(config)}, sort_keys=True)
 

@@ -13,9 +13,7 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from mlpdeploy.data import DigitsTask
-
-from .common import image_bundle, seeded, trained_bundle
+from .common import digits_task, image_bundle, seeded, trained_bundle
 from .layers import PatchEmbed
 
 
@@ -103,9 +101,9 @@ def build(cfg: GMLPConfig, seed: int = 0, task=None, **metadata) -> ModelBundle:
 
 def gmlp_tiny() -> ModelBundle:
     """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, gated MLP 256; random weights."""
-    return build(TINY, task=DigitsTask(image_size=TINY.image_size, channels=TINY.in_chans))
+    return build(TINY, task=digits_task(TINY))
 
 
 def gmlp_small() -> ModelBundle:
     """Trained on digits: 1×8×8 input, patch 2 (16 patches), dim 64, 4 blocks, gated MLP 128 (see cards/gmlp-small.md)."""
-    return trained_bundle(build, SMALL, "gmlp-small", DigitsTask(image_size=SMALL.image_size, channels=SMALL.in_chans))
+    return trained_bundle(build, SMALL, "gmlp-small", digits_task(SMALL))

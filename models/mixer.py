@@ -10,9 +10,7 @@ from torch import nn
 
 from mlpdeploy.bundle import ModelBundle
 
-from mlpdeploy.data import DigitsTask
-
-from .common import image_bundle, seeded, trained_bundle
+from .common import digits_task, image_bundle, seeded, trained_bundle
 from .layers import Mlp, PatchEmbed
 
 
@@ -71,9 +69,9 @@ def build(cfg: MixerConfig, seed: int = 0, task=None, **metadata) -> ModelBundle
 
 def mixer_tiny() -> ModelBundle:
     """3×32×32 input, patch 4 (64 patches), dim 64, 2 blocks, token MLP 32, channel MLP 256; random weights."""
-    return build(TINY, task=DigitsTask(image_size=TINY.image_size, channels=TINY.in_chans))
+    return build(TINY, task=digits_task(TINY))
 
 
 def mixer_small() -> ModelBundle:
     """Trained on digits: 1×8×8 input, patch 2 (16 patches), dim 64, 4 blocks, token MLP 32, channel MLP 128 (see cards/mixer-small.md)."""
-    return trained_bundle(build, SMALL, "mixer-small", DigitsTask(image_size=SMALL.image_size, channels=SMALL.in_chans))
+    return trained_bundle(build, SMALL, "mixer-small", digits_task(SMALL))
