@@ -24,6 +24,7 @@ generated data for any model.
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import sysconfig
@@ -109,7 +110,7 @@ def digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True)
-class Task:
+class Task(abc.ABC):
     """An evaluation task: data splits, batching and the metric. See the module docstring."""
 
     name: str
@@ -118,13 +119,15 @@ class Task:
     input_name: str
     label_key: str  # "targets" | "labels": the extra key in eval batches
 
+    @abc.abstractmethod
     def calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
         """`n` batches of model inputs sampled from the train split; same seed, same batches."""
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) of the whole eval split, in order."""
-        raise NotImplementedError
+        ...
 
     def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """The eval split in order (the first `limit` samples if given): inputs plus `label_key`."""
@@ -162,11 +165,13 @@ class Task:
         preds = np.concatenate(predictions)
         return {"metric": self.metric, "value": self._reduce(scores), "predictions": preds, "samples": len(preds)}
 
+    @abc.abstractmethod
     def _score(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def _reduce(self, scores: list[tuple[float, int]]) -> float:
-        raise NotImplementedError
+        ...
 
     def describe(self) -> dict:
         """A JSON-able summary: name, kind, metric and eval size."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,7 +43,7 @@ class BuildResult:
         }
 
 
-class Backend:
+class Backend(abc.ABC):
     """Builds a deployable artifact from an ONNX model."""
 
     name: ClassVar[str]
@@ -49,8 +51,9 @@ class Backend:
     extra: ClassVar[str | None] = None  # pip extra that provides its runtime
     suffix: ClassVar[str]  # default artifact suffix, e.g. ".ort.onnx"
 
-    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
+        """Write the artifact to `output` (atomically: nothing is left behind on failure)."""
 
     def engine_runner(self, result: BuildResult):
         """A Polygraphy runner for the built engine when this machine can run it, else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import abc
+
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -42,5 +44,6 @@ class RewritePass(ir.passes.InPlacePass):
         self.report = self.rewrite(model)
         return ir.passes.PassResult(model, modified=self.report.rewritten > 0)
 
-    def rewrite(self, model: ir.Model) -> PassReport:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def rewrite(self, model: ir.Model) -> PassReport:
+        """Rewrite `model` in place; return what was rewritten and why other sites were skipped."""
