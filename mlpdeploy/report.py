@@ -105,6 +105,17 @@ def render_html(report: dict) -> str:
     ]
     if val.get("note"):
         parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
+    if val.get("task"):
+        task = val["task"]
+        verdict = _badge(task["passed"]) if "passed" in task else "no budget"
+        row = [
+            _e(task["metric"]), f'{task["reference"]:.6g}', f'{task["candidate"]:.6g}',
+            f'{task["delta"]:+.3g} ({task["relative_delta"]:+.3%})', f'{task["agreement"]:.4%}', str(task["samples"]), verdict,
+        ]
+        parts += [
+            f"<h2>Task metric: {_e(task['task'])}</h2>",
+            _table(["metric", "reference", "candidate", "delta", "top-1 agreement", "eval samples", "verdict"], [row]),
+        ]
     if val.get("layers"):
         layers = val["layers"]
         rows = [[_e(k), _fmt(v["max_abs"]), _fmt(v["mean_abs"]), f'{v["cosine"]:.8f}'] for k, v in layers["errors"].items()]
@@ -116,9 +127,6 @@ def render_html(report: dict) -> str:
         ]
         if layers.get("skipped"):
             parts.append(_table(["skipped", "reason"], [[_e(k), _e(v)] for k, v in layers["skipped"].items()], numeric_from=99))
-    if val.get("task"):
-        task = val["task"]
-        parts += ["<h2>Task metric</h2>", _table(list(task), [[_e(v) for v in task.values()]], numeric_from=99)]
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),
