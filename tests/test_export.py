@@ -50,3 +50,21 @@ def test_exported_model_runs_at_other_shapes(tiny_export, tiny_spec, batch, seq)
     assert report.inputs == {"input_ids": [batch, seq]}
     assert report.passed
     assert report.outputs["output"].max_abs <= 1e-4
+
+
+def test_big_models_use_external_data(tmp_path, tiny_spec, monkeypatch):
+    """Past the 2 GB protobuf limit weights go to `<name>.data` (threshold lowered to test it)."""
+    from mlpdeploy import onnx_io
+    from mlpdeploy.export import export_model
+    from mlpdeploy.source import load_model
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1024)
+    bundle = load_model(tiny_spec)
+    result = export_model(bundle, tmp_path / "big.onnx")
+    data = tmp_path / "big.onnx.data"
+    proto = onnx.load(str(result.model_path), load_external_data=False)
+    head = next(i for i in proto.graph.initializer if i.name == "head.weight_t")
+    assert head.data_location == onnx.TensorProto.EXTERNAL and data.stat().st_size >= 16 * 50 * 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.manifest.json", "big.onnx", "big.onnx.data"]
+    report = validate(bundle, result.model_path)
+    assert report.passed
