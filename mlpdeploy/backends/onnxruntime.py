@@ -6,6 +6,8 @@ import json
 import time
 from pathlib import Path
 
+import onnx
+
 from ..atomic import staged_files
 from ..errors import MlpdeployError
 from ..manifest import find_manifest, manifest_path
@@ -54,7 +56,7 @@ def session_config(opt_level: str = "extended", device: str = "auto", threads: i
     }
 
 
-def make_session(model_path: Path | str, config: dict, optimized_output: Path | None = None):
+def make_session(model_path: Path | str, config: dict, optimized_output: Path | None = None, external_data: bool = False):
     """An InferenceSession for `model_path` with the settings of `session_config`."""
     import onnxruntime as ort
 
@@ -66,6 +68,9 @@ def make_session(model_path: Path | str, config: dict, optimized_output: Path | 
         options.add_session_config_entry(key, value)
     if optimized_output is not None:
         options.optimized_model_filepath = str(optimized_output)
+        if external_data:  # a model past protobuf's 2 GB limit keeps its weights beside it
+            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized_output.name + ".data")
+            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     try:
         return ort.InferenceSession(str(model_path), options, providers=config["providers"])
     except Exception as exc:
@@ -87,11 +92,12 @@ class OnnxRuntimeBackend(Backend):
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         model_path = check_onnx_path(model_path)
-        load_onnx(model_path, load_external_data=False)  # a clear error for a file that is not ONNX
+        proto = load_onnx(model_path, load_external_data=False)  # a clear error for a file that is not ONNX
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
         config = session_config(options.opt_level, options.device)
         start = time.perf_counter()
         with staged_files(output) as tmp:
-            make_session(model_path, config, optimized_output=tmp)
+            make_session(model_path, config, optimized_output=tmp, external_data=external)
             if not tmp.exists():
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")

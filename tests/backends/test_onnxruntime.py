@@ -39,3 +39,16 @@ def test_cuda_without_gpu_is_a_clear_error():
 def test_unknown_backend_lists_available():
     with pytest.raises(MlpdeployError, match="unknown backend 'tensorflow'; available backends: .*onnxruntime"):
         get_backend("tensorflow")
+
+
+def test_external_data_model_builds_with_external_data(tmp_path, tiny_spec, monkeypatch):
+    from mlpdeploy import onnx_io
+    from mlpdeploy.export import export_model
+
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1024)
+    bundle = load_model(tiny_spec)
+    exported = export_model(bundle, tmp_path / "big.onnx")
+    out = tmp_path / "big.ort.onnx"
+    get_backend("onnxruntime").build(exported.model_path, out, BuildOptions(device="cpu"))
+    assert (tmp_path / "big.ort.onnx.data").exists()
+    assert validate(bundle, out).passed
