@@ -8,23 +8,11 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from mlpdeploy.export import dynamic_shapes
 from mlpdeploy.zoo import ZOO
 
 TINY = ["llama-tiny", "opt-relu-tiny", "vit-tiny", "mixer-tiny", "gmlp-tiny"]
 TOKEN_MODELS = {"llama-tiny", "opt-relu-tiny"}
-
-
-def _dynamic_shapes(bundle):
-    dims, shapes = {}, []
-    for spec in bundle.inputs:
-        axes = {}
-        for axis, name in spec.dynamic_axes.items():
-            if name not in dims:
-                lo, hi = bundle.dim_range(name)
-                dims[name] = torch.export.Dim(name, min=lo, max=hi)
-            axes[axis] = dims[name]
-        shapes.append(axes)
-    return tuple(shapes)
 
 
 @pytest.fixture(scope="module", params=TINY)
@@ -33,7 +21,7 @@ def exported(request):
     bundle = ZOO[request.param].build()
     program = torch.onnx.export(
         bundle.module, tuple(bundle.example_inputs.values()), dynamo=True,
-        dynamic_shapes=_dynamic_shapes(bundle), verbose=False,
+        dynamic_shapes=dynamic_shapes(bundle), verbose=False,
     )
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
