@@ -115,8 +115,9 @@ def plugin_base(trt) -> type:
             self.timing_cache_id = ""
             self.phase = phase
 
+        # An abstract method by convention: abc.ABCMeta cannot be mixed into TensorRT's pybind classes.
         def fields(self) -> dict[str, Any]:  # pragma: no cover - interface
-            raise NotImplementedError
+            raise NotImplementedError(f"{type(self).__name__} must implement fields() (the plugin's serialized attributes)")
 
         def get_capability_interface(self, type):
             return self
