@@ -65,6 +65,11 @@ class ModelBundle:
         return self.dim_ranges.get(name, DEFAULT_DIM_RANGE)
 
 
+def default_output_names(count: int) -> list[str]:
+    """Names for outputs nobody named: `output`, or `output_0`, `output_1`, ..."""
+    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+
+
 def set_eval(module: torch.nn.Module) -> None:
     """Put `module` in eval mode; a torch.export program's module refuses eval() and needs none."""
     try:
@@ -88,6 +93,17 @@ _TORCH_TO_NUMPY = {
 def numpy_dtype_name(dtype: torch.dtype) -> str:
     """The numpy dtype name of a torch dtype (bfloat16 via ml_dtypes)."""
     return _TORCH_TO_NUMPY[dtype]
+
+
+def numpy_dtype(name: str):
+    """The numpy dtype called `name` (bfloat16 through ml_dtypes)."""
+    import numpy as np
+
+    if name == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def infer_input_specs(example_inputs: dict[str, torch.Tensor], dynamic: dict[str, dict[int, str]] | None = None) -> list[InputSpec]:

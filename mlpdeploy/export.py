@@ -17,7 +17,7 @@ import torch
 
 from . import __version__
 from .atomic import staged_files
-from .bundle import ModelBundle
+from .bundle import ModelBundle, default_output_names
 from .errors import MlpdeployError
 from .manifest import Manifest, manifest_path
 from .onnx_io import write_onnx
@@ -132,7 +132,7 @@ def _name_outputs(graph: ir.Graph, bundle: ModelBundle) -> None:
     """Outputs the user did not name become `output` (or `output_0`, `output_1`, ...)."""
     if not bundle.output_names:
         outputs = graph.outputs
-        bundle.output_names = ["output"] if len(outputs) == 1 else [f"output_{i}" for i in range(len(outputs))]
+        bundle.output_names = default_output_names(len(outputs))
         for value, name in zip(outputs, bundle.output_names):
             value.name = name
 

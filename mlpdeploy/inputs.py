@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bundle import InputSpec
+from .bundle import InputSpec, numpy_dtype
 from .errors import MlpdeployError
 
 
@@ -17,21 +17,13 @@ def concrete_shape(spec: InputSpec, dims: dict[str, int] | None = None) -> list[
     return [dims.get(d, example) if isinstance(d, str) else d for d, example in zip(spec.shape, spec.example_shape)]
 
 
-def _numpy_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 def generate_inputs(specs: list[InputSpec], seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """One feed dict of random inputs following the specs (see InputSpec for the rules)."""
     rng = np.random.default_rng(seed)
     feed = {}
     for spec in specs:
         shape = concrete_shape(spec, dims)
-        dtype = _numpy_dtype(spec.dtype)
+        dtype = numpy_dtype(spec.dtype)
         if spec.fill is not None:
             value = np.full(shape, spec.fill)
         elif np.issubdtype(dtype, np.integer) or dtype == np.bool_:
@@ -97,11 +89,11 @@ def check_inputs(feed: dict[str, np.ndarray], specs: list[InputSpec], dims: dict
                     raise MlpdeployError(f"{source}: input {spec.name} dim {want}={size} is outside the exported range [{lo}, {hi}]")
                 if bound.setdefault(want, size) != size:
                     raise MlpdeployError(f"{source}: dim {want} is {bound[want]} in one input and {size} in {spec.name}; it must agree")
-        want_kind = _numpy_dtype(spec.dtype).kind
+        want_kind = numpy_dtype(spec.dtype).kind
         if array.dtype.kind != want_kind and not (want_kind in "iu" and array.dtype.kind in "iu"):
             raise MlpdeployError(f"{source}: input {spec.name} has dtype {array.dtype}, but the manifest expects {spec.dtype}")
 
 
 def cast_to_specs(feed: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:
     """The feed in the manifest's dtypes and order (after `check_inputs`)."""
-    return {s.name: np.ascontiguousarray(feed[s.name].astype(_numpy_dtype(s.dtype), copy=False)) for s in specs}
+    return {s.name: np.ascontiguousarray(feed[s.name].astype(numpy_dtype(s.dtype), copy=False)) for s in specs}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -13,13 +12,8 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.backend.onnxrt import OnnxrtRunner
 from polygraphy.common import TensorMetadata
 
-from .backends.onnxruntime import make_session, session_config, session_options_path
-from .bundle import ModelBundle, set_eval
-
-
-def default_output_names(count: int) -> list[str]:
-    """Names for outputs nobody named: `output`, or `output_0`, `output_1`, ..."""
-    return ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+from .backends.onnxruntime import make_session, saved_session_config
+from .bundle import ModelBundle, default_output_names, numpy_dtype, set_eval
 
 
 def flatten_outputs(result) -> list[torch.Tensor]:
@@ -47,7 +41,7 @@ class TorchRunner(BaseRunner):
     def get_input_metadata_impl(self):
         meta = TensorMetadata()
         for spec in self.bundle.inputs:
-            meta.add(spec.name, dtype=_np_dtype(spec.dtype), shape=[d if isinstance(d, int) else -1 for d in spec.shape])
+            meta.add(spec.name, dtype=numpy_dtype(spec.dtype), shape=[d if isinstance(d, int) else -1 for d in spec.shape])
         return meta
 
     def infer_impl(self, feed_dict):
@@ -63,20 +57,8 @@ class TorchRunner(BaseRunner):
         pass
 
 
-def _np_dtype(name: str):
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
 def onnx_runner(model_path: Path | str, name: str | None = None, config: dict | None = None) -> OnnxrtRunner:
     """An ORT runner with the session settings saved beside the model by `build`, if any."""
-    path = Path(model_path)
-    if config is None:
-        saved = session_options_path(path)
-        config = json.loads(saved.read_text()) if saved.exists() else session_config()
-    session = make_session(path, config)
+    session = make_session(model_path, config if config is not None else saved_session_config(model_path))
     return OnnxrtRunner(session, name=name)
 

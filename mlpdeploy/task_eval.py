@@ -3,13 +3,12 @@ top-1 agreement (perplexity for language models, accuracy for classifiers)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .backends.onnxruntime import make_session, session_config, session_options_path
+from .backends.onnxruntime import make_session, saved_session_config
 from .bundle import ModelBundle
 from .errors import MlpdeployError
 from .runners import flatten_outputs
@@ -31,9 +30,7 @@ def torch_run_fn(bundle: ModelBundle):
 
 def onnx_run_fn(model_path: Path | str):
     """`inputs → first output` for an ONNX model, with its saved session settings if any."""
-    saved = session_options_path(model_path)
-    config = json.loads(saved.read_text()) if saved.exists() else session_config()
-    session = make_session(model_path, config)
+    session = make_session(model_path, saved_session_config(model_path))
     first = session.get_outputs()[0].name
     names = [i.name for i in session.get_inputs()]
 

@@ -85,6 +85,12 @@ def session_options_path(model_path: Path | str) -> Path:
     return path.parent / f"{stem}.session.json"
 
 
+def saved_session_config(model_path: Path | str) -> dict:
+    """The session settings `build` saved beside a model, else the defaults."""
+    saved = session_options_path(model_path)
+    return json.loads(saved.read_text()) if saved.exists() else session_config()
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime: offline graph optimization; CPU by default, CUDA EP when onnxruntime-gpu and a GPU are present"
