@@ -57,15 +57,8 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
     manifest.history.append({"stage": "export", "seconds": round(seconds, 3)})
     with staged_files(output) as tmp:
         write_onnx(model, tmp)
-        manifest_file = manifest_path(tmp)
-        manifest_file.write_text(_json(manifest.to_json()))
+        manifest.save_beside(tmp)
     return ExportResult(output, manifest_path(output), manifest, seconds)
-
-
-def _json(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2) + "\n"
 
 
 def dynamic_shapes(bundle: ModelBundle) -> tuple[dict[int, torch.export.Dim], ...]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from .atomic import staged_files
-from .manifest import find_manifest, manifest_path
+from .manifest import find_manifest
 from .onnx_io import load_ir, write_onnx
 from .passes.pipeline import PassSpec, run_pipeline
 
@@ -53,5 +52,5 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
         manifest = find_manifest(model_path)
         if manifest is not None:
             derived = manifest.derived("rewrite", passes=[str(p) for p in passes], seconds=round(seconds, 3))
-            manifest_path(tmp).write_text(json.dumps(derived.to_json(), indent=2) + "\n")
+            derived.save_beside(tmp)
     return RewriteResult(output, reports, before, after, seconds)

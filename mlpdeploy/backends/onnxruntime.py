@@ -110,7 +110,7 @@ class OnnxRuntimeBackend(Backend):
             manifest = find_manifest(model_path)
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
-                manifest_path(tmp).write_text(json.dumps(derived.to_json(), indent=2) + "\n")
+                derived.save_beside(tmp)
         seconds = time.perf_counter() - start
         artifacts = {"model": output, "session_options": session_options_path(output)}
         if manifest is not None:
