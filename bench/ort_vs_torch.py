@@ -17,9 +17,7 @@ from common import machine, median_ms, write_results  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
-from mlpdeploy.inputs import generate_inputs  # noqa: E402
-from mlpdeploy.runners import onnx_runner  # noqa: E402
-from mlpdeploy.source import load_model  # noqa: E402
+from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
 from mlpdeploy.zoo import ZOO  # noqa: E402
 
 
@@ -29,7 +27,7 @@ def bench_model(name: str, threads: int, workdir: Path) -> dict:
     built = get_backend("onnxruntime").build(exported.model_path, workdir / f"{name}.ort.onnx", BuildOptions(device="cpu"))
     feed = generate_inputs(bundle.inputs)
     args = [torch.from_numpy(feed[s.name]) for s in bundle.inputs]
-    runner = onnx_runner(built.validation_model)
+    runner = built.candidate.make_runner("ort")
     runner.activate()
     with torch.no_grad():
         torch_ms = median_ms(lambda: bundle.module(*args))

@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from .errors import MlpdeployError
+from mlpdeploy.errors import MlpdeployError
 
 
 def ensure_writable_dir(directory: Path) -> None:

@@ -2,29 +2,32 @@
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .atomic import staged_directory, write_json, write_text
-from .backends import BuildOptions, get_backend
-from .bundle import ModelBundle
-from .export import DEFAULT_OPSET, export_model
-from .passes.pipeline import PassSpec
-from .report import render_html
-from .rewrite import rewrite_model
-from .source import load_model
-from .validate import validate
+from mlpdeploy import __version__
+from mlpdeploy.analyze.plan import Plan, load_plan
+from mlpdeploy.atomic import staged_directory, write_json, write_text
+from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.export import DEFAULT_OPSET, export_model
+from mlpdeploy.model import ModelBundle, load_model
+from mlpdeploy.passes import PassSpec, rewrite_model
+from mlpdeploy.report import render_html
+from mlpdeploy.validate import ValidateOptions, validate
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
 
 @dataclass
 class CompileOptions:
+    """`plan`: a plan.json from `analyze` whose passes run before `passes`."""
+
     passes: list[PassSpec] = field(default_factory=list)
+    plan: Path | None = None
     backend: str = "onnxruntime"
     build: BuildOptions = field(default_factory=BuildOptions)
     atol: float | None = None
@@ -65,30 +68,25 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     stages = _Stages(on_stage)
     with staged_directory(out_dir) as work:
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
+        plan = _plan_for(options.plan, bundle)
+        passes = (plan.pass_specs() if plan else []) + options.passes
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
-        rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", options.passes))
+        rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
-        engine_runner = backend.engine_runner(built)
-        validation = stages.run(
-            "validate",
-            lambda: validate(
-                bundle,
-                built.artifacts["engine"] if engine_runner is not None else built.validation_model,
-                candidate_runner=engine_runner,
-                precision=options.build.precision,
-                atol=options.atol,
-                rtol=options.rtol,
-                seed=options.seed,
-                note=None if engine_runner is not None else built.validation_note,
-                layers=True,
-                layers_model=rewritten.model_path,
-                task=bundle.task is not None,
-                task_limit=options.task_limit,
-                max_metric_delta=options.max_metric_delta,
-            ),
+        candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
+        validate_options = ValidateOptions(
+            precision=options.build.precision,
+            atol=options.atol,
+            rtol=options.rtol,
+            seed=options.seed,
+            layers=True,
+            task=bundle.task is not None,
+            task_limit=options.task_limit,
+            max_metric_delta=options.max_metric_delta,
         )
+        validation = stages.run("validate", lambda: validate(bundle, candidate, validate_options))
         stages.records["rewrite"].update(rewritten.to_json())
-        stages.records["build"].update({"backend": built.backend, **built.info})
+        stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
             "onnx": exported.model_path,
             "manifest": exported.manifest_path,
@@ -97,9 +95,11 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "report_json": work / "report.json",
             "report_html": work / "report.html",
         }
+        if plan is not None:
+            artifacts["plan"] = plan.save(work / "plan.json")
         validation_json = validation.to_json()
         validation_json["candidate"] = _final(validation.candidate, work, out_dir)
-        if validation.layers:
+        if validation.layers and validation.layers["model"]:
             validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)
         report = {
             "model": bundle.source,
@@ -111,9 +111,21 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "validation": validation_json,
             "environment": _environment(),
         }
+        if plan is not None:
+            report["plan"] = {"source": str(options.plan), "analyses": list(plan.analyses), "passes": [str(p) for p in plan.pass_specs()],
+                              "calibration": plan.calibration, "budget": plan.budget, "predicted": plan.predicted, "tables": plan.tables}
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
+    """The plan at `path`, checked to be for `bundle` (its source, and the module scopes it names)."""
+    if path is None:
+        return None
+    plan = load_plan(path)
+    plan.check_model(bundle.source, {name for name, _ in bundle.module.named_modules()}, path)
+    return plan
 
 
 def _final(path: Path | str, work: Path, out_dir: Path) -> str:

@@ -15,6 +15,13 @@ class NumericsError(MlpdeployError):
     exit_code = 1
 
 
+class OpError(MlpdeployError, ValueError):
+    """A custom op (plugins/) was given inputs, attributes or a model it cannot take: one line, exit 2.
+
+    Also a ValueError, which is what its callers inside Python expect of a bad argument.
+    """
+
+
 class MissingExtraError(MlpdeployError):
     """An optional dependency is not installed."""
 
@@ -33,3 +40,9 @@ def require(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type name when it has none."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -7,8 +7,11 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
-from .atomic import staged_files
-from .errors import MlpdeployError
+from mlpdeploy.atomic import staged_files
+from mlpdeploy.errors import MlpdeployError
+
+# The domains of standard ONNX ops ("ai.onnx" is the default domain spelled out).
+STANDARD_DOMAINS = ("", "ai.onnx")
 
 # Protobuf cannot serialize a model over 2 GiB; past this size weights go to an external data file.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26

@@ -26,3 +26,19 @@ def module_path(node: ir.Node) -> str:
     scopes = name_scopes(node)
     # The last entry names the op inside the module; the one before is the module path.
     return scopes[-2] if len(scopes) >= 2 else ""
+
+
+def is_layer_path(path: str) -> bool:
+    """A layer: a child of a ModuleList (`layers.3`) or a direct child of one (`layers.3.mlp`)."""
+    parts = path.split(".")
+    return bool(path) and (parts[-1].isdigit() or (len(parts) >= 2 and parts[-2].isdigit()))
+
+
+def natural_key(path: str) -> list:
+    """Sort key that puts `layers.2` before `layers.10`."""
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split(".")]
+
+
+def module_scopes(model: ir.Model) -> set[str]:
+    """Every module path recorded on the main graph's nodes (`layers.3`, `layers.3.mlp`, ...)."""
+    return {scope for node in model.graph for scope in name_scopes(node)[:-1] if scope}

@@ -11,7 +11,7 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from mlpdeploy.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.bundle import InputSpec, ModelBundle, TrainedMetrics
 from mlpdeploy.errors import MlpdeployError
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -68,7 +68,7 @@ def image_bundle(module: nn.Module, in_chans: int, image_size: int, task: Any = 
 
 def digits_task(config: Any):
     """The digits task sized for an image model's config (`image_size`, `in_chans`)."""
-    from mlpdeploy.data import DigitsTask
+    from mlpdeploy.model.data import DigitsTask
 
     return DigitsTask(image_size=config.image_size, channels=config.in_chans)
 
@@ -110,14 +110,14 @@ def load_checkpoint(module: nn.Module, name: str, config: Any) -> nn.Module:
 def trained_bundle(build: Callable[..., ModelBundle], config: Any, name: str, task: Any) -> ModelBundle:
     """`build(config, task=task)` with the weights of the committed checkpoint `name`.
 
-    `bundle.metadata` gets the checkpoint's recorded metrics (`metrics`) and card path (`card`).
+    `bundle.trained` gets the checkpoint's recorded metrics; `bundle.metadata` its path and card.
     """
     bundle = build(config, task=task)
     load_checkpoint(bundle.module, name, config)
     meta = checkpoint_metadata(name)
     bundle.metadata.update(checkpoint=str(checkpoint_path(name)), card=str(CARDS / f"{name}.md"))
     if "metrics" in meta:
-        bundle.metadata["metrics"] = json.loads(meta["metrics"])
+        bundle.trained = TrainedMetrics.from_json(json.loads(meta["metrics"]))
     return bundle
 
 

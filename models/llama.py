@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlpdeploy.bundle import ModelBundle
+from mlpdeploy.model.bundle import ModelBundle
 
-from mlpdeploy.data import LMTask
+from mlpdeploy.model.data import LMTask
 
 from .common import seeded, token_bundle, trained_bundle
 from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU

@@ -6,7 +6,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable
 
-from mlpdeploy.bundle import ModelBundle
+from mlpdeploy.model.bundle import ModelBundle
 
 
 @dataclass(frozen=True)

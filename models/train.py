@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlpdeploy.data import EVAL_FILES, TRAIN_FILES, DigitsTask, LMTask, Task, corpus_info
+from mlpdeploy.model.data import EVAL_FILES, TRAIN_FILES, DigitsTask, LMTask, Task, corpus_info
 
 from . import gmlp, llama, mixer, opt, vit
 from .common import CARDS, CHECKPOINTS, checkpoint_path, save_checkpoint

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlpdeploy.bundle import ModelBundle
+from mlpdeploy.model.bundle import ModelBundle
 
 from .common import digits_task, image_bundle, seeded, trained_bundle
 from .layers import Attention, Mlp, PatchEmbed

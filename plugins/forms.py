@@ -11,28 +11,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import onnx_ir as ir
 
-from .registry import DOMAIN
+from mlpdeploy.errors import OpError
 
-PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
-
-
-def _mlpdeploy_nodes(model: ir.Model):
-    graphs = [model.graph, *(f.graph for f in model.functions.values())]
-    for graph in graphs:
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            if node.domain == DOMAIN:
-                yield node
+from .registry import DOMAIN, PLUGIN_ATTRIBUTES
 
 
-def plugin_nodes(model: ir.Model) -> list[str]:
-    """Names (or op types) of the nodes that would resolve to a TensorRT plugin."""
-    return [
-        node.name or f"{node.domain}::{node.op_type}"
-        for node in _mlpdeploy_nodes(model)
-        if any(a in node.attributes for a in PLUGIN_ATTRIBUTES)
-    ]
+def all_nodes(model: ir.Model) -> Iterator[tuple[ir.Function | None, ir.Node]]:
+    """Every node of the main graph and of every model-local function (subgraphs included),
+    with the function it sits in (None for the main graph)."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        yield None, node
+    for function in model.functions.values():
+        for node in ir.traversal.RecursiveGraphIterator(function):
+            yield function, node
+
+
+def names_plugin(node: ir.Node) -> bool:
+    """Whether `node` carries `plugin_namespace`/`plugin_version` (TensorRT picks a plugin for it)."""
+    return any(a in node.attributes for a in PLUGIN_ATTRIBUTES)
+
+
+def plugin_nodes(model: ir.Model) -> list[ir.Node]:
+    """The nodes, anywhere in the model, that name a TensorRT plugin."""
+    return [node for _, node in all_nodes(model) if names_plugin(node)]
+
+
+def _mlpdeploy_nodes(model: ir.Model) -> Iterator[ir.Node]:
+    return (node for _, node in all_nodes(model) if node.domain == DOMAIN)
 
 
 def function_body_form(model: ir.Model) -> None:
@@ -42,7 +51,7 @@ def function_body_form(model: ir.Model) -> None:
     """
     for node in _mlpdeploy_nodes(model):
         if any(v is None for v in node.inputs):
-            raise ValueError(
+            raise OpError(
                 f"{node.domain}::{node.op_type} node {node.name!r} has an empty input slot, which TensorRT's "
                 "ONNX parser rejects; build it with the op's node builder"
             )
@@ -54,7 +63,7 @@ def function_body_form(model: ir.Model) -> None:
             continue
         new_name = f"{name}_{overload}"
         if (domain, new_name) in taken:
-            raise ValueError(
+            raise OpError(
                 f"cannot de-overload {domain}::{name}:{overload}: a function named {new_name!r} already exists"
             )
         taken.add((domain, new_name))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import trt_common
+from . import trt_plugin_base
 from .registry import OPS, PLUGIN_NAMESPACE
 
 # Creators must outlive the registry's use of them: TensorRT keeps only a raw pointer.
@@ -11,13 +11,13 @@ _REGISTERED: dict[tuple[int, str], object] = {}
 
 def creators(trt=None) -> dict[str, object]:
     """One IPluginCreatorV3One per op in plugins.registry.OPS, keyed by op type."""
-    trt = trt or trt_common.tensorrt()
+    trt = trt or trt_plugin_base.import_tensorrt()
     return {op_type: op.face("trt_plugin").make_creator(trt) for op_type, op in OPS.items()}
 
 
 def register_plugins(trt=None) -> list[str]:
     """Register every op's creator under namespace "mlpdeploy" (once per registry); returns the op types."""
-    trt = trt or trt_common.tensorrt()
+    trt = trt or trt_plugin_base.import_tensorrt()
     registry = trt.get_plugin_registry()
     done = []
     for op_type, creator in creators(trt).items():

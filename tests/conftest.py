@@ -18,8 +18,8 @@ def tiny_spec() -> str:
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory):
     """The fixture model exported to ONNX (with its manifest); returns the ExportResult."""
-    from mlpdeploy.export import export_model
-    from mlpdeploy.source import load_model
+    from mlpdeploy.export.torch_export import export_model
+    from mlpdeploy.model.source import load_model
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     return export_model(load_model(TINY_SPEC), out)

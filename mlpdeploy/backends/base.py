@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
+
+from mlpdeploy.runtime.candidate import Candidate
 
 
 @dataclass
@@ -23,28 +24,25 @@ class BuildOptions:
 
 @dataclass
 class BuildResult:
-    """Artifacts a backend wrote, what it did, and which ONNX graph validation can run."""
+    """Artifacts a backend wrote, what it did, and the candidate validation runs."""
 
     backend: str
     artifacts: dict[str, Path]
     info: dict[str, Any]
-    # The ONNX graph validation runs when the engine itself cannot run on this machine,
-    # and the session options to run it with.
-    validation_model: Path
-    validation_note: str | None = None
+    candidate: Candidate
 
     def to_json(self) -> dict:
         return {
             "backend": self.backend,
             "artifacts": {k: str(v) for k, v in self.artifacts.items()},
             "info": self.info,
-            "validation_model": str(self.validation_model),
-            "validation_note": self.validation_note,
+            "executed": self.candidate.executed,
+            "note": self.candidate.note,
         }
 
 
 class Backend(abc.ABC):
-    """Builds a deployable artifact from an ONNX model."""
+    """Builds a deployable artifact from an ONNX model, and says how to run what it built."""
 
     name: ClassVar[str]
     description: ClassVar[str]
@@ -55,7 +53,6 @@ class Backend(abc.ABC):
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         """Write the artifact to `output` (atomically: nothing is left behind on failure)."""
 
-    def engine_runner(self, result: BuildResult):
-        """A Polygraphy runner for the built engine when this machine can run it, else None
-        (validation then runs `result.validation_model` in ONNX Runtime)."""
-        return None
+    @abc.abstractmethod
+    def load_candidate(self, artifact: Path) -> Candidate:
+        """The candidate for an artifact this backend built earlier (found through its manifest)."""

@@ -8,87 +8,13 @@ from pathlib import Path
 
 import onnx
 
-from ..atomic import staged_files
-from ..errors import MlpdeployError
-from ..manifest import find_manifest, manifest_path
-from ..onnx_io import check_onnx_path, load_onnx
-from .base import Backend, BuildOptions, BuildResult
-
-OPT_LEVELS = {
-    "disabled": "ORT_DISABLE_ALL",
-    "basic": "ORT_ENABLE_BASIC",
-    "extended": "ORT_ENABLE_EXTENDED",
-    "all": "ORT_ENABLE_ALL",
-}
-
-# ORT fuses DQ(int4)->MatMul into MatMulNBits; at accuracy level 4 it quantizes activations to
-# int8 (error 1.9e-5 -> 0.42 measured, see ENVIRONMENT.md). mlpdeploy keeps it exact (level 0).
-CONFIG_ENTRIES = {"session.qdq_matmulnbits_accuracy_level": "0"}
-
-
-def session_config(opt_level: str = "extended", device: str = "auto", threads: int = 0) -> dict:
-    """The session settings mlpdeploy builds and runs a model with, as plain JSON data."""
-    import onnxruntime as ort
-
-    if opt_level not in OPT_LEVELS:
-        raise MlpdeployError(f"unknown ONNX Runtime optimization level {opt_level!r}; choose one of {', '.join(OPT_LEVELS)}")
-    available = ort.get_available_providers()
-    if device == "cpu":
-        providers = ["CPUExecutionProvider"]
-    elif device in ("cuda", "auto"):
-        if "CUDAExecutionProvider" in available:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-        elif device == "cuda":
-            raise MlpdeployError(
-                f"device cuda requested, but available ONNX Runtime providers are {', '.join(available)}; "
-                "install onnxruntime-gpu on a machine with a GPU, or use --device cpu"
-            )
-        else:
-            providers = ["CPUExecutionProvider"]
-    else:
-        raise MlpdeployError(f"unknown device {device!r}; choose auto, cpu or cuda")
-    return {
-        "graph_optimization_level": OPT_LEVELS[opt_level],
-        "providers": providers,
-        "intra_op_num_threads": threads,
-        "config_entries": dict(CONFIG_ENTRIES),
-        "onnxruntime_version": ort.__version__,
-    }
-
-
-def make_session(model_path: Path | str, config: dict, optimized_output: Path | None = None, external_data: bool = False):
-    """An InferenceSession for `model_path` with the settings of `session_config`."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, config["graph_optimization_level"])
-    options.intra_op_num_threads = config.get("intra_op_num_threads", 0)
-    options.log_severity_level = 3
-    for key, value in config.get("config_entries", {}).items():
-        options.add_session_config_entry(key, value)
-    if optimized_output is not None:
-        options.optimized_model_filepath = str(optimized_output)
-        if external_data:  # a model past protobuf's 2 GB limit keeps its weights beside it
-            options.add_session_config_entry("session.optimized_model_external_initializers_file_name", optimized_output.name + ".data")
-            options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-    try:
-        return ort.InferenceSession(str(model_path), options, providers=config["providers"])
-    except Exception as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise MlpdeployError(f"ONNX Runtime cannot load {model_path}: {msg}") from None
-
-
-def session_options_path(model_path: Path | str) -> Path:
-    """`x.ort.onnx` → `x.ort.session.json`, the session settings saved beside a built model."""
-    path = Path(model_path)
-    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
-    return path.parent / f"{stem}.session.json"
-
-
-def saved_session_config(model_path: Path | str) -> dict:
-    """The session settings `build` saved beside a model, else the defaults."""
-    saved = session_options_path(model_path)
-    return json.loads(saved.read_text()) if saved.exists() else session_config()
+from mlpdeploy.atomic import staged_files
+from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.manifest import find_manifest, manifest_path
+from mlpdeploy.onnx_io import check_onnx_path, load_onnx
+from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
+from mlpdeploy.runtime.onnxruntime import make_session, session_config, session_options_path
 
 
 class OnnxRuntimeBackend(Backend):
@@ -115,9 +41,14 @@ class OnnxRuntimeBackend(Backend):
         artifacts = {"model": output, "session_options": session_options_path(output)}
         if manifest is not None:
             artifacts["manifest"] = manifest_path(output)
+        # ORT's optimized graph drops module scopes: layers are compared on the graph it was built from.
+        candidate = onnx_candidate(output, config, layer_model=model_path)
         return BuildResult(
             backend=self.name,
             artifacts=artifacts,
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size},
-            validation_model=output,
+            candidate=candidate,
         )
+
+    def load_candidate(self, artifact: Path) -> Candidate:
+        return onnx_candidate(check_onnx_path(artifact))

@@ -5,7 +5,7 @@ Options read (BuildOptions):
              portable engine (runs on sm80, sm86, sm89 and sm120 GPUs). sm75 (Turing) has no
              fp32 GEMM: build it with precision fp16. FP4 weights build for sm120/sm121 only
              (a clear error otherwise; the portable engine accepts them but needs Blackwell to run)
-  precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.precision` (strongly typed)
+  precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.passes.precision` (strongly typed)
   shapes     optimization-profile overrides (`mlpdeploy.backends.trt_shapes`)
   extra      cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
   device, opt_level: do not apply (the build runs on the CPU; TensorRT-RTX compiles kernels
@@ -37,14 +37,20 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from ..errors import MlpdeployError, require
-from ..manifest import find_manifest
-from ..onnx_io import check_onnx_path, load_ir
-from ..precision import check_precision, convert_precision
-from . import trt_common as common
-from . import trt_log
-from .base import Backend, BuildOptions, BuildResult
-from .trt_shapes import derive_profile, profile_to_json
+from mlpdeploy.errors import MlpdeployError, require
+from mlpdeploy.model.manifest import find_manifest
+from mlpdeploy.onnx_io import check_onnx_path, load_ir
+from mlpdeploy.dtypes import check_precision
+from mlpdeploy.passes.precision import convert_precision
+from mlpdeploy.backends.tensorrt import cache as caches
+from mlpdeploy.backends.tensorrt import engine as common
+from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
+from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
+from mlpdeploy.runtime.gpus import visible_gpus
+from mlpdeploy.backends.tensorrt import log as trt_log
+from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.runtime.candidate import Candidate
+from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
 
 PRODUCT = "TensorRT-RTX"
 TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
@@ -70,11 +76,11 @@ def load_trt():
 
 def prepare_graph(model_path: Path, precision: str) -> tuple[ir.Model, dict]:
     """The graph TensorRT-RTX will parse: function-body form, checked for plugin nodes, in `precision`."""
-    from ..plugins.forms import function_body_form
+    from mlpdeploy.plugins.forms import function_body_form
 
     model = load_ir(model_path)
     function_body_form(model)
-    bad = common.plugin_resolving_nodes(model)
+    bad = plugin_resolving_nodes(model)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         raise MlpdeployError(
@@ -107,7 +113,7 @@ def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
 
 def validation_note(target: str | None, precision: str) -> str:
     """Why the engine itself was not run, stated from what this machine has."""
-    gpus = common.visible_gpus()
+    gpus = visible_gpus()
     graph = "the ONNX graph the engine was parsed from ran in ONNX Runtime instead"
     if precision == "bf16":
         graph += ", with bf16 rounding emulated in fp32 (ONNX Runtime's CPU provider has no bf16 kernels)"
@@ -134,12 +140,12 @@ class TensorRTRTXBackend(Backend):
         model, precision_report = prepare_graph(model_path, options.precision)
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
-        cache = common.EngineCache(common.cache_dir(options.extra), "tensorrt-rtx")
+        cache = caches.EngineCache(caches.cache_dir(options.extra), "tensorrt-rtx")
         state = {"cache": "off" if cache.dir is None else "miss"}
 
         def make_engine(onnx_path: Path) -> tuple[bytes, dict]:
             settings = {"product": PRODUCT, "version": trt.__version__, "target": target, "profile": profile}
-            key = common.file_digest(onnx_path, onnx_path.parent / f"{onnx_path.name}.data", settings=settings)
+            key = caches.file_digest(onnx_path, onnx_path.parent / f"{onnx_path.name}.data", settings=settings)
             cached = cache.load(key)
             if cached is not None:
                 state["cache"] = "hit"
@@ -179,13 +185,16 @@ class TensorRTRTXBackend(Backend):
         }
         if common.ignored_options(options):
             info["ignored_options"] = common.ignored_options(options)
-        return BuildResult(
-            backend=self.name,
-            artifacts=artifacts,
-            info=info,
-            validation_model=validation_model,
-            validation_note=validation_note(target, options.precision),
-        )
+        note = validation_note(target, options.precision)
+        candidate = parsed_graph_candidate(output, validation_model, note, layer_model=model_path)
+        return BuildResult(backend=self.name, artifacts=artifacts, info=info, candidate=candidate)
+
+    def load_candidate(self, artifact: Path) -> Candidate:
+        engine = check_engine_path(artifact, self.name)
+        manifest = find_manifest(engine)
+        build = manifest.last("build") if manifest else {}
+        note = validation_note(None if build.get("target") == "portable" else build.get("target"), build.get("precision", "fp32"))
+        return parsed_graph_candidate(engine, parsed_graph_path(engine), note)
 
     @staticmethod
     def _configure(trt, config, target: str | None) -> None:

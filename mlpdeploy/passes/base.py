@@ -28,17 +28,26 @@ class RewritePass(ir.passes.InPlacePass):
 
     Subclasses set `name`, `description` and `options` (name -> default value; the type of
     the default is the type a `--pass NAME:key=value` string is converted to), and implement
-    `rewrite(model) -> PassReport`.
+    `rewrite(model) -> PassReport`. A pass run from a plan gets `sites` (module scope → settings)
+    and rewrites only those (`site_settings`).
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
     options: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, **options: Any):
+    def __init__(self, sites: dict[str, dict[str, Any]] | None = None, **options: Any):
         super().__init__()
         self.config = {**self.options, **options}
+        self.sites = sites
         self.report = PassReport(self.name)
+
+    def site_settings(self, scope: str) -> dict[str, Any] | None:
+        """Per-site settings for the module at `scope`: {} when every site is wanted, None when
+        a plan named sites and this is not one of them."""
+        if self.sites is None:
+            return {}
+        return self.sites.get(scope)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.report = self.rewrite(model)

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from ..plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
-from ..plugins.registry import DOMAIN
-from ..scopes import module_path
-from .base import PassReport, RewritePass
-from .matching import (
+from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
+from mlpdeploy.plugins.registry import DOMAIN
+from mlpdeploy.scopes import module_path
+from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.matching import (
     LINEAR_OPS,
     STANDARD_DOMAINS,
     Linear,
@@ -113,6 +113,8 @@ class FuseGatedMLP(RewritePass):
             try:
                 site = match_site(node, bilinear=self.config["bilinear"])
                 check(blocker is None, blocker or "")
+                scope = (common_scope(site.nodes) or [""])[-1]
+                check(self.site_settings(scope) is not None, f"module {scope or '(root)'} is not among the plan's sites")
             except MatchFailure as failure:
                 report.skipped[label] = failure.reason
                 continue

@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
-from ..errors import MlpdeployError
-from . import REGISTRY
-from .base import RewritePass
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.passes.registry import PASSES
+from mlpdeploy.passes.base import RewritePass
 
 
 @dataclass
 class PassSpec:
+    """A pass to run: its name, options, and (from a plan) the module scopes it may rewrite."""
+
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    sites: dict[str, dict[str, Any]] | None = None  # scope -> per-site settings; None: every site
 
     def __str__(self) -> str:
         opts = ",".join(f"{k}={v}" for k, v in self.options.items())
@@ -25,16 +27,12 @@ class PassSpec:
 
 
 def available_passes() -> list[str]:
-    return sorted(REGISTRY)
+    return PASSES.names()
 
 
 def pass_class(name: str) -> type[RewritePass]:
     """The pass class registered as `name`, or a one-line error listing the known passes."""
-    if name not in REGISTRY:
-        known = ", ".join(available_passes()) or "none registered yet"
-        raise MlpdeployError(f"unknown pass {name!r}; available passes: {known}")
-    module, cls = REGISTRY[name].split(":")
-    return getattr(importlib.import_module(f"mlpdeploy.passes.{module}"), cls)
+    return PASSES.load(name)
 
 
 def _convert(text: str, default: Any, key: str, name: str) -> Any:
@@ -76,7 +74,7 @@ def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> dict[str, dict]:
     """
     reports: dict[str, dict] = {}
     for spec in specs:
-        p = pass_class(spec.name)(**spec.options)
+        p = pass_class(spec.name)(sites=spec.sites, **spec.options)
         p(model)
         reports[str(spec)] = p.report.to_json()
     for cleanup in (RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):

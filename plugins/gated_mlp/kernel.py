@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mlpdeploy.errors import require
+from mlpdeploy.errors import OpError, require
 
 from .reference import ACTIVATIONS
 
@@ -64,19 +64,19 @@ def _pow2(v: int, floor: int) -> int:
 def check_inputs(x, w_gate_up, w_down, b_gate_up, b_down, activation) -> None:
     """Raise a one-line ValueError when shapes, dtypes or the activation do not fit the op."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+        raise OpError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
     if x.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"GatedMLP Triton kernel supports {SUPPORTED_DTYPES}, got {x.dtype}")
+        raise OpError(f"GatedMLP Triton kernel supports {SUPPORTED_DTYPES}, got {x.dtype}")
     d, two_h = w_gate_up.shape
     if x.shape[-1] != d or two_h % 2 or (w_down is not None and w_down.shape[0] != two_h // 2):
-        raise ValueError(
+        raise OpError(
             f"GatedMLP shapes do not agree: x {tuple(x.shape)}, w_gate_up {tuple(w_gate_up.shape)}, "
             f"w_down {None if w_down is None else tuple(w_down.shape)}"
         )
     if b_gate_up is not None and tuple(b_gate_up.shape) != (two_h,):
-        raise ValueError(f"b_gate_up must have shape ({two_h},), got {tuple(b_gate_up.shape)}")
+        raise OpError(f"b_gate_up must have shape ({two_h},), got {tuple(b_gate_up.shape)}")
     if b_down is not None and w_down is not None and tuple(b_down.shape) != (w_down.shape[1],):
-        raise ValueError(f"b_down must have shape ({w_down.shape[1]},), got {tuple(b_down.shape)}")
+        raise OpError(f"b_down must have shape ({w_down.shape[1]},), got {tuple(b_down.shape)}")
 
 
 def gate_up_act(

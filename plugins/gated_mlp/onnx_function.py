@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 import onnx_ir as ir
+from mlpdeploy.errors import OpError
 
 from ..registry import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .reference import ACTIVATIONS
@@ -54,9 +55,9 @@ __all__ = [
 def overload_name(activation: str, has_b_gate_up: bool, has_b_down: bool) -> str:
     """The function overload a variant resolves to: `<activation>[_bgu[_bd]]`."""
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+        raise OpError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
     if has_b_down and not has_b_gate_up:
-        raise ValueError("a GatedMLP with b_down has b_gate_up too (gated_mlp_node supplies a zero one)")
+        raise OpError("a GatedMLP with b_down has b_gate_up too (gated_mlp_node supplies a zero one)")
     return activation + ("_bgu" if has_b_gate_up else "") + ("_bd" if has_b_down else "")
 
 
@@ -105,7 +106,7 @@ def gated_mlp_node(
 def _zero_bias(w_gate_up: ir.Value, name: str | None) -> ir.Value:
     shape, dtype = w_gate_up.shape, w_gate_up.dtype
     if shape is None or len(shape) != 2 or not isinstance(shape[1], int) or dtype is None:
-        raise ValueError(
+        raise OpError(
             f"GatedMLP with b_down but no b_gate_up needs W_gate_up's static shape and dtype for a zero "
             f"b_gate_up; {w_gate_up.name!r} has shape {shape} and dtype {dtype}"
         )
@@ -123,23 +124,23 @@ def ensure_function(model: ir.Model, node: ir.Node) -> None:
     gated_mlp_node) are registered as initializers of the main graph.
     """
     if node.domain != DOMAIN or node.op_type != OP_TYPE:
-        raise ValueError(f"ensure_function expects a {DOMAIN}::{OP_TYPE} node, got {node.domain}::{node.op_type}")
+        raise OpError(f"ensure_function expects a {DOMAIN}::{OP_TYPE} node, got {node.domain}::{node.op_type}")
     activation = node.attributes.get_string("activation", "silu")
     if any(v is None for v in node.inputs) or not 3 <= len(node.inputs) <= 5:
-        raise ValueError(
+        raise OpError(
             f"GatedMLP node {node.name!r} must have 3 to 5 inputs and no empty slot "
             "(x, w_gate_up, w_down[, b_gate_up[, b_down]]); build it with gated_mlp_node"
         )
     has_bgu, has_bd = len(node.inputs) > 3, len(node.inputs) > 4
     overload = overload_name(activation, has_bgu, has_bd)
     if node.overload != overload:
-        raise ValueError(
+        raise OpError(
             f"GatedMLP node {node.name!r} has overload {node.overload!r}, but its activation and biases "
             f"make it {overload!r}; build it with gated_mlp_node"
         )
     existing = model.opset_imports.get(DOMAIN)
     if existing is not None and existing != OPSET_VERSION:
-        raise ValueError(f"model imports domain {DOMAIN!r} at version {existing}, GatedMLP needs {OPSET_VERSION}")
+        raise OpError(f"model imports domain {DOMAIN!r} at version {existing}, GatedMLP needs {OPSET_VERSION}")
     model.opset_imports[DOMAIN] = OPSET_VERSION
     for value in node.inputs:
         if value.const_value is not None and value.graph is None and value.producer() is None:
@@ -155,7 +156,7 @@ def ensure_function(model: ir.Model, node: ir.Node) -> None:
 def build_function(activation: str, has_b_gate_up: bool, has_b_down: bool, onnx_opset: int) -> ir.Function:
     """The FunctionProto (as an ir.Function) of one GatedMLP variant at a default-domain opset."""
     if onnx_opset < MIN_ONNX_OPSET:
-        raise ValueError(f"GatedMLP's function body needs ONNX opset >= {MIN_ONNX_OPSET}, the model has {onnx_opset}")
+        raise OpError(f"GatedMLP's function body needs ONNX opset >= {MIN_ONNX_OPSET}, the model has {onnx_opset}")
     overload = overload_name(activation, has_b_gate_up, has_b_down)
     n_inputs = 5 if has_b_down else 4 if has_b_gate_up else 3
     formals = [ir.Value(name=n) for n in INPUT_NAMES[:n_inputs]]

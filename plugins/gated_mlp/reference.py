@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from mlpdeploy.errors import OpError
 
 ACTIVATIONS: tuple[str, ...] = ("silu", "gelu", "gelu_tanh", "relu", "none")
 
@@ -27,7 +28,7 @@ def activate(t: torch.Tensor, activation: str) -> torch.Tensor:
         return F.relu(t)
     if activation == "none":
         return t
-    raise ValueError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+    raise OpError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
 
 
 def gated_mlp(
@@ -41,7 +42,7 @@ def gated_mlp(
     """The GatedMLP op on torch tensors: x [..., d], w_gate_up [d, 2h], w_down [h, d_out]."""
     d, two_h = w_gate_up.shape
     if two_h % 2 or x.shape[-1] != d or w_down.shape[0] != two_h // 2:
-        raise ValueError(
+        raise OpError(
             f"GatedMLP shapes do not agree: x {tuple(x.shape)}, w_gate_up {tuple(w_gate_up.shape)}, "
             f"w_down {tuple(w_down.shape)} (want x [..., d], w_gate_up [d, 2h], w_down [h, d_out])"
         )

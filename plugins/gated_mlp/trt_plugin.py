@@ -14,8 +14,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from typing import Any
+from mlpdeploy.errors import OpError
 
-from .. import trt_common
+from .. import trt_plugin_base
 from .reference import ACTIVATIONS
 
 PLUGIN_NAME = "GatedMLP"
@@ -30,17 +31,17 @@ WORKSPACE_ALIGN = 256
 def decode_fields(fields: dict[str, Any]) -> dict[str, str]:
     """Plugin fields (as TensorRT hands them) → constructor kwargs; the activation is checked."""
     if "activation" not in fields:
-        raise ValueError("GatedMLP plugin needs the 'activation' field (the node's activation attribute)")
-    activation = trt_common.decode_string(fields["activation"])
+        raise OpError("GatedMLP plugin needs the 'activation' field (the node's activation attribute)")
+    activation = trt_plugin_base.decode_string(fields["activation"])
     if activation not in ACTIVATIONS:
-        raise ValueError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+        raise OpError(f"unknown GatedMLP activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
     return {"activation": activation}
 
 
 def output_dims(x_dims: Sequence, w_down_dims: Sequence) -> list:
     """Output shape: x's dims with the last replaced by W_down's last (works on ints or dim expressions)."""
     if len(w_down_dims) != 2:
-        raise ValueError(f"W_down must be 2-D [h, d_out], got {len(w_down_dims)} dims")
+        raise OpError(f"W_down must be 2-D [h, d_out], got {len(w_down_dims)} dims")
     return [*list(x_dims)[:-1], w_down_dims[1]]
 
 
@@ -70,18 +71,18 @@ def bias_slots(num_inputs: int, w_gate_up_dims: Sequence[int], w_down_dims: Sequ
     3 inputs mean no bias, 4 mean b_gate_up [2h], 5 mean b_gate_up [2h] and b_down [d_out].
     """
     if not 3 <= num_inputs <= 5:
-        raise ValueError(f"GatedMLP plugin takes 3 to 5 inputs, got {num_inputs}")
+        raise OpError(f"GatedMLP plugin takes 3 to 5 inputs, got {num_inputs}")
     want = [int(w_gate_up_dims[1]), int(w_down_dims[1])][: num_inputs - 3]
     for name, n, dims in zip(("b_gate_up", "b_down"), want, bias_dims):
         if len(dims) != 1 or int(dims[0]) != n:
-            raise ValueError(f"GatedMLP {name} must have shape ({n},), got {tuple(int(v) for v in dims)}")
+            raise OpError(f"GatedMLP {name} must have shape ({n},), got {tuple(int(v) for v in dims)}")
     return (3 if num_inputs > 3 else None), (4 if num_inputs > 4 else None)
 
 
 def workspace_bytes(x_max_dims: Sequence[int], w_down_dims: Sequence[int], type_name: str) -> int:
     """Scratch for H [M, h] at the largest M the profile allows, rounded up to WORKSPACE_ALIGN."""
-    m = trt_common.volume(list(x_max_dims)[:-1])
-    size = m * int(w_down_dims[0]) * trt_common.ITEMSIZE[type_name]
+    m = trt_plugin_base.volume(list(x_max_dims)[:-1])
+    size = m * int(w_down_dims[0]) * trt_plugin_base.ITEMSIZE[type_name]
     return -(-size // WORKSPACE_ALIGN) * WORKSPACE_ALIGN
 
 
@@ -109,7 +110,7 @@ def run(x, w_gate_up, w_down, b_gate_up, b_down, activation: str, out, workspace
 @functools.cache
 def plugin_class(trt) -> type:
     """The GatedMLP IPluginV3 class bound to TensorRT module `trt`."""
-    base = trt_common.plugin_base(trt)
+    base = trt_plugin_base.plugin_base(trt)
 
     class GatedMLPPlugin(base):
         PLUGIN_NAME = PLUGIN_NAME
@@ -133,23 +134,23 @@ def plugin_class(trt) -> type:
             descs = [d.desc for d in in_out[: pos + 1]]
             return supports_combination(
                 pos,
-                [trt_common.dtype_name(d.type) for d in descs],
+                [trt_plugin_base.dtype_name(d.type) for d in descs],
                 [d.format == trt.TensorFormat.LINEAR for d in descs],
             )
 
         def get_workspace_size(self, inputs, outputs):
-            return workspace_bytes(tuple(inputs[0].max), tuple(inputs[2].max), trt_common.dtype_name(inputs[0].desc.type))
+            return workspace_bytes(tuple(inputs[0].max), tuple(inputs[2].max), trt_plugin_base.dtype_name(inputs[0].desc.type))
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
             import torch
 
-            dtype = trt_common.TORCH_DTYPES[trt_common.dtype_name(input_desc[0].type)]
+            dtype = trt_plugin_base.TORCH_DTYPES[trt_plugin_base.dtype_name(input_desc[0].type)]
             dims = [tuple(d.dims) for d in input_desc]
-            tensors = [trt_common.device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
+            tensors = [trt_plugin_base.device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
             i_bgu, i_bd = bias_slots(len(inputs), dims[1], dims[2], dims[3:])
-            out = trt_common.device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
-            m = trt_common.volume(dims[0][:-1])
-            scratch = trt_common.device_tensor(workspace, (m * dims[2][0],), dtype)
+            out = trt_plugin_base.device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
+            m = trt_plugin_base.volume(dims[0][:-1])
+            scratch = trt_plugin_base.device_tensor(workspace, (m * dims[2][0],), dtype)
             with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
                 run(
                     tensors[0], tensors[1], tensors[2],
@@ -164,5 +165,5 @@ def plugin_class(trt) -> type:
 
 def make_creator(trt=None):
     """An IPluginCreatorV3One instance for GatedMLP (register it with trt_register.register_plugins)."""
-    trt = trt or trt_common.tensorrt()
-    return trt_common.creator_class(trt, plugin_class(trt), FIELD_TYPES, decode_fields)()
+    trt = trt or trt_plugin_base.import_tensorrt()
+    return trt_plugin_base.creator_class(trt, plugin_class(trt), FIELD_TYPES, decode_fields)()

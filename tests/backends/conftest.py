@@ -9,8 +9,8 @@ import pytest
 def zoo_export(tmp_path_factory):
     """`zoo_export(name)` -> (bundle, ExportResult), exported on first use."""
     from mlpdeploy.errors import MlpdeployError
-    from mlpdeploy.export import export_model
-    from mlpdeploy.source import load_model
+    from mlpdeploy.export.torch_export import export_model
+    from mlpdeploy.model.source import load_model
 
     root = tmp_path_factory.mktemp("zoo")
     done = {}
@@ -33,7 +33,7 @@ def zoo_export(tmp_path_factory):
 def zoo_rewrite(zoo_export, tmp_path_factory):
     """`zoo_rewrite(name, pass_name)` -> the rewritten model's path (the export itself for pass None)."""
     from mlpdeploy.passes.pipeline import PassSpec
-    from mlpdeploy.rewrite import rewrite_model
+    from mlpdeploy.passes.rewrite import rewrite_model
 
     root = tmp_path_factory.mktemp("rewritten")
     done = {}

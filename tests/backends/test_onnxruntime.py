@@ -9,9 +9,9 @@ import pytest
 from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.backends.onnxruntime import session_config
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.manifest import load_manifest
-from mlpdeploy.source import load_model
-from mlpdeploy.validate import validate
+from mlpdeploy.model.manifest import load_manifest
+from mlpdeploy.model.source import load_model
+from mlpdeploy.validate import ValidateOptions, validate
 
 
 @pytest.mark.parametrize("level", ["basic", "extended", "all"])
@@ -23,7 +23,7 @@ def test_build_writes_model_session_and_manifest(tiny_export, tiny_spec, tmp_pat
     assert session["providers"] == ["CPUExecutionProvider"]
     assert session["config_entries"]["session.qdq_matmulnbits_accuracy_level"] == "0"
     assert [h["stage"] for h in load_manifest(result.artifacts["manifest"]).history] == ["export", "build"]
-    report = validate(load_model(tiny_spec), out, dims={"batch": 3, "seq": 11})
+    report = validate(load_model(tiny_spec), out, ValidateOptions(dims={"batch": 3, "seq": 11}))
     assert report.passed and report.outputs["output"].max_abs <= 1e-4
 
 
@@ -43,7 +43,7 @@ def test_unknown_backend_lists_available():
 
 def test_external_data_model_builds_with_external_data(tmp_path, tiny_spec, monkeypatch):
     from mlpdeploy import onnx_io
-    from mlpdeploy.export import export_model
+    from mlpdeploy.export.torch_export import export_model
 
     monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1024)
     bundle = load_model(tiny_spec)

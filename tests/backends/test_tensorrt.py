@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend
-from mlpdeploy.backends.tensorrt import check_version, plugin_nodes, prepare_graph, resolve_target, trt_runner, validate_engine
+from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
+from mlpdeploy.backends.tensorrt_datacenter import prepare_graph, resolve_target, trt_runner
+from mlpdeploy.plugins.trt_plugin_base import check_tensorrt_version
 from mlpdeploy.errors import MissingExtraError, MlpdeployError
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -33,13 +35,13 @@ def test_registered():
 
 @pytest.mark.parametrize("version", ["10.9.0.34", "10.13.3", "11.0.0"])
 def test_supported_versions(version):
-    check_version(version)
+    check_tensorrt_version(version)
 
 
 @pytest.mark.parametrize("version", ["10.8.0.43", "8.6.1"])
 def test_old_versions_are_refused(version):
-    with pytest.raises(MlpdeployError, match=rf"^TensorRT {version} is too old for the tensorrt backend, which needs >= 10\.9"):
-        check_version(version)
+    with pytest.raises(MlpdeployError, match=rf"^TensorRT {version} is too old for mlpdeploy, which needs >= 10\.9"):
+        check_tensorrt_version(version)
 
 
 @pytest.mark.parametrize(
@@ -72,12 +74,12 @@ def _gated_mlp(path: Path | None = None, op_type: str = "GatedMLP", namespace: s
 
 
 def test_plugin_nodes_are_counted_and_checked():
-    assert plugin_nodes(_gated_mlp(), []) == {"mlpdeploy::GatedMLP": 1}
+    assert count_plugin_nodes(_gated_mlp(), []) == {"mlpdeploy::GatedMLP": 1}
     with pytest.raises(MlpdeployError, match=r"^node 'gated_mlp' asks for plugin mlpdeploy::FusedKAN, but mlpdeploy has no such plugin; its plugins are .*GatedMLP"):
-        plugin_nodes(_gated_mlp(op_type="FusedKAN"), [])
+        count_plugin_nodes(_gated_mlp(op_type="FusedKAN"), [])
     with pytest.raises(MlpdeployError, match=r"asks for plugin acme::GatedMLP, which mlpdeploy does not provide; pass its library in BuildOptions.extra\['plugin_libraries'\]$"):
-        plugin_nodes(_gated_mlp(namespace="acme"), [])
-    assert plugin_nodes(_gated_mlp(namespace="acme"), ["libacme.so"]) == {"acme::GatedMLP": 1}
+        count_plugin_nodes(_gated_mlp(namespace="acme"), [])
+    assert count_plugin_nodes(_gated_mlp(namespace="acme"), ["libacme.so"]) == {"acme::GatedMLP": 1}
 
 
 def test_plugin_form_survives_fp16(tmp_path):
@@ -134,23 +136,36 @@ def test_build_path_runs_against_tensorrt_rtx_bindings(tmp_path, tiny_export):
     assert second["info"]["timing_cache"]["loaded_bytes"] == info["timing_cache"]["saved_bytes"]
     assert Path(info["timing_cache"]["path"]).is_file() and str(tmp_path / "cache" / "tensorrt") in info["timing_cache"]["path"]
     assert set(first["artifacts"]) == {"engine", "onnx", "log", "manifest"}
-    assert first["validation_model"] == first["artifacts"]["onnx"] and "validate_engine" in first["validation_note"]
+    # no GPU here: the candidate is the parsed graph in ONNX Runtime, and says so
+    assert first["executed"] == "ONNX Runtime (CPU) on a.engine.onnx" and "Polygraphy's TrtRunner" in first["note"]
 
 
 @pytest.mark.skipif(not HAVE_RTX, reason="the rtx extra is not installed")
-def test_validate_engine_plumbing(tmp_path, tiny_export, tiny_spec):
-    """validate_engine's inputs, reference and comparison, with the parsed graph in ORT standing in for the engine."""
+def test_engine_candidate_runs_through_its_own_runner(tmp_path, tiny_export, tiny_spec):
+    """An engine candidate whose runner is not ONNX Runtime's session over the artifact: validation
+    feeds it inputs made from the engine's manifest and reports what ran."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
-    from mlpdeploy.source import load_model
+    from mlpdeploy.backends import load_candidate
+    from mlpdeploy.model import find_manifest, load_model
+    from mlpdeploy.runtime import Candidate
+    from mlpdeploy.validate import ValidateOptions, validate
 
     built = get_backend("tensorrt-rtx").build(tiny_export.model_path, tmp_path / "m.engine", BuildOptions(target="sm89", extra={"cache": False}))
-    runner = OnnxrtRunner(SessionFromOnnx(str(built.artifacts["onnx"])), name="candidate:stand-in")
-    report = validate_engine(load_model(tiny_spec), built.artifacts["engine"], runner=runner, dims={"seq": 5})
-    assert report.passed and report.inputs == {"input_ids": [2, 5]} and report.note == "ran through OnnxrtRunner"
-    assert report.outputs["output"].max_abs < 1e-4
-    with pytest.raises(MlpdeployError, match="^no manifest beside"):
-        validate_engine(load_model(tiny_spec), tmp_path / "elsewhere.engine", runner=runner)
+    engine = built.artifacts["engine"]
+    stand_in = Candidate(
+        artifact=engine,
+        make_runner=lambda name: OnnxrtRunner(SessionFromOnnx(str(built.artifacts["onnx"])), name=name),
+        manifest=find_manifest(engine),
+        executed="a stand-in runner",
+    )
+    report = validate(load_model(tiny_spec), stand_in, ValidateOptions(dims={"seq": 5}))
+    assert report.passed and report.inputs == {"input_ids": [2, 5]} and report.executed == "a stand-in runner"
+    assert report.outputs["output"].max_abs < 1e-4 and report.candidate == str(engine)
+    loaded = load_candidate(engine)  # what `mlpdeploy validate --candidate m.engine` runs
+    assert loaded.artifact == engine and loaded.executed == "ONNX Runtime (CPU) on m.engine.onnx" and "no GPU" in loaded.note
+    with pytest.raises(MlpdeployError, match="^candidate .*elsewhere.engine does not exist"):
+        load_candidate(tmp_path / "elsewhere.engine")
 
 
 @pytest.mark.skipif(not HAVE_RTX, reason="the rtx extra is not installed")
@@ -159,8 +174,8 @@ def test_timing_cache_file(tmp_path):
 
     import tensorrt_rtx_bindings as trt
 
-    from mlpdeploy.backends.trt_common import TimingCache
-    from mlpdeploy.backends.trt_log import logger_for
+    from mlpdeploy.backends.tensorrt.cache import TimingCache
+    from mlpdeploy.backends.tensorrt.log import logger_for
 
     builder = trt.Builder(logger_for(trt))
     with warnings.catch_warnings():

@@ -16,12 +16,12 @@ pytest.importorskip("tensorrt_rtx_bindings", reason="the rtx extra is not instal
 
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend  # noqa: E402
 from mlpdeploy.backends.tensorrt_rtx import TARGETS, check_target, validation_note  # noqa: E402
-from mlpdeploy.backends.trt_common import visible_gpus  # noqa: E402
-from mlpdeploy.backends.trt_shapes import parse_shapes  # noqa: E402
+from mlpdeploy.runtime.gpus import visible_gpus  # noqa: E402
+from mlpdeploy.backends.tensorrt.profile import parse_shapes  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
-from mlpdeploy.manifest import load_manifest  # noqa: E402
+from mlpdeploy.model.manifest import load_manifest  # noqa: E402
 from mlpdeploy.passes.pipeline import available_passes  # noqa: E402
-from mlpdeploy.validate import validate  # noqa: E402
+from mlpdeploy.validate import ValidateOptions, validate  # noqa: E402
 from mlpdeploy.zoo import ZOO  # noqa: E402
 
 NO_CACHE = {"cache": False}
@@ -41,11 +41,9 @@ def test_registered():
     assert "tensorrt-rtx" in available_backends()
 
 
-@pytest.mark.parametrize("target", ["sm89", "sm120"])
-@pytest.mark.parametrize("pass_name", [None, *available_passes()], ids=lambda p: p or "plain")
-@pytest.mark.parametrize("model", list(ZOO))
-def test_zoo_model_builds(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target):
-    """Every zoo model, plain and after every registered pass, parses with no error and builds."""
+def check_zoo_build(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target):
+    """A zoo model, plain or after a pass, parses with no error and builds; on sm89 its parsed
+    graph still computes what the torch model does (in fp16 tolerances after convert-precision)."""
     path = zoo_rewrite(model, pass_name)
     result = build(path, tmp_path / "m.engine", target=target)
     info = result.info
@@ -57,10 +55,34 @@ def test_zoo_model_builds(zoo_export, zoo_rewrite, tmp_path, model, pass_name, t
     assert "plugin_namespace" not in attrs
     history = load_manifest(result.artifacts["manifest"]).history
     assert history[-1]["stage"] == "build" and history[-1]["target"] == target
-    if target == "sm89":  # the parsed graph still computes what the torch model does
+    if target == "sm89":
         bundle, _ = zoo_export(model)
-        report = validate(bundle, result.validation_model, note=result.validation_note)
+        precision = "fp16" if pass_name == "convert-precision" else "fp32"
+        report = validate(bundle, result.candidate, ValidateOptions(precision=precision))
         assert report.passed, {k: v.max_abs for k, v in report.outputs.items()}
+
+
+# A representative few in `make test`: each pass that changes what TensorRT parses, both targets.
+REPRESENTATIVE = [
+    ("llama-tiny", None, "sm89"),
+    ("llama-tiny", "fuse-gated-mlp", "sm120"),
+    ("vit-tiny", None, "sm120"),
+    ("opt-relu-tiny", "convert-precision", "sm89"),
+]
+
+
+@pytest.mark.parametrize("model, pass_name, target", REPRESENTATIVE)
+def test_representative_zoo_builds(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target):
+    check_zoo_build(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["sm89", "sm120"])
+@pytest.mark.parametrize("pass_name", [None, *available_passes()], ids=lambda p: p or "plain")
+@pytest.mark.parametrize("model", list(ZOO))
+def test_zoo_model_builds(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target):
+    """Every zoo model, plain and after every registered pass, for every target (`make test-slow`)."""
+    check_zoo_build(zoo_export, zoo_rewrite, tmp_path, model, pass_name, target)
 
 
 def test_llama_fp16(zoo_export, tmp_path):
@@ -73,7 +95,7 @@ def test_llama_fp16(zoo_export, tmp_path):
     assert {"ReduceMean", "Softmax"} <= set(report["fp32_nodes"])
     assert fp16.info["io"]["input_ids"]["dtype"] == "Int64" and fp16.info["io"]["logits"]["dtype"] == "Float"
     assert fp16.artifacts["engine"].read_bytes() != fp32.artifacts["engine"].read_bytes()
-    ours = validate(bundle, fp16.validation_model, precision="fp16", dims={"batch": 3, "seq": 64})
+    ours = validate(bundle, fp16.candidate, ValidateOptions(precision="fp16", dims={"batch": 3, "seq": 64}))
     assert ours.passed
     ort_error = _ort_converter_error(exported.model_path, bundle, tmp_path)
     print(f"\nllama-tiny fp16 vs torch fp32, max abs: mlpdeploy {ours.outputs['logits'].max_abs:.3g}, "
@@ -87,17 +109,18 @@ def _ort_converter_error(model_path, bundle, tmp_path) -> float:
     converted = convert_float_to_float16(onnx.load(model_path), keep_io_types=True)
     path = tmp_path / "ort_fp16.onnx"
     onnx.save(converted, path)
-    return validate(bundle, path, precision="fp16", dims={"batch": 3, "seq": 64}).outputs["logits"].max_abs
+    return validate(bundle, path, ValidateOptions(precision="fp16", dims={"batch": 3, "seq": 64})).outputs["logits"].max_abs
 
 
 def test_llama_bf16_validates_through_an_emulated_graph(zoo_export, tmp_path):
     bundle, exported = zoo_export("llama-tiny")
     result = build(exported.model_path, tmp_path / "bf16.engine", target="sm120", precision="bf16")
-    assert result.validation_model == result.artifacts["validation_onnx"] != result.artifacts["onnx"]
-    assert "bf16 rounding emulated in fp32" in result.validation_note
+    assert result.artifacts["validation_onnx"] != result.artifacts["onnx"]
+    assert result.candidate.executed == f"ONNX Runtime (CPU) on {result.artifacts['validation_onnx'].name}"
+    assert "bf16 rounding emulated in fp32" in result.candidate.note
     parsed = onnx.load(result.artifacts["onnx"])
     assert any(i.data_type == onnx.TensorProto.BFLOAT16 for i in parsed.graph.initializer)
-    report = validate(bundle, result.validation_model, precision="bf16")
+    report = validate(bundle, result.candidate, ValidateOptions(precision="bf16"))
     assert report.passed and report.outputs["logits"].max_abs > 1e-4  # the rounding is really there
 
 
@@ -263,14 +286,14 @@ def test_artifacts_info_and_note(tmp_path, tiny_export):
         "engine": "m.engine", "onnx": "m.engine.onnx", "log": "m.engine.log", "manifest": "m.engine.manifest.json",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v.name for v in result.artifacts.values())
-    assert result.validation_model == result.artifacts["onnx"]
+    assert result.candidate.artifact == result.artifacts["engine"] and result.candidate.executed == "ONNX Runtime (CPU) on m.engine.onnx"
     info = result.info
     assert info["seconds"] >= info["build_seconds"] > 0 and info["ignored_options"] == ["device"]
     assert any("Engine generation completed" in line for line in info["log"])
     assert any(layer["type"] == "gemm" for layer in info["layers"])
     assert json.loads(json.dumps(result.to_json()))["backend"] == "tensorrt-rtx"
     expected = "no GPU is present" if not visible_gpus() else "GPU here"
-    assert expected in result.validation_note == validation_note("sm89", "fp32")
+    assert expected in result.candidate.note == validation_note("sm89", "fp32")
 
 
 def test_missing_extra_is_one_line(tmp_path, tiny_export, monkeypatch):
@@ -286,5 +309,6 @@ def test_compile_end_to_end(tmp_path):
     report = compile_model("llama-tiny", tmp_path / "out", options)
     assert report["passed"] and Path(report["artifacts"]["build_engine"]).stat().st_size > 10_000
     assert report["validation"]["note"].startswith("the TensorRT-RTX engine itself was not run")
-    assert report["validation"]["candidate"].endswith("model.engine.onnx")
+    assert report["validation"]["candidate"].endswith("model.engine")
+    assert report["validation"]["executed"] == "ONNX Runtime (CPU) on model.engine.onnx"
     assert report["stages"]["build"]["target"] == "sm120"

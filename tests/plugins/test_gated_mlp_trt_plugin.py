@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from mlpdeploy.errors import MissingExtraError
-from mlpdeploy.plugins import trt_common, trt_register
+from mlpdeploy.plugins import trt_plugin_base, trt_register
 from mlpdeploy.plugins.gated_mlp import trt_plugin
 from mlpdeploy.plugins.gated_mlp.reference import ACTIVATIONS, gated_mlp
 
@@ -39,7 +39,7 @@ def test_decode_activation_field(data):
 
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_field_round_trip(activation):
-    encoded = trt_common.encode_string(activation)
+    encoded = trt_plugin_base.encode_string(activation)
     assert encoded.dtype == np.int8 and len(encoded) == len(activation)
     assert trt_plugin.decode_fields({"activation": encoded}) == {"activation": activation}
 
@@ -50,7 +50,7 @@ def test_bad_fields():
     with pytest.raises(ValueError, match="needs the 'activation' field"):
         trt_plugin.decode_fields({})
     with pytest.raises(ValueError, match="string plugin field"):
-        trt_common.decode_string(np.array([1.5], dtype=np.float32))
+        trt_plugin_base.decode_string(np.array([1.5], dtype=np.float32))
 
 
 def test_output_rules():
@@ -152,7 +152,7 @@ def test_plugin_from_parser_fields_and_serialization_round_trip(trt_api, activat
     trt = trt_api
     creator = trt_plugin.make_creator(trt)
     fields = trt.PluginFieldCollection(
-        [trt.PluginField("activation", trt_common.encode_string(activation), trt.PluginFieldType.CHAR)]
+        [trt.PluginField("activation", trt_plugin_base.encode_string(activation), trt.PluginFieldType.CHAR)]
     )
     plugin = creator.create_plugin("mlp0", fields, trt.TensorRTPhase.BUILD)
     assert (plugin.plugin_name, plugin.plugin_namespace, plugin.plugin_version) == ("GatedMLP", "mlpdeploy", "1")
@@ -182,7 +182,7 @@ def test_creator_refuses_unknown_activation(trt_api):
     trt = trt_api
     creator = trt_plugin.make_creator(trt)
     fields = trt.PluginFieldCollection(
-        [trt.PluginField("activation", trt_common.encode_string("swish"), trt.PluginFieldType.CHAR)]
+        [trt.PluginField("activation", trt_plugin_base.encode_string("swish"), trt.PluginFieldType.CHAR)]
     )
     with pytest.raises(ValueError, match="unknown GatedMLP activation"):
         creator.create_plugin("mlp0", fields, trt.TensorRTPhase.BUILD)
@@ -192,7 +192,7 @@ def test_creator_refuses_unknown_activation(trt_api):
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_device_tensor_wraps_cuda_pointer(dtype):
     base = torch.arange(12, device="cuda").to(getattr(torch, dtype))
-    view = trt_common.device_tensor(base.data_ptr(), (3, 4), dtype)
+    view = trt_plugin_base.device_tensor(base.data_ptr(), (3, 4), dtype)
     assert view.dtype == base.dtype and view.shape == (3, 4) and view.data_ptr() == base.data_ptr()
     view[1, 2] = 100
     assert base[6].item() == 100

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mlpdeploy.export import dynamic_shapes
+from mlpdeploy.export.torch_export import dynamic_shapes
 from mlpdeploy.zoo import ZOO
 
 TINY = ["llama-tiny", "opt-relu-tiny", "vit-tiny", "mixer-tiny", "gmlp-tiny"]

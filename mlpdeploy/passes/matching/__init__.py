@@ -5,8 +5,8 @@ what a pass records in `PassReport.skipped`, so "why did my pass not fire?" has 
 Recognizers that merely probe (`match_activation`) return None instead of raising.
 """
 
-from .activation import SQRT_HALF, Activation, match_activation, polynomial, product_factors  # noqa: F401
-from .core import (  # noqa: F401
+from mlpdeploy.passes.matching.activation import SQRT_HALF, Activation, match_activation, polynomial, product_factors  # noqa: F401
+from mlpdeploy.passes.matching.core import (  # noqa: F401
     CLASSES_KEY,
     FOLDABLE,
     LINEAR_OPS,
@@ -27,7 +27,7 @@ from .core import (  # noqa: F401
     require_constant,
     scalar,
 )
-from .graph import (  # noqa: F401
+from mlpdeploy.passes.matching.graph import (  # noqa: F401
     add_initializer,
     check_enclosed,
     common_scope,
@@ -36,4 +36,4 @@ from .graph import (  # noqa: F401
     unique_name,
     value_names,
 )
-from .linear import Linear, looks_linear, match_linear  # noqa: F401
+from mlpdeploy.passes.matching.linear import Linear, looks_linear, match_linear  # noqa: F401

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
-from .core import STANDARD_DOMAINS, close, float_attr, producer, scalar
+from mlpdeploy.passes.matching.core import STANDARD_DOMAINS, close, float_attr, producer, scalar
 
 # ---------------------------------------------------------------- activations
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from .core import (
+from mlpdeploy.passes.matching.core import (
     LINEAR_OPS,
     check,
     constant,

@@ -1,0 +1,67 @@
+"""The contract every analysis follows (one analysis per file, registered in `registry.py`)."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from mlpdeploy.model.bundle import ModelBundle
+
+
+@dataclass
+class AnalysisContext:
+    """What an analysis measures on: the torch model and calibration feeds (never the eval split)."""
+
+    bundle: ModelBundle
+    batches: list[dict[str, np.ndarray]]
+    seed: int = 0
+    max_metric_delta: float | None = None
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.bundle.inputs]
+
+
+@dataclass
+class Table:
+    """A result table: printed by the CLI, drawn in report.html."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[Any]]
+
+    def to_json(self) -> dict:
+        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+
+
+@dataclass
+class AnalysisResult:
+    """An analysis' measurements (stored under `analyses.<name>` in plan.json), the rewrites it
+    proposes (`passes`, in plan.json's form) and what it predicts they do."""
+
+    data: dict[str, Any]
+    table: Table
+    passes: list[dict[str, Any]] = field(default_factory=list)
+    predicted: dict[str, Any] = field(default_factory=dict)
+
+
+class Analysis(abc.ABC):
+    """A calibration-time measurement keyed by module scope.
+
+    Subclasses set `name` (also its CLI flag, `--<name>`), `description`, and `takes` (None for
+    a plain flag, else the metavar of the flag's value, e.g. "FORMATS"), and implement `run`.
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    takes: ClassVar[str | None] = None
+
+    def __init__(self, value: str | None = None):
+        self.value = value
+
+    @abc.abstractmethod
+    def run(self, ctx: AnalysisContext) -> AnalysisResult:
+        """Measure on `ctx.batches`; leave the model as it was."""

@@ -1,0 +1,10 @@
+"""Analyses, registered here one line each ("name": "module:Class" inside mlpdeploy.analyze).
+The name is also the analysis' flag on `mlpdeploy analyze` (`--layer-stats`)."""
+
+from __future__ import annotations
+
+from mlpdeploy.registry import Registry
+
+ANALYSES = Registry("analysis", "analyses", "mlpdeploy.analyze", {
+    "layer-stats": "layer_stats:LayerStats",
+}, sort=False)

@@ -1,0 +1,55 @@
+"""`mlpdeploy analyze`: one flag per registered analysis (`--layer-stats`, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from rich.table import Table
+
+from mlpdeploy.analyze.registry import ANALYSES
+from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import SEED
+
+
+def _analysis_options(fn):
+    """A flag per analysis: `--NAME` (or `--NAME VALUE` when the analysis takes one)."""
+    for name in reversed(ANALYSES.names()):
+        cls = ANALYSES.load(name)
+        dest = "analysis_" + name.replace("-", "_")
+        if cls.takes is None:
+            fn = click.option(f"--{name}", dest, is_flag=True, help=cls.description)(fn)
+        else:
+            fn = click.option(f"--{name}", dest, metavar=cls.takes, help=cls.description)(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write plan.json.")
+@_analysis_options
+@click.option("--calibration", type=click.Path(path_type=Path),
+              help="Calibration inputs: .npz or Polygraphy inputs JSON (default: the model's task train split, else generated).")
+@click.option("--samples", default=64, show_default=True, help="Calibration samples (rows, in batches of 8).")
+@SEED
+@click.option("--max-metric-delta", type=float, help="Quality budget for planners, in the task metric's units (perplexity up, accuracy down).")
+@debug_option
+def analyze(model, output, calibration, samples, seed, max_metric_delta, debug, **kwargs) -> None:
+    """Measure MODEL on calibration data and write the findings (and any planned rewrites) to plan.json."""
+    from mlpdeploy.analyze import AnalyzeOptions, analyze_model
+
+    chosen = {name: kwargs[f"analysis_{name.replace('-', '_')}"] for name in ANALYSES.names()}
+    chosen = {name: (None if value is True else value) for name, value in chosen.items() if value not in (None, False)}
+    options = AnalyzeOptions(chosen, calibration=calibration, samples=samples, seed=seed, max_metric_delta=max_metric_delta)
+    with console.status(f"analyzing {model}") as status:
+        plan = analyze_model(model, options, on_analysis=lambda name: status.update(f"analyzing {model}: {name}"))
+        plan.save(output)
+    for table in plan.tables:
+        rich_table = Table(title=table["title"])
+        for col in table["columns"]:
+            rich_table.add_column(col)
+        for row in table["rows"]:
+            rich_table.add_row(*map(str, row))
+        console.print(rich_table)
+    console.print(f"plan: {output} ({len(plan.passes)} planned pass(es), calibration {plan.calibration['samples']} samples "
+                  f"from {plan.calibration['source']})", markup=False)

@@ -1,0 +1,119 @@
+"""Options shared by several commands, declared once as groups (as Polygraphy's argument groups).
+
+A group decorates a command with its options and turns their values back into the library's
+own objects: `@BUILD` on a command, then `backend, build_options = BUILD.parse(kwargs)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlpdeploy.dtypes import PRECISIONS
+from mlpdeploy.errors import MlpdeployError
+
+
+class OptionGroup:
+    """click options that travel together, and `make(**their values)` that builds what they mean."""
+
+    def __init__(self, options: list[click.Option], make: Callable[..., Any]):
+        self.options = options
+        self.make = make
+
+    def __call__(self, fn):
+        params = getattr(fn, "__click_params__", [])
+        params.extend(reversed(self.options))  # click reverses the list when it builds the command
+        fn.__click_params__ = params
+        return fn
+
+    def parse(self, kwargs: dict[str, Any]) -> Any:
+        """Take this group's values out of a command's kwargs and build the object they describe."""
+        return self.make(**{opt.name: kwargs.pop(opt.name) for opt in self.options})
+
+
+def precision_option(default: str | None, help: str) -> OptionGroup:
+    """--precision (fp32, fp16, bf16); `parse` gives the chosen name."""
+    option = click.Option(["--precision"], default=default, show_default=default is not None, type=click.Choice(list(PRECISIONS)), help=help)
+    return OptionGroup([option], lambda precision: precision)
+
+
+def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
+    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error."""
+    dims = {}
+    for item in values:
+        name, eq, value = item.partition("=")
+        if not eq or not value.isdigit():
+            raise MlpdeployError(f"--dim {item!r} must be NAME=INT, e.g. --dim batch=3 --dim seq=17")
+        dims[name] = int(value)
+    return dims
+
+
+def _build(backend, device, opt_level, precision, target, shapes, cache_dir, no_cache):
+    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.tensorrt.profile import parse_shapes
+
+    extra: dict[str, Any] = {}
+    if cache_dir is not None:
+        extra["cache_dir"] = cache_dir
+    if no_cache:
+        extra["cache"] = False
+    options = BuildOptions(device=device, opt_level=opt_level, precision=precision, target=target, shapes=parse_shapes(shapes), extra=extra)
+    return backend, options
+
+
+BUILD = OptionGroup(
+    [
+        click.Option(["--backend"], default="onnxruntime", show_default=True, help="Build backend (onnxruntime, tensorrt-rtx, tensorrt)."),
+        click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
+        click.Option(["--opt-level"], default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
+                     help="onnxruntime: graph optimization level."),
+        *precision_option("fp32", "Engine precision (TensorRT backends; also picks validation tolerances).").options,
+        click.Option(["--target"], default=None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable)."),
+        click.Option(["--shapes"], multiple=True, metavar="NAME=MIN:OPT:MAX",
+                     help="TensorRT optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024)."),
+        click.Option(["--cache-dir"], type=click.Path(path_type=Path), help="TensorRT engine/timing cache (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
+        click.Option(["--no-cache"], is_flag=True, help="Do not read or write the TensorRT cache."),
+    ],
+    _build,
+)
+
+TOLERANCES = OptionGroup(
+    [
+        click.Option(["--atol"], type=float, help="Absolute tolerance (default per precision)."),
+        click.Option(["--rtol"], type=float, help="Relative tolerance (default per precision)."),
+    ],
+    lambda atol, rtol: {"atol": atol, "rtol": rtol},
+)
+
+
+def task_options(default_samples: int) -> OptionGroup:
+    """--task-samples (0: the whole eval split) and --max-metric-delta, as {"task_limit", "max_metric_delta"}."""
+    return OptionGroup(
+        [
+            click.Option(["--task-samples"], type=int, default=default_samples, show_default=True,
+                         help="Eval samples for the task metric (0: the whole eval split)."),
+            click.Option(["--max-metric-delta"], type=float,
+                         help="Fail when the task metric degrades by more than this (metric units: perplexity up, accuracy down)."),
+        ],
+        lambda task_samples, max_metric_delta: {"task_limit": task_samples or None, "max_metric_delta": max_metric_delta},
+    )
+
+
+def _passes(passes: tuple[str, ...], plan: Path | None):
+    from mlpdeploy.passes import parse_pass_spec
+
+    return [parse_pass_spec(v) for v in passes], plan
+
+
+PASSES = OptionGroup(
+    [
+        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]", help="A rewrite pass (repeatable; run in order, after the plan's)."),
+        click.Option(["--plan"], type=click.Path(path_type=Path), help="A plan.json from `mlpdeploy analyze`: its passes run first."),
+    ],
+    _passes,
+)
+
+SEED = click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")

@@ -1,0 +1,55 @@
+"""Rich tables the commands print: validation per output, per layer, the task metric, passes."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+PASS, FAIL = "[green]PASS[/]", "[red]FAIL[/]"
+
+
+def verdict(passed: bool | None) -> str:
+    return "-" if passed is None else (PASS if passed else FAIL)
+
+
+def validation_table(outputs: dict, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("output", "max abs", "max rel", "mean abs", "cosine", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "verdict") else "right")
+    for name, o in outputs.items():
+        o = o if isinstance(o, dict) else o.to_json()
+        table.add_row(name, f"{o['max_abs']:.3e}", f"{o['max_rel']:.3e}", f"{o['mean_abs']:.3e}", f"{o['cosine']:.8f}", verdict(o["passed"]))
+    return table
+
+
+def task_table(task: dict) -> Table:
+    table = Table(title=f"task {task['task']} ({task['samples']} eval samples)")
+    for col in ("metric", "reference", "candidate", "delta", "top-1 agreement", "verdict"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    table.add_row(
+        task["metric"], f"{task['reference']:.4f}", f"{task['candidate']:.4f}",
+        f"{task['delta']:+.4g} ({task['relative_delta']:+.3%})", f"{task['agreement']:.4%}", verdict(task.get("passed")),
+    )
+    return table
+
+
+def layer_table(layers: dict, worst: int = 8) -> Table:
+    """The layers with the largest errors (all of them when there are few)."""
+    table = Table(title=f"per layer (worst {worst}, in {layers['model']})")
+    for col in ("layer", "max abs", "mean abs", "cosine"):
+        table.add_column(col, justify="left" if col == "layer" else "right")
+    ranked = sorted(layers["errors"].items(), key=lambda kv: -kv[1]["max_abs"])[:worst]
+    for name, e in ranked:
+        table.add_row(name, f"{e['max_abs']:.3e}", f"{e['mean_abs']:.3e}", f"{e['cosine']:.8f}")
+    return table
+
+
+def print_validation(console, validation: dict, title: str) -> None:
+    """Per-layer (if any), per-output and task tables, then the note on what ran."""
+    if validation.get("layers", {}).get("errors"):
+        console.print(layer_table(validation["layers"]))
+    console.print(validation_table(validation["outputs"], title))
+    if validation.get("task"):
+        console.print(task_table(validation["task"]))
+    console.print(f"ran: {validation['executed']}", markup=False)
+    if validation.get("note"):
+        console.print(f"note: {validation['note']}", markup=False)

@@ -1,0 +1,52 @@
+"""`mlpdeploy validate`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import SEED, TOLERANCES, parse_dims, precision_option, task_options
+from mlpdeploy.cli.tables import print_validation
+
+TASK = task_options(default_samples=0)
+PRECISION = precision_option(None, "Picks default tolerances (default: the precision the candidate was built with, else fp32).")
+
+
+@cli.command()
+@click.option("--reference", required=True, help="MODEL (torch) or an .onnx file.")
+@click.option("--candidate", required=True, type=click.Path(path_type=Path),
+              help="What to check: an .onnx model, or an artifact `mlpdeploy build` made (e.g. an .engine).")
+@click.option("--inputs", type=click.Path(path_type=Path), help="Polygraphy inputs JSON or .npz; default: generated from the manifest.")
+@PRECISION
+@TOLERANCES
+@SEED
+@click.option("--dim", "dims", multiple=True, metavar="NAME=INT", help="Size of a dynamic dim for generated inputs, e.g. --dim seq=17.")
+@click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
+@click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task).")
+@TASK
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
+@debug_option
+def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, json_path, debug, **kwargs) -> None:
+    """Compare a candidate with the reference; exit 1 when over tolerance."""
+    from mlpdeploy.atomic import write_json
+    from mlpdeploy.backends import load_candidate
+    from mlpdeploy.model import load_model
+    from mlpdeploy.validate import ValidateOptions, validate as run_validation
+
+    loaded = load_candidate(candidate)
+    precision = PRECISION.parse(kwargs)
+    if precision is None:
+        precision = (loaded.manifest.last("build").get("precision") if loaded.manifest else None) or "fp32"
+    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task,
+                              **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
+    ref = Path(reference) if reference.endswith(".onnx") else load_model(reference)
+    with console.status("validating"):
+        report = run_validation(ref, loaded, options)
+    print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})")
+    if json_path:
+        write_json(json_path, report.to_json())
+    console.print("[green]PASS[/]" if report.passed else "[red]FAIL: outputs drifted past tolerance[/]")
+    sys.exit(0 if report.passed else 1)

@@ -1,0 +1,81 @@
+"""Hugging Face transformers checkpoint directories as ModelBundles (extra `hf`).
+
+A causal LM (…ForCausalLM: LLaMA, Mistral, Qwen2, Phi-3, …) is exported as
+`input_ids → logits` (no KV cache); an encoder (BERT family) as
+`input_ids, attention_mask → last_hidden_state`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.errors import MlpdeployError, first_line, require
+
+EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8
+
+
+class CausalLMLogits(torch.nn.Module):
+    """`input_ids → logits`, without the KV cache."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+class EncoderHidden(torch.nn.Module):
+    """`input_ids, attention_mask → last_hidden_state`."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def load_hf_dir(path: Path) -> ModelBundle:
+    """Load a transformers checkpoint directory (config.json + weights) into a ModelBundle."""
+    transformers = require("transformers", "hf", "Hugging Face model directories")
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True)
+    except Exception as exc:
+        raise MlpdeployError(f"{path}/config.json cannot be read by transformers: {first_line(exc)}") from None
+    architectures = config.architectures or []
+    causal = any(a.endswith("ForCausalLM") for a in architectures) or getattr(config, "is_decoder", False)
+    auto = transformers.AutoModelForCausalLM if causal else transformers.AutoModel
+    try:
+        model = auto.from_pretrained(str(path), local_files_only=True, dtype=torch.float32, attn_implementation="eager")
+    except Exception as exc:
+        raise MlpdeployError(f"cannot load weights from {path}: {first_line(exc)}; the directory needs config.json and model.safetensors (or pytorch_model.bin)") from None
+    model.eval()
+    vocab = int(config.vocab_size)
+    max_pos = int(getattr(config, "max_position_embeddings", 0) or 4096)
+    ids = torch.randint(0, vocab, (EXAMPLE_BATCH, EXAMPLE_SEQ), generator=torch.Generator().manual_seed(0))
+    ids_spec = InputSpec("input_ids", "int64", ["batch", "seq"], [EXAMPLE_BATCH, EXAMPLE_SEQ], low=0, high=vocab)
+    if causal:
+        module, example, specs, outputs = CausalLMLogits(model), {"input_ids": ids}, [ids_spec], ["logits"]
+    else:
+        mask = torch.ones_like(ids)
+        mask_spec = InputSpec("attention_mask", "int64", ["batch", "seq"], [EXAMPLE_BATCH, EXAMPLE_SEQ], fill=1)
+        module, example = EncoderHidden(model), {"input_ids": ids, "attention_mask": mask}
+        specs, outputs = [ids_spec, mask_spec], ["last_hidden_state"]
+    module.eval()
+    return ModelBundle(
+        module=module,
+        example_inputs=example,
+        inputs=specs,
+        output_names=outputs,
+        source=str(path),
+        kind="hf",
+        dim_ranges={"seq": (1, max_pos)},
+        metadata={"architectures": architectures, "model_type": config.model_type, "config": json.loads(config.to_json_string())},
+    )
+

@@ -1,0 +1,101 @@
+"""The manifest written beside every ONNX model mlpdeploy produces: inputs, dims, provenance."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlpdeploy.atomic import write_json
+from mlpdeploy.model.bundle import InputSpec
+from mlpdeploy.errors import MlpdeployError
+
+FORMAT = "mlpdeploy-manifest/1"
+
+
+def manifest_path(model_path: Path | str) -> Path:
+    """`out/llama.onnx` → `out/llama.manifest.json`; `x.ort.onnx` → `x.ort.manifest.json`."""
+    model_path = Path(model_path)
+    stem = model_path.name[: -len(".onnx")] if model_path.name.endswith(".onnx") else model_path.name
+    return model_path.parent / f"{stem}.manifest.json"
+
+
+@dataclass
+class Manifest:
+    """What a model expects and where it came from. `dims` bounds each dynamic dim."""
+
+    source: str
+    kind: str
+    opset: int
+    inputs: list[InputSpec]
+    outputs: list[dict[str, Any]]
+    dims: dict[str, list[int]] = field(default_factory=dict)
+    versions: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "source": self.source,
+            "kind": self.kind,
+            "opset": self.opset,
+            "inputs": [i.to_json() for i in self.inputs],
+            "outputs": self.outputs,
+            "dims": self.dims,
+            "versions": self.versions,
+            "history": self.history,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Manifest":
+        return cls(
+            source=data["source"],
+            kind=data["kind"],
+            opset=data["opset"],
+            inputs=[InputSpec.from_json(i) for i in data["inputs"]],
+            outputs=data["outputs"],
+            dims=data.get("dims", {}),
+            versions=data.get("versions", {}),
+            history=data.get("history", []),
+        )
+
+    def save_beside(self, model_path: Path | str) -> Path:
+        return write_json(manifest_path(model_path), self.to_json())
+
+    def derived(self, stage: str, **info: Any) -> "Manifest":
+        """A copy for a model derived from this one (rewrite, build), with the stage recorded."""
+        data = self.to_json()
+        data["history"] = [*self.history, {"stage": stage, **info}]
+        return Manifest.from_json(data)
+
+    def last(self, stage: str) -> dict[str, Any]:
+        """The latest history entry of `stage` (e.g. "build": backend, target, precision), or {}."""
+        entries = [h for h in self.history if h.get("stage") == stage]
+        return entries[-1] if entries else {}
+
+    def input(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+
+def load_manifest(path: Path | str) -> Manifest:
+    """Read a manifest file, with a one-line error if it is missing or malformed."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MlpdeployError(f"manifest {path} not found; export the model with `mlpdeploy export` to create it") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MlpdeployError(f"manifest {path} is not valid JSON; re-export the model") from None
+    if data.get("format") != FORMAT:
+        raise MlpdeployError(f"{path} is not an mlpdeploy manifest (format {data.get('format')!r}, expected {FORMAT!r})")
+    return Manifest.from_json(data)
+
+
+def find_manifest(model_path: Path | str) -> Manifest | None:
+    """The manifest beside `model_path`, or None if there is none."""
+    path = manifest_path(model_path)
+    return load_manifest(path) if path.exists() else None

@@ -1,0 +1,10 @@
+"""Rewrite passes, registered here one line each ("name": "module:Class" inside mlpdeploy.passes)."""
+
+from __future__ import annotations
+
+from mlpdeploy.registry import Registry
+
+PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
+    "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
+    "convert-precision": "precision:ConvertPrecision",
+})

@@ -1,0 +1,56 @@
+"""Stage 3: run the pass pipeline on an ONNX model and save the result with its manifest."""
+
+from __future__ import annotations
+
+import collections
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx_ir as ir
+
+from mlpdeploy.atomic import staged_files
+from mlpdeploy.model.manifest import find_manifest
+from mlpdeploy.onnx_io import load_ir, write_onnx
+from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+
+
+@dataclass
+class RewriteResult:
+    model_path: Path
+    passes: dict[str, dict]
+    op_counts_before: dict[str, int]
+    op_counts_after: dict[str, int]
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "passes": self.passes,
+            "op_counts_before": self.op_counts_before,
+            "op_counts_after": self.op_counts_after,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def op_counts(model: ir.Model) -> dict[str, int]:
+    """Node count per op type (domain-qualified for non-standard domains), sorted by name."""
+    counts = collections.Counter(f"{n.domain}::{n.op_type}" if n.domain not in ("", "ai.onnx") else n.op_type for n in model.graph)
+    return dict(sorted(counts.items()))
+
+
+def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassSpec]) -> RewriteResult:
+    """Apply `passes` in order to the model at `model_path`; write `output` and its manifest."""
+    output = Path(output)
+    start = time.perf_counter()
+    model = load_ir(model_path)
+    before = op_counts(model)
+    reports = run_pipeline(model, passes)
+    after = op_counts(model)
+    seconds = time.perf_counter() - start
+    with staged_files(output) as tmp:
+        write_onnx(model, tmp)
+        manifest = find_manifest(model_path)
+        if manifest is not None:
+            derived = manifest.derived("rewrite", passes=[str(p) for p in passes], seconds=round(seconds, 3))
+            derived.save_beside(tmp)
+    return RewriteResult(output, reports, before, after, seconds)

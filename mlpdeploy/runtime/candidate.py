@@ -1,0 +1,46 @@
+"""A candidate: a built artifact as validation runs it.
+
+A backend's build returns one (and `Backend.load_candidate` makes one for an artifact on
+disk), so the output, per-layer and task comparisons all run the same thing the same way:
+a Polygraphy runner made by `make_runner`, on inputs that fit `manifest`. `executed` says in
+words what actually runs; `note` says why, when that is not the artifact itself (an engine
+this machine cannot run, validated through the ONNX graph it was built from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlpdeploy.model.manifest import Manifest, find_manifest
+from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
+
+
+@dataclass
+class Candidate:
+    artifact: Path
+    make_runner: Callable[[str], object]  # runner name -> a fresh Polygraphy runner (BaseRunner)
+    manifest: Manifest | None
+    executed: str
+    note: str | None = None
+    # An ONNX graph that carries module scopes, for the per-layer comparison (run in ONNX
+    # Runtime with every layer's value marked as an output); None: per-layer is skipped.
+    layer_model: Path | None = None
+
+
+def onnx_candidate(model_path: Path | str, session: dict | None = None, note: str | None = None, layer_model: Path | None = None) -> Candidate:
+    """An ONNX model run in ONNX Runtime with `session` (default: the settings saved beside it)."""
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+
+    path = Path(model_path)
+    config = session if session is not None else saved_session_config(path)
+    providers = ", ".join(p.removesuffix("ExecutionProvider") for p in config["providers"])
+    return Candidate(
+        artifact=path,
+        make_runner=lambda name: OnnxrtRunner(make_session(path, config), name=name),
+        manifest=find_manifest(path),
+        executed=f"ONNX Runtime ({providers}) on {path.name}",
+        note=note,
+        layer_model=layer_model if layer_model is not None else path,
+    )

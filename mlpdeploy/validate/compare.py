@@ -1,0 +1,153 @@
+"""Stage 5, validate: run reference and candidate on the same inputs and judge the difference.
+
+`validate` makes the inputs once and calls three sibling comparisons: outputs (always),
+layers (per-layer errors, torch reference only) and task (the zoo task's metric). The
+candidate is a `Candidate` (what a backend built, as it runs), or an .onnx path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
+from mlpdeploy.model.manifest import Manifest
+from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
+from mlpdeploy.validate.layers import compare_layers
+from mlpdeploy.validate.metrics import ErrorStats, tolerances
+from mlpdeploy.validate.outputs import compare_outputs
+from mlpdeploy.validate.runners import TorchRunner
+from mlpdeploy.validate.task import compare_task
+
+
+@dataclass
+class ValidateOptions:
+    """What to compare and how strictly.
+
+    inputs: a Polygraphy inputs JSON or .npz (default: generated from the manifest with `seed`,
+    dynamic dims at their example sizes unless `dims` sets them). Tolerances default per
+    `precision`. `layers`: also compare every layer (torch reference only). `task`: also the
+    task metric over the first `task_limit` eval samples (None: all); `max_metric_delta` (implies
+    `task`) fails the run when the metric degrades by more than that, in its own units.
+    """
+
+    inputs: Path | str | None = None
+    precision: str = "fp32"
+    atol: float | None = None
+    rtol: float | None = None
+    seed: int = 0
+    dims: dict[str, int] = field(default_factory=dict)
+    layers: bool = False
+    task: bool = False
+    task_limit: int | None = None
+    max_metric_delta: float | None = None
+
+
+@dataclass
+class ValidationReport:
+    reference: str
+    candidate: str
+    executed: str
+    atol: float
+    rtol: float
+    passed: bool
+    outputs: dict[str, ErrorStats]
+    inputs: dict[str, list[int]]
+    note: str | None = None
+    task: dict[str, Any] | None = None
+    layers: dict[str, Any] | None = None
+
+    def to_json(self) -> dict:
+        data = {
+            "reference": self.reference,
+            "candidate": self.candidate,
+            "executed": self.executed,
+            "passed": self.passed,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "inputs": self.inputs,
+            "outputs": {k: v.to_json() for k, v in self.outputs.items()},
+        }
+        if self.note:
+            data["note"] = self.note
+        if self.task is not None:
+            data["task"] = self.task
+        if self.layers is not None:
+            data["layers"] = self.layers
+        return data
+
+
+def as_candidate(candidate: Candidate | Path | str) -> Candidate:
+    """A Candidate as given, or an .onnx path run in ONNX Runtime with its saved session settings."""
+    return candidate if isinstance(candidate, Candidate) else onnx_candidate(candidate)
+
+
+def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | str, options: ValidateOptions | None = None) -> ValidationReport:
+    """Compare `candidate` against `reference` (a torch ModelBundle, or an .onnx file run in ONNX Runtime)."""
+    options = options or ValidateOptions()
+    candidate = as_candidate(candidate)
+    atol, rtol = tolerances(options.precision, options.atol, options.rtol)
+    if isinstance(reference, ModelBundle):
+        ref_runner, ref_manifest = TorchRunner(reference, name="reference:torch"), None
+    else:
+        ref_side = onnx_candidate(reference)
+        ref_runner, ref_manifest = ref_side.make_runner("reference:onnxruntime"), ref_side.manifest
+    feeds = _feeds(options, candidate, reference, ref_manifest)
+    outputs = compare_outputs(candidate.make_runner("candidate"), ref_runner, feeds, atol, rtol)
+    layers = task = None
+    if options.layers and isinstance(reference, ModelBundle):
+        layers = _layer_report(reference, candidate, feeds[0])
+    if options.task or options.max_metric_delta is not None:
+        if not isinstance(reference, ModelBundle) or reference.task is None:
+            raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
+        task = compare_task(reference, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta)
+    passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
+    return ValidationReport(
+        reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
+        candidate=str(candidate.artifact),
+        executed=candidate.executed,
+        atol=atol,
+        rtol=rtol,
+        passed=passed,
+        outputs=outputs,
+        inputs={k: list(v.shape) for k, v in feeds[0].items()},
+        note=candidate.note,
+        task=task,
+        layers=layers,
+    )
+
+
+def _feeds(options: ValidateOptions, candidate: Candidate, reference, ref_manifest: Manifest | None) -> list[dict[str, np.ndarray]]:
+    """The inputs both sides run on: loaded or generated, checked against the manifest, cast to its dtypes."""
+    manifest = candidate.manifest or ref_manifest
+    specs: list[InputSpec] | None = manifest.inputs if manifest else (reference.inputs if isinstance(reference, ModelBundle) else None)
+    if specs is None:
+        raise MlpdeployError(f"no manifest beside {candidate.artifact} to generate inputs from; pass --inputs FILE")
+    dim_ranges = manifest.dims if manifest else {}
+    if options.inputs is not None:
+        feeds, source = load_inputs(options.inputs), str(options.inputs)
+    else:
+        _check_dims(options.dims, specs)
+        feeds, source = [generate_inputs(specs, seed=options.seed, dims=options.dims)], "generated inputs"
+    for feed in feeds:
+        check_inputs(feed, specs, dim_ranges, source)
+    return [cast_to_specs(f, specs) for f in feeds]
+
+
+def _layer_report(reference: ModelBundle, candidate: Candidate, feed: dict[str, np.ndarray]) -> dict:
+    if candidate.layer_model is None:
+        return {"model": None, "errors": {}, "skipped": {"*": f"{candidate.executed}: no graph with module scopes to compare layers on"}}
+    errors, skipped = compare_layers(reference, candidate.layer_model, feed)
+    return {"model": str(candidate.layer_model), "errors": {k: v.to_json() for k, v in errors.items()}, "skipped": skipped}
+
+
+def _check_dims(dims: dict[str, int], specs: list[InputSpec]) -> None:
+    known = {d for s in specs for d in s.dynamic_axes.values()}
+    unknown = sorted(set(dims) - known)
+    if unknown:
+        raise MlpdeployError(f"unknown dim(s) {', '.join(unknown)}; the model's dynamic dims are {', '.join(sorted(known)) or 'none'}")

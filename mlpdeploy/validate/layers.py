@@ -1,0 +1,109 @@
+"""Per-layer validation: compare each block's output in torch with the same value in ONNX.
+
+Layers are found through the module scopes the exporter records on nodes: a layer is a
+child of a ModuleList (path ending in a number, e.g. `layers.3`) or a direct child of one
+(`layers.3.mlp`). Its ONNX value is the single value that leaves the nodes of that scope;
+layers without exactly one such value, or whose torch output is not one tensor of the same
+shape, are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from mlpdeploy.model.bundle import ModelBundle
+from mlpdeploy.model.hooks import capture_outputs
+from mlpdeploy.model.torch_run import run_module, to_numpy
+from mlpdeploy.onnx_io import load_ir
+from mlpdeploy.scopes import is_layer_path, name_scopes, natural_key
+from mlpdeploy.validate.metrics import ErrorStats, error_stats
+
+
+def layer_values(model: ir.Model) -> tuple[dict[str, ir.Value], dict[str, str]]:
+    """(layer path → the ONNX value leaving it, layer path → why it was skipped)."""
+    members: dict[str, set[ir.Node]] = {}
+    for node, scopes in _module_scopes(model.graph).items():
+        for scope in scopes:
+            if is_layer_path(scope):
+                members.setdefault(scope, set()).add(node)
+    graph_outputs = set(model.graph.outputs)
+    found, skipped = {}, {}
+    for path, nodes in members.items():
+        leaving = [
+            out
+            for node in nodes
+            for out in node.outputs
+            if out in graph_outputs or any(user not in nodes for user, _ in out.uses())
+        ]
+        if len(leaving) == 1:
+            found[path] = leaving[0]
+        else:
+            skipped[path] = f"{len(leaving)} values leave this scope in the graph"
+    return found, skipped
+
+
+def _module_scopes(graph: ir.Graph) -> dict[ir.Node, list[str]]:
+    """Each node's enclosing modules. Nodes the exporter's optimizer created without scopes
+    (e.g. a Split it rewrote) inherit the scopes their producers share."""
+    scopes: dict[ir.Node, list[str]] = {}
+    for node in graph:  # exported graphs are topologically sorted
+        own = name_scopes(node)[:-1]
+        if not own:
+            parents = [scopes[v.producer()] for v in node.inputs if v is not None and v.producer() in scopes]
+            own = _common_prefix(parents) if parents else []
+        scopes[node] = own
+    return scopes
+
+
+def _common_prefix(lists: list[list[str]]) -> list[str]:
+    prefix = []
+    for items in zip(*lists):
+        if len(set(items)) != 1:
+            break
+        prefix.append(items[0])
+    return prefix
+
+
+def _torch_layer_outputs(bundle: ModelBundle, feed: dict[str, np.ndarray], paths: list[str]) -> dict[str, np.ndarray]:
+    with capture_outputs(bundle.module, paths) as captured:
+        run_module(bundle.module, feed, [s.name for s in bundle.inputs])
+    return {path: to_numpy(tensor) for path, tensor in captured.items()}
+
+
+def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, np.ndarray]) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Errors per layer between the torch reference and an ONNX graph with module scopes, on one feed.
+
+    The graph runs in ONNX Runtime with its own optimizations off and every layer's value
+    marked as an output.
+    """
+    import onnxruntime as ort
+
+    model = load_ir(candidate)
+    values, skipped = layer_values(model)
+    if not values:
+        return {}, skipped or {"*": "the candidate carries no module scopes (e.g. an ONNX Runtime-optimized graph)"}
+    reference = _torch_layer_outputs(bundle, feed, list(values))
+    existing = {v.name for v in model.graph.outputs}
+    for value in values.values():
+        if value.name not in existing:
+            model.graph.outputs.append(value)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = list(dict.fromkeys(v.name for v in values.values()))
+    results = dict(zip(names, session.run(names, feed)))
+    errors = {}
+    for path, value in values.items():
+        if path not in reference:
+            skipped[path] = "the torch module's output is not a tensor"
+            continue
+        ref, cand = reference[path].astype(np.float32), np.asarray(results[value.name], dtype=np.float32)
+        if ref.shape != cand.shape:
+            skipped[path] = f"shape {list(cand.shape)} in ONNX vs {list(ref.shape)} in torch"
+            continue
+        errors[path] = error_stats(cand, ref)
+    return dict(sorted(errors.items(), key=lambda kv: natural_key(kv[0]))), skipped

@@ -1,0 +1,68 @@
+"""Task comparison: the zoo task's metric on reference and candidate, and their top-1 agreement
+(perplexity for language models, accuracy for classifiers).
+
+Both sides run as Polygraphy runners, the reference through `TorchRunner`, the candidate
+through its own `make_runner` (ONNX Runtime, a TensorRT engine, ...), so the metric is
+measured on exactly what the output comparison ran.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import ModelBundle
+from mlpdeploy.runtime.candidate import Candidate
+from mlpdeploy.validate.outputs import quiet_polygraphy
+from mlpdeploy.validate.runners import TorchRunner
+
+# Which way is worse, per metric: degradation = sign * (candidate - reference).
+WORSE_WHEN = {"perplexity": 1.0, "accuracy": -1.0}
+
+
+def degradation(metric: str, delta: float) -> float:
+    """How much worse a metric got (positive = worse) given candidate − reference."""
+    return WORSE_WHEN.get(metric, 1.0) * delta
+
+
+def evaluate_runner(task, runner, *, batch_size: int, limit: int | None) -> dict:
+    """`task.evaluate` with the first output of a Polygraphy runner (activated for the whole split)."""
+    with quiet_polygraphy(), runner:
+        return task.evaluate(lambda feed: np.asarray(next(iter(runner.infer(feed).values()))), batch_size=batch_size, limit=limit)
+
+
+def compare_task(
+    bundle: ModelBundle,
+    candidate: Candidate,
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    max_metric_delta: float | None = None,
+) -> dict:
+    """The task metric of reference and candidate on the eval split (first `limit` samples).
+
+    `delta` = candidate − reference in the metric's units; `relative_delta` = delta / reference;
+    `agreement` = fraction of positions (LM) or samples (classifier) whose argmax agrees.
+    With `max_metric_delta`, `passed` says whether the degradation (worse-direction delta) fits.
+    """
+    task = bundle.task
+    if task is None:
+        raise MlpdeployError(f"{bundle.source} has no evaluation task; task metrics need a zoo model with a task")
+    reference = evaluate_runner(task, TorchRunner(bundle, name="reference:torch"), batch_size=batch_size, limit=limit)
+    result = evaluate_runner(task, candidate.make_runner("candidate"), batch_size=batch_size, limit=limit)
+    delta = result["value"] - reference["value"]
+    report = {
+        "task": task.name,
+        "metric": task.metric,
+        "reference": reference["value"],
+        "candidate": result["value"],
+        "delta": delta,
+        "relative_delta": delta / reference["value"] if reference["value"] else float("nan"),
+        "agreement": float(np.mean(reference["predictions"] == result["predictions"])),
+        "samples": reference["samples"],
+        "executed": candidate.executed,
+    }
+    if max_metric_delta is not None:
+        report["max_metric_delta"] = max_metric_delta
+        report["passed"] = bool(degradation(task.metric, delta) <= max_metric_delta)
+    return report
