@@ -151,7 +151,7 @@ def main() -> None:
         diff = float(np.abs(outs["fused"] - outs["unfused"]).max())
         repeats = max(3, args.repeats if batch * seq <= 128 else args.repeats // 2)
         t_unfused, t_fused = time_pair(
-            lambda: sessions["unfused"].run(None, feed), lambda: sessions["fused"].run(None, feed), args.warmup, repeats
+            lambda feed=feed: sessions["unfused"].run(None, feed), lambda feed=feed: sessions["fused"].run(None, feed), args.warmup, repeats
         )
         med_u, med_f = statistics.median(t_unfused), statistics.median(t_fused)
         results[label] = {

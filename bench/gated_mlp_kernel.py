@@ -212,7 +212,7 @@ class Bench:
             for blocks in SWEEP:
                 cfg = Config(*blocks)
                 try:
-                    t = self.time_ms(lambda: gated_mlp_triton(x, w["w_gate_up"], w["w_down"], activation="silu", config=cfg))
+                    t = self.time_ms(lambda cfg=cfg: gated_mlp_triton(x, w["w_gate_up"], w["w_down"], activation="silu", config=cfg))
                 except Exception as exc:  # a tile that does not fit this GPU (shared memory, registers)
                     print(f"   skip tile {blocks}: {type(exc).__name__}: {str(exc).splitlines()[0][:100]}")
                     continue

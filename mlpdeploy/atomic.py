@@ -55,6 +55,17 @@ def write_json(path: Path | str, obj) -> Path:
     return write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
+def read_json(path: Path | str, what: str, how_to_make: str):
+    """A JSON file's content, or a one-line error naming `what` it is and `how_to_make` one."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise MlpdeployError(f"{what} {path} not found; {how_to_make}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise MlpdeployError(f"{what} {path} is not valid JSON; {how_to_make}") from None
+
+
 def _json_default(obj):
     if hasattr(obj, "tolist"):
         return obj.tolist()

@@ -99,7 +99,7 @@ def render_html(report: dict) -> str:
         f"<h1>mlpdeploy compile: {_e(report['model'])} {_badge(report['passed'])}</h1>",
         f"<p>{_e(report['kind'])} model, {report['parameters']:,} parameters.</p>",
         "<h2>Validation</h2>",
-        f"<p>Reference {_e(val['reference'])} (torch) vs candidate {_e(val['candidate'])}; "
+        f"<p>Reference {_e(val['reference'])} (torch) vs candidate {_e(val['candidate'])}, run as: {_e(val['executed'])}; "
         f"atol {val['atol']:g}, rtol {val['rtol']:g}; inputs {_e(val['inputs'])}.</p>",
         _table(["output", "max abs", "max rel", "mean abs", "cosine", "verdict"], outputs),
     ]
@@ -127,6 +127,15 @@ def render_html(report: dict) -> str:
         ]
         if layers.get("skipped"):
             parts.append(_table(["skipped", "reason"], [[_e(k), _e(v)] for k, v in layers["skipped"].items()], numeric_from=99))
+    if report.get("plan"):
+        plan = report["plan"]
+        parts += [
+            "<h2>Plan</h2>",
+            f"<p>From {_e(plan['source'])}: analyses {_e(', '.join(plan['analyses']))}; calibration {plan['calibration']['samples']} "
+            f"samples from {_e(plan['calibration']['source'])}; passes {_e(', '.join(plan['passes']) or 'none')}.</p>",
+        ]
+        for table in plan.get("tables", []):
+            parts += [f"<h3>{_e(table['title'])}</h3>", _table(table["columns"], [[_e(c) for c in row] for row in table["rows"]])]
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),

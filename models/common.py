@@ -11,8 +11,8 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from mlpdeploy.model.bundle import InputSpec, ModelBundle, TrainedMetrics
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import InputSpec, ModelBundle, TrainedMetrics
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
 CARDS = Path(__file__).parent / "cards"

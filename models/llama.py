@@ -12,7 +12,6 @@ import torch
 from torch import nn
 
 from mlpdeploy.model.bundle import ModelBundle
-
 from mlpdeploy.model.data import LMTask
 
 from .common import seeded, token_bundle, trained_bundle

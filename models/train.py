@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlpdeploy.model.data import EVAL_FILES, TRAIN_FILES, DigitsTask, LMTask, Task, corpus_info
+from mlpdeploy.model.torch_run import first_output_fn
 
 from . import gmlp, llama, mixer, opt, vit
 from .common import CARDS, CHECKPOINTS, checkpoint_path, save_checkpoint
@@ -114,14 +115,6 @@ def _digit_batches(recipe: Recipe):
             yield _shift(images[idx], gen), labels[idx]
 
 
-def _torch_run_fn(model: nn.Module):
-    def run(inputs: dict[str, np.ndarray]) -> np.ndarray:
-        with torch.no_grad():
-            return model(*(torch.from_numpy(v) for v in inputs.values())).numpy()
-
-    return run
-
-
 def train(name: str, steps: int | None = None, threads: int = 1, out_dir: Path | None = None, log=None) -> dict:
     """Train recipe `name`, write its checkpoint and card; returns the measured numbers.
 
@@ -161,7 +154,7 @@ def train(name: str, steps: int | None = None, threads: int = 1, out_dir: Path |
             log(f"{name} step {step}/{steps} loss {running:.4f} ({time.perf_counter() - start:.0f} s)")
     train_seconds = time.perf_counter() - start
     model.eval()
-    result = recipe.task.evaluate(_torch_run_fn(model), batch_size=32)
+    result = recipe.task.evaluate(first_output_fn(model, [recipe.task.input_name]), batch_size=32)
     metrics = {
         "metric": result["metric"],
         "value": round(result["value"], 4),

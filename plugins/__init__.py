@@ -7,4 +7,4 @@ Each op folder provides the four faces of DESIGN.md: `reference.py` (torch seman
 
 from __future__ import annotations
 
-from .registry import CustomOp, OPS  # noqa: F401
+from .registry import OPS, CustomOp  # noqa: F401

@@ -57,7 +57,7 @@ def function_body_form(model: ir.Model) -> None:
             )
     renames: dict[tuple[str, str, str], str] = {}
     taken = {(f.domain, f.name) for f in model.functions.values()}
-    for key, function in list(model.functions.items()):
+    for key in list(model.functions):
         domain, name, overload = key
         if domain != DOMAIN or not overload:
             continue

@@ -38,8 +38,8 @@ def test_stage_hook_sees_every_stage(tiny_spec, tmp_path):
 
 
 def test_failed_stage_leaves_no_output(tmp_path, tiny_spec):
-    from mlpdeploy.errors import MlpdeployError
     from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.errors import MlpdeployError
 
     with pytest.raises(MlpdeployError, match="unknown ONNX Runtime optimization level"):
         compile_model(tiny_spec, tmp_path / "out", CompileOptions(build=BuildOptions(opt_level="max")))

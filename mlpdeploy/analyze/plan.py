@@ -6,12 +6,11 @@ rewrite site. A plan belongs to one model (its source spec); using it on another
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpdeploy.atomic import write_json
+from mlpdeploy.atomic import read_json, write_json
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.pipeline import PassSpec, parse_pass_spec
 
@@ -75,13 +74,7 @@ class Plan:
 
 def load_plan(path: Path | str) -> Plan:
     """Read a plan.json, with a one-line error when it is missing or not a plan."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MlpdeployError(f"plan {path} not found; make one with `mlpdeploy analyze MODEL -o {path}`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MlpdeployError(f"plan {path} is not valid JSON; make it again with `mlpdeploy analyze`") from None
+    data = read_json(path, "plan", f"make one with `mlpdeploy analyze MODEL -o {path}`")
     if not isinstance(data, dict) or data.get(FORMAT_KEY) != FORMAT_VERSION:
         found = data.get(FORMAT_KEY) if isinstance(data, dict) else None
         raise MlpdeployError(f"{path} is not an mlpdeploy plan (version {found!r}, expected {FORMAT_KEY}: {FORMAT_VERSION})")

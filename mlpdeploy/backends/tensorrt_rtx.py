@@ -37,20 +37,20 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.tensorrt import cache as caches
+from mlpdeploy.backends.tensorrt import engine as common
+from mlpdeploy.backends.tensorrt import log as trt_log
+from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
+from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
+from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
+from mlpdeploy.dtypes import check_precision
 from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.onnx_io import check_onnx_path, load_ir
-from mlpdeploy.dtypes import check_precision
 from mlpdeploy.passes.precision import convert_precision
-from mlpdeploy.backends.tensorrt import cache as caches
-from mlpdeploy.backends.tensorrt import engine as common
-from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
-from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
-from mlpdeploy.runtime.gpus import visible_gpus
-from mlpdeploy.backends.tensorrt import log as trt_log
-from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
 from mlpdeploy.runtime.candidate import Candidate
-from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
+from mlpdeploy.runtime.gpus import visible_gpus
 
 PRODUCT = "TensorRT-RTX"
 TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")

@@ -46,8 +46,8 @@ def analyze(model, output, calibration, samples, seed, max_metric_delta, debug, 
         plan.save(output)
     for table in plan.tables:
         rich_table = Table(title=table["title"])
-        for col in table["columns"]:
-            rich_table.add_column(col)
+        for i, col in enumerate(table["columns"]):
+            rich_table.add_column(col, no_wrap=i == 0, justify="left" if i == 0 else "right")
         for row in table["rows"]:
             rich_table.add_row(*map(str, row))
         console.print(rich_table)

@@ -34,7 +34,8 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
     from mlpdeploy.atomic import write_json
     from mlpdeploy.backends import load_candidate
     from mlpdeploy.model import load_model
-    from mlpdeploy.validate import ValidateOptions, validate as run_validation
+    from mlpdeploy.validate import ValidateOptions
+    from mlpdeploy.validate import validate as run_validation
 
     loaded = load_candidate(candidate)
     precision = PRECISION.parse(kwargs)

@@ -21,8 +21,8 @@ import torch
 
 from mlpdeploy import __version__
 from mlpdeploy.atomic import staged_files
-from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.errors import MlpdeployError, first_line
+from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import write_onnx
 from mlpdeploy.scopes import module_path

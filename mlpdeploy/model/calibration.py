@@ -18,6 +18,7 @@ from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.data import Batch
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 
+
 def load_calibration_file(path: Path | str, specs=None, dim_ranges: dict[str, list[int]] | None = None) -> list[Batch]:
     """Feed dicts from a user's `.npz` (one feed: name → array) or Polygraphy inputs JSON (a list).
 

@@ -27,7 +27,7 @@ import abc
 import functools
 import hashlib
 import sysconfig
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.errors import MlpdeployError, first_line, require
+from mlpdeploy.model.bundle import InputSpec, ModelBundle
 
 EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8
 

@@ -30,7 +30,14 @@ def observe(module: torch.nn.Module, paths: Iterable[str], observer: Observer) -
     """
     modules = dict(module.named_modules())
     found = [p for p in paths if p in modules]
-    handles = [modules[p].register_forward_hook(lambda _m, inp, out, p=p: observer(p, inp, out)) for p in found]
+
+    def hook_for(path: str):
+        def hook(_module, inputs, output) -> None:  # returns None: the module's output is left as it is
+            observer(path, inputs, output)
+
+        return hook
+
+    handles = [modules[p].register_forward_hook(hook_for(p)) for p in found]
     try:
         yield found
     finally:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from mlpdeploy.dtypes import numpy_dtype
-from mlpdeploy.model.bundle import InputSpec
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import InputSpec
 
 
 def concrete_shape(spec: InputSpec, dims: dict[str, int] | None = None) -> list[int]:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpdeploy.atomic import write_json
-from mlpdeploy.model.bundle import InputSpec
+from mlpdeploy.atomic import read_json, write_json
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import InputSpec
 
 FORMAT = "mlpdeploy-manifest/1"
 
@@ -83,15 +82,9 @@ class Manifest:
 
 def load_manifest(path: Path | str) -> Manifest:
     """Read a manifest file, with a one-line error if it is missing or malformed."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MlpdeployError(f"manifest {path} not found; export the model with `mlpdeploy export` to create it") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise MlpdeployError(f"manifest {path} is not valid JSON; re-export the model") from None
-    if data.get("format") != FORMAT:
-        raise MlpdeployError(f"{path} is not an mlpdeploy manifest (format {data.get('format')!r}, expected {FORMAT!r})")
+    data = read_json(path, "manifest", "export the model with `mlpdeploy export` to create it")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise MlpdeployError(f"{path} is not an mlpdeploy manifest (format {data.get('format') if isinstance(data, dict) else None!r}, expected {FORMAT!r})")
     return Manifest.from_json(data)
 
 

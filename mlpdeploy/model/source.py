@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from mlpdeploy.model.bundle import ModelBundle, infer_input_specs, set_eval
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import ModelBundle, infer_input_specs, set_eval
 
 ACCEPTED = (
     "a zoo name ({zoo}), path/to/file.py:factory, a Hugging Face model directory "

@@ -30,9 +30,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
-from mlpdeploy.plugins.registry import DOMAIN
-from mlpdeploy.scopes import module_path
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import (
     LINEAR_OPS,
@@ -60,6 +57,9 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
+from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
+from mlpdeploy.plugins.registry import DOMAIN
+from mlpdeploy.scopes import module_path
 
 PART_OPS = ("Split", "SequenceAt", "Slice")
 _ANONYMOUS = re.compile(r"val_\d+")

@@ -9,8 +9,8 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.passes.registry import PASSES
 from mlpdeploy.passes.base import RewritePass
+from mlpdeploy.passes.registry import PASSES
 
 
 @dataclass

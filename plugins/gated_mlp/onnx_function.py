@@ -30,6 +30,7 @@ import math
 
 import numpy as np
 import onnx_ir as ir
+
 from mlpdeploy.errors import OpError
 
 from ..registry import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from typing import Any
+
 from mlpdeploy.errors import OpError
 
 from .. import trt_plugin_base

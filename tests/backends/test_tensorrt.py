@@ -20,8 +20,8 @@ import pytest
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend
 from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
 from mlpdeploy.backends.tensorrt_datacenter import prepare_graph, resolve_target, trt_runner
-from mlpdeploy.plugins.trt_plugin_base import check_tensorrt_version
 from mlpdeploy.errors import MissingExtraError, MlpdeployError
+from mlpdeploy.plugins.trt_plugin_base import check_tensorrt_version
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx_bindings") is not None

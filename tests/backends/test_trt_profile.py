@@ -6,8 +6,8 @@ import onnx_ir as ir
 import pytest
 
 from mlpdeploy.backends.tensorrt.profile import DEFAULT_MAX_DIM, derive_profile, parse_shapes, profile_to_json
-from mlpdeploy.model.bundle import InputSpec
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.bundle import InputSpec
 from mlpdeploy.model.manifest import Manifest
 
 

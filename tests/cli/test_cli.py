@@ -114,10 +114,52 @@ def test_validate_exits_1_on_perturbed_weights(tiny_export, tiny_spec, tmp_path)
     assert json.loads(report.read_text())["passed"] is False
 
 
-def test_debug_shows_traceback(tmp_path):
-    result = run("--debug", "export", "no-such-model", "-o", tmp_path / "m.onnx")
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_debug_shows_traceback(tmp_path, where):
+    args = ["export", "no-such-model", "-o", tmp_path / "m.onnx"]
+    result = run(*(["--debug", *args] if where == "before" else [*args, "--debug"]))
     assert result.exit_code == 2
-    assert "error: cannot find model" in result.output
+    assert "Traceback (most recent call last)" in result.output
+    assert "in load_model" in result.output  # the frame that raised
+    assert "mlpdeploy.errors.MlpdeployError: cannot find model 'no-such-model'" in result.output
+    assert result.output.rstrip().splitlines()[-1].startswith("error: cannot find model")
+
+
+def test_without_debug_no_traceback(tmp_path):
+    result = run("export", "no-such-model", "-o", tmp_path / "m.onnx")
+    assert "Traceback" not in result.output and result.output.count("\n") == 1
+
+
+def test_unexpected_failure_is_one_line_naming_the_type(tmp_path, monkeypatch, tiny_spec):
+    """A bug (not an MlpdeployError) still ends as one line, exit 2, with a hint to rerun with --debug."""
+    from mlpdeploy.passes import pipeline
+
+    def broken(*args, **kwargs):
+        raise KeyError("oops")
+
+    monkeypatch.setattr(pipeline, "run_pipeline", broken)
+    monkeypatch.setattr("mlpdeploy.passes.rewrite.run_pipeline", broken)
+    result = run("compile", tiny_spec, "-o", tmp_path / "out")
+    assert_one_line_error(result, 2, "KeyError: 'oops' (rerun with --debug for the traceback)")
+    assert files_in(tmp_path) == []
+
+
+def test_plugin_user_errors_are_one_line(tmp_path, tiny_export):
+    """An op's own check (plugins/) reaches the user as a one-line error, not as an internal error."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="the rtx extra is not installed")
+    from mlpdeploy.onnx_io import load_ir, save_onnx
+    from mlpdeploy.passes import PassSpec, run_pipeline
+
+    model = load_ir(tiny_export.model_path)
+    run_pipeline(model, [PassSpec("fuse-gated-mlp")])
+    node = next(n for n in model.graph if n.op_type == "GatedMLP")
+    node.replace_input_with(1, None)  # an empty input slot, which TensorRT's parser rejects
+    path = tmp_path / "broken.onnx"
+    save_onnx(model, path)
+    result = run("build", path, "--backend", "tensorrt-rtx", "-o", tmp_path / "out" / "m.engine")
+    assert_one_line_error(result, 2, "mlpdeploy::GatedMLP node")
+    assert "has an empty input slot, which TensorRT's ONNX parser rejects" in result.output
+    assert "internal" not in result.output.lower() and files_in(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("command", ["zoo", "passes"])

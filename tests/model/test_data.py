@@ -7,12 +7,11 @@ import platform
 import numpy as np
 import pytest
 
+from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model import data
 from mlpdeploy.model.calibration import FileData, calibration_batches, load_calibration_file
 from mlpdeploy.model.data import DigitsTask, LMTask
-from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.zoo import ZOO
-
 
 # ---------------------------------------------------------------- byte corpus
 

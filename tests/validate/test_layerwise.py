@@ -10,8 +10,8 @@ from onnx import numpy_helper
 
 from mlpdeploy.export.torch_export import export_model
 from mlpdeploy.model.inputs import generate_inputs
-from mlpdeploy.validate.layers import compare_layers, is_layer_path
 from mlpdeploy.model.source import load_model
+from mlpdeploy.validate.layers import compare_layers, is_layer_path
 
 SPEC = f"{Path(__file__).parents[1] / 'fixtures' / 'tiny_mlp.py'}:build_stack"
 

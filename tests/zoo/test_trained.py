@@ -7,22 +7,14 @@ import json
 import re
 
 import pytest
-import torch
 
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.torch_run import first_output_fn
 from mlpdeploy.zoo import ZOO
 from mlpdeploy.zoo.common import CHECKPOINTS, checkpoint_metadata
 
 TRAINED = [name for name, entry in ZOO.items() if entry.trained]
 LMS = {"llama-small", "opt-relu-small"}
-
-
-def _torch_run(model):
-    def run(feed):
-        with torch.no_grad():
-            return model(*(torch.from_numpy(v) for v in feed.values())).numpy()
-
-    return run
 
 
 def test_required_trained_models_are_registered():
@@ -47,13 +39,13 @@ def test_trained_model_loads_and_meets_its_card_on_an_eval_slice(name):
         assert cfg.n_layers >= 4 and task.seq_len == cfg.max_positions == bundle.dim_range("seq")[1]
         # the learned model is far below the unigram baseline on the full split …
         assert trained.value < 0.5 * trained.baseline
-        result = task.evaluate(_torch_run(bundle.module), batch_size=8, limit=24)
+        result = task.evaluate(first_output_fn(bundle.module, [task.input_name]), batch_size=8, limit=24)
         # … and on this slice within a band around the card's value
         assert trained.value / 1.5 < result["value"] < trained.value * 1.5
         assert result["value"] < 0.5 * task.unigram_perplexity()
     else:
         assert trained.value >= 0.95
-        result = task.evaluate(_torch_run(bundle.module), batch_size=64, limit=192)
+        result = task.evaluate(first_output_fn(bundle.module, [task.input_name]), batch_size=64, limit=192)
         assert result["value"] >= 0.9 * trained.value
 
 

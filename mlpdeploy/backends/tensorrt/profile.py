@@ -79,7 +79,7 @@ def derive_profile(model: ir.Model, manifest: Manifest | None, overrides: dict[s
             f" and dynamic dims are {', '.join(sorted(dim_names)) or 'none'}"
         )
     dim_overrides = {k: v for k, v in overrides.items() if k not in input_names}
-    for name, (lo, opt, hi) in dim_overrides.items():
+    for name, (lo, _opt, _hi) in dim_overrides.items():
         if len(lo) != 1:
             raise MlpdeployError(f"--shapes {name} is a dim name: give single sizes, e.g. {name}=1:8:64")
     profile = {}

@@ -7,8 +7,8 @@ import ast
 import numpy as np
 import onnx_ir as ir
 
-from mlpdeploy.scopes import SCOPES_KEY, name_scopes
 from mlpdeploy.passes.matching.core import CLASSES_KEY, NAMESPACE_KEY, check, describe
+from mlpdeploy.scopes import SCOPES_KEY, name_scopes
 
 # ---------------------------------------------------------------- site checks and scopes
 
