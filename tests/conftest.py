@@ -23,3 +23,12 @@ def tiny_export(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
     return export_model(load_model(TINY_SPEC), out)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        default=False,
+        help="rewrite golden snapshots (tests/passes/golden/) with the current results instead of comparing",
+    )

@@ -157,17 +157,35 @@ def _looks_part(value: ir.Value) -> bool:
 
 
 def _is_candidate(node: ir.Node, in_activations: set[int]) -> bool:
-    """A Mul of two computed values, one of which is (an activation of) a linear or a piece of one."""
+    """A Mul of two computed values, one of which is (an activation of) a linear or a piece of one,
+    and which is not itself an operand of such a product (then it is part of an activation
+    GatedMLP does not know, e.g. x·sigmoid(1.702x), and the product reports it)."""
     if node.op_type != "Mul" or node.domain not in STANDARD_DOMAINS or len(node.inputs) != 2 or id(node) in in_activations:
         return False
     if any(v is None or is_constant(v) for v in node.inputs):
         return False
+    return _has_linear_operand(node) and not _feeds_a_product(node)
+
+
+def _has_linear_operand(node: ir.Node) -> bool:
     for value in node.inputs:
         act = match_activation(value)
         source = act.input if act is not None else value
         if looks_linear(source) or _looks_part(source):
             return True
     return False
+
+
+def _feeds_a_product(node: ir.Node) -> bool:
+    out = node.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return False
+    reader = uses[0].node
+    if reader.op_type != "Mul" or reader.domain not in STANDARD_DOMAINS or len(reader.inputs) != 2:
+        return False
+    other = reader.inputs[1 - uses[0].idx]
+    return other is not None and (looks_linear(other) or _looks_part(other))
 
 
 def _site_label(node: ir.Node) -> str:
@@ -214,7 +232,19 @@ def match_site(product: ir.Node, bilinear: bool = True) -> Site:
     return site
 
 
+# Ops an activation GatedMLP does not recognize ends in: an operand from one is neither a linear
+# nor a known activation of one, and the reason says so. (Add is a linear's bias, not listed.)
+ELEMENTWISE = frozenset({"Mul", "Div", "Sub", "Sigmoid", "Tanh", "Erf", "Pow", "Exp", "Neg", "Softplus", "HardSigmoid", "Clip"})
+
+
 def _match_separate(gate_src: ir.Value, up_src: ir.Value, kind: str) -> Site:
+    for value in (gate_src, up_src) if kind == "none" else ():
+        source = producer(value, *ELEMENTWISE)
+        check(
+            source is None,
+            f"{describe(value)} comes from {source and source.op_type}, which is neither a linear (MatMul/Gemm) nor one of "
+            "GatedMLP's activations (SiLU, GELU, tanh-GELU, ReLU) of one",
+        )
     gate = _branch("gate", match_linear, gate_src)
     up = _branch("up", match_linear, up_src)
     check(gate.input is up.input, f"gate and up linears read different inputs ({describe(gate.input)} vs {describe(up.input)})")

@@ -11,11 +11,11 @@ transformers = pytest.importorskip("transformers", reason="needs the hf extra")
 
 from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.export.torch_export import export_model  # noqa: E402
-from mlpdeploy.validate.layers import layer_values  # noqa: E402
+from mlpdeploy.model.source import load_model  # noqa: E402
 from mlpdeploy.onnx_io import load_ir  # noqa: E402
 from mlpdeploy.passes.pipeline import PassSpec  # noqa: E402
 from mlpdeploy.scopes import module_path  # noqa: E402
-from mlpdeploy.model.source import load_model  # noqa: E402
+from mlpdeploy.validate.layers import layer_values  # noqa: E402
 
 LAYERS = 2
 FAMILIES = {
