@@ -15,6 +15,7 @@ from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.export import DEFAULT_OPSET, export_model
 from mlpdeploy.model import ModelBundle, load_model
+from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.passes import PassSpec, rewrite_model
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
@@ -24,10 +25,12 @@ StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done"
 
 @dataclass
 class CompileOptions:
-    """`plan`: a plan.json from `analyze` whose passes run before `passes`."""
+    """`plan`: a plan.json from `analyze` whose passes run before `passes`. `kv_cache`: export the
+    decoder with its KV cache (one graph for prefill and decode)."""
 
     passes: list[PassSpec] = field(default_factory=list)
     plan: Path | None = None
+    kv_cache: bool = False  # export a decoder with its KV cache (mlpdeploy.model.kv_cache)
     backend: str = "onnxruntime"
     build: BuildOptions = field(default_factory=BuildOptions)
     atol: float | None = None
@@ -68,6 +71,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     stages = _Stages(on_stage)
     with staged_directory(out_dir) as work:
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
+        if options.kv_cache and bundle.cache is None:
+            bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
         passes = (plan.pass_specs() if plan else []) + options.passes
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
@@ -105,6 +110,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "model": bundle.source,
             "kind": bundle.kind,
             "parameters": bundle.num_parameters,
+            **({"kv_cache": bundle.cache.to_json()} if bundle.cache is not None else {}),
             "passed": validation.passed,
             "stages": stages.records,
             "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},

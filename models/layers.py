@@ -36,6 +36,10 @@ class RotaryEmbedding(nn.Module):
     def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cos[:seq_len], self.sin[:seq_len]
 
+    def at(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tables at `position_ids` [batch, seq], shaped [batch, 1, seq, head_dim] to broadcast over heads."""
+        return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
@@ -43,8 +47,23 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate `x` [batch, heads, seq, head_dim] by the position tables [seq, head_dim]."""
+    """Rotate `x` [batch, heads, seq, head_dim] by position tables that broadcast to it."""
     return x * cos + rotate_half(x) * sin
+
+
+def decoder_mask(attention_mask: torch.Tensor, seq_len: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive attention mask [batch, 1, seq, past+seq] for a decode step with a cache.
+
+    Query i sits at position past+i and sees key j when j <= past+i (causal) and
+    attention_mask[b, j] is 1 (not padding). Blocked entries hold the dtype's minimum, not -inf,
+    so a fully padded query row gives finite (ignored) values instead of NaN.
+    """
+    total = attention_mask.shape[-1]
+    past = total - seq_len
+    query_pos = torch.arange(seq_len, device=attention_mask.device) + past
+    key_pos = torch.arange(total, device=attention_mask.device)
+    allowed = (key_pos[None, :] <= query_pos[:, None])[None, None] & attention_mask[:, None, None, :].bool()
+    return torch.zeros((), dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
 
 
 class Attention(nn.Module):
@@ -77,16 +96,31 @@ class Attention(nn.Module):
         b, kv, s, hd = x.shape
         return x[:, :, None].expand(b, kv, rep, s, hd).reshape(b, kv * rep, s, hd)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        b, s, _ = x.shape
+    def _project(self, x: torch.Tensor, rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         q = self._heads(self.q_proj(x), self.n_heads)
         k = self._heads(self.k_proj(x), self.n_kv_heads)
         v = self._heads(self.v_proj(x), self.n_kv_heads)
         if rope is not None:
             q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=self.causal)
-        out = out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim)
-        return getattr(self, self.out_name)(out)
+        return q, k, v
+
+    def _output(self, out: torch.Tensor) -> torch.Tensor:
+        b, _, s, _ = out.shape
+        return getattr(self, self.out_name)(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        q, k, v = self._project(x, rope)
+        return self._output(F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=self.causal))
+
+    def step(self, x: torch.Tensor, rope, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
+        """One cached step: attend over `past` [batch, kv_heads, past, head_dim] plus this step's keys.
+
+        Returns (output, keys, values), the keys and values being past + this step's (the present).
+        """
+        q, k, v = self._project(x, rope)
+        k, v = torch.cat([past_k, k], dim=2), torch.cat([past_v, v], dim=2)
+        out = F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), attn_mask=mask)
+        return self._output(out), k, v
 
 
 class SwiGLU(nn.Module):

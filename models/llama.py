@@ -13,9 +13,10 @@ from torch import nn
 
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.data import LMTask
+from mlpdeploy.model.kv_cache import CacheLayout
 
 from .common import seeded, token_bundle, trained_bundle
-from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU
+from .layers import Attention, RMSNorm, RotaryEmbedding, SwiGLU, decoder_mask
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,11 @@ class LlamaBlock(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), rope)
         return x + self.mlp(self.post_attention_layernorm(x))
 
+    def step(self, x: torch.Tensor, rope, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
+        attn, k, v = self.self_attn.step(self.input_layernorm(x), rope, past_k, past_v, mask)
+        x = x + attn
+        return x + self.mlp(self.post_attention_layernorm(x)), k, v
+
 
 class LlamaLM(nn.Module):
     """input_ids [batch, seq] → logits [batch, seq, vocab]."""
@@ -62,6 +68,22 @@ class LlamaLM(nn.Module):
         for layer in self.layers:
             h = layer(h, rope)
         return self.lm_head(self.norm(h))
+
+    def cache_layout(self) -> CacheLayout:
+        cfg = self.config
+        return CacheLayout(layers=list(range(cfg.n_layers)), kv_heads=cfg.n_kv_heads, head_dim=cfg.dim // cfg.n_heads,
+                           max_positions=cfg.max_positions, position_ids=True)
+
+    def forward_cached(self, input_ids, attention_mask, position_ids, past):
+        """A decode step with a KV cache (the `CachedDecoder` contract of mlpdeploy.model.kv_cache)."""
+        h = self.embed_tokens(input_ids)
+        rope = self.rotary.at(position_ids)
+        mask = decoder_mask(attention_mask, input_ids.shape[1], h.dtype)
+        presents = []
+        for layer, (past_k, past_v) in zip(self.layers, past):
+            h, k, v = layer.step(h, rope, past_k, past_v, mask)
+            presents.append((k, v))
+        return self.lm_head(self.norm(h)), presents
 
 
 TINY = LlamaConfig()

@@ -10,9 +10,10 @@ from torch import nn
 
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.data import LMTask
+from mlpdeploy.model.kv_cache import CacheLayout
 
 from .common import seeded, token_bundle, trained_bundle
-from .layers import Attention
+from .layers import Attention, decoder_mask
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,15 @@ class OPTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.self_attn_layer_norm(x))
-        return x + self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(x))))
+        return x + self._mlp(x)
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(x))))
+
+    def step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
+        attn, k, v = self.self_attn.step(self.self_attn_layer_norm(x), None, past_k, past_v, mask)
+        x = x + attn
+        return x + self._mlp(x), k, v
 
 
 class OPTLM(nn.Module):
@@ -58,6 +67,21 @@ class OPTLM(nn.Module):
         for layer in self.layers:
             h = layer(h)
         return self.lm_head(self.final_layer_norm(h))
+
+    def cache_layout(self) -> CacheLayout:
+        cfg = self.config
+        return CacheLayout(layers=list(range(cfg.n_layers)), kv_heads=cfg.n_heads, head_dim=cfg.dim // cfg.n_heads,
+                           max_positions=cfg.max_positions, position_ids=True)
+
+    def forward_cached(self, input_ids, attention_mask, position_ids, past):
+        """A decode step with a KV cache (the `CachedDecoder` contract of mlpdeploy.model.kv_cache)."""
+        h = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
+        mask = decoder_mask(attention_mask, input_ids.shape[1], h.dtype)
+        presents = []
+        for layer, (past_k, past_v) in zip(self.layers, past):
+            h, k, v = layer.step(h, past_k, past_v, mask)
+            presents.append((k, v))
+        return self.lm_head(self.final_layer_norm(h)), presents
 
 
 TINY = OPTConfig()

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import BUILD, PASSES, SEED, TOLERANCES, task_options
+from mlpdeploy.cli.options import BUILD, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
 from mlpdeploy.cli.tables import print_validation
 from mlpdeploy.export import DEFAULT_OPSET
 
@@ -22,10 +22,11 @@ TASK = task_options(default_samples=128)
 @BUILD
 @TOLERANCES
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="ONNX opset to export with.")
+@KV_CACHE
 @SEED
 @TASK
 @debug_option
-def compile_cmd(model, output, opset, seed, debug, **kwargs) -> None:
+def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
     """Export, rewrite, build and validate MODEL; write artifacts and report.json/html to OUTPUT."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -33,7 +34,7 @@ def compile_cmd(model, output, opset, seed, debug, **kwargs) -> None:
 
     passes, plan = PASSES.parse(kwargs)
     backend, build_options = BUILD.parse(kwargs)
-    options = CompileOptions(passes=passes, plan=plan, backend=backend, build=build_options, opset=opset, seed=seed, debug=debug,
+    options = CompileOptions(passes=passes, plan=plan, backend=backend, build=build_options, opset=opset, seed=seed, debug=debug, kv_cache=kv_cache,
                              **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as progress:
         tasks = {}

@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import KV_CACHE
 from mlpdeploy.export import DEFAULT_OPSET
 
 
@@ -40,12 +41,15 @@ def _metric_text(trained) -> str:
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Where to write the .onnx file (a .manifest.json goes beside it).")
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="ONNX opset to export with.")
+@KV_CACHE
 @debug_option
-def export(model: str, output: Path, opset: int, debug: bool) -> None:
+def export(model: str, output: Path, opset: int, kv_cache: bool, debug: bool) -> None:
     """Export MODEL to ONNX with dynamic dims and module scopes on nodes."""
     from mlpdeploy.export import export_model
     from mlpdeploy.model import load_model
+    from mlpdeploy.model.kv_cache import with_kv_cache
 
     with console.status(f"exporting {model}"):
-        result = export_model(load_model(model), output, opset=opset, debug=debug)
+        bundle = load_model(model)
+        result = export_model(with_kv_cache(bundle) if kv_cache else bundle, output, opset=opset, debug=debug)
     console.print(f"wrote {result.model_path} and {result.manifest_path} in {result.seconds:.1f} s", markup=False)

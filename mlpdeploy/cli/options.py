@@ -117,3 +117,8 @@ PASSES = OptionGroup(
 )
 
 SEED = click.option("--seed", default=0, show_default=True, help="Seed for generated inputs.")
+
+KV_CACHE = click.option(
+    "--kv-cache", is_flag=True,
+    help="Export a decoder with its key/value cache: one graph for prefill and decode (past_key_values.{i}.key|value → present.{i}.key|value).",
+)

@@ -7,6 +7,7 @@ the manifest (`output`, or `output_0`, `output_1`, ...), and reported in `Export
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import re
@@ -59,6 +60,7 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
         inputs=bundle.inputs,
         outputs=[_value_info(v) for v in model.graph.outputs],
         dims=bundle.dim_bounds(),
+        cache=bundle.cache.to_json() if bundle.cache is not None else None,
         versions={"torch": torch.__version__, "onnx": onnx.__version__, "mlpdeploy": __version__},
     )
     seconds = time.perf_counter() - start
@@ -81,11 +83,20 @@ def dynamic_shapes(bundle: ModelBundle) -> tuple[dict[int, torch.export.Dim], ..
                 dims[name] = torch.export.Dim(_identifier(name), min=lo, max=hi)
             axes[axis] = dims[name]
         shapes.append(axes)
-    return tuple(shapes)
+    return _group_varargs(bundle.module, shapes)
+
+
+def _group_varargs(module: torch.nn.Module, shapes: list) -> tuple:
+    """torch.export wants the shapes of a `*args` parameter as one tuple, in the signature's structure."""
+    params = list(inspect.signature(module.forward).parameters.values())
+    star = next((i for i, p in enumerate(params) if p.kind == p.VAR_POSITIONAL), None)
+    if star is None or star >= len(shapes):
+        return tuple(shapes)
+    return (*shapes[:star], tuple(shapes[star:]))
 
 
 def _identifier(name: str) -> str:
-    return re.sub(r"\W", "_", name) if not name.isidentifier() else name
+    return re.sub(r"\W", "_", name.replace("+", "_plus_")) if not name.isidentifier() else name
 
 
 def _torch_export(bundle: ModelBundle, opset: int, debug: bool):

@@ -11,6 +11,7 @@ from mlpdeploy.dtypes import numpy_dtype_name
 
 if TYPE_CHECKING:
     from mlpdeploy.model.data import Task
+    from mlpdeploy.model.kv_cache import CacheLayout
 
 DEFAULT_DIM_RANGE = (1, 4096)
 
@@ -67,6 +68,7 @@ class ModelBundle:
     `dim_ranges` bounds each named dynamic dim for export (default 1..4096).
     `task`: the evaluation task (zoo models); `trained`: the checkpoint's recorded metric;
     `exported_program`: set when the model came from a torch.export `.pt2` (exported as is).
+    `cache`: set for a decoder exported with its KV cache (`mlpdeploy.model.kv_cache.with_kv_cache`).
     `output_names` may be empty: export then names the outputs (`default_output_names`).
     `metadata`: free-form provenance (checkpoint and card paths, HF architectures and config).
     """
@@ -81,6 +83,7 @@ class ModelBundle:
     task: Task | None = None
     trained: TrainedMetrics | None = None
     exported_program: torch.export.ExportedProgram | None = None
+    cache: CacheLayout | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -91,12 +94,18 @@ class ModelBundle:
         return self.dim_ranges.get(name, DEFAULT_DIM_RANGE)
 
     def dim_bounds(self) -> dict[str, list[int]]:
-        """Every dynamic dim of the inputs → [min, max]."""
-        return {name: list(self.dim_range(name)) for spec in self.inputs for name in spec.dynamic_axes.values()}
+        """Every dynamic dim of the inputs (and the parts of a sum dim such as `past+seq`) → [min, max]."""
+        names = {part for spec in self.inputs for name in spec.dynamic_axes.values() for part in (name, *dim_parts(name))}
+        return {name: list(self.dim_range(name)) for name in sorted(names)}
 
     def resolved_output_names(self, count: int) -> list[str]:
         """The bundle's output names, or the names export gives outputs nobody named."""
         return self.output_names or default_output_names(count)
+
+
+def dim_parts(name: str) -> list[str]:
+    """The dims a sum dim is made of (`past+seq` → ["past", "seq"]); [] for a plain dim."""
+    return name.split("+") if "+" in name else []
 
 
 def default_output_names(count: int) -> list[str]:

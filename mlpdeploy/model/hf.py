@@ -1,8 +1,8 @@
 """Hugging Face transformers checkpoint directories as ModelBundles (extra `hf`).
 
 A causal LM (…ForCausalLM: LLaMA, Mistral, Qwen2, Phi-3, …) is exported as
-`input_ids → logits` (no KV cache); an encoder (BERT family) as
-`input_ids, attention_mask → last_hidden_state`.
+`input_ids → logits`, or with `--kv-cache` as a cached decoder (`mlpdeploy.model.kv_cache`);
+an encoder (BERT family) as `input_ids, attention_mask → last_hidden_state`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ import torch
 
 from mlpdeploy.errors import MlpdeployError, first_line, require
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.kv_cache import CacheLayout
 
 EXAMPLE_BATCH, EXAMPLE_SEQ = 2, 8
 
 
 class CausalLMLogits(torch.nn.Module):
-    """`input_ids → logits`, without the KV cache."""
+    """`input_ids → logits` without the KV cache; with `forward_cached`, also a cached decoder
+    (`mlpdeploy.model.kv_cache`) whose cache is a transformers DynamicCache filled from `past`."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -27,6 +29,28 @@ class CausalLMLogits(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, use_cache=False).logits
+
+    def cache_layout(self) -> CacheLayout:
+        config = self.model.config
+        heads = config.num_attention_heads
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+        return CacheLayout(
+            layers=list(range(config.num_hidden_layers)),
+            kv_heads=getattr(config, "num_key_value_heads", None) or heads,
+            head_dim=head_dim,
+            max_positions=int(getattr(config, "max_position_embeddings", 0) or 4096),
+            position_ids=True,
+        )
+
+    def forward_cached(self, input_ids, attention_mask, position_ids, past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for layer, (keys, values) in enumerate(past):
+            cache.update(keys, values, layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         past_key_values=cache, use_cache=True)
+        return out.logits, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
 
 
 class EncoderHidden(torch.nn.Module):

@@ -9,21 +9,38 @@ import numpy as np
 
 from mlpdeploy.dtypes import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.bundle import InputSpec
+from mlpdeploy.model.bundle import InputSpec, dim_parts
 
 
-def concrete_shape(spec: InputSpec, dims: dict[str, int] | None = None) -> list[int]:
-    """The shape to generate: the example shape, with named dims overridden by `dims`."""
-    dims = dims or {}
-    return [dims.get(d, example) if isinstance(d, str) else d for d, example in zip(spec.shape, spec.example_shape)]
+def resolve_dims(specs: list[InputSpec], dims: dict[str, int] | None = None) -> dict[str, int]:
+    """The size of every dynamic dim: `dims` where given, else the first example size seen; a sum
+    dim (`past+seq`) is the sum of its parts' sizes unless given itself."""
+    sizes = dict(dims or {})
+    sums = {}
+    for spec in specs:
+        for d, example in zip(spec.shape, spec.example_shape):
+            if isinstance(d, str) and dim_parts(d):
+                sums[d] = example
+            elif isinstance(d, str):
+                sizes.setdefault(d, example)
+    for name, example in sums.items():
+        parts = dim_parts(name)
+        sizes.setdefault(name, sum(sizes[p] for p in parts) if all(p in sizes for p in parts) else example)
+    return sizes
+
+
+def concrete_shape(spec: InputSpec, dims: dict[str, int]) -> list[int]:
+    """The shape of `spec` with its dynamic dims at the sizes `resolve_dims` gave."""
+    return [dims[d] if isinstance(d, str) else d for d in spec.shape]
 
 
 def generate_inputs(specs: list[InputSpec], seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
     """One feed dict of random inputs following the specs (see InputSpec for the rules)."""
     rng = np.random.default_rng(seed)
     feed = {}
+    sizes = resolve_dims(specs, dims)
     for spec in specs:
-        shape = concrete_shape(spec, dims)
+        shape = concrete_shape(spec, sizes)
         dtype = numpy_dtype(spec.dtype)
         if spec.fill is not None:
             value = np.full(shape, spec.fill)
@@ -93,6 +110,11 @@ def check_inputs(feed: dict[str, np.ndarray], specs: list[InputSpec], dims: dict
         want_kind = numpy_dtype(spec.dtype).kind
         if array.dtype.kind != want_kind and not (want_kind in "iu" and array.dtype.kind in "iu"):
             raise MlpdeployError(f"{source}: input {spec.name} has dtype {array.dtype}, but the manifest expects {spec.dtype}")
+    for name, size in bound.items():
+        parts = dim_parts(name)
+        if parts and all(p in bound for p in parts) and size != sum(bound[p] for p in parts):
+            got = " + ".join(f"{p}={bound[p]}" for p in parts)
+            raise MlpdeployError(f"{source}: dim {name} is {size}, but it must equal {got} = {sum(bound[p] for p in parts)}")
 
 
 def cast_to_specs(feed: dict[str, np.ndarray], specs: list[InputSpec]) -> dict[str, np.ndarray]:

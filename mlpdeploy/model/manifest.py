@@ -32,6 +32,7 @@ class Manifest:
     dims: dict[str, list[int]] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
+    cache: dict[str, Any] | None = None  # a decoder's KV cache (CacheLayout.to_json()): which layers keep one
 
     def to_json(self) -> dict:
         return {
@@ -44,6 +45,7 @@ class Manifest:
             "dims": self.dims,
             "versions": self.versions,
             "history": self.history,
+            **({"cache": self.cache} if self.cache is not None else {}),
         }
 
     @classmethod
@@ -57,6 +59,7 @@ class Manifest:
             dims=data.get("dims", {}),
             versions=data.get("versions", {}),
             history=data.get("history", []),
+            cache=data.get("cache"),
         )
 
     def save_beside(self, model_path: Path | str) -> Path:

@@ -12,6 +12,7 @@ import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
+from mlpdeploy.model.kv_cache import CacheLayout, prefill_feed
 from mlpdeploy.runtime.candidate import Candidate
 from mlpdeploy.validate.outputs import quiet_polygraphy
 from mlpdeploy.validate.runners import TorchRunner
@@ -25,10 +26,19 @@ def degradation(metric: str, delta: float) -> float:
     return WORSE_WHEN.get(metric, 1.0) * delta
 
 
-def evaluate_runner(task, runner, *, batch_size: int, limit: int | None) -> dict:
-    """`task.evaluate` with the first output of a Polygraphy runner (activated for the whole split)."""
+def evaluate_runner(task, runner, *, batch_size: int, limit: int | None, cache: CacheLayout | None = None) -> dict:
+    """`task.evaluate` with the first output of a Polygraphy runner (activated for the whole split).
+
+    For a decoder exported with its cache, each batch runs as a prefill (empty cache, no padding).
+    """
+
+    def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        if cache is not None:
+            feed = prefill_feed(feed["input_ids"], cache)
+        return np.asarray(next(iter(runner.infer(feed).values())))
+
     with quiet_polygraphy(), runner:
-        return task.evaluate(lambda feed: np.asarray(next(iter(runner.infer(feed).values()))), batch_size=batch_size, limit=limit)
+        return task.evaluate(run, batch_size=batch_size, limit=limit)
 
 
 def compare_task(
@@ -48,8 +58,9 @@ def compare_task(
     task = bundle.task
     if task is None:
         raise MlpdeployError(f"{bundle.source} has no evaluation task; task metrics need a zoo model with a task")
-    reference = evaluate_runner(task, TorchRunner(bundle, name="reference:torch"), batch_size=batch_size, limit=limit)
-    result = evaluate_runner(task, candidate.make_runner("candidate"), batch_size=batch_size, limit=limit)
+    cache = bundle.cache
+    reference = evaluate_runner(task, TorchRunner(bundle, name="reference:torch"), batch_size=batch_size, limit=limit, cache=cache)
+    result = evaluate_runner(task, candidate.make_runner("candidate"), batch_size=batch_size, limit=limit, cache=cache)
     delta = result["value"] - reference["value"]
     report = {
         "task": task.name,

@@ -1,0 +1,160 @@
+"""Token generation with a KV cache: prefill once, then one token per step, the cache carried over.
+
+Works on any artifact exported with `--kv-cache` (its manifest says which layers keep a cache).
+Prompts of different lengths are left-padded; each step binds the previous step's cache
+outputs (ONNX Runtime `OrtValue`s, never copied to numpy) as the next step's cache inputs
+through IO binding.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.runtime.engine import Engine
+
+
+@dataclass
+class Sampling:
+    """Greedy when `temperature` is 0; else softmax(logits / temperature) restricted to the
+    `top_k` most likely tokens (0: all) and the smallest set whose probability reaches `top_p`."""
+
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise MlpdeployError(
+                f"sampling needs temperature >= 0, top_k >= 0 and 0 < top_p <= 1; got {self.temperature}, {self.top_k}, {self.top_p}"
+            )
+
+    def pick(self, logits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One token per row of `logits` [batch, vocab]."""
+        if self.temperature == 0:
+            return logits.argmax(-1)
+        scaled = logits.astype(np.float64) / self.temperature
+        if self.top_k:
+            kth = np.sort(scaled, axis=-1)[:, -min(self.top_k, scaled.shape[-1])][:, None]
+            scaled = np.where(scaled < kth, -np.inf, scaled)
+        probs = np.exp(scaled - scaled.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        if self.top_p < 1:
+            order = np.argsort(-probs, axis=-1)
+            sorted_probs = np.take_along_axis(probs, order, -1)
+            keep_sorted = np.cumsum(sorted_probs, -1) - sorted_probs < self.top_p  # always keeps the first
+            keep = np.zeros_like(keep_sorted)
+            np.put_along_axis(keep, order, keep_sorted, -1)
+            probs = np.where(keep, probs, 0.0)
+            probs /= probs.sum(-1, keepdims=True)
+        return np.array([rng.choice(len(p), p=p) for p in probs])
+
+
+@dataclass
+class Generation:
+    """New tokens per prompt (a stop token included when one ended it), and the timings."""
+
+    tokens: list[list[int]]
+    finish: list[str]  # "stop" | "length"
+    prefill_seconds: float
+    step_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def tokens_per_second(self) -> float:
+        steps = sum(self.step_seconds)
+        return len(self.step_seconds) / steps if steps else float("nan")
+
+
+class CachedGenerator:
+    """Generates with an `Engine` whose artifact carries a KV cache."""
+
+    def __init__(self, engine: Engine):
+        if engine.cache is None:
+            raise MlpdeployError(f"{engine.path} has no KV cache; export or compile the decoder with --kv-cache to generate")
+        self.engine, self.layout = engine, engine.cache
+        self.past_names = [n for layer in self.layout.layers for n in self.layout.input_names(layer)]
+        self.present_names = [n for layer in self.layout.layers for n in self.layout.output_names(layer)]
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        max_new_tokens: int,
+        sampling: Sampling | None = None,
+        stop_tokens: Sequence[int] = (),
+        on_token: Callable[[int, int], None] | None = None,
+        pad_token: int = 0,
+    ) -> Generation:
+        """Generate up to `max_new_tokens` for each prompt; `on_token(prompt index, token)` streams them."""
+        sampling = sampling or Sampling()
+        self._check(prompts, max_new_tokens)
+        rng = np.random.default_rng(sampling.seed)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((batch, longest), pad_token, np.int64)
+        mask = np.zeros((batch, longest), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = prompt
+            mask[row, longest - len(prompt):] = 1
+        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), numpy_dtype(self.layout.dtype))
+        past = {name: empty for name in self.past_names}
+        tokens: list[list[int]] = [[] for _ in prompts]
+        finish = ["length"] * batch
+        done = np.zeros(batch, bool)
+        start = time.perf_counter()
+        logits, past = self._step(ids, mask, past)
+        result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
+        for step in range(max_new_tokens):
+            if step:
+                start = time.perf_counter()
+                mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+                logits, past = self._step(next_ids[:, None], mask, past)
+                result.step_seconds.append(time.perf_counter() - start)
+            next_ids = sampling.pick(logits[:, -1], rng)
+            for row, token in enumerate(next_ids.tolist()):
+                if done[row]:
+                    continue
+                tokens[row].append(token)
+                if on_token is not None:
+                    on_token(row, token)
+                if token in stop_tokens:
+                    done[row], finish[row] = True, "stop"
+            if done.all():
+                break
+        return result
+
+    def _check(self, prompts, max_new_tokens: int) -> None:
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise MlpdeployError("every prompt needs at least one token")
+        if max_new_tokens < 1:
+            raise MlpdeployError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.layout.max_positions:
+            raise MlpdeployError(
+                f"a prompt of {longest} tokens plus {max_new_tokens} new ones exceeds the model's {self.layout.max_positions} "
+                "positions; shorten the prompt or ask for fewer tokens"
+            )
+
+    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
+        """One run: this step's tokens and the whole mask in, logits and the grown cache out."""
+        session = self.engine.session
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
+        binding.bind_cpu_input("attention_mask", mask)
+        if self.layout.position_ids:
+            positions = np.maximum(mask.cumsum(-1) - 1, 0)[:, -ids.shape[1]:]
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+        for name, value in past.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.engine.output_names:
+            binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
+        return outputs["logits"].numpy(), {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}

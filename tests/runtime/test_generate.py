@@ -1,0 +1,97 @@
+"""Generation from a compiled --kv-cache artifact: greedy text equals torch's, token for token."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mlpdeploy.cli import cli
+from mlpdeploy.compile import CompileOptions, compile_model
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model import load_model
+from mlpdeploy.passes import PassSpec
+from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.runtime.generate import CachedGenerator, Sampling
+
+
+@pytest.fixture(scope="module")
+def llama_small_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "llama-small"
+    report = compile_model("llama-small", out, CompileOptions(kv_cache=True, passes=[PassSpec("fuse-gated-mlp")], task_limit=16))
+    assert report["passed"] and report["kv_cache"]["layers"] == [0, 1, 2, 3]
+    return out
+
+
+def _torch_greedy(name: str, prompt: list[int], n: int) -> list[int]:
+    model = load_model(name).module
+    ids = torch.tensor([prompt])
+    with torch.no_grad():
+        for _ in range(n):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids[0, len(prompt):].tolist()
+
+
+def test_greedy_matches_torch(llama_small_dir):
+    generator = CachedGenerator(Engine.load(llama_small_dir))
+    for prompt in (b"def ", b"import os\nclass ", b"x"):
+        result = generator.generate([list(prompt)], 40)
+        assert result.tokens[0] == _torch_greedy("llama-small", list(prompt), 40), prompt
+        assert result.finish == ["length"] and len(result.step_seconds) == 39
+
+
+def test_batch_of_different_lengths_matches_each_prompt_alone(llama_small_dir):
+    generator = CachedGenerator(Engine.load(llama_small_dir))
+    prompts = [list(b"def __init__(self"), list(b"for "), list(b"\n")]
+    together = generator.generate(prompts, 16).tokens
+    assert together == [generator.generate([p], 16).tokens[0] for p in prompts]
+
+
+def test_stop_tokens_and_streaming(llama_small_dir):
+    generator = CachedGenerator(Engine.load(llama_small_dir))
+    full = generator.generate([list(b"def ")], 30).tokens[0]
+    stop = full[5]
+    seen = []
+    result = generator.generate([list(b"def ")], 30, stop_tokens=[stop], on_token=lambda row, t: seen.append((row, t)))
+    first = full.index(stop)
+    assert result.tokens[0] == full[: first + 1] and result.finish == ["stop"] and seen == [(0, t) for t in full[: first + 1]]
+
+
+def test_sampling():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((4, 50))
+    greedy = logits.argmax(-1)
+    assert (Sampling(temperature=1.0, top_k=1).pick(logits, rng) == greedy).all()
+    assert (Sampling(temperature=1.0, top_p=1e-9).pick(logits, rng) == greedy).all()
+    a = Sampling(temperature=0.7, top_k=10, seed=3)
+    first = [a.pick(logits, np.random.default_rng(3)) for _ in range(2)]
+    assert (first[0] == first[1]).all()
+    top10 = np.argsort(-logits, -1)[:, :10]
+    draws = np.stack([Sampling(temperature=2.0, top_k=10).pick(logits, rng) for _ in range(200)])
+    assert all(set(draws[:, row]) <= set(top10[row]) for row in range(4))
+    with pytest.raises(MlpdeployError, match="sampling needs temperature >= 0"):
+        Sampling(temperature=-1)
+
+
+def test_errors(llama_small_dir, tmp_path):
+    generator = CachedGenerator(Engine.load(llama_small_dir))
+    with pytest.raises(MlpdeployError, match="exceeds the model's 256 positions"):
+        generator.generate([[1] * 250], 10)
+    with pytest.raises(MlpdeployError, match="every prompt needs at least one token"):
+        generator.generate([[]], 10)
+    plain = tmp_path / "plain"
+    compile_model("llama-tiny", plain, CompileOptions(task_limit=8))
+    with pytest.raises(MlpdeployError, match="has no KV cache; export or compile the decoder with --kv-cache"):
+        CachedGenerator(Engine.load(plain))
+    with pytest.raises(MlpdeployError, match="is a directory without report.json"):
+        Engine.load(tmp_path)
+
+
+def test_cli(llama_small_dir):
+    result = CliRunner().invoke(cli, ["generate", str(llama_small_dir), "--prompt", "def ", "--max-new-tokens", "24"])
+    assert result.exit_code == 0, result.output
+    expected = bytes(_torch_greedy("llama-small", list(b"def "), 24)).decode()
+    assert result.output.startswith("def " + expected) and "tokens/s" in result.output
+    result = CliRunner().invoke(cli, ["generate", str(llama_small_dir), "--prompt", "x", "--prompt-ids", "1,2"])
+    assert result.exit_code == 2 and "give exactly one of --prompt TEXT and --prompt-ids" in result.output
