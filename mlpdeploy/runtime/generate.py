@@ -109,11 +109,6 @@ class CachedGenerator:
         logits, past = self._step(ids, mask, past)
         result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
         for step in range(max_new_tokens):
-            if step:
-                start = time.perf_counter()
-                mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
-                logits, past = self._step(next_ids[:, None], mask, past)
-                result.step_seconds.append(time.perf_counter() - start)
             next_ids = sampling.pick(logits[:, -1], rng)
             for row, token in enumerate(next_ids.tolist()):
                 if done[row]:
@@ -123,8 +118,12 @@ class CachedGenerator:
                     on_token(row, token)
                 if token in stop_tokens:
                     done[row], finish[row] = True, "stop"
-            if done.all():
+            if done.all() or step == max_new_tokens - 1:
                 break
+            start = time.perf_counter()
+            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
+            logits, past = self._step(next_ids[:, None], mask, past)
+            result.step_seconds.append(time.perf_counter() - start)
         return result
 
     def _check(self, prompts, max_new_tokens: int) -> None:
