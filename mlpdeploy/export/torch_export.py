@@ -26,6 +26,7 @@ from mlpdeploy.errors import MlpdeployError, first_line
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import write_onnx
+from mlpdeploy.plugins.torch_export import attach_functions, translation_table
 from mlpdeploy.scopes import module_path
 
 DEFAULT_OPSET = 20
@@ -50,6 +51,7 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
     start = time.perf_counter()
     program = _torch_export(bundle, opset, debug)
     model = program.model
+    attach_functions(model)  # mlpdeploy ops called from torch: overloads, plugin attributes, function bodies
     _name_outputs(model.graph, bundle.resolved_output_names(len(model.graph.outputs)))
     _name_folded_weights(model.graph)
     model.metadata_props["mlpdeploy.source"] = bundle.source
@@ -117,6 +119,7 @@ def _torch_export(bundle: ModelBundle, opset: int, debug: bool):
                 input_names=[s.name for s in bundle.inputs],
                 output_names=bundle.output_names or None,
                 opset_version=opset,
+                custom_translation_table=translation_table(),
                 optimize=True,
                 verbose=False,
             )

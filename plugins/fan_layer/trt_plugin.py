@@ -1,0 +1,98 @@
+"""FANLayer as a TensorRT IPluginV3 Python plugin (namespace "mlpdeploy", version "1").
+
+The ONNX parser maps a `FANLayer` node that carries `plugin_namespace="mlpdeploy"` to this
+plugin and hands it the node's `activation` attribute as a CHAR field. Inputs arrive in the
+node's order: x [..., I], W_p [I, P], W_g [I, D], b_p [P], b_g [D]; the output is
+[..., 2P + D] in x's type. `enqueue` launches the Triton kernel on TensorRT's pointers and
+stream. The rules are plain functions below, tested without TensorRT.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from mlpdeploy.errors import OpError
+
+from .. import trt_plugin_base
+from ..group_rational.trt_plugin import supports_combination
+from .reference import ACTIVATIONS, check_shapes
+
+PLUGIN_NAME = "FANLayer"
+FIELD_TYPES = {"activation": "CHAR"}
+
+__all__ = ["PLUGIN_NAME", "decode_fields", "make_creator", "output_width", "plugin_class", "supports_combination"]
+
+
+def decode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Plugin fields → constructor kwargs; the activation is checked (default gelu, as FAN's)."""
+    activation = trt_plugin_base.decode_string(fields["activation"]) if "activation" in fields else "gelu"
+    if activation not in ACTIVATIONS:
+        raise OpError(f"unknown FANLayer activation {activation!r}; available are {', '.join(ACTIVATIONS)}")
+    return {"activation": activation}
+
+
+def output_width(w_p_dims: Sequence[int], w_g_dims: Sequence[int]) -> int:
+    """2P + D."""
+    return 2 * int(w_p_dims[1]) + int(w_g_dims[1])
+
+
+def run(x, w_p, w_g, b_p, b_g, activation: str, out) -> None:
+    from .kernel import fan_layer_triton
+
+    fan_layer_triton(x, w_p, w_g, b_p, b_g, activation, out=out)
+
+
+@functools.cache
+def plugin_class(trt) -> type:
+    """The FANLayer IPluginV3 class bound to TensorRT module `trt`."""
+    base = trt_plugin_base.plugin_base(trt)
+
+    class FANLayerPlugin(base):
+        PLUGIN_NAME = PLUGIN_NAME
+
+        def __init__(self, activation: str = "gelu", phase=None):
+            super().__init__(phase)
+            self.activation = decode_fields({"activation": activation})["activation"]
+
+        def fields(self):
+            return {"activation": self.activation}
+
+        def get_output_data_types(self, input_types):
+            return [input_types[0]]
+
+        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
+            dims = trt.DimsExprs(inputs[0])
+            two_p = expr_builder.operation(trt.DimensionOperation.SUM, inputs[1][1], inputs[1][1])
+            dims[len(dims) - 1] = expr_builder.operation(trt.DimensionOperation.SUM, two_p, inputs[2][1])
+            return [dims]
+
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            descs = [d.desc for d in in_out[: pos + 1]]
+            return supports_combination(
+                pos, [trt_plugin_base.dtype_name(d.type) for d in descs], [d.format == trt.TensorFormat.LINEAR for d in descs]
+            )
+
+        def get_workspace_size(self, inputs, outputs):
+            return 0
+
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
+            import torch
+
+            dtype = trt_plugin_base.TORCH_DTYPES[trt_plugin_base.dtype_name(input_desc[0].type)]
+            dims = [tuple(d.dims) for d in input_desc]
+            check_shapes(*dims, self.activation)
+            tensors = [trt_plugin_base.device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
+            out = trt_plugin_base.device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
+            with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
+                run(*tensors, self.activation, out)
+            return 0
+
+    return FANLayerPlugin
+
+
+def make_creator(trt=None):
+    """An IPluginCreatorV3One instance for FANLayer (register it with trt_register.register_plugins)."""
+    trt = trt or trt_plugin_base.import_tensorrt()
+    return trt_plugin_base.creator_class(trt, plugin_class(trt), FIELD_TYPES, decode_fields)()

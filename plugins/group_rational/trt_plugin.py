@@ -1,0 +1,112 @@
+"""GroupRational as a TensorRT IPluginV3 Python plugin (namespace "mlpdeploy", version "1").
+
+The ONNX parser maps a `GroupRational` node that carries `plugin_namespace="mlpdeploy"` to this
+plugin and hands it the node's `form` attribute as a CHAR field. Inputs arrive in the node's
+order: x [..., C], numerator [1|G, m+1], denominator [G, n]; the output has x's shape and type.
+`enqueue` wraps TensorRT's device pointers as torch tensors on TensorRT's stream and launches
+the Triton kernel straight into the output (no workspace). The rules are plain functions
+below, tested without TensorRT; `make_creator(trt)` binds the classes to a module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+from mlpdeploy.errors import OpError
+
+from .. import trt_plugin_base
+from .reference import FORMS, check_shapes
+
+PLUGIN_NAME = "GroupRational"
+FIELD_TYPES = {"form": "CHAR"}
+SUPPORTED_TYPES = ("FLOAT", "HALF", "BF16")
+
+
+# ---- rules, without TensorRT ------------------------------------------------------------
+
+
+def decode_fields(fields: dict[str, Any]) -> dict[str, str]:
+    """Plugin fields (as TensorRT hands them) → constructor kwargs; the form is checked (default A)."""
+    form = trt_plugin_base.decode_string(fields["form"]) if "form" in fields else "A"
+    if form not in FORMS:
+        raise OpError(f"unknown GroupRational form {form!r}; forms are {', '.join(FORMS)}")
+    return {"form": form}
+
+
+def supports_combination(pos: int, types: Sequence[str], linear: Sequence[bool]) -> bool:
+    """x is FLOAT, HALF or BF16 and LINEAR; coefficients and output have x's type (one kernel per dtype)."""
+    if not linear[pos]:
+        return False
+    if pos == 0:
+        return types[0] in SUPPORTED_TYPES
+    return types[pos] == types[0]
+
+
+def check_dims(x_dims: Sequence[int], numerator_dims: Sequence[int], denominator_dims: Sequence[int], form: str) -> tuple[int, int, int]:
+    """(groups, m, n) at enqueue time, or a one-line OpError (shapes are the op's, see reference.py)."""
+    return check_shapes(tuple(int(d) for d in x_dims), tuple(numerator_dims), tuple(denominator_dims), form)
+
+
+def run(x, numerator, denominator, form: str, out) -> None:
+    """The plugin's computation on torch tensors: the Triton kernel writes P/Q into `out`."""
+    from .kernel import group_rational_triton
+
+    group_rational_triton(x, numerator, denominator, form, out=out)
+
+
+# ---- TensorRT classes -------------------------------------------------------------------
+
+
+@functools.cache
+def plugin_class(trt) -> type:
+    """The GroupRational IPluginV3 class bound to TensorRT module `trt`."""
+    base = trt_plugin_base.plugin_base(trt)
+
+    class GroupRationalPlugin(base):
+        PLUGIN_NAME = PLUGIN_NAME
+
+        def __init__(self, form: str = "A", phase=None):
+            super().__init__(phase)
+            self.form = decode_fields({"form": form})["form"]
+
+        def fields(self):
+            return {"form": self.form}
+
+        def get_output_data_types(self, input_types):
+            return [input_types[0]]
+
+        def get_output_shapes(self, inputs, shape_inputs, expr_builder):
+            return [trt.DimsExprs(inputs[0])]
+
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            descs = [d.desc for d in in_out[: pos + 1]]
+            return supports_combination(
+                pos,
+                [trt_plugin_base.dtype_name(d.type) for d in descs],
+                [d.format == trt.TensorFormat.LINEAR for d in descs],
+            )
+
+        def get_workspace_size(self, inputs, outputs):
+            return 0
+
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
+            import torch
+
+            dtype = trt_plugin_base.TORCH_DTYPES[trt_plugin_base.dtype_name(input_desc[0].type)]
+            dims = [tuple(d.dims) for d in input_desc]
+            check_dims(*dims, self.form)
+            x, numerator, denominator = (trt_plugin_base.device_tensor(p, s, dtype) for p, s in zip(inputs, dims))
+            out = trt_plugin_base.device_tensor(outputs[0], dims[0], dtype)
+            with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
+                run(x, numerator, denominator, self.form, out)
+            return 0
+
+    return GroupRationalPlugin
+
+
+def make_creator(trt=None):
+    """An IPluginCreatorV3One instance for GroupRational (register it with trt_register.register_plugins)."""
+    trt = trt or trt_plugin_base.import_tensorrt()
+    return trt_plugin_base.creator_class(trt, plugin_class(trt), FIELD_TYPES, decode_fields)()
