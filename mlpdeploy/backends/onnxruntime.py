@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import onnx
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
@@ -28,10 +30,15 @@ class OnnxRuntimeBackend(Backend):
         external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
         config = session_config(options.opt_level, options.device)
         start = time.perf_counter()
+        kernels = prepare(model_path, options.extra) if options.ort_kernels else None
         with staged_files(output) as tmp:
-            make_session(model_path, config, optimized_output=tmp, external_data=external)
+            build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
+            make_session(model_path, build_config, optimized_output=tmp, external_data=external)
             if not tmp.exists():
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
+            if kernels:  # the artifact carries its library; the saved settings name it relative to the model
+                shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
+                config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
             manifest = find_manifest(model_path)
             if manifest is not None:
@@ -39,6 +46,8 @@ class OnnxRuntimeBackend(Backend):
                 derived.save_beside(tmp)
         seconds = time.perf_counter() - start
         artifacts = {"model": output, "session_options": session_options_path(output)}
+        if kernels:
+            artifacts["kernels"] = output.parent / kernel_file_name(output)
         if manifest is not None:
             artifacts["manifest"] = manifest_path(output)
         # ORT's optimized graph drops module scopes: layers are compared on the graph it was built from.
@@ -46,7 +55,8 @@ class OnnxRuntimeBackend(Backend):
         return BuildResult(
             backend=self.name,
             artifacts=artifacts,
-            info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size},
+            info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
+                  **({"ort_kernels": kernels.to_json()} if kernels else {})},
             candidate=candidate,
         )
 

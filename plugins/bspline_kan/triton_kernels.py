@@ -38,7 +38,7 @@ def _cubic_basis(x, t0, t1, t2, t3, t4):
 @triton.jit
 def bspline_kan_kernel(
     x_ptr, grid_ptr, wb_ptr, ws_ptr, y_ptr,
-    M, I, O,
+    M, N_IN, N_OUT,
     stride_xm, stride_grid, stride_wb, stride_ws, stride_ym,
     NB: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -50,11 +50,11 @@ def bspline_kan_kernel(
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_o = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
     mask_m = offs_m < M
-    mask_o = offs_o < O
+    mask_o = offs_o < N_OUT
     acc = tl.zeros((BLOCK_M, BLOCK_O), dtype=tl.float32)
-    for i0 in range(0, I, BLOCK_I):
+    for i0 in range(0, N_IN, BLOCK_I):
         offs_i = i0 + tl.arange(0, BLOCK_I)
-        mask_i = offs_i < I
+        mask_i = offs_i < N_IN
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_i[None, :], mask=mask_m[:, None] & mask_i[None, :], other=0.0).to(tl.float32)
         w_mask = mask_i[:, None] & mask_o[None, :]
         wb = tl.load(wb_ptr + offs_i[:, None] * stride_wb + offs_o[None, :], mask=w_mask, other=0.0).to(tl.float32)
