@@ -1,0 +1,57 @@
+"""FANLayer's Triton kernel vs the torch reference (CPU: Triton's interpreter; bench/gpu.sh runs
+this file compiled on a GPU with TRITON_INTERPRET=0)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+pytest.importorskip("triton")
+
+from mlpdeploy.plugins.fan_layer.kernel import fan_layer_triton  # noqa: E402
+from mlpdeploy.plugins.fan_layer.onnx_function import random_weights  # noqa: E402
+from mlpdeploy.plugins.fan_layer.reference import ACTIVATIONS, fan_layer  # noqa: E402
+from mlpdeploy.plugins.gated_mlp.kernel import interpreting  # noqa: E402
+
+if interpreting():
+    DEVICE = "cpu"
+elif torch.cuda.is_available():
+    DEVICE = "cuda"
+else:
+    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+
+
+def run_kernel(lead, in_features, p, d, activation, dtype, assert_close, span=3.0, seed=0):
+    w = [torch.from_numpy(v) for v in random_weights(in_features, p, d, seed=seed).values()]
+    x = (torch.rand(*lead, in_features, generator=torch.Generator().manual_seed(seed)) * 2 - 1) * span
+    low = [t.to(device=DEVICE, dtype=getattr(torch, dtype)) for t in (x, *w)]
+    y = fan_layer_triton(*low, activation)
+    assert y.dtype == low[0].dtype and y.shape == (*lead, 2 * p + d)
+    return assert_close(y.float().cpu().numpy(), fan_layer(*[t.float().cpu() for t in low], activation).numpy(), dtype, f"{activation}/{dtype}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_kernel_matches_reference(activation, dtype, assert_close):
+    run_kernel((1,), 13, 5, 7, activation, dtype, assert_close)
+    run_kernel((2, 3), 70, 33, 65, activation, dtype, assert_close, seed=1)  # partial tiles, P and D tiles both
+
+
+def test_kernel_without_periodic_part(assert_close):
+    run_kernel((4,), 9, 0, 6, "relu", "float32", assert_close)
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    in_features=st.sampled_from([1, 3, 17]),
+    p=st.sampled_from([0, 1, 5, 16]),
+    d=st.sampled_from([1, 7, 19]),
+    rows=st.sampled_from([1, 2, 7]),
+    activation=st.sampled_from(ACTIVATIONS),
+    dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
+    seed=st.integers(0, 2**16),
+)
+def test_kernel_property(in_features, p, d, rows, activation, dtype, seed, assert_close):
+    run_kernel((rows,), in_features, p, d, activation, dtype, assert_close, span=10.0, seed=seed)
