@@ -133,7 +133,7 @@ def op_benchmark(args, kernels: Path | None) -> dict:
     times = round_robin(fns, args.warmup, args.repeats)
     gb = 2 * x.nbytes / 1e9
     results = summarize(times, "gelu")
-    for name, r in results.items():
+    for r in results.values():
         r["GB_per_s"] = round(gb / (r["median_ms"] / 1e3), 2)
     return {"shape": list(shape), "groups": args.groups, "degrees": [5, 4], "form": args.form, "max_abs_error_vs_torch": errors,
             "results": results}

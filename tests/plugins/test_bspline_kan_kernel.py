@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 pytest.importorskip("triton")
 
@@ -22,9 +20,6 @@ elif torch.cuda.is_available():
     DEVICE = "cuda"
 else:
     pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
-
-PROPERTY = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-
 
 def run_kernel(lead, in_features, out_features, dtype, assert_close, grid_size=5, span=3.0, seed=0):
     w = [torch.from_numpy(v) for v in random_weights(in_features, out_features, grid_size, grid_range=(-2.0, 2.0), seed=seed).values()]
@@ -45,16 +40,3 @@ def test_kernel_refuses_other_orders():
     w = [torch.from_numpy(v) for v in random_weights(4, 3, spline_order=2).values()]
     with pytest.raises(OpError, match="computes cubic splines .* order 2"):
         bspline_kan_triton(torch.zeros(2, 4), *w)
-
-
-@PROPERTY
-@given(
-    in_features=st.sampled_from([1, 3, 17]),
-    out_features=st.sampled_from([1, 5, 19]),
-    rows=st.sampled_from([1, 2, 7]),
-    grid_size=st.sampled_from([1, 3, 5]),
-    dtype=st.sampled_from(["float32", "float16", "bfloat16"]),
-    seed=st.integers(0, 2**16),
-)
-def test_kernel_property(in_features, out_features, rows, grid_size, dtype, seed, assert_close):
-    run_kernel((rows,), in_features, out_features, dtype, assert_close, grid_size=grid_size, span=4.0, seed=seed)
