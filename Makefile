@@ -7,7 +7,7 @@ EXTRAS := dev,hf,triton,rtx
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow bench models clean
+.PHONY: setup demo test test-slow bench models ort-kernels clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,10 @@ bench: setup
 
 models: setup
 	$(PY) -m mlpdeploy.zoo.train all
+
+# Opt-in: mlpdeploy's compiled ONNX Runtime CPU kernels (needs a C compiler); `build --ort-kernels` builds them too.
+ort-kernels: setup
+	$(PY) -m mlpdeploy.plugins.ort.library --output build/ort-kernels
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

@@ -15,14 +15,13 @@ through Triton's interpreter (perf_counter): a plumbing check whose numbers mean
 from __future__ import annotations
 
 import argparse
-import os
+import functools
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_common import preflight, time_ms, write_json  # noqa: E402
 
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 TOLERANCE = {"float16": 1e-2, "bfloat16": 5e-2, "float32": 1e-4}  # max |error| / max(1, max |ref|)
@@ -40,27 +39,16 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"
-    elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("kan_kernels_gpu: TRITON_INTERPRET is set; unset it (or pass --smoke) to time the compiled kernels")
-        return 2
+    status = preflight("kan_kernels_gpu", args.smoke)
+    if status is not None:
+        return status
     import torch
-
-    if not args.smoke and not torch.cuda.is_available():
-        print("kan_kernels_gpu: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
-        return 2
-    try:
-        import triton
-    except ImportError:
-        print("kan_kernels_gpu: triton is not installed: pip install 'mlpdeploy[triton]'")
-        return 2
-    from mlpdeploy.atomic import write_json
+    import triton
 
     device = "cpu" if args.smoke else "cuda"
     name = "cpu (Triton interpreter, --smoke)" if args.smoke else torch.cuda.get_device_name()
     print(f"device: {name}   torch {torch.__version__}   triton {triton.__version__}")
-    timer = Timer(args.smoke)
+    timer = functools.partial(time_ms, args.smoke)
     rows, failures = [], []
     for dtype in (DTYPES[d] for d in args.dtypes.split(",")):
         for row in [*rational_rows(torch, device, dtype, timer, args.smoke), *layer_rows(torch, device, dtype, timer, args.smoke)]:
@@ -79,24 +67,6 @@ def main(argv=None) -> int:
         print("numerics failures: " + "; ".join(failures))
         return 1
     return 0
-
-
-class Timer:
-    def __init__(self, smoke: bool):
-        self.smoke = smoke
-
-    def __call__(self, fn) -> float:
-        if self.smoke:
-            fn()
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
 def _err(y, ref) -> float:

@@ -12,7 +12,8 @@ machine hits every one alike); reported: median and min ms, and each over the GE
   decomposed  a plain torch.onnx.export of the torch reference (reshape to groups, Horner, abs,
               div as separate ops): what exporting a pure-torch KAT activation gives
   torch       the torch reference in eager mode (KAT's pure-torch path does the same work)
-  gelu        ONNX `Gelu` (opset 20): one elementwise pass, the memory-bound floor to compare with
+  gelu        ONNX `Gelu` (opset 20): one elementwise pass, what the issue compares with
+  relu        ONNX `Relu`: one elementwise pass with next to no arithmetic, the memory floor
 Every candidate's output is checked against the torch reference first.
 kat-tiny: the ONNX Runtime build without and with --ort-kernels, and torch eager, batch 64.
 """
@@ -76,11 +77,11 @@ def decomposed_model(numerator, denominator, form, example) -> onnx.ModelProto:
     return ir.to_proto(program.model)
 
 
-def gelu_model(shape) -> onnx.ModelProto:
+def one_op_model(op_type: str, shape) -> onnx.ModelProto:
     h = onnx.helper
-    node = h.make_node("Gelu", ["x"], ["y"])
+    node = h.make_node(op_type, ["x"], ["y"])
     info = [h.make_tensor_value_info(n, onnx.TensorProto.FLOAT, list(shape)) for n in ("x", "y")]
-    return h.make_model(h.make_graph([node], "gelu", info[:1], info[1:]), opset_imports=[h.make_opsetid("", 20)])
+    return h.make_model(h.make_graph([node], op_type.lower(), info[:1], info[1:]), opset_imports=[h.make_opsetid("", 20)])
 
 
 def round_robin(fns: dict, warmup: int, repeats: int) -> dict[str, list[float]]:
@@ -123,10 +124,11 @@ def op_benchmark(args, kernels: Path | None) -> dict:
     if kernels is not None:
         sessions["kernel"] = ort_session(model, args.threads, kernels)
     sessions["decomposed"] = ort_session(decomposed_model(numerator, denominator, args.form, xt), args.threads)
-    sessions["gelu"] = ort_session(gelu_model(shape), args.threads)
+    sessions["gelu"] = ort_session(one_op_model("Gelu", shape), args.threads)
+    sessions["relu"] = ort_session(one_op_model("Relu", shape), args.threads)
     errors = {}
     for name, sess in sessions.items():
-        if name != "gelu":
+        if name not in ("gelu", "relu"):
             errors[name] = float(np.abs(sess.run(None, {"x": x})[0] - reference).max())
     fns = {name: (lambda s=sess: s.run(None, {"x": x})) for name, sess in sessions.items()}
     fns["torch"] = lambda: group_rational(xt, numerator, denominator, args.form)

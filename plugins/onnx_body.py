@@ -106,3 +106,17 @@ def set_plugin_attributes(node: ir.Node) -> None:
     """`plugin_namespace="mlpdeploy"`, `plugin_version="1"`: TensorRT (>= 10.7) then picks the plugin."""
     node.attributes["plugin_namespace"] = ir.AttrString("plugin_namespace", PLUGIN_NAMESPACE)
     node.attributes["plugin_version"] = ir.AttrString("plugin_version", PLUGIN_VERSION)
+
+
+def standalone_model(build_node, arrays: dict[str, np.ndarray], last_dim: int, *, dtype: str, rank: int, onnx_opset: int,
+                     name: str, **attributes) -> tuple[ir.Model, ir.Node]:
+    """A model of one op node for tests and benchmarks: input `x` of `rank` dims (all symbolic but
+    the last, `last_dim`), the `arrays` as initializers in `dtype` (in the node's input order),
+    output `y`. `build_node(x, *weights, name=, **attributes)` makes the node; the caller adds its function."""
+    np_dtype = np.dtype(dtype)
+    weights = [initializer(k, v.astype(np_dtype)) for k, v in arrays.items()]
+    x = ir.Value(name="x", shape=ir.Shape([*(f"dim{i}" for i in range(rank - 1)), last_dim]), type=ir.TensorType(ir.DataType.from_numpy(np_dtype)))
+    node = build_node(x, *weights, name=name, **attributes)
+    node.outputs[0].name = "y"
+    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name=name)
+    return ir.Model(graph, ir_version=10, producer_name="mlpdeploy"), node

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mlpdeploy.errors import OpError, require
+from mlpdeploy.errors import OpError
 
-from ..gated_mlp.kernel import interpreting
+from ..triton_common import interpreting, load_kernels, pow2
 from .reference import check_shapes
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,19 +31,12 @@ class Config:
 
 @functools.cache
 def _kernels():
-    require("triton", "triton", "the BSplineKAN Triton kernel")
-    from . import triton_kernels
-
-    return triton_kernels
-
-
-def _pow2(v: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, v - 1).bit_length())
+    return load_kernels(__package__, "the BSplineKAN Triton kernel")
 
 
 def default_config(m: int, i: int, o: int) -> Config:
     if interpreting():
-        return Config(min(64, _pow2(m)), min(64, _pow2(o)), min(64, _pow2(i)))
+        return Config(min(64, pow2(m, 16)), min(64, pow2(o, 16)), min(64, pow2(i, 16)))
     return Config(32 if m <= 32 else 64, 64, 32, num_warps=4)
 
 

@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from mlpdeploy.errors import OpError
 
-from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
+from ..onnx_body import Body, add_function, require_op, set_plugin_attributes, standalone_model, static_shape
 from ..registry import DOMAIN
 from .reference import check_shapes, uniform_grid
 
@@ -132,13 +132,7 @@ def make_model(
     onnx_opset: int = DEFAULT_ONNX_OPSET,
 ) -> ir.Model:
     """A standalone model of one BSplineKAN node (input `x`, rank `rank`, last dim I; output `y`), for tests and benchmarks."""
-    np_dtype = np.dtype(dtype)
     arrays = random_weights(in_features, out_features, grid_size, spline_order, grid_range, seed)
-    weights = [initializer(k, v.astype(np_dtype)) for k, v in arrays.items()]
-    x = ir.Value(name="x", shape=ir.Shape([*(f"dim{i}" for i in range(rank - 1)), in_features]), type=ir.TensorType(ir.DataType.from_numpy(np_dtype)))
-    node = bspline_kan_node(x, *weights, name="bspline_kan")
-    node.outputs[0].name = "y"
-    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name="bspline_kan")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model, node = standalone_model(bspline_kan_node, arrays, in_features, dtype=dtype, rank=rank, onnx_opset=onnx_opset, name="bspline_kan")
     ensure_function(model, node)
     return model

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .. import trt_plugin_base
-from ..group_rational.trt_plugin import supports_combination  # the same rule: one dtype, LINEAR
 from .reference import check_shapes
 
 PLUGIN_NAME = "BSplineKAN"
 FIELD_TYPES: dict[str, str] = {}
+supports_combination = trt_plugin_base.one_float_type  # x FLOAT/HALF/BF16, everything else x\'s type, LINEAR
 
 
 def decode_fields(fields: dict[str, Any]) -> dict:
@@ -61,23 +61,15 @@ def plugin_class(trt) -> type:
             return [dims]
 
         def supports_format_combination(self, pos, in_out, num_inputs):
-            descs = [d.desc for d in in_out[: pos + 1]]
-            return supports_combination(
-                pos, [trt_plugin_base.dtype_name(d.type) for d in descs], [d.format == trt.TensorFormat.LINEAR for d in descs]
-            )
+            return trt_plugin_base.format_answer(trt, pos, in_out, supports_combination)
 
         def get_workspace_size(self, inputs, outputs):
             return 0
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            import torch
-
-            dtype = trt_plugin_base.TORCH_DTYPES[trt_plugin_base.dtype_name(input_desc[0].type)]
-            dims = [tuple(d.dims) for d in input_desc]
+            dims, tensors, out = trt_plugin_base.enqueue_tensors(input_desc, output_desc, inputs, outputs)
             check_shapes(*dims)
-            tensors = [trt_plugin_base.device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
-            out = trt_plugin_base.device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
-            with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
+            with trt_plugin_base.on_stream(stream):
                 run(*tensors, out)
             return 0
 

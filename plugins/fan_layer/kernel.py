@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mlpdeploy.errors import OpError, require
+from mlpdeploy.errors import OpError
 
-from ..gated_mlp.kernel import interpreting
+from ..triton_common import interpreting, load_kernels, pow2
 from .reference import check_shapes
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -29,19 +29,12 @@ class Config:
 
 @functools.cache
 def _kernels():
-    require("triton", "triton", "the FANLayer Triton kernel")
-    from . import triton_kernels
-
-    return triton_kernels
-
-
-def _pow2(v: int, floor: int = 16) -> int:
-    return max(floor, 1 << max(0, v - 1).bit_length())
+    return load_kernels(__package__, "the FANLayer Triton kernel")
 
 
 def default_config(m: int, n: int, k: int) -> Config:
     if interpreting():
-        return Config(min(64, _pow2(m)), min(64, _pow2(n)), min(64, _pow2(k)))
+        return Config(min(64, pow2(m, 16)), min(64, pow2(n, 16)), min(64, pow2(k, 16)))
     if m <= 16:
         return Config(16, 64, 128)
     return Config(64, 64, 64, num_warps=4)

@@ -18,7 +18,7 @@ import onnx_ir as ir
 from mlpdeploy.errors import OpError
 
 from ..gated_mlp.onnx_function import activation_nodes
-from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
+from ..onnx_body import Body, add_function, require_op, set_plugin_attributes, standalone_model, static_shape
 from ..registry import DOMAIN
 from .reference import ACTIVATIONS, check_shapes
 
@@ -115,12 +115,7 @@ def make_model(
     d = out_features - 2 * p
     if p < 0 or d < 0:
         raise OpError(f"FANLayer make_model: out_features {out_features} with p_ratio {p_ratio} leaves no room for the g branch")
-    np_dtype = np.dtype(dtype)
-    weights = [initializer(k, v.astype(np_dtype)) for k, v in random_weights(in_features, p, d, seed).items()]
-    x = ir.Value(name="x", shape=ir.Shape([*(f"dim{i}" for i in range(rank - 1)), in_features]), type=ir.TensorType(ir.DataType.from_numpy(np_dtype)))
-    node = fan_layer_node(x, *weights, activation=activation, name="fan_layer")
-    node.outputs[0].name = "y"
-    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name="fan_layer")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model, node = standalone_model(fan_layer_node, random_weights(in_features, p, d, seed), in_features, dtype=dtype, rank=rank,
+                                   onnx_opset=onnx_opset, name="fan_layer", activation=activation)
     ensure_function(model, node)
     return model

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from mlpdeploy.errors import OpError, require
+from mlpdeploy.errors import OpError
 
-from ..gated_mlp.kernel import interpreting
+from ..triton_common import interpreting, load_kernels, pow2
 from .reference import FORMS, check_shapes
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -31,22 +31,15 @@ class Config:
 
 @functools.cache
 def _kernels():
-    require("triton", "triton", "the GroupRational Triton kernel")
-    from . import triton_kernels
-
-    return triton_kernels
-
-
-def _pow2(v: int) -> int:
-    return 1 << max(0, v - 1).bit_length()
+    return load_kernels(__package__, "the GroupRational Triton kernel")
 
 
 def default_config(rows: int, per_group: int) -> Config:
     """About 4096 elements per program (16 KB of fp32): enough bytes in flight, few registers."""
-    block_c = min(_pow2(per_group), 1024)
-    block_r = max(1, min(_pow2(rows), 4096 // block_c))
+    block_c = min(pow2(per_group), 1024)
+    block_r = max(1, min(pow2(rows), 4096 // block_c))
     if interpreting():  # programs run one after another in the interpreter: few, large ones
-        block_r = max(1, min(_pow2(rows), 16384 // block_c))
+        block_r = max(1, min(pow2(rows), 16384 // block_c))
     return Config(block_r, block_c, num_warps=4 if block_r * block_c <= 4096 else 8)
 
 

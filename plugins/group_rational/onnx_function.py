@@ -22,7 +22,7 @@ import onnx_ir as ir
 
 from mlpdeploy.errors import OpError
 
-from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
+from ..onnx_body import Body, add_function, require_op, set_plugin_attributes, standalone_model, static_shape
 from ..registry import DOMAIN
 from .reference import FORMS, check_shapes
 
@@ -132,15 +132,9 @@ def make_model(
     """
     if channels % groups:
         raise OpError(f"GroupRational make_model: {channels} channels are not divisible into {groups} groups")
-    m, n = degrees
-    np_dtype = np.dtype(dtype)
-    numerator, denominator = random_coefficients(groups, m, n, shared_numerator, seed)
-    weights = [initializer("numerator", numerator.astype(np_dtype)), initializer("denominator", denominator.astype(np_dtype))]
-    x = ir.Value(name="x", shape=ir.Shape([*(f"dim{i}" for i in range(rank - 1)), channels]), type=ir.TensorType(ir.DataType.from_numpy(np_dtype)))
-    node = group_rational_node(x, *weights, form=form, name="group_rational")
-    node.outputs[0].name = "y"
-    graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name="group_rational")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    numerator, denominator = random_coefficients(groups, *degrees, shared_numerator, seed)
+    model, node = standalone_model(group_rational_node, {"numerator": numerator, "denominator": denominator}, channels, dtype=dtype,
+                                   rank=rank, onnx_opset=onnx_opset, name="group_rational", form=form)
     ensure_function(model, node)
     return model
 

@@ -21,7 +21,7 @@ from .reference import FORMS, check_shapes
 
 PLUGIN_NAME = "GroupRational"
 FIELD_TYPES = {"form": "CHAR"}
-SUPPORTED_TYPES = ("FLOAT", "HALF", "BF16")
+supports_combination = trt_plugin_base.one_float_type  # x FLOAT/HALF/BF16, everything else x's type, LINEAR
 
 
 # ---- rules, without TensorRT ------------------------------------------------------------
@@ -33,15 +33,6 @@ def decode_fields(fields: dict[str, Any]) -> dict[str, str]:
     if form not in FORMS:
         raise OpError(f"unknown GroupRational form {form!r}; forms are {', '.join(FORMS)}")
     return {"form": form}
-
-
-def supports_combination(pos: int, types: Sequence[str], linear: Sequence[bool]) -> bool:
-    """x is FLOAT, HALF or BF16 and LINEAR; coefficients and output have x's type (one kernel per dtype)."""
-    if not linear[pos]:
-        return False
-    if pos == 0:
-        return types[0] in SUPPORTED_TYPES
-    return types[pos] == types[0]
 
 
 def check_dims(x_dims: Sequence[int], numerator_dims: Sequence[int], denominator_dims: Sequence[int], form: str) -> tuple[int, int, int]:
@@ -81,26 +72,16 @@ def plugin_class(trt) -> type:
             return [trt.DimsExprs(inputs[0])]
 
         def supports_format_combination(self, pos, in_out, num_inputs):
-            descs = [d.desc for d in in_out[: pos + 1]]
-            return supports_combination(
-                pos,
-                [trt_plugin_base.dtype_name(d.type) for d in descs],
-                [d.format == trt.TensorFormat.LINEAR for d in descs],
-            )
+            return trt_plugin_base.format_answer(trt, pos, in_out, supports_combination)
 
         def get_workspace_size(self, inputs, outputs):
             return 0
 
         def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            import torch
-
-            dtype = trt_plugin_base.TORCH_DTYPES[trt_plugin_base.dtype_name(input_desc[0].type)]
-            dims = [tuple(d.dims) for d in input_desc]
+            dims, tensors, out = trt_plugin_base.enqueue_tensors(input_desc, output_desc, inputs, outputs)
             check_dims(*dims, self.form)
-            x, numerator, denominator = (trt_plugin_base.device_tensor(p, s, dtype) for p, s in zip(inputs, dims))
-            out = trt_plugin_base.device_tensor(outputs[0], dims[0], dtype)
-            with torch.cuda.stream(torch.cuda.ExternalStream(int(stream))):
-                run(x, numerator, denominator, self.form, out)
+            with trt_plugin_base.on_stream(stream):
+                run(*tensors, self.form, out)
             return 0
 
     return GroupRationalPlugin

@@ -12,14 +12,9 @@ from mlpdeploy.errors import OpError  # noqa: E402
 from mlpdeploy.plugins.bspline_kan.kernel import bspline_kan_triton  # noqa: E402
 from mlpdeploy.plugins.bspline_kan.onnx_function import random_weights  # noqa: E402
 from mlpdeploy.plugins.bspline_kan.reference import bspline_kan  # noqa: E402
-from mlpdeploy.plugins.gated_mlp.kernel import interpreting  # noqa: E402
+from mlpdeploy.plugins.triton_common import kernel_device  # noqa: E402
 
-if interpreting():
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+DEVICE = kernel_device() or pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
 
 def run_kernel(lead, in_features, out_features, dtype, assert_close, grid_size=5, span=3.0, seed=0):
     w = [torch.from_numpy(v) for v in random_weights(in_features, out_features, grid_size, grid_range=(-2.0, 2.0), seed=seed).values()]

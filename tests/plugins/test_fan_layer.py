@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -15,13 +14,6 @@ from hypothesis import strategies as st
 from mlpdeploy.errors import OpError
 from mlpdeploy.plugins.fan_layer.onnx_function import ACTIVATIONS, fan_layer_node, make_model, random_weights
 from mlpdeploy.plugins.fan_layer.reference import fan_layer
-
-
-def session(model: ir.Model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def reference(model: ir.Model, x: np.ndarray, activation: str) -> np.ndarray:
@@ -51,13 +43,13 @@ def test_errors():
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
-def test_function_matches_reference(activation, dtype, assert_close):
+def test_function_matches_reference(activation, dtype, assert_close, ort_session):
     model = make_model(13, 21, activation=activation, dtype=dtype, seed=2)  # P = 5, D = 11
     proto = ir.to_proto(model)
     onnx.checker.check_model(proto, full_check=True)
     inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
     assert [d.dim_param or d.dim_value for d in inferred.graph.output[0].type.tensor_type.shape.dim] == ["dim0", "dim1", 21]
-    sess, rng = session(model), np.random.default_rng(3)
+    sess, rng = ort_session(model), np.random.default_rng(3)
     for shape in [(1, 1, 13), (2, 7, 13)]:
         x = rng.uniform(-3, 3, shape).astype(dtype)
         (y,) = sess.run(None, {"x": x})
@@ -81,9 +73,9 @@ def test_node_builder_output_shape():
     span=st.sampled_from([0.1, 3.0, 10.0]),
     seed=st.integers(0, 2**16),
 )
-def test_function_property(in_features, out_features, rows, activation, span, seed):
+def test_function_property(in_features, out_features, rows, activation, span, seed, ort_session):
     """Widths 1, odd and prime (P may be 0), inputs spanning [-10, 10]: the function agrees with the reference."""
     model = make_model(in_features, out_features, activation=activation, rank=2, seed=seed)
     x = np.random.default_rng(seed).uniform(-span, span, (rows, in_features)).astype(np.float32)
-    y, ref = session(model).run(None, {"x": x})[0], reference(model, x, activation)
+    y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x, activation)
     np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(ref).max())))

@@ -11,14 +11,9 @@ pytest.importorskip("triton")
 from mlpdeploy.plugins.fan_layer.kernel import fan_layer_triton  # noqa: E402
 from mlpdeploy.plugins.fan_layer.onnx_function import random_weights  # noqa: E402
 from mlpdeploy.plugins.fan_layer.reference import fan_layer  # noqa: E402
-from mlpdeploy.plugins.gated_mlp.kernel import interpreting  # noqa: E402
+from mlpdeploy.plugins.triton_common import kernel_device  # noqa: E402
 
-if interpreting():
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+DEVICE = kernel_device() or pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
 
 
 def run_kernel(lead, in_features, p, d, activation, dtype, assert_close, span=3.0, seed=0):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import given, settings
@@ -19,11 +18,6 @@ from mlpdeploy.plugins.group_rational.reference import group_rational, group_rat
 DTYPES = ["float32", "float16"]
 
 
-def session(model: ir.Model) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # ORT's fusions must not hide ours
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def coefficients(model: ir.Model) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,14 +86,14 @@ def test_unknown_form():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shared", [False, True], ids=["per-group", "shared"])
 @pytest.mark.parametrize("form", ["A", "B"])
-def test_function_matches_reference(form, shared, dtype, assert_close):
+def test_function_matches_reference(form, shared, dtype, assert_close, ort_session):
     # 7 groups of 3 channels (prime group count, odd width), 3-D input, batch 1 and batch 3.
     model = make_model(21, 7, form=form, shared_numerator=shared, dtype=dtype, seed=3)
     inferred = check_model(model)
     out = inferred.graph.output[0].type.tensor_type
     assert out.elem_type == (onnx.TensorProto.FLOAT if dtype == "float32" else onnx.TensorProto.FLOAT16)
     assert [d.dim_param or d.dim_value for d in out.shape.dim] == ["dim0", "dim1", 21]
-    sess, rng = session(model), np.random.default_rng(4)
+    sess, rng = ort_session(model), np.random.default_rng(4)
     for shape in [(1, 1, 21), (3, 5, 21)]:
         x = rng.uniform(-10, 10, shape).astype(dtype)
         (y,) = sess.run(None, {"x": x})
@@ -108,19 +102,19 @@ def test_function_matches_reference(form, shared, dtype, assert_close):
 
 
 @pytest.mark.parametrize("degrees", [(5, 4), (3, 2), (0, 1), (1, 6)])
-def test_function_degrees(degrees, assert_close):
+def test_function_degrees(degrees, assert_close, ort_session):
     model = make_model(12, 4, degrees=degrees, rank=2)
     assert next(iter(model.functions))[2] == overload_name("A", *degrees)
     x = np.random.default_rng(0).uniform(-5, 5, (4, 12)).astype(np.float32)
-    assert_close(session(model).run(None, {"x": x})[0], reference(model, x, "A"), "float32")
+    assert_close(ort_session(model).run(None, {"x": x})[0], reference(model, x, "A"), "float32")
 
 
 @pytest.mark.parametrize("onnx_opset", [15, 18, 23])
-def test_function_across_opsets(onnx_opset, assert_close):
+def test_function_across_opsets(onnx_opset, assert_close, ort_session):
     model = make_model(8, 2, form="B", rank=2, onnx_opset=onnx_opset)
     check_model(model)
     x = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
-    assert_close(session(model).run(None, {"x": x})[0], reference(model, x, "B"), "float32")
+    assert_close(ort_session(model).run(None, {"x": x})[0], reference(model, x, "B"), "float32")
 
 
 def test_old_opset_refused():
@@ -128,12 +122,12 @@ def test_old_opset_refused():
         make_model(8, 2, onnx_opset=14)
 
 
-def test_extreme_values_agree_with_reference():
+def test_extreme_values_agree_with_reference(ort_session):
     """Huge inputs overflow x^5 to inf (inf/inf = NaN, as in KAT's kernels) in both faces alike;
     denormals, zeros and ±1e6 stay finite and agree."""
     model = make_model(8, 2, rank=2, seed=5)
     x = np.array([[1e30, -1e30, 1e-40, -1e-40, 0.0, 1e6, -1e6, 3.0]] * 2, dtype=np.float32)
-    y, ref = session(model).run(None, {"x": x})[0], reference(model, x, "A")
+    y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x, "A")
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
     assert np.isnan(ref[:, :2]).all() and np.isfinite(ref[:, 2:]).all()
     np.testing.assert_allclose(y[:, 2:], ref[:, 2:], rtol=1e-5, atol=1e-6)
@@ -166,10 +160,10 @@ def test_node_builder_and_function_checks():
     scale=st.sampled_from([1e-3, 1.0, 10.0]),
     seed=st.integers(0, 2**16),
 )
-def test_function_property(groups, per_group, rows, form, shared, degrees, scale, seed):
+def test_function_property(groups, per_group, rows, form, shared, degrees, scale, seed, ort_session):
     """Any group count, group width (1, odd, prime), row count (incl. 1), form and degrees; inputs
     spanning [-10·s, 10·s]: the ONNX function agrees with the reference to fp32 rounding."""
     model = make_model(groups * per_group, groups, form=form, shared_numerator=shared, degrees=degrees, rank=2, seed=seed)
     x = (np.random.default_rng(seed).uniform(-10, 10, (rows, groups * per_group)) * scale).astype(np.float32)
-    y, ref = session(model).run(None, {"x": x})[0], reference(model, x, form)
+    y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x, form)
     np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(ref).max())))

@@ -9,16 +9,12 @@ import torch
 pytest.importorskip("triton")
 
 from mlpdeploy.errors import OpError  # noqa: E402
-from mlpdeploy.plugins.group_rational.kernel import Config, default_config, group_rational_triton, interpreting  # noqa: E402
+from mlpdeploy.plugins.group_rational.kernel import Config, default_config, group_rational_triton  # noqa: E402
 from mlpdeploy.plugins.group_rational.onnx_function import random_coefficients  # noqa: E402
 from mlpdeploy.plugins.group_rational.reference import group_rational  # noqa: E402
+from mlpdeploy.plugins.triton_common import kernel_device  # noqa: E402
 
-if interpreting():
-    DEVICE = "cpu"
-elif torch.cuda.is_available():
-    DEVICE = "cuda"
-else:
-    pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
+DEVICE = kernel_device() or pytest.skip("TRITON_INTERPRET=0 and no CUDA device", allow_module_level=True)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
