@@ -231,3 +231,32 @@ def on_stream(stream):
     import torch
 
     return torch.cuda.stream(torch.cuda.ExternalStream(int(stream)))
+
+
+@functools.cache
+def same_type_plugin_base(trt) -> type:
+    """The base of plugins whose tensors all take x's type (`one_float_type`) and that need no
+    workspace: a subclass sets PLUGIN_NAME and implements `fields()`, `get_output_shapes` and
+    `compute(dims, tensors, out)` (torch tensors over TensorRT's buffers, run on its stream)."""
+
+    class SameTypePlugin(plugin_base(trt)):
+        def get_output_data_types(self, input_types):
+            return [input_types[0]]
+
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            return format_answer(trt, pos, in_out, one_float_type)
+
+        def get_workspace_size(self, inputs, outputs):
+            return 0
+
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
+            dims, tensors, out = enqueue_tensors(input_desc, output_desc, inputs, outputs)
+            with on_stream(stream):
+                self.compute(dims, tensors, out)
+            return 0
+
+        # An abstract method by convention (see MlpdeployPlugin.fields).
+        def compute(self, dims, tensors, out) -> None:  # pragma: no cover - interface
+            raise NotImplementedError(f"{type(self).__name__} must implement compute(dims, tensors, out)")
+
+    return SameTypePlugin

@@ -41,37 +41,21 @@ def run(x, grid, base_weight, spline_weight, out) -> None:
 @functools.cache
 def plugin_class(trt) -> type:
     """The BSplineKAN IPluginV3 class bound to TensorRT module `trt`."""
-    base = trt_plugin_base.plugin_base(trt)
 
-    class BSplineKANPlugin(base):
+    class BSplineKANPlugin(trt_plugin_base.same_type_plugin_base(trt)):
         PLUGIN_NAME = PLUGIN_NAME
-
-        def __init__(self, phase=None):
-            super().__init__(phase)
 
         def fields(self):
             return {}
-
-        def get_output_data_types(self, input_types):
-            return [input_types[0]]
 
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
             dims = trt.DimsExprs(inputs[0])
             dims[len(dims) - 1] = output_dims(list(inputs[0]), list(inputs[2]))[-1]
             return [dims]
 
-        def supports_format_combination(self, pos, in_out, num_inputs):
-            return trt_plugin_base.format_answer(trt, pos, in_out, supports_combination)
-
-        def get_workspace_size(self, inputs, outputs):
-            return 0
-
-        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            dims, tensors, out = trt_plugin_base.enqueue_tensors(input_desc, output_desc, inputs, outputs)
+        def compute(self, dims, tensors, out):
             check_shapes(*dims)
-            with trt_plugin_base.on_stream(stream):
-                run(*tensors, out)
-            return 0
+            run(*tensors, out)
 
     return BSplineKANPlugin
 

@@ -47,9 +47,8 @@ def run(x, w_p, w_g, b_p, b_g, activation: str, out) -> None:
 @functools.cache
 def plugin_class(trt) -> type:
     """The FANLayer IPluginV3 class bound to TensorRT module `trt`."""
-    base = trt_plugin_base.plugin_base(trt)
 
-    class FANLayerPlugin(base):
+    class FANLayerPlugin(trt_plugin_base.same_type_plugin_base(trt)):
         PLUGIN_NAME = PLUGIN_NAME
 
         def __init__(self, activation: str = "gelu", phase=None):
@@ -59,27 +58,15 @@ def plugin_class(trt) -> type:
         def fields(self):
             return {"activation": self.activation}
 
-        def get_output_data_types(self, input_types):
-            return [input_types[0]]
-
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
             dims = trt.DimsExprs(inputs[0])
             two_p = expr_builder.operation(trt.DimensionOperation.SUM, inputs[1][1], inputs[1][1])
             dims[len(dims) - 1] = expr_builder.operation(trt.DimensionOperation.SUM, two_p, inputs[2][1])
             return [dims]
 
-        def supports_format_combination(self, pos, in_out, num_inputs):
-            return trt_plugin_base.format_answer(trt, pos, in_out, supports_combination)
-
-        def get_workspace_size(self, inputs, outputs):
-            return 0
-
-        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            dims, tensors, out = trt_plugin_base.enqueue_tensors(input_desc, output_desc, inputs, outputs)
+        def compute(self, dims, tensors, out):
             check_shapes(*dims, self.activation)
-            with trt_plugin_base.on_stream(stream):
-                run(*tensors, self.activation, out)
-            return 0
+            run(*tensors, self.activation, out)
 
     return FANLayerPlugin
 

@@ -53,9 +53,8 @@ def run(x, numerator, denominator, form: str, out) -> None:
 @functools.cache
 def plugin_class(trt) -> type:
     """The GroupRational IPluginV3 class bound to TensorRT module `trt`."""
-    base = trt_plugin_base.plugin_base(trt)
 
-    class GroupRationalPlugin(base):
+    class GroupRationalPlugin(trt_plugin_base.same_type_plugin_base(trt)):
         PLUGIN_NAME = PLUGIN_NAME
 
         def __init__(self, form: str = "A", phase=None):
@@ -65,24 +64,12 @@ def plugin_class(trt) -> type:
         def fields(self):
             return {"form": self.form}
 
-        def get_output_data_types(self, input_types):
-            return [input_types[0]]
-
         def get_output_shapes(self, inputs, shape_inputs, expr_builder):
             return [trt.DimsExprs(inputs[0])]
 
-        def supports_format_combination(self, pos, in_out, num_inputs):
-            return trt_plugin_base.format_answer(trt, pos, in_out, supports_combination)
-
-        def get_workspace_size(self, inputs, outputs):
-            return 0
-
-        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
-            dims, tensors, out = trt_plugin_base.enqueue_tensors(input_desc, output_desc, inputs, outputs)
+        def compute(self, dims, tensors, out):
             check_dims(*dims, self.form)
-            with trt_plugin_base.on_stream(stream):
-                run(*tensors, self.form, out)
-            return 0
+            run(*tensors, self.form, out)
 
     return GroupRationalPlugin
 
