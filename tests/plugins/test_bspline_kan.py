@@ -84,3 +84,12 @@ def test_function_property(in_features, out_features, rows, grid_size, order, sp
     x = np.random.default_rng(seed).uniform(-span, span, (rows, in_features)).astype(np.float32)
     y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x)
     np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_extreme_values_agree_with_reference(ort_session):
+    """±1e30 (far outside the grid: bases 0, SiLU saturates), denormals and zeros: finite and equal to the reference."""
+    model = make_model(4, 3, rank=2, seed=6)
+    x = np.array([[1e30, -1e30, 1e-40, 0.0], [-1e-40, 2.5, -0.3, 1e6]], dtype=np.float32)
+    y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x)
+    assert np.isfinite(ref).all()
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)

@@ -35,3 +35,12 @@ def test_kernel_refuses_other_orders():
     w = [torch.from_numpy(v) for v in random_weights(4, 3, spline_order=2).values()]
     with pytest.raises(OpError, match="computes cubic splines .* order 2"):
         bspline_kan_triton(torch.zeros(2, 4), *w)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")  # SiLU of -1e30, on purpose
+def test_kernel_extreme_values():
+    w = [torch.from_numpy(v).to(DEVICE) for v in random_weights(4, 3, seed=6).values()]
+    x = torch.tensor([[1e30, -1e30, 1e-40, 0.0], [-1e-40, 2.5, -0.3, 1e6]], device=DEVICE)
+    y, ref = bspline_kan_triton(x, *w).cpu(), bspline_kan(x.cpu(), *[t.cpu() for t in w])
+    assert torch.isfinite(ref).all()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)

@@ -79,3 +79,11 @@ def test_function_property(in_features, out_features, rows, activation, span, se
     x = np.random.default_rng(seed).uniform(-span, span, (rows, in_features)).astype(np.float32)
     y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x, activation)
     np.testing.assert_allclose(y, ref, rtol=2e-5, atol=2e-5 * max(1.0, float(np.abs(ref).max())))
+
+
+def test_extreme_values_agree_with_reference(ort_session):
+    """Denormals, zeros and |x| up to 1e3 (cos/sin of large arguments: both sides reduce the same fp32 value)."""
+    model = make_model(4, 9, rank=2, seed=6)
+    x = np.array([[1e-40, -1e-40, 0.0, 1e3], [-1e3, 5.0, -1e-38, 0.5]], dtype=np.float32)
+    y, ref = ort_session(model).run(None, {"x": x})[0], reference(model, x, "gelu")
+    np.testing.assert_allclose(y, ref, rtol=1e-4, atol=1e-4)

@@ -34,3 +34,10 @@ def test_kernel_matches_reference(activation, dtype, assert_close):
 
 def test_kernel_without_periodic_part(assert_close):
     run_kernel((4,), 9, 0, 6, "relu", "float32", assert_close)
+
+
+def test_kernel_extreme_values():
+    w = [torch.from_numpy(v).to(DEVICE) for v in random_weights(4, 2, 5, seed=6).values()]
+    x = torch.tensor([[1e-40, -1e-40, 0.0, 1e3], [-1e3, 5.0, -1e-38, 0.5]], device=DEVICE)
+    y, ref = fan_layer_triton(x, *w, "gelu").cpu(), fan_layer(x.cpu(), *[t.cpu() for t in w], "gelu")
+    torch.testing.assert_close(y, ref, rtol=1e-4, atol=1e-4)
