@@ -31,16 +31,23 @@ class OnnxRuntimeBackend(Backend):
         config = session_config(options.opt_level, options.device)
         start = time.perf_counter()
         kernels = prepare(model_path, options.extra) if options.ort_kernels else None
+        manifest = find_manifest(model_path)
+        fusions = None
         with staged_files(output) as tmp:
+            source = model_path
+            if options.decoder_fusions and manifest is not None and manifest.cache is not None:
+                source, fusions = fuse_decoder(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest.cache["max_positions"])
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
-            make_session(model_path, build_config, optimized_output=tmp, external_data=external)
+            make_session(source, build_config, optimized_output=tmp, external_data=external)
+            if source != model_path:
+                for leftover in source.parent.glob(f"{source.name}*"):
+                    leftover.unlink()
             if not tmp.exists():
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
             if kernels:  # the artifact carries its library; the saved settings name it relative to the model
                 shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
                 config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
-            manifest = find_manifest(model_path)
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
                 derived.save_beside(tmp)
@@ -56,9 +63,23 @@ class OnnxRuntimeBackend(Backend):
             backend=self.name,
             artifacts=artifacts,
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
-                  **({"ort_kernels": kernels.to_json()} if kernels else {})},
+                  **({"ort_kernels": kernels.to_json()} if kernels else {}),
+                  **({"decoder_fusions": fusions} if fusions is not None else {})},
             candidate=candidate,
         )
 
     def load_candidate(self, artifact: Path) -> Candidate:
         return onnx_candidate(check_onnx_path(artifact))
+
+
+def fuse_decoder(model_path: Path, fused: Path, max_positions: int) -> tuple[Path, dict]:
+    """The cached decoder with its attention and norms as ONNX Runtime contrib ops (pass `ort-decoder`),
+    written to `fused`; returns its path and what fused (and, if the attention did not, why)."""
+    from mlpdeploy.onnx_io import load_ir, write_onnx
+    from mlpdeploy.passes.ort_decoder import OrtDecoder
+
+    model = load_ir(model_path)
+    fusion = OrtDecoder(max_positions=max_positions)
+    fusion(model)
+    write_onnx(model, fused)
+    return fused, fusion.report.to_json()

@@ -8,4 +8,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
+    "ort-decoder": "ort_decoder:OrtDecoder",
 })
