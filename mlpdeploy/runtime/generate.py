@@ -1,9 +1,11 @@
 """Token generation with a KV cache: prefill once, then one token per step, the cache carried over.
 
 Works on any artifact exported with `--kv-cache` (its manifest says which layers keep a cache).
-Prompts of different lengths are left-padded; each step binds the previous step's cache
-outputs (ONNX Runtime `OrtValue`s, never copied to numpy) as the next step's cache inputs
-through IO binding.
+Prompts of different lengths are left-padded. Through IO binding, the cache never goes through
+numpy: when the build made the cache shareable (`CacheLayout.shared_buffer`, GroupQueryAttention
+graphs), each layer's cache is one buffer preallocated for the whole generation and bound as both
+past and present, so ONNX Runtime appends in place; otherwise each step binds the previous
+step's present `OrtValue`s as the next step's past.
 """
 
 from __future__ import annotations
@@ -100,8 +102,7 @@ class CachedGenerator:
         for row, prompt in enumerate(prompts):
             ids[row, longest - len(prompt):] = prompt
             mask[row, longest - len(prompt):] = 1
-        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), numpy_dtype(self.layout.dtype))
-        past = {name: empty for name in self.past_names}
+        past = self._cache(batch, longest + max_new_tokens)
         tokens: list[list[int]] = [[] for _ in prompts]
         finish = ["length"] * batch
         done = np.zeros(batch, bool)
@@ -138,6 +139,17 @@ class CachedGenerator:
                 "positions; shorten the prompt or ask for fewer tokens"
             )
 
+    def _cache(self, batch: int, length: int) -> dict:
+        """The cache to start from: shared buffers of `length` positions, else empty arrays."""
+        import onnxruntime as ort
+
+        dtype = numpy_dtype(self.layout.dtype)
+        if self.layout.shared_buffer:
+            shape = (batch, self.layout.kv_heads, length, self.layout.head_dim)
+            return {name: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype)) for name in self.past_names}
+        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), dtype)
+        return {name: empty for name in self.past_names}
+
     def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
         """One run: this step's tokens and the whole mask in, logits and the grown cache out."""
         session = self.engine.session
@@ -152,8 +164,14 @@ class CachedGenerator:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
+        shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
         for name in self.engine.output_names:
-            binding.bind_output(name, "cpu")
+            if name in shared:
+                binding.bind_ortvalue_output(name, past[shared[name]])  # appended in place
+            else:
+                binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
+        if shared:
+            return binding.get_outputs()[self.engine.output_names.index("logits")].numpy(), past
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
         return outputs["logits"].numpy(), {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
