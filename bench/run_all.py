@@ -13,6 +13,7 @@ BENCHMARKS = [
     ["ort_vs_torch.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
+    ["decode.py", "--int4"],
 ]
 
 

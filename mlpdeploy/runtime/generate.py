@@ -73,6 +73,14 @@ class Generation:
         return len(self.step_seconds) / steps if steps else float("nan")
 
 
+@dataclass
+class DecodeState:
+    """Where a generation stands: the attention mask so far and the cache (`OrtValue`s or arrays)."""
+
+    mask: np.ndarray
+    past: dict
+
+
 class CachedGenerator:
     """Generates with an `Engine` whose artifact carries a KV cache."""
 
@@ -94,23 +102,16 @@ class CachedGenerator:
     ) -> Generation:
         """Generate up to `max_new_tokens` for each prompt; `on_token(prompt index, token)` streams them."""
         sampling = sampling or Sampling()
-        self._check(prompts, max_new_tokens)
         rng = np.random.default_rng(sampling.seed)
-        batch, longest = len(prompts), max(len(p) for p in prompts)
-        ids = np.full((batch, longest), pad_token, np.int64)
-        mask = np.zeros((batch, longest), np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, longest - len(prompt):] = prompt
-            mask[row, longest - len(prompt):] = 1
-        past = self._cache(batch, longest + max_new_tokens)
+        batch = len(prompts)
         tokens: list[list[int]] = [[] for _ in prompts]
         finish = ["length"] * batch
         done = np.zeros(batch, bool)
         start = time.perf_counter()
-        logits, past = self._step(ids, mask, past)
+        logits, state = self.prefill(prompts, max_new_tokens, pad_token)
         result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
         for step in range(max_new_tokens):
-            next_ids = sampling.pick(logits[:, -1], rng)
+            next_ids = sampling.pick(logits, rng)
             for row, token in enumerate(next_ids.tolist()):
                 if done[row]:
                     continue
@@ -122,10 +123,27 @@ class CachedGenerator:
             if done.all() or step == max_new_tokens - 1:
                 break
             start = time.perf_counter()
-            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
-            logits, past = self._step(next_ids[:, None], mask, past)
+            logits = self.advance(state, next_ids)
             result.step_seconds.append(time.perf_counter() - start)
         return result
+
+    def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token: int = 0) -> tuple[np.ndarray, DecodeState]:
+        """Run the (left-padded) prompts with an empty cache sized for `max_new_tokens` more;
+        the logits of each prompt's last token [batch, vocab] and the state to continue from."""
+        self._check(prompts, max_new_tokens)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((batch, longest), pad_token, np.int64)
+        mask = np.zeros((batch, longest), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = prompt
+            mask[row, longest - len(prompt):] = 1
+        state = DecodeState(mask, self._cache(batch, longest + max_new_tokens))
+        return self._step(ids, state)[:, -1], state
+
+    def advance(self, state: DecodeState, next_ids: np.ndarray) -> np.ndarray:
+        """Feed one token per row [batch]; the next logits [batch, vocab]."""
+        state.mask = np.concatenate([state.mask, np.ones((len(next_ids), 1), np.int64)], axis=1)
+        return self._step(np.asarray(next_ids, np.int64)[:, None], state)[:, -1]
 
     def _check(self, prompts, max_new_tokens: int) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -150,9 +168,9 @@ class CachedGenerator:
         empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), dtype)
         return {name: empty for name in self.past_names}
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
-        """One run: this step's tokens and the whole mask in, logits and the grown cache out."""
-        session = self.engine.session
+    def _step(self, ids: np.ndarray, state: DecodeState) -> np.ndarray:
+        """One run: this step's tokens and the whole mask in; logits out, the state's cache grown."""
+        session, mask, past = self.engine.session, state.mask, state.past
         binding = session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
         binding.bind_cpu_input("attention_mask", mask)
@@ -171,7 +189,7 @@ class CachedGenerator:
             else:
                 binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
-        if shared:
-            return binding.get_outputs()[self.engine.output_names.index("logits")].numpy(), past
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
-        return outputs["logits"].numpy(), {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
+        if not shared:
+            state.past = {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
+        return outputs["logits"].numpy()
