@@ -73,12 +73,12 @@ class Sampler:
         self.clean: list[bool] = []
         self.max_wait_fraction = max_wait_fraction
 
-    def time(self, fn: Callable[[], object]) -> float:
+    def call(self, fn: Callable, *args):
+        """`fn(*args)`, timed as one sample; returns what it returns."""
         waited, start = run_queue_seconds(), time.perf_counter()
-        fn()
-        seconds = time.perf_counter() - start
-        self.add(seconds, run_queue_seconds() - waited)
-        return seconds
+        result = fn(*args)
+        self.add(time.perf_counter() - start, run_queue_seconds() - waited)
+        return result
 
     def add(self, seconds: float, waited: float = 0.0) -> None:
         self.samples.append(seconds)

@@ -130,12 +130,9 @@ def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: i
     for _ in range(rounds):
         prompt = rng.integers(2, vocab, context).tolist()
         for name, variant in variants.items():
-            result = {}
-            prefill[name].time(lambda: result.setdefault("out", variant.prefill(prompt, new_tokens + 1)))
-            state, token = result["out"]
+            state, token = prefill[name].call(variant.prefill, prompt, new_tokens + 1)
             for _ in range(new_tokens):
-                decode[name].time(lambda: result.__setitem__("token", variant.step(state, token)))
-                token = result["token"]
+                token = decode[name].call(variant.step, state, token)
     return {name: {"prefill": prefill[name].summary_ms(), "decode": decode[name].summary_ms()} for name in variants}
 
 
