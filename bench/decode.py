@@ -60,8 +60,9 @@ class GenaiDecoder:
         params = self.og.GeneratorParams(self.model)
         params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
         generator = self.og.Generator(self.model, params)
-        generator.append_tokens(np.array(prompt, np.int32))
-        return generator, None
+        generator.append_tokens(np.array(prompt, np.int32))  # the prompt's forward pass
+        generator.generate_next_token()  # picks from the prompt's logits (no forward pass)
+        return generator, int(generator.get_next_tokens()[0])
 
     def step(self, generator, token) -> int:
         generator.generate_next_token()
