@@ -7,4 +7,5 @@ from mlpdeploy.registry import Registry
 PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
     "convert-precision": "precision:ConvertPrecision",
+    "drop-layers": "drop_layers:DropLayers",
 })
