@@ -111,7 +111,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "model": bundle.source,
             "kind": bundle.kind,
             "parameters": bundle.num_parameters,
-            **({"kv_cache": bundle.cache.to_json()} if bundle.cache is not None else {}),
+            **({"kv_cache": _cache(bundle, built.candidate.manifest)} if bundle.cache is not None else {}),
             "passed": validation.passed,
             "stages": stages.records,
             "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},
@@ -133,6 +133,11 @@ def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
     plan = load_plan(path)
     plan.check_model(bundle.source, {name for name, _ in bundle.module.named_modules()}, path)
     return plan
+
+
+def _cache(bundle: ModelBundle, manifest) -> dict:
+    """The artifact's KV cache: the built model's (drop-layers may have removed layers'), else the export's."""
+    return manifest.cache if manifest is not None and manifest.cache is not None else bundle.cache.to_json()
 
 
 def _budget(options: CompileOptions, plan: Plan | None) -> dict[str, Any]:

@@ -54,19 +54,25 @@ def measure_scores(module: torch.nn.Module, sublayers: list[Sublayer], batches, 
         by_block[s.block].append(s)
     paths = {p for s in sublayers for p in (s.block, s.output_module, s.first_module) if p}
     for feed in batches:
-        seen: dict[str, tuple] = {}
-        order: list[str] = []
-
-        def record(path: str, inputs: tuple, output) -> None:
-            seen[path] = (first_tensor(inputs), first_tensor(output))
-            order.append(path)
-
-        with observe(module, paths, record):
-            run_module(module, feed, input_names)
+        seen, order = _capture(module, paths, feed, input_names)
         for block, parts in by_block.items():
             norms[block] = _score_block(block, parts, seen, order, sums) or norms.get(block, "")
     scores = {s.site: {"score": sums[s.site][0] / sums[s.site][1] if sums[s.site][1] else None, "tokens": sums[s.site][1]} for s in sublayers}
     return scores, norms
+
+
+def _capture(module: torch.nn.Module, paths: set[str], feed, input_names) -> tuple[dict[str, tuple], list[str]]:
+    """(path → (its first input, its output), the order the modules ran in) for one forward."""
+    seen: dict[str, tuple] = {}
+    order: list[str] = []
+
+    def record(path: str, inputs: tuple, output) -> None:
+        seen[path] = (first_tensor(inputs), first_tensor(output))
+        order.append(path)
+
+    with observe(module, paths, record):
+        run_module(module, feed, input_names)
+    return seen, order
 
 
 def _score_block(block: str, parts: list[Sublayer], seen: dict, order: list[str], sums) -> str | None:
