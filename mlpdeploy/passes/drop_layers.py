@@ -128,7 +128,7 @@ def _drop(graph: ir.Graph, target: Block | Branch) -> list[str]:
         stream = first.add.inputs[0] if first.add.inputs[1] is first.branch else first.add.inputs[1]
         check(stream.producer() not in target.nodes, "the stream entering its first residual branch is computed inside the block")
         region, old = target.nodes, target.exit
-    produced = [v for node in region for v in node.outputs if v.is_graph_output()]
+    produced = [v for node in region for v in node.outputs if v.is_graph_output() and v is not old]  # `old` is bypassed
     others = [v.name for v in produced if not CACHE_OUTPUT.fullmatch(v.name or "")]
     check(not others, f"it computes graph output(s) {', '.join(map(repr, others))}, which are not a KV cache")
     for value in produced:
@@ -140,7 +140,6 @@ def _drop(graph: ir.Graph, target: Block | Branch) -> list[str]:
 
 def _bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
     """Every reader of `old` reads `new`; a graph output `old` becomes Identity(new) under its name."""
-    ir.convenience.replace_all_uses_with(old, new)
     if old.is_graph_output():
         name, old.name = old.name, None
         identity = ir.node("Identity", [new], name=f"{name}_bypass")
@@ -148,6 +147,7 @@ def _bypass(graph: ir.Graph, old: ir.Value, new: ir.Value) -> None:
         out.name, out.type, out.shape = name, old.type, old.shape
         graph.append(identity)
         graph.outputs[graph.outputs.index(old)] = out
+    ir.convenience.replace_all_uses_with(old, new)
 
 
 def _kind(target: Block | Branch) -> str:

@@ -103,6 +103,43 @@ def test_dropping_equals_torch_with_the_sublayer_replaced(exported, h, name, spe
         assert np.abs(got - undropped).max() > 1e-3  # the drop did change the function
 
 
+def test_hugging_face_llama(exported, hf_llama_dir, h):
+    """An HF LLaMA export: its attention (which returns a tuple in torch) and a whole block."""
+    bundle, onnx_path = exported(str(hf_llama_dir))
+    for spec, path, replacement in [("drop-layers:attention=1", "model.model.layers.1.self_attn", Zero(tuple_out=True)),
+                                    ("drop-layers:scopes=model.model.layers.0", "model.model.layers.0", Skip())]:
+        model, report = _drop(onnx_path, spec)
+        assert list(report["dropped"]) == [path]
+        counterpart = _replace(bundle.module, path, replacement)
+        for (batch, seq) in [(1, 1), (2, 9)]:
+            ids = torch.randint(0, 128, (batch, seq), generator=torch.Generator().manual_seed(seq))
+            with torch.no_grad():
+                expected = counterpart(ids).numpy()
+            h.assert_close(h.run(model, {"input_ids": ids.numpy()})[0], expected, f"{spec} {batch}x{seq}")
+
+
+def test_bert_is_post_norm(exported, hf_bert_dir, h):
+    """BERT: dropping the attention leaves LN(x), the LayerNorm after its residual add (the torch
+    counterpart zeroes the attention's output dense); dropping a block leaves x."""
+    bundle, onnx_path = exported(str(hf_bert_dir))
+    layer = "model.encoder.layer"
+    for spec, path, replacement in [(f"drop-layers:scopes={layer}.0.attention", f"{layer}.0.attention.output.dense", Zero(width=32)),
+                                    (f"drop-layers:scopes={layer}.1.output", f"{layer}.1.output.dense", Zero(width=32)),
+                                    ("drop-layers:blocks=1", f"{layer}.1", Skip())]:
+        model, report = _drop(onnx_path, spec)
+        assert report["rewritten"] == 1, report
+        counterpart = _replace(bundle.module, path, replacement)
+        ids = torch.randint(0, 128, (3, 11), generator=torch.Generator().manual_seed(0))
+        mask = torch.ones_like(ids)
+        mask[0, :4] = 0
+        with torch.no_grad():
+            expected = counterpart(ids, mask).numpy()
+            undropped = bundle.module(ids, mask).numpy()
+        got = h.run(model, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        h.assert_close(got, expected, spec)
+        assert np.abs(got - undropped).max() > 1e-3
+
+
 @pytest.mark.parametrize("name", ["llama-tiny", "opt-relu-tiny", "vit-tiny"])
 def test_nothing_dropped_is_the_identity(exported, h, name):
     bundle, onnx_path = exported(name)
