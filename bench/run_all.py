@@ -12,6 +12,7 @@ HERE = Path(__file__).parent
 BENCHMARKS = [
     ["ort_vs_torch.py"],
     ["gated_mlp_cpu.py"],
+    ["drop_layers.py"],
 ]
 
 
