@@ -95,3 +95,30 @@ def test_cli(llama_small_dir):
     assert result.output.startswith("def " + expected) and "tokens/s" in result.output
     result = CliRunner().invoke(cli, ["generate", str(llama_small_dir), "--prompt", "x", "--prompt-ids", "1,2"])
     assert result.exit_code == 2 and "give exactly one of --prompt TEXT and --prompt-ids" in result.output
+
+
+def test_bench_decode_cli(llama_small_dir, tmp_path):
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(cli, ["bench", str(llama_small_dir), "--decode", "--context", "8", "--context", "40",
+                                      "--new-tokens", "4", "--repeats", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    data = json.loads(out.read_text())
+    assert [r["context"] for r in data["results"]] == [8, 40] and data["mode"] == "decode"
+    for r in data["results"]:
+        assert r["prefill_ms"] > 0 and r["decode_ms_p90"] >= r["decode_ms_p50"] > 0 and r["tokens_per_second"] > 0
+        assert r["repeats"] == 2 and r["new_tokens"] == 4
+    result = CliRunner().invoke(cli, ["bench", str(llama_small_dir), "--decode", "--context", "250", "--new-tokens", "10"])
+    assert result.exit_code == 2 and "exceeds the model's 256 positions" in result.output
+
+
+def test_torch_and_onnx_decode_functions_agree_on_shapes():
+    from mlpdeploy.model.kv_cache import with_kv_cache
+    from mlpdeploy.runtime.measure import measure_decode, torch_decode
+
+    bundle = with_kv_cache(load_model("llama-tiny"))
+    stats = measure_decode(torch_decode(bundle.module.decoder, bundle.cache), 256, context=5, new_tokens=3, repeats=1)
+    assert stats.context == 5 and stats.repeats == 1 and stats.decode_ms_p50 > 0
+    with pytest.raises(MlpdeployError, match="at least 2 new tokens"):
+        measure_decode(torch_decode(bundle.module.decoder, bundle.cache), 256, context=5, new_tokens=1)
