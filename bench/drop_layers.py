@@ -18,10 +18,10 @@ one validation measured on that artifact (first --task-samples eval samples).
   and decode ms/token against the undropped artifact.
 
 Timing: all artifacts of a part are loaded, then timed in rounds, each round running every
-artifact once in turn (`CachedGenerator` greedy generation: one prefill of --prompt tokens, then
---new-tokens decode steps, each step's time from `Generation.step_seconds`), so load on a
-shared machine hits them alike. Reported: medians over all steps of all rounds, and ratios
-to the undropped artifact (> 1: faster).
+artifact once in turn (`CachedGenerator` greedy generation through `runtime.measure`: one
+prefill of --prompt tokens, then --new-tokens decode steps, each step timed), so load on a
+shared machine hits them alike. Reported: decode p50 (and p90) over all steps of all rounds,
+median prefill, and ratios to the undropped artifact (> 1: faster).
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.passes import parse_pass_spec  # noqa: E402
 from mlpdeploy.runtime.engine import Engine  # noqa: E402
 from mlpdeploy.runtime.generate import CachedGenerator  # noqa: E402
+from mlpdeploy.runtime.measure import generator_decode, summarize  # noqa: E402
 
 KINDS = ("attention", "mlp", "block")
 
@@ -61,24 +61,26 @@ def compile_variant(model: str, out: Path, sites: list[str], args, plan: Path | 
 
 
 def time_variants(variants: dict[str, dict], vocab: int, args) -> None:
-    """Decode ms/token and prefill ms of every variant, in interleaved rounds; adds them to each."""
+    """Decode ms/token (p50, p90) and prefill ms of every variant, in interleaved rounds; adds them to each."""
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, vocab, args.prompt).tolist()
     generators = {k: CachedGenerator(Engine.load(v["dir"], threads=args.threads)) for k, v in variants.items()}
-    steps = {k: [] for k in variants}
-    prefill = {k: [] for k in variants}
-    for g in generators.values():  # warm up
-        g.generate([prompt], 4)
+    decode = {k: generator_decode(g) for k, g in generators.items()}
+    steps: dict[str, list[float]] = {k: [] for k in variants}
+    prefill: dict[str, list[float]] = {k: [] for k in variants}
+    for fn in decode.values():  # warm up
+        fn([prompt], 4)
     names = list(variants)
     for r in range(args.rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
-            result = generators[name].generate([prompt], args.new_tokens)
-            steps[name].extend(result.step_seconds)
-            prefill[name].append(result.prefill_seconds)
+            seconds, step_seconds = decode[name]([prompt], args.new_tokens)
+            prefill[name].append(seconds)
+            steps[name].extend(step_seconds)
     for name, v in variants.items():
-        v["decode_ms_per_token"] = round(statistics.median(steps[name]) * 1e3, 4)
-        v["decode_ms_min"] = round(min(steps[name]) * 1e3, 4)
-        v["prefill_ms"] = round(statistics.median(prefill[name]) * 1e3, 3)
+        stats = summarize(args.prompt, args.new_tokens, 1, prefill[name], steps[name])
+        v["decode_ms_per_token"] = round(stats.decode_ms_p50, 4)
+        v["decode_ms_p90"] = round(stats.decode_ms_p90, 4)
+        v["prefill_ms"] = round(stats.prefill_ms, 3)
         v["tokens"] = generators[name].generate([prompt], 16).tokens[0]
 
 

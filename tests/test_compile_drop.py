@@ -18,7 +18,7 @@ from mlpdeploy.passes import parse_pass_spec
 def test_budget_on_the_command_line(tmp_path):
     """vit-small without its first block: outputs match the edited torch model exactly, but
     accuracy falls past a tight budget (exit 1, saying which); a relative budget of 100% passes."""
-    args = ["compile", "vit-small", "--pass", "drop-layers:scopes=blocks.0"]
+    args = ["compile", "vit-small", "--pass", "drop-layers:scopes=blocks.0", "--task-samples", "64"]
     result = CliRunner().invoke(cli, [*args, "--max-metric-delta", "0.001", "-o", str(tmp_path / "tight")])
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
@@ -26,10 +26,14 @@ def test_budget_on_the_command_line(tmp_path):
     assert "reference: the torch model edited as the rewrite dropped parts (blocks.0 → identity)" in text
     report = json.loads((tmp_path / "tight" / "report.json").read_text())
     assert all(o["passed"] for o in report["validation"]["outputs"].values())
-    result = CliRunner().invoke(cli, [*args, "--max-metric-delta", "100%", "-o", str(tmp_path / "loose")])
+    # `validate` on the built artifact edits the reference from its manifest too; a relative budget of 100% fits
+    artifact = tmp_path / "tight" / "model.ort.onnx"
+    result = CliRunner().invoke(cli, ["validate", "--reference", "vit-small", "--candidate", str(artifact), "--max-metric-delta", "100%",
+                                      "--task-samples", "64", "--json", str(tmp_path / "val.json")])
     assert result.exit_code == 0, result.output
-    task = json.loads((tmp_path / "loose" / "report.json").read_text())["validation"]["task"]
-    assert task["relative_budget"] is True and task["max_metric_delta"] == 1.0 and task["passed"]
+    validation = json.loads((tmp_path / "val.json").read_text())
+    assert validation["reference_overrides"] == {"blocks.0": "identity"} and all(o["passed"] for o in validation["outputs"].values())
+    assert validation["task"]["relative_budget"] is True and validation["task"]["max_metric_delta"] == 1.0 and validation["task"]["passed"]
 
 
 def _plan(tmp_path, passes, budget=None):
@@ -39,12 +43,12 @@ def _plan(tmp_path, passes, budget=None):
     return plan.save(tmp_path / "plan.json")
 
 
-@pytest.mark.parametrize("order", ["fuse-then-drop", "drop-then-fuse"])
+@pytest.mark.parametrize("order", ["fuse-then-drop", pytest.param("drop-then-fuse", marks=pytest.mark.slow)])
 def test_plan_passes_compose_in_order(tmp_path, order):
     fuse = {"name": "fuse-gated-mlp", "options": {}, "sites": None}
     drop = {"name": "drop-layers", "options": {}, "sites": {"layers.1.mlp": {"kind": "mlp"}}}
     passes = [fuse, drop] if order == "fuse-then-drop" else [drop, fuse]
-    report = compile_model("llama-tiny", tmp_path / "out", CompileOptions(plan=_plan(tmp_path, passes), task_limit=4))
+    report = compile_model("llama-tiny", tmp_path / "out", CompileOptions(plan=_plan(tmp_path, passes), task_limit=2))
     assert report["passed"], report["validation"]
     rewrite = report["stages"]["rewrite"]
     assert list(rewrite["passes"]) == [p["name"] for p in passes]
@@ -56,15 +60,16 @@ def test_plan_passes_compose_in_order(tmp_path, order):
 def test_budget_from_the_plan_and_report_html(tmp_path):
     """A plan's budget is what compile checks when the command line gives none; report.html
     shows the plan's table, its curve and how the reference was edited."""
-    plan = analyze_model("vit-small", AnalyzeOptions({"redundancy": None}, samples=16, max_metric_delta=0.05, eval_samples=64))
+    plan = analyze_model("vit-small", AnalyzeOptions({"redundancy": None}, samples=8, max_metric_delta=0.05, eval_samples=32))
     path = plan.save(tmp_path / "plan.json")
-    report = compile_model("vit-small", tmp_path / "out", CompileOptions(plan=path, task_limit=64))
+    report = compile_model("vit-small", tmp_path / "out", CompileOptions(plan=path, task_limit=32))
     task = report["validation"]["task"]
     assert task["max_metric_delta"] == 0.05 and task["relative_budget"] is False
     dropped = plan.analyses["redundancy"]["planner"]["dropped"]
-    if dropped:  # what the planner kept on these 64 held-out samples fits the same samples again, in ONNX Runtime
-        assert task["passed"] and report["passed"]
-        assert list(report["stages"]["rewrite"]["passes"]["drop-layers"]["dropped"]) == dropped
+    assert dropped == ["blocks.2.mlp", "blocks.3", "blocks.1"]  # on 32 samples; blocks.3 replaced its two sublayers
+    # what the planner kept in torch fits the same held-out samples again, run in ONNX Runtime
+    assert task["passed"] and report["passed"] and task["candidate"] == pytest.approx(plan.analyses["redundancy"]["planner"]["final"])
+    assert list(report["stages"]["rewrite"]["passes"]["drop-layers"]["dropped"]) == dropped
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Redundancy by depth" in page and 'aria-label="accuracy vs sublayers dropped' in page and "Budget: 0.05 accuracy" in page
 

@@ -96,7 +96,7 @@ def test_scores_equal_a_hook_computation_post_norm(hf_bert_dir):
     assert data["scores"][layer]["score"] == pytest.approx(_one_minus_cos(zip(ins[layer], outs[layer])), rel=1e-9)
 
 
-@pytest.mark.parametrize("model", ["llama-tiny", "opt-relu-tiny", "vit-tiny", "mixer-tiny", "hf-llama", "hf-bert"])
+@pytest.mark.parametrize("model", ["llama-tiny", "opt-relu-tiny", "vit-tiny", pytest.param("mixer-tiny", marks=pytest.mark.slow), "hf-llama", "hf-bert"])
 def test_torch_sites_are_the_graph_sites(model, zoo_export, request):
     """What analyze measures (torch module structure) is what drop-layers finds (graph data flow):
     the same sites, kinds and output modules."""
