@@ -46,32 +46,28 @@ def zoo_export(tmp_path_factory):
     return get
 
 
-@pytest.fixture(scope="session")
-def hf_llama_dir(tmp_path_factory):
-    """A tiny random-weight Hugging Face LlamaForCausalLM saved as a checkpoint directory (GQA, 2 layers)."""
+def _hf_dir(tmp_path_factory, name: str, model_class: str, config_class: str, **config):
     transformers = pytest.importorskip("transformers", reason="needs the hf extra")
     import torch
 
     torch.manual_seed(0)
-    config = transformers.LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
-    path = tmp_path_factory.mktemp("hf") / "llama"
-    transformers.LlamaForCausalLM(config).save_pretrained(str(path))
+    path = tmp_path_factory.mktemp("hf") / name
+    getattr(transformers, model_class)(getattr(transformers, config_class)(**config)).save_pretrained(str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def hf_llama_dir(tmp_path_factory):
+    """A tiny random-weight Hugging Face LlamaForCausalLM saved as a checkpoint directory (GQA, 2 layers)."""
+    return _hf_dir(tmp_path_factory, "llama", "LlamaForCausalLM", "LlamaConfig", vocab_size=128, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
 
 
 @pytest.fixture(scope="session")
 def hf_bert_dir(tmp_path_factory):
     """A tiny random-weight Hugging Face BertModel saved as a checkpoint directory (post-norm, 2 layers)."""
-    transformers = pytest.importorskip("transformers", reason="needs the hf extra")
-    import torch
-
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                     num_attention_heads=4, max_position_embeddings=64)
-    path = tmp_path_factory.mktemp("hf") / "bert"
-    transformers.BertModel(config).save_pretrained(str(path))
-    return path
+    return _hf_dir(tmp_path_factory, "bert", "BertModel", "BertConfig", vocab_size=128, hidden_size=32, intermediate_size=64,
+                   num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=64)
 
 
 def pytest_addoption(parser):
