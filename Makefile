@@ -7,7 +7,7 @@ EXTRAS := dev,hf,triton,rtx
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow bench models clean
+.PHONY: setup demo test test-slow bench models ort-kernels clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,21 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
 
-bench: setup
+BENCH_STAMP := $(VENV)/.mlpdeploy-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS),bench]"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(PY) bench/run_all.py
 
 models: setup
 	$(PY) -m mlpdeploy.zoo.train all
+
+# Opt-in: mlpdeploy's compiled ONNX Runtime CPU kernels (needs a C compiler); `build --ort-kernels` builds them too.
+ort-kernels: setup
+	$(PY) -m mlpdeploy.plugins.ort.library --output build/ort-kernels
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

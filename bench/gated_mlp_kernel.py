@@ -20,14 +20,12 @@ checks this script's plumbing only; its numbers mean nothing and are labelled so
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_common import preflight, time_ms, write_json  # noqa: E402
 
 MODELS = {  # name: (d, h)
     "llama2-7b": (4096, 11008),
@@ -66,21 +64,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        os.environ["TRITON_INTERPRET"] = "1"
-    elif os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-        print("gated_mlp_kernel: TRITON_INTERPRET is set; unset it (or pass --smoke) to time the compiled kernel")
-        return 2
+    status = preflight("gated_mlp_kernel", args.smoke)
+    if status is not None:
+        return status
     import torch
-
-    if not args.smoke and not torch.cuda.is_available():
-        print("gated_mlp_kernel: needs a CUDA GPU (torch.cuda.is_available() is False); nothing measured")
-        return 2
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        print("gated_mlp_kernel: triton is not installed: pip install 'mlpdeploy[triton]'")
-        return 2
+    import triton
 
     bench = Bench(smoke=args.smoke)
     models = SMOKE_MODELS if args.smoke else {m: MODELS[m] for m in args.models.split(",")}
@@ -166,17 +154,7 @@ class Bench:
         }
 
     def time_ms(self, fn) -> float:
-        if self.smoke:
-            fn()
-            times = []
-            for _ in range(3):
-                start = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - start) * 1e3)
-            return statistics.median(times)
-        from triton.testing import do_bench
-
-        return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+        return time_ms(self.smoke, fn)
 
     def point(self, model, d, h, tokens, dtype, w, sweep: bool) -> dict:
         torch = self.torch
@@ -244,15 +222,6 @@ def format_row(r: dict) -> str:
         f"{ms['torch_concat']:9.4f} {ms['cublas']:9.4f}  {r['speedup_vs_torch']:7.2f}x {r['fraction_of_cublas']:8.2f}x"
         f"  {r['tflops']:7.1f} {r['weight_gbps']:6.0f}  {r['max_err']:.1e}{'' if r['ok'] else ' FAIL'}"
     )
-
-
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

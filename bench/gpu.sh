@@ -5,6 +5,9 @@
 #   gpu_tests.log / .xml    the plugin kernel tests compiled for the GPU (TRITON_INTERPRET=0)
 #   gated_mlp_kernel.json   fused Triton GatedMLP vs torch vs cuBLAS (bench/gated_mlp_kernel.py)
 #   gated_mlp_kernel.log    the same as a printed table
+#   kan_kernels_gpu.json    KAN Triton kernels: GroupRational's bandwidth as a fraction of copy
+#                           bandwidth, BSplineKAN and FANLayer vs torch (bench/kan_kernels_gpu.py)
+#   kan_kernels_gpu.log     the same as printed rows
 # Exit status: 0 when every step passed, 1 otherwise (every step still runs).
 #   bash bench/gpu.sh [--quick]      (--quick: skip the benchmark's tile sweep)
 set -uo pipefail
@@ -41,11 +44,16 @@ status=0
 echo "== kernel and plugin tests on the GPU (TRITON_INTERPRET=0)"
 "$PY" -m pytest -q -p no:cacheprovider -rs \
   tests/plugins/test_gated_mlp_kernel.py tests/plugins/test_gated_mlp_trt_plugin.py \
+  tests/plugins/test_group_rational_kernel.py tests/plugins/test_bspline_kan_kernel.py tests/plugins/test_fan_layer_kernel.py \
+  tests/plugins/test_kan_kernel_properties.py \
   --junitxml "$DEST/gpu_tests.xml" 2>&1 | tee "$DEST/gpu_tests.log" || status=1
 
 echo "== bench/gated_mlp_kernel.py"
 "$PY" bench/gated_mlp_kernel.py --json "$DEST/gated_mlp_kernel.json" "${BENCH_ARGS[@]}" 2>&1 \
   | tee "$DEST/gated_mlp_kernel.log" || status=1
+
+echo "== bench/kan_kernels_gpu.py"
+"$PY" bench/kan_kernels_gpu.py --json "$DEST/kan_kernels_gpu.json" 2>&1 | tee "$DEST/kan_kernels_gpu.log" || status=1
 
 echo "== gpu.sh done: status $status, outputs in $DEST"
 exit $status

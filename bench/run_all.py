@@ -12,6 +12,8 @@ HERE = Path(__file__).parent
 BENCHMARKS = [
     ["ort_vs_torch.py"],
     ["gated_mlp_cpu.py"],
+    ["kan_ops.py"],
+    ["decode.py", "--int4"],
     ["drop_layers.py"],
 ]
 

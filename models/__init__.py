@@ -17,6 +17,9 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("vit-small", "vit:vit_small", "Vision Transformer on 1x8x8 digits, trained (accuracy)", trained=True),
         ZooEntry("mixer-small", "mixer:mixer_small", "MLP-Mixer on 1x8x8 digits, trained (accuracy)", trained=True),
         ZooEntry("gmlp-small", "gmlp:gmlp_small", "gMLP on 1x8x8 digits, trained (accuracy)", trained=True),
+        ZooEntry("kat-tiny", "kat:kat_tiny", "KAT: ViT with GR-KAN MLPs (GroupRational, 8 groups) on 1x8x8 digits, trained (accuracy)", trained=True),
+        ZooEntry("kan-tiny", "kan:kan_tiny", "B-spline KAN (efficient-kan KANLinear 64-32-10) on digits, trained (accuracy)", trained=True),
+        ZooEntry("fan-tiny", "fan:fan_tiny", "FAN: two FANLayers + linear head on digits, trained (accuracy)", trained=True),
     ]
 }
 

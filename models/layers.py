@@ -22,28 +22,35 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE tables for positions 0..max_positions-1 (rotate-half layout, as in HF LLaMA)."""
+    """RoPE angles (rotate-half layout), computed from positions as Hugging Face LLaMA does:
+    `angles = position · inv_freq`, duplicated over the two halves; ONNX Runtime's fusions
+    (RotaryEmbedding, GroupQueryAttention) recognize exactly this form."""
 
     def __init__(self, head_dim: int, max_positions: int, theta: float = 10000.0):
         super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        angles = torch.outer(torch.arange(max_positions, dtype=torch.float32), inv_freq)
-        angles = torch.cat([angles, angles], dim=-1)
+        self.max_positions = max_positions
         # Derived from the config, so not part of the checkpoint.
-        self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        angles = positions.float()[..., None] * self.inv_freq
+        angles = torch.cat([angles, angles], dim=-1)
+        return angles.cos(), angles.sin()
 
     def forward(self, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cos[:seq_len], self.sin[:seq_len]
+        """cos, sin [seq, head_dim] for positions 0..seq_len-1."""
+        return self._tables(torch.arange(seq_len, device=self.inv_freq.device))
 
     def at(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The tables at `position_ids` [batch, seq], shaped [batch, 1, seq, head_dim] to broadcast over heads."""
-        return self.cos[position_ids].unsqueeze(1), self.sin[position_ids].unsqueeze(1)
+        """cos, sin at `position_ids` [batch, seq], shaped [batch, 1, seq, head_dim] to broadcast over heads."""
+        cos, sin = self._tables(position_ids)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat([-x2, x1], dim=-1)
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from torch import nn
 from mlpdeploy.model.data import EVAL_FILES, TRAIN_FILES, DigitsTask, LMTask, Task, corpus_info
 from mlpdeploy.model.torch_run import first_output_fn
 
-from . import gmlp, llama, mixer, opt, vit
+from . import fan, gmlp, kan, kat, llama, mixer, opt, vit
 from .common import CARDS, CHECKPOINTS, checkpoint_path, save_checkpoint
 from .layers import init_weights
 
@@ -47,6 +47,7 @@ class Recipe:
     warmup: int = 50
     seed: int = 0
     summary: str = ""
+    init: str = "GPT-style init N(0, 0.02)"
 
 
 def _lm(name, family, cls, cfg, steps, summary) -> Recipe:
@@ -54,9 +55,13 @@ def _lm(name, family, cls, cfg, steps, summary) -> Recipe:
                   batch_size=16, lr=3e-3, summary=summary)
 
 
-def _digits(name, family, cls, cfg, summary, steps=2000, lr=2e-3) -> Recipe:
+def _digits(name, family, cls, cfg, summary, steps=2000, lr=2e-3, **extra) -> Recipe:
     return Recipe(name, family, lambda: cls(cfg), cfg, DigitsTask(image_size=cfg.image_size, channels=cfg.in_chans),
-                  steps=steps, batch_size=64, lr=lr, weight_decay=0.05, warmup=100, summary=summary)
+                  steps=steps, batch_size=64, lr=lr, weight_decay=0.05, warmup=100, summary=summary, **extra)
+
+
+KAN_INIT = ("GPT-style init N(0, 0.02) for Linear/Conv2d/Embedding weights; the KAN layers keep their own "
+            "(GroupRational from its fitted presets, KANLinear as efficient-kan initializes it)")
 
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in [
@@ -70,6 +75,15 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
             "MLP-Mixer: token-mixing MLP across patches and channel-mixing MLP per patch (GELU), mean pool."),
     _digits("gmlp-small", "gmlp", gmlp.GMLP, gmlp.SMALL,
             "gMLP: channel projection, spatial gating unit (token-dimension linear, identity init), GELU, mean pool."),
+    _digits("kat-tiny", "kat", kat.KAT, kat.TINY, steps=2000, lr=1e-3, summary=
+            "KAT: ViT whose MLP is GR-KAN — act1 (GroupRational, identity init) → fc1 → act2 (GroupRational, swish init) → fc2, "
+            "8 groups, form A, shared numerator; each rational is one mlpdeploy::GroupRational op.", init=KAN_INIT),
+    _digits("kan-tiny", "kan", kan.KANClassifier, kan.TINY, steps=2000, lr=2e-3, summary=
+            "B-spline KAN: efficient-kan KANLinear layers 64 → 32 → 10 (grid 5 on [-1, 1], cubic), each one mlpdeploy::BSplineKAN op.",
+            init=KAN_INIT),
+    _digits("fan-tiny", "fan", fan.FANClassifier, fan.TINY, steps=3000, lr=3e-3, summary=
+            "FAN: two FANLayers to width 128 (P = 32 cos and 32 sin features, 64 GELU features), linear head; each FANLayer one "
+            "mlpdeploy::FANLayer op."),
 ]}
 
 
@@ -248,7 +262,7 @@ def _write_card(recipe: Recipe, model: nn.Module, metrics: dict, size: int, card
 
 AdamW (β = 0.9, 0.95; weight decay {recipe.weight_decay} on matrices), peak learning rate {recipe.lr},
 {recipe.warmup} warm-up steps then cosine decay to 10%, gradient clipping 1.0, seed {recipe.seed},
-GPT-style init N(0, 0.02). Final running train loss {metrics['final_train_loss']}.
+{recipe.init}. Final running train loss {metrics['final_train_loss']}.
 Measured on {platform.machine()} with {torch.get_num_threads()} torch thread(s) ({os.cpu_count()} CPUs;
 1-minute load average {metrics.get('load_average', 'not recorded')} when training ended: other jobs shared the CPUs),
 torch {torch.__version__}, Python {platform.python_version()}.

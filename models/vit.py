@@ -4,6 +4,7 @@ GELU MLP as `blocks.{i}.mlp.fc1` / `mlp.fc2` (timm naming)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -26,13 +27,18 @@ class ViTConfig:
     mlp_dim: int = 256
 
 
+def gelu_mlp(cfg: ViTConfig) -> nn.Module:
+    """ViT's MLP: fc1 → GELU → fc2."""
+    return Mlp(cfg.dim, cfg.mlp_dim, act=nn.GELU)
+
+
 class ViTBlock(nn.Module):
-    def __init__(self, cfg: ViTConfig):
+    def __init__(self, cfg: ViTConfig, mlp: Callable[[ViTConfig], nn.Module] = gelu_mlp):
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.attn = Attention(cfg.dim, cfg.n_heads, bias=True, causal=False, out_name="proj")
         self.norm2 = nn.LayerNorm(cfg.dim, eps=1e-6)
-        self.mlp = Mlp(cfg.dim, cfg.mlp_dim, act=nn.GELU)
+        self.mlp = mlp(cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -40,15 +46,18 @@ class ViTBlock(nn.Module):
 
 
 class ViT(nn.Module):
-    """pixel_values [batch, C, H, W] → logits [batch, classes] (from the class token)."""
+    """pixel_values [batch, C, H, W] → logits [batch, classes] (from the class token).
 
-    def __init__(self, cfg: ViTConfig):
+    `mlp(cfg)` builds each block's MLP (ViT's GELU MLP by default; KAT passes its GR-KAN block).
+    """
+
+    def __init__(self, cfg: ViTConfig, mlp: Callable[[ViTConfig], nn.Module] = gelu_mlp):
         super().__init__()
         self.config = cfg
         self.patch_embed = PatchEmbed(cfg.image_size, cfg.patch_size, cfg.in_chans, cfg.dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, cfg.dim))
-        self.blocks = nn.ModuleList(ViTBlock(cfg) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(ViTBlock(cfg, mlp) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim, eps=1e-6)
         self.head = nn.Linear(cfg.dim, cfg.num_classes)
         nn.init.normal_(self.cls_token, std=0.02)

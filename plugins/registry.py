@@ -12,6 +12,8 @@ PLUGIN_VERSION = "1"
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 
 FACES = ("reference", "onnx_function", "kernel", "trt_plugin")
+# Optional fifth file: torch_op.py, a torch.library custom op that exports as one node (torch_export.py).
+TORCH_OP = "torch_op"
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,7 @@ class CustomOp:
 
     op_type: str
     folder: str
+    exportable: bool = False  # has torch_op.py: torch modules can call it and export it as one node
 
     def face(self, name: str):
         """Import one face module (`reference`, `onnx_function`, `kernel`, `trt_plugin`)."""
@@ -27,10 +30,17 @@ class CustomOp:
             raise KeyError(f"unknown face {name!r}; faces are {', '.join(FACES)}")
         return importlib.import_module(f"mlpdeploy.plugins.{self.folder}.{name}")
 
+    def torch_op(self):
+        """The op's torch_op module (custom op + ONNX translation), or None when it has none."""
+        return importlib.import_module(f"mlpdeploy.plugins.{self.folder}.{TORCH_OP}") if self.exportable else None
+
 
 OPS: dict[str, CustomOp] = {
     op.op_type: op
     for op in [
         CustomOp("GatedMLP", "gated_mlp"),  # gated MLP: act(x·W_gate)⊙(x·W_up)·W_down (SwiGLU/GeGLU/bilinear)
+        CustomOp("GroupRational", "group_rational", exportable=True),  # GR-KAN (KAT): group-wise P(x)/Q(x), forms A/B
+        CustomOp("BSplineKAN", "bspline_kan", exportable=True),  # efficient-kan: SiLU(x)·W_base + B-spline bases·W_spline
+        CustomOp("FANLayer", "fan_layer", exportable=True),  # FAN: concat[cos(x·W_p), sin(x·W_p), act(x·W_g + b)]
     ]
 }

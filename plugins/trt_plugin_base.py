@@ -197,3 +197,66 @@ def creator_class(trt, plugin_cls: type, field_types: dict[str, str], decode) ->
 
     Creator.__name__ = Creator.__qualname__ = f"{plugin_cls.PLUGIN_NAME}PluginCreator"
     return Creator
+
+
+# ---- shared by the ops whose tensors all take x's type (GroupRational, BSplineKAN, FANLayer)
+
+FLOAT_TYPES = ("FLOAT", "HALF", "BF16")
+
+
+def one_float_type(pos: int, types, linear) -> bool:
+    """Format rule: every tensor LINEAR; x (position 0) FLOAT, HALF or BF16; every other input and
+    the output x's type (one kernel instantiation per dtype)."""
+    if not linear[pos]:
+        return False
+    return types[0] in FLOAT_TYPES if pos == 0 else types[pos] == types[0]
+
+
+def format_answer(trt, pos: int, in_out, rule) -> bool:
+    """IPluginV3OneBuild.supports_format_combination through a rule on (pos, type names, linear flags)."""
+    descs = [d.desc for d in in_out[: pos + 1]]
+    return rule(pos, [dtype_name(d.type) for d in descs], [d.format == trt.TensorFormat.LINEAR for d in descs])
+
+
+def enqueue_tensors(input_desc, output_desc, inputs, outputs):
+    """(input dims, input tensors, output tensor) over TensorRT's buffers, all in x's type."""
+    dtype = TORCH_DTYPES[dtype_name(input_desc[0].type)]
+    dims = [tuple(d.dims) for d in input_desc]
+    tensors = [device_tensor(p, s, dtype) for p, s in zip(inputs, dims)]
+    return dims, tensors, device_tensor(outputs[0], tuple(output_desc[0].dims), dtype)
+
+
+def on_stream(stream):
+    """A context running torch work on TensorRT's CUDA stream."""
+    import torch
+
+    return torch.cuda.stream(torch.cuda.ExternalStream(int(stream)))
+
+
+@functools.cache
+def same_type_plugin_base(trt) -> type:
+    """The base of plugins whose tensors all take x's type (`one_float_type`) and that need no
+    workspace: a subclass sets PLUGIN_NAME and implements `fields()`, `get_output_shapes` and
+    `compute(dims, tensors, out)` (torch tensors over TensorRT's buffers, run on its stream)."""
+
+    class SameTypePlugin(plugin_base(trt)):
+        def get_output_data_types(self, input_types):
+            return [input_types[0]]
+
+        def supports_format_combination(self, pos, in_out, num_inputs):
+            return format_answer(trt, pos, in_out, one_float_type)
+
+        def get_workspace_size(self, inputs, outputs):
+            return 0
+
+        def enqueue(self, input_desc, output_desc, inputs, outputs, workspace, stream):
+            dims, tensors, out = enqueue_tensors(input_desc, output_desc, inputs, outputs)
+            with on_stream(stream):
+                self.compute(dims, tensors, out)
+            return 0
+
+        # An abstract method by convention (see MlpdeployPlugin.fields).
+        def compute(self, dims, tensors, out) -> None:  # pragma: no cover - interface
+            raise NotImplementedError(f"{type(self).__name__} must implement compute(dims, tensors, out)")
+
+    return SameTypePlugin

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import onnx
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
@@ -28,17 +30,33 @@ class OnnxRuntimeBackend(Backend):
         external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
         config = session_config(options.opt_level, options.device)
         start = time.perf_counter()
+        kernels = prepare(model_path, options.extra) if options.ort_kernels else None
+        manifest = find_manifest(model_path)
+        fusions = None
         with staged_files(output) as tmp:
-            make_session(model_path, config, optimized_output=tmp, external_data=external)
+            source = model_path
+            if options.decoder_fusions and manifest is not None and manifest.cache is not None:
+                source, fusions = fuse_decoder(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest.cache["max_positions"])
+            build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
+            make_session(source, build_config, optimized_output=tmp, external_data=external)
+            if source != model_path:
+                for leftover in source.parent.glob(f"{source.name}*"):
+                    leftover.unlink()
             if not tmp.exists():
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
+            if kernels:  # the artifact carries its library; the saved settings name it relative to the model
+                shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
+                config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
-            manifest = find_manifest(model_path)
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
+                if fusions is not None and fusions.get("shared_cache_buffer"):
+                    derived.cache = {**derived.cache, "shared_buffer": True}
                 derived.save_beside(tmp)
         seconds = time.perf_counter() - start
         artifacts = {"model": output, "session_options": session_options_path(output)}
+        if kernels:
+            artifacts["kernels"] = output.parent / kernel_file_name(output)
         if manifest is not None:
             artifacts["manifest"] = manifest_path(output)
         # ORT's optimized graph drops module scopes: layers are compared on the graph it was built from.
@@ -46,9 +64,24 @@ class OnnxRuntimeBackend(Backend):
         return BuildResult(
             backend=self.name,
             artifacts=artifacts,
-            info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size},
+            info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
+                  **({"ort_kernels": kernels.to_json()} if kernels else {}),
+                  **({"decoder_fusions": fusions} if fusions is not None else {})},
             candidate=candidate,
         )
 
     def load_candidate(self, artifact: Path) -> Candidate:
         return onnx_candidate(check_onnx_path(artifact))
+
+
+def fuse_decoder(model_path: Path, fused: Path, max_positions: int) -> tuple[Path, dict]:
+    """The cached decoder with its attention and norms as ONNX Runtime contrib ops (pass `ort-decoder`),
+    written to `fused`; returns its path and what fused (and, if the attention did not, why)."""
+    from mlpdeploy.onnx_io import load_ir, write_onnx
+    from mlpdeploy.passes.ort_decoder import OrtDecoder
+
+    model = load_ir(model_path)
+    fusion = OrtDecoder(max_positions=max_positions)
+    fusion(model)
+    write_onnx(model, fused)
+    return fused, fusion.report.to_json()

@@ -51,7 +51,7 @@ def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
     return dims
 
 
-def _build(backend, device, opt_level, precision, target, shapes, cache_dir, no_cache):
+def _build(backend, device, opt_level, no_decoder_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):
     from mlpdeploy.backends import BuildOptions
     from mlpdeploy.backends.tensorrt.profile import parse_shapes
 
@@ -60,7 +60,9 @@ def _build(backend, device, opt_level, precision, target, shapes, cache_dir, no_
         extra["cache_dir"] = cache_dir
     if no_cache:
         extra["cache"] = False
-    options = BuildOptions(device=device, opt_level=opt_level, precision=precision, target=target, shapes=parse_shapes(shapes), extra=extra)
+    options = BuildOptions(device=device, opt_level=opt_level, decoder_fusions=not no_decoder_fusions, ort_kernels=ort_kernels,
+                           precision=precision, target=target,
+                           shapes=parse_shapes(shapes), extra=extra)
     return backend, options
 
 
@@ -70,11 +72,18 @@ BUILD = OptionGroup(
         click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
         click.Option(["--opt-level"], default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
                      help="onnxruntime: graph optimization level."),
+        click.Option(["--no-decoder-fusions"], is_flag=True,
+                     help="onnxruntime: keep a --kv-cache decoder's attention and norms as exported (default: fused into "
+                          "GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization)."),
+        click.Option(["--ort-kernels"], is_flag=True,
+                     help="onnxruntime: compile mlpdeploy's CPU kernels (GroupRational, float32) with the system C compiler and "
+                          "register them (default: the portable function bodies)."),
         *precision_option("fp32", "Engine precision (TensorRT backends; also picks validation tolerances).").options,
         click.Option(["--target"], default=None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable)."),
         click.Option(["--shapes"], multiple=True, metavar="NAME=MIN:OPT:MAX",
                      help="TensorRT optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024)."),
-        click.Option(["--cache-dir"], type=click.Path(path_type=Path), help="TensorRT engine/timing cache (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
+        click.Option(["--cache-dir"], type=click.Path(path_type=Path),
+                     help="TensorRT engine/timing cache and compiled CPU kernels (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
         click.Option(["--no-cache"], is_flag=True, help="Do not read or write the TensorRT cache."),
     ],
     _build,

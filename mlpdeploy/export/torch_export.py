@@ -26,7 +26,10 @@ from mlpdeploy.errors import MlpdeployError, first_line
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import write_onnx
+from mlpdeploy.plugins.torch_export import attach_functions, translation_table
 from mlpdeploy.scopes import module_path
+
+from .op_weights import fold_op_weights, name_op_weights
 
 DEFAULT_OPSET = 20
 _ANONYMOUS = re.compile(r"val_\d+")
@@ -50,6 +53,9 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
     start = time.perf_counter()
     program = _torch_export(bundle, opset, debug)
     model = program.model
+    if attach_functions(model):  # mlpdeploy ops called from torch: overloads, plugin attributes, function bodies
+        fold_op_weights(model)
+        name_op_weights(model)
     _name_outputs(model.graph, bundle.resolved_output_names(len(model.graph.outputs)))
     _name_folded_weights(model.graph)
     model.metadata_props["mlpdeploy.source"] = bundle.source
@@ -117,6 +123,7 @@ def _torch_export(bundle: ModelBundle, opset: int, debug: bool):
                 input_names=[s.name for s in bundle.inputs],
                 output_names=bundle.output_names or None,
                 opset_version=opset,
+                custom_translation_table=translation_table(),
                 optimize=True,
                 verbose=False,
             )

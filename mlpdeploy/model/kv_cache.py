@@ -42,6 +42,10 @@ class CacheLayout:
     max_positions: int
     position_ids: bool = True
     dtype: str = "float32"
+    # Set by a build whose graph reads the cache only through GroupQueryAttention: the runtime may
+    # bind one preallocated [batch, kv_heads, max length, head_dim] buffer per input as both the
+    # past and the present, and ONNX Runtime appends to it in place.
+    shared_buffer: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -55,8 +55,14 @@ def session_config(opt_level: str = "extended", device: str = "auto", threads: i
 
 
 def make_session(model_path: Path | str, config: dict, optimized_output: Path | None = None, external_data: bool = False):
-    """An InferenceSession for `model_path` with the settings of `session_config`."""
+    """An InferenceSession for `model_path` with the settings of `session_config`.
+
+    `config["custom_ops_libraries"]` (set by `build --ort-kernels`) lists mlpdeploy's compiled
+    kernel libraries to register, relative to the model's directory unless absolute.
+    """
     import onnxruntime as ort
+
+    from mlpdeploy.plugins.ort.library import register
 
     options = ort.SessionOptions()
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, config["graph_optimization_level"])
@@ -64,6 +70,8 @@ def make_session(model_path: Path | str, config: dict, optimized_output: Path | 
     options.log_severity_level = 3
     for key, value in config.get("config_entries", {}).items():
         options.add_session_config_entry(key, value)
+    for library in config.get("custom_ops_libraries", []):
+        register(options, Path(model_path).parent / library)  # an absolute path stays as it is
     if optimized_output is not None:
         options.optimized_model_filepath = str(optimized_output)
         if external_data:  # a model past protobuf's 2 GB limit keeps its weights beside it

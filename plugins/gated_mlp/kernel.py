@@ -9,14 +9,16 @@ the buffers TensorRT hands over. The down projection is a cuBLAS GEMM (torch.mat
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
 
-from mlpdeploy.errors import OpError, require
+from mlpdeploy.errors import OpError
 
+from ..triton_common import interpreting, load_kernels, pow2
 from .reference import ACTIVATIONS
+
+__all__ = ["Config", "check_inputs", "default_config", "gate_up_act", "gated_mlp_triton", "interpreting"]
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -35,30 +37,18 @@ class Config:
 
 @functools.cache
 def _kernels():
-    require("triton", "triton", "the GatedMLP Triton kernel")
-    from . import triton_kernels
-
-    return triton_kernels
-
-
-def interpreting() -> bool:
-    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return load_kernels(__package__, "the GatedMLP Triton kernel")
 
 
 def default_config(m: int, n: int, k: int) -> Config:
     """Tile sizes by token count: decode-sized M gets narrow M tiles and deep K tiles."""
     if interpreting():  # the interpreter runs programs one after another: few, large ones
-        return Config(block_m=min(64, _pow2(m, 16)), block_n=min(64, _pow2(n, 16)), block_k=min(64, _pow2(k, 16)))
+        return Config(block_m=min(64, pow2(m, 16)), block_n=min(64, pow2(n, 16)), block_k=min(64, pow2(k, 16)))
     if m <= 16:
         return Config(block_m=16, block_n=64, block_k=128, num_warps=4, num_stages=4)
     if m <= 64:
         return Config(block_m=64, block_n=64, block_k=64, num_warps=4, num_stages=4)
     return Config(block_m=128, block_n=64, block_k=64, num_warps=8, num_stages=4)
-
-
-def _pow2(v: int, floor: int) -> int:
-    return max(floor, 1 << max(0, v - 1).bit_length())
 
 
 def check_inputs(x, w_gate_up, w_down, b_gate_up, b_down, activation) -> None:

@@ -177,20 +177,7 @@ def build_function(activation: str, has_b_gate_up: bool, has_b_down: bool, onnx_
         gate_up = op("Add", gate_up, formals[3])
     split_attrs = {"axis": -1, "num_outputs": 2} if onnx_opset >= 18 else {"axis": -1}
     gate, up = op("Split", gate_up, outputs=2, **split_attrs)
-    if activation == "silu":
-        act = op("Mul", gate, op("Sigmoid", gate))
-    elif activation == "gelu":
-        inner = op("Erf", op("Mul", gate, const(1.0 / math.sqrt(2.0), gate)))
-        act = op("Mul", op("Mul", gate, const(0.5, gate)), op("Add", inner, const(1.0, gate)))
-    elif activation == "gelu_tanh":
-        cube = op("Mul", op("Mul", gate, gate), gate)
-        poly = op("Add", gate, op("Mul", cube, const(0.044715, gate)))
-        inner = op("Tanh", op("Mul", poly, const(math.sqrt(2.0 / math.pi), gate)))
-        act = op("Mul", op("Mul", gate, const(0.5, gate)), op("Add", inner, const(1.0, gate)))
-    elif activation == "relu":
-        act = op("Relu", gate)
-    else:  # none: bilinear
-        act = gate
+    act = activation_nodes(op, const, gate, activation)
     hidden = op("Mul", act, up)
     y = op("MatMul", hidden, w_down)
     if has_b_down:
@@ -204,6 +191,24 @@ def build_function(activation: str, has_b_gate_up: bool, has_b_down: bool, onnx_
     graph = ir.Graph(formals, [y], nodes=nodes, opset_imports={"": onnx_opset}, name=f"{OP_TYPE}_{overload}")
     attributes = [ir.Attr(name, ir.AttributeType.UNDEFINED, None) for name in DECLARED_ATTRIBUTES]
     return ir.Function(DOMAIN, OP_TYPE, overload, graph=graph, attributes=attributes)
+
+
+def activation_nodes(op, const, gate: ir.Value, activation: str) -> ir.Value:
+    """`activation` (one of ACTIVATIONS) of `gate` in standard ops; `op(op_type, *inputs)` appends a
+    node, `const(value, like)` makes a scalar of `like`'s type. Shared with other ops' bodies."""
+    if activation == "silu":
+        return op("Mul", gate, op("Sigmoid", gate))
+    if activation == "gelu":
+        inner = op("Erf", op("Mul", gate, const(1.0 / math.sqrt(2.0), gate)))
+        return op("Mul", op("Mul", gate, const(0.5, gate)), op("Add", inner, const(1.0, gate)))
+    if activation == "gelu_tanh":
+        cube = op("Mul", op("Mul", gate, gate), gate)
+        poly = op("Add", gate, op("Mul", cube, const(0.044715, gate)))
+        inner = op("Tanh", op("Mul", poly, const(math.sqrt(2.0 / math.pi), gate)))
+        return op("Mul", op("Mul", gate, const(0.5, gate)), op("Add", inner, const(1.0, gate)))
+    if activation == "relu":
+        return op("Relu", gate)
+    return gate  # none: bilinear / identity
 
 
 def _attr(name: str, value) -> ir.Attr:

@@ -68,6 +68,9 @@ REPRESENTATIVE = [
     ("llama-tiny", "fuse-gated-mlp", "sm120"),
     ("vit-tiny", None, "sm120"),
     ("opt-relu-tiny", "convert-precision", "sm89"),
+    ("kat-tiny", None, "sm89"),  # mlpdeploy::GroupRational exported from torch, in function-body form
+    ("kan-tiny", None, "sm120"),  # mlpdeploy::BSplineKAN
+    ("fan-tiny", None, "sm89"),  # mlpdeploy::FANLayer
 ]
 
 

@@ -33,3 +33,19 @@ def _assert_close(actual, reference, dtype: str, what: str = "") -> float:
 @pytest.fixture
 def assert_close():
     return _assert_close
+
+
+@pytest.fixture(scope="session")
+def ort_session():
+    """`ort_session(model)`: an ONNX Runtime CPU session, one thread, graph optimizations off (so
+    ONNX Runtime's own fusions cannot hide or fake ours)."""
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    def make(model):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = 1
+        return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    return make

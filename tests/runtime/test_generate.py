@@ -41,6 +41,21 @@ def test_greedy_matches_torch(llama_small_dir):
         assert result.finish == ["length"] and len(result.step_seconds) == 39
 
 
+def test_shared_cache_buffer_and_per_step_cache_agree(llama_small_dir, tmp_path):
+    """The default build shares one cache buffer per layer (GroupQueryAttention appends in place);
+    --no-decoder-fusions keeps the exported attention, whose cache grows by a copy each step."""
+    from mlpdeploy.backends import BuildOptions
+
+    shared = Engine.load(llama_small_dir)
+    assert shared.cache.shared_buffer
+    options = CompileOptions(kv_cache=True, build=BuildOptions(decoder_fusions=False), task_limit=8)
+    compile_model("llama-small", tmp_path / "plain", options)
+    plain = Engine.load(tmp_path / "plain")
+    assert not plain.cache.shared_buffer
+    prompts = [list(b"def __init__(self"), list(b"for ")]
+    assert CachedGenerator(shared).generate(prompts, 20).tokens == CachedGenerator(plain).generate(prompts, 20).tokens
+
+
 def test_batch_of_different_lengths_matches_each_prompt_alone(llama_small_dir):
     generator = CachedGenerator(Engine.load(llama_small_dir))
     prompts = [list(b"def __init__(self"), list(b"for "), list(b"\n")]

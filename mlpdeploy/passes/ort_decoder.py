@@ -1,0 +1,120 @@
+"""ort-decoder: a cached decoder's attention and norms as ONNX Runtime's fused contrib ops.
+
+Run by the `onnxruntime` backend on graphs exported with `--kv-cache` (and available as a pass).
+onnxscript's ORT fusion rules do what they cover:
+
+* RMSNorm and residual Add + RMSNorm/LayerNorm → `SimplifiedLayerNormalization`,
+  `SkipSimplifiedLayerNormalization`, `SkipLayerNormalization` (com.microsoft);
+* the rotate-half rotary and the decomposed scaled-dot-product attention → intermediate ops.
+
+mlpdeploy's own rule (`attention_to_gqa`, the part no library covers for a cache with explicit
+positions and an arbitrary mask) turns each layer's Reshape/Transpose → rotary → Concat(past) →
+repeat-KV → attention → Transpose/Reshape into `com.microsoft::RotaryEmbedding` on q and k (with
+the graph's own `position_ids`) and one `com.microsoft::GroupQueryAttention` that appends to the
+cache and attends with the model's own additive mask as `attention_bias`; then packs the q, k
+and v projections into one MatMul and a Split, and makes the cache's length come from
+`attention_mask` (`cache_shapes.py`), so the cache may be one preallocated buffer per layer that
+ONNX Runtime appends to in place (`shared_cache_buffer` in the report). Exact for any padding
+(left-padded batches included), since positions and mask are the model's, not derived.
+
+All or nothing: when the attention of some cached layer is not matched, the attention fusions
+are dropped (intermediate ops have no ONNX Runtime kernel) and the report says why; the norm
+fusions are kept.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass, ShapeInferencePass
+from onnxscript import optimizer
+from onnxscript.rewriter import pattern
+from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
+from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
+from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
+from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
+
+from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
+from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
+from mlpdeploy.passes.ort.pack_qkv import pack_qkv
+
+NORM_FUSIONS = {
+    "SimplifiedLayerNormalization": fuse_rms_normalization,
+    "SkipSimplifiedLayerNormalization": fuse_skip_rms_normalization,
+    "SkipLayerNormalization": fuse_skip_layer_normalization,
+}
+
+
+def _prepare(model: ir.Model) -> None:
+    """Shapes and constant folding, which the fusion rules' checks rely on."""
+    ShapeInferencePass()(model)
+    optimizer.optimize(model)
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    return ir.from_proto(ir.to_proto(model))
+
+
+def _adopt(model: ir.Model, other: ir.Model) -> None:
+    """Make `model` (the pass works in place) hold `other`'s graph (with its opsets) and functions."""
+    model.graph = other.graph
+    model.functions.clear()
+    model.functions.update(other.functions)
+
+
+def _cached_layers(model: ir.Model) -> list[str]:
+    return [v.name for v in model.graph.inputs if v.name.startswith("past_key_values.") and v.name.endswith(".key")]
+
+
+class OrtDecoder(RewritePass):
+    """Fuse a cached decoder's norms and attention into ONNX Runtime contrib ops."""
+
+    name = "ort-decoder"
+    description = "cached decoders for ONNX Runtime: fused RMS/skip norms, RotaryEmbedding + GroupQueryAttention per layer (exact masks and positions)"
+    options = {"max_positions": 0}  # size of the rotary tables (0: the manifest's, else 4096)
+
+    def rewrite(self, model: ir.Model) -> PassReport:
+        report = PassReport(self.name, details={"fusions": {}})
+        fusions = report.details["fusions"]
+        _prepare(model)
+        for op, fuse in NORM_FUSIONS.items():
+            fusions[op] = int(fuse(model))
+        layers = _cached_layers(model)
+        if not layers:
+            report.skipped["attention"] = "the graph has no past_key_values inputs (export it with --kv-cache)"
+        else:
+            attempt = _copy(model)
+            count, why = self._attention(attempt, len(layers))
+            if why is None:
+                _adopt(model, attempt)
+                fusions["RotaryEmbedding"], fusions["GroupQueryAttention"] = count
+                fusions["packed QKV"] = pack_qkv(model)
+                why_not_shared = detach_cache_shapes(model)
+                report.details["shared_cache_buffer"] = why_not_shared is None
+                if why_not_shared:
+                    report.skipped["shared cache buffer"] = why_not_shared
+            else:
+                report.skipped["attention"] = why
+        RemoveUnusedNodesPass()(model)
+        RemoveUnusedOpsetsPass()(model)
+        report.rewritten = sum(fusions.values())
+        return report
+
+    def _attention(self, model: ir.Model, layers: int) -> tuple[tuple[int, int], str | None]:
+        """Fuse on `model` (a copy); (rotary, gqa) counts and None, or why it cannot be used."""
+        fuse_rotary_embedding(model)
+        fuse_sdpa(model)
+        inputs = GQAInputs.add_to(model, self.config["max_positions"] or 4096)
+        rules = pattern.RewriteRuleSet([AttentionToGQA.rule(inputs, rotary=True), AttentionToGQA.rule(inputs, rotary=False)])
+        gqa = rules.apply_to_model(model) if inputs.ok else 0
+        RemoveUnusedNodesPass()(model)
+        left = sorted({n.op_type for n in model.graph if n.domain == INTERMEDIATE_DOMAIN})
+        if gqa != layers or left:
+            reasons = [f"{gqa} of {layers} cached layers matched the attention pattern"]
+            if inputs.why:
+                reasons.append(inputs.why)
+            if left:
+                reasons.append(f"unfused {', '.join(left)} remain")
+            return (0, 0), "; ".join(reasons)
+        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft")
+        return (rotary, gqa), None

@@ -1,0 +1,1 @@
+"""mlpdeploy's compiled ONNX Runtime CPU kernels (opt-in): C sources, build, ABI-checked loading."""
