@@ -14,6 +14,7 @@ BENCHMARKS = [
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
     ["decode.py", "--int4"],
+    ["drop_layers.py"],
 ]
 
 

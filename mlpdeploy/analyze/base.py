@@ -18,7 +18,9 @@ class AnalysisContext:
     bundle: ModelBundle
     batches: list[dict[str, np.ndarray]]
     seed: int = 0
-    max_metric_delta: float | None = None
+    max_metric_delta: float | None = None  # the budget planners spend: metric units, or a fraction with relative_budget
+    relative_budget: bool = False
+    eval_samples: int | None = 128  # held-out (eval split) samples a planner judges its choices on (None: all)
 
     @property
     def input_names(self) -> list[str]:
@@ -32,9 +34,13 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[Any]]
+    # A curve report.html draws under the table: {"x": label, "y": label, "points": [[x, y, ok], ...],
+    # "limit": y the budget allows (optional)}; points with ok false are drawn as rejected tries.
+    chart: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
-        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+        data = {"title": self.title, "columns": self.columns, "rows": self.rows}
+        return {**data, "chart": self.chart} if self.chart is not None else data
 
 
 @dataclass

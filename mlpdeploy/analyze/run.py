@@ -25,7 +25,9 @@ class AnalyzeOptions:
 
     `calibration`: a `.npz` / Polygraphy inputs JSON (default: the model's task train split,
     else inputs generated from its specs); `samples` rows in batches of 8, shuffled by `seed`.
-    `max_metric_delta`: the quality budget planners spend (metric units of the model's task).
+    `max_metric_delta`: the quality budget planners spend, in the task metric's units (perplexity
+    points, accuracy fraction), or with `relative_budget` a fraction of the model's own metric
+    (0.01 = 1% worse); planners judge it on the first `eval_samples` held-out eval samples.
     """
 
     analyses: dict[str, str | None]
@@ -33,6 +35,8 @@ class AnalyzeOptions:
     samples: int = 64
     seed: int = 0
     max_metric_delta: float | None = None
+    relative_budget: bool = False
+    eval_samples: int | None = 128
 
 
 def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis: Callable[[str], None] | None = None) -> Plan:
@@ -45,7 +49,8 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     batches = calibration_batches(bundle, n=math.ceil(options.samples / CALIBRATION_BATCH), batch_size=CALIBRATION_BATCH,
                                   seed=options.seed, path=options.calibration)
-    ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta)
+    ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta,
+                          relative_budget=options.relative_budget, eval_samples=options.eval_samples)
     plan = Plan(
         model=bundle.source,
         created_with=_versions(),
@@ -53,7 +58,7 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
                      "batches": len(batches), "seed": options.seed},
     )
     if options.max_metric_delta is not None and bundle.task is not None:
-        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_metric_delta, "relative": False}
+        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_metric_delta, "relative": options.relative_budget}
     for name, cls in classes.items():
         if on_analysis is not None:
             on_analysis(name)

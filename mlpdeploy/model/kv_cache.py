@@ -26,7 +26,7 @@ import torch
 
 from mlpdeploy.dtypes import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.bundle import InputSpec, ModelBundle, share_tree
 
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 5  # never 0 or 1: torch.export would specialize them
 TOTAL = "past+seq"  # the attention mask's length: a dim that is the sum of two others
@@ -77,12 +77,7 @@ class FlatCachedDecoder(torch.nn.Module):
     def __init__(self, decoder: torch.nn.Module, layout: CacheLayout):
         super().__init__()
         object.__setattr__(self, "decoder", decoder)  # not a submodule: no `decoder.` prefix on paths
-        for name, child in decoder.named_children():
-            self.add_module(name, child)
-        for name, param in decoder.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in decoder.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in decoder._non_persistent_buffers_set)
+        share_tree(self, decoder)
         self.layout = layout
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
