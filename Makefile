@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlpdeploy-installed
-EXTRAS := dev,hf,triton,rtx
+EXTRAS := dev,hf,triton,rtx,serve
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 

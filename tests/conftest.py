@@ -46,6 +46,25 @@ def zoo_export(tmp_path_factory):
     return get
 
 
+@pytest.fixture(scope="session")
+def zoo_build(zoo_export):
+    """`get(MODEL, kv_cache=False)` → the exported model built for ONNX Runtime on the CPU
+    (`<model>[-kv].ort.onnx` with its manifest and session settings), once per session."""
+    from mlpdeploy.backends import BuildOptions, get_backend
+
+    done = {}
+
+    def get(model: str, kv_cache: bool = False) -> Path:
+        if (model, kv_cache) not in done:
+            _, exported = zoo_export(model, kv_cache)
+            built = exported.parent / exported.name.replace(".onnx", ".ort.onnx")
+            get_backend("onnxruntime").build(exported, built, BuildOptions(device="cpu"))
+            done[model, kv_cache] = built
+        return done[model, kv_cache]
+
+    return get
+
+
 def _hf_dir(tmp_path_factory, name: str, model_class: str, config_class: str, **config):
     transformers = pytest.importorskip("transformers", reason="needs the hf extra")
     import torch

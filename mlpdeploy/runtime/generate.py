@@ -87,6 +87,8 @@ class CachedGenerator:
     def __init__(self, engine: Engine):
         if engine.cache is None:
             raise MlpdeployError(f"{engine.path} has no KV cache; export or compile the decoder with --kv-cache to generate")
+        if engine.session is None:
+            raise MlpdeployError(f"{engine.path} runs in {engine.runtime}; generation drives the cache through ONNX Runtime's IO binding — serve the .onnx build")
         self.engine, self.layout = engine, engine.cache
         self.past_names = [n for layer in self.layout.layers for n in self.layout.input_names(layer)]
         self.present_names = [n for layer in self.layout.layers for n in self.layout.output_names(layer)]
