@@ -4,7 +4,7 @@
 option groups several commands take; one module per command family registers its commands.
 """
 
-from mlpdeploy.cli import analyze, bench, build, compile, generate, model, rewrite, validate  # noqa: F401  (registers the commands)
+from mlpdeploy.cli import analyze, bench, build, compile, generate, model, rewrite, serve, validate  # noqa: F401  (registers the commands)
 from mlpdeploy.cli.app import cli
 
 

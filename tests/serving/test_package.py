@@ -1,0 +1,112 @@
+"""`mlpdeploy package --triton`: the repository's config.pbtxt parsed with Triton's ModelConfig schema
+(tritonclient's packaged model_config_pb2), the model files, and the KServe InferenceService."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from google.protobuf import text_format
+
+from mlpdeploy.cli import cli
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.model.kv_cache import CacheLayout
+from mlpdeploy.model.manifest import find_manifest
+from mlpdeploy.serving.package import package_triton
+from mlpdeploy.serving.triton_config import TritonOptions
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc] (dev extra)")
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_batched_model(tmp_path, zoo_build):
+    built = zoo_build("mixer-tiny")
+    result = CliRunner().invoke(cli, ["package", str(built), "--triton", str(tmp_path / "repo"), "--max-batch-size", "8", "--instances", "2"])
+    assert result.exit_code == 0, result.output
+    config = _parse(tmp_path / "repo" / "mixer-tiny" / "config.pbtxt")
+    assert config.name == "mixer-tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+    [inp], [out] = config.input, config.output
+    assert (inp.name, inp.data_type, list(inp.dims)) == ("pixel_values", model_config_pb2.TYPE_FP32, [3, 32, 32])
+    assert (out.name, out.data_type, list(out.dims)) == ("logits", model_config_pb2.TYPE_FP32, [10])
+    assert config.HasField("dynamic_batching") and config.dynamic_batching.max_queue_delay_microseconds == 100
+    assert [(g.count, g.kind) for g in config.instance_group] == [(2, model_config_pb2.ModelInstanceGroup.KIND_CPU)]
+    assert config.optimization.graph.level == 1  # the build's ORT_ENABLE_EXTENDED
+    assert config.parameters["intra_op_thread_count"].string_value == "0"
+    assert (tmp_path / "repo" / "mixer-tiny" / "1" / "model.onnx").read_bytes() == built.read_bytes()
+
+
+def test_max_batch_size_capped_and_threads_carried(tmp_path, zoo_build):
+    built = zoo_build("mixer-tiny")
+    model = tmp_path / "m" / "mixer.ort.onnx"
+    model.parent.mkdir()
+    for f in built.parent.glob("mixer-tiny.ort.*"):
+        shutil.copy(f, model.parent / f.name.replace("mixer-tiny", "mixer"))
+    session = json.loads((model.parent / "mixer.ort.session.json").read_text())
+    (model.parent / "mixer.ort.session.json").write_text(json.dumps({**session, "intra_op_num_threads": 3, "graph_optimization_level": "ORT_ENABLE_BASIC"}))
+    package_triton([model], tmp_path / "repo", TritonOptions(max_batch_size=100_000))
+    config = _parse(tmp_path / "repo" / "mixer" / "config.pbtxt")
+    assert config.max_batch_size == find_manifest(model).dims["batch"][1] == 4096
+    assert config.parameters["intra_op_thread_count"].string_value == "3" and config.optimization.graph.level == -1
+
+
+def test_cached_decoder_gets_sequence_batching_with_implicit_state(tmp_path, zoo_build):
+    built = zoo_build("llama-tiny", kv_cache=True)
+    package_triton([built], tmp_path / "repo")
+    config = _parse(tmp_path / "repo" / "llama-tiny-kv" / "config.pbtxt")
+    layout = CacheLayout.from_json(find_manifest(built).cache)
+    assert config.max_batch_size == 1 and not config.HasField("dynamic_batching")
+    assert [(i.name, list(i.dims)) for i in config.input] == [("input_ids", [-1]), ("attention_mask", [-1]), ("position_ids", [-1])]
+    assert [(o.name, list(o.dims)) for o in config.output] == [("logits", [-1, 256])]
+    states = config.sequence_batching.state
+    pairs = [(n, o) for layer in layout.layers for n, o in zip(layout.input_names(layer), layout.output_names(layer))]
+    assert [(s.input_name, s.output_name) for s in states] == pairs and len(pairs) == 2 * len(layout.layers)
+    for s in states:
+        assert list(s.dims) == [layout.kv_heads, -1, layout.head_dim] and s.data_type == model_config_pb2.TYPE_FP32
+        [init] = s.initial_state
+        assert list(init.dims) == [layout.kv_heads, 0, layout.head_dim] and init.WhichOneof("state_data") == "zero_data"
+
+
+def test_kserve_inference_service(tmp_path, zoo_build):
+    package_triton([zoo_build("mixer-tiny")], tmp_path / "my_repo", kserve=True, storage_uri="gs://bucket/my_repo")
+    service = yaml.safe_load((tmp_path / "my_repo" / "inferenceservice.yaml").read_text())
+    assert service["apiVersion"] == "serving.kserve.io/v1beta1" and service["kind"] == "InferenceService"
+    assert service["metadata"]["name"] == "my-repo"
+    model = service["spec"]["predictor"]["model"]
+    assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2" and model["storageUri"] == "gs://bucket/my_repo"
+
+
+def test_errors_leave_no_repository(tmp_path, zoo_build):
+    built = zoo_build("mixer-tiny")
+    repo = tmp_path / "repo"
+    with pytest.raises(MlpdeployError, match="two models are named 'mixer-tiny'"):
+        package_triton([built, built], repo)
+    engine = tmp_path / "rtx" / "m.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"engine")
+    manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
+    manifest["history"].append({"stage": "build", "backend": "tensorrt-rtx"})
+    (engine.parent / "m.engine.manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MlpdeployError, match="TensorRT-RTX engine; Triton's tensorrt_plan platform runs datacenter TensorRT engines only"):
+        package_triton([built, engine], repo)
+    assert not repo.exists() and not list(tmp_path.glob(".repo.*"))
+
+
+def test_tensorrt_plan(tmp_path, zoo_build):
+    built = zoo_build("mixer-tiny")
+    engine = tmp_path / "trt" / "m.engine"
+    engine.parent.mkdir()
+    engine.write_bytes(b"serialized engine bytes")
+    manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
+    manifest["history"].append({"stage": "build", "backend": "tensorrt"})
+    (engine.parent / "m.engine.manifest.json").write_text(json.dumps(manifest))
+    package_triton([engine], tmp_path / "repo")
+    config = _parse(tmp_path / "repo" / "m" / "config.pbtxt")
+    assert config.platform == "tensorrt_plan" and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    assert (tmp_path / "repo" / "m" / "1" / "model.plan").read_bytes() == b"serialized engine bytes"
+    assert "plugins" in (tmp_path / "repo" / "m" / "config.pbtxt").read_text().split("name:")[0]  # the plugin-library note
