@@ -34,3 +34,30 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
         console.print(f"{name}: {path}/config.pbtxt", markup=False)
     if kserve:
         console.print(f"KServe: {repo}/inferenceservice.yaml", markup=False)
+
+
+@cli.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8000, show_default=True, help="Port (Triton's HTTP default; 0 picks a free one).")
+@click.option("--threads", type=int, help="ONNX Runtime intra-op threads per model (default: the build's setting).")
+@click.option("--max-body-mb", default=64, show_default=True, help="Largest request body accepted (413 beyond).")
+@click.option("--grace", default=30.0, show_default=True, help="Seconds requests in flight may finish after SIGTERM.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@debug_option
+def serve(models, host, port, threads, max_body_mb, grace, log_level, debug) -> None:
+    """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
+
+    Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
+    binary tensors), POST .../generate and .../generate_stream (server-sent events) for decoders compiled
+    with --kv-cache, and /metrics (Prometheus). A model's NAME is its compile directory's name (or the built
+    file's stem). SIGTERM shuts down gracefully.
+    """
+    from mlpdeploy.serving.server import Server
+
+    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace)
+    for name, model in server.models.items():
+        kind = "infer + generate" if model.generator is not None else "infer"
+        console.print(f"{name}: {model.engine.path} ({model.engine.runtime}; {kind})", markup=False)
+    console.print(f"serving on http://{server.url}/v2 (Ctrl-C or SIGTERM to stop)", markup=False, highlight=False)
+    server.run()

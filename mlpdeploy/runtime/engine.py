@@ -95,13 +95,6 @@ class Engine:
     def cache(self) -> CacheLayout | None:
         return CacheLayout.from_json(self.manifest.cache) if self.manifest.cache else None
 
-    @property
-    def name(self) -> str:
-        """A name for the model: its compile directory's, else the file's stem (`model.ort.onnx` → `model`)."""
-        if self.path.parent.joinpath("report.json").is_file():
-            return self.path.parent.name
-        return self.path.name.split(".")[0]
-
     def check(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`inputs` checked against the manifest (one-line MlpdeployError) and cast to its dtypes."""
         check_inputs(inputs, self.manifest.inputs, self.manifest.dims, str(self.path.name))

@@ -132,7 +132,7 @@ class CachedGenerator:
     def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token: int = 0) -> tuple[np.ndarray, DecodeState]:
         """Run the (left-padded) prompts with an empty cache sized for `max_new_tokens` more;
         the logits of each prompt's last token [batch, vocab] and the state to continue from."""
-        self._check(prompts, max_new_tokens)
+        self.check(prompts, max_new_tokens)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = np.full((batch, longest), pad_token, np.int64)
         mask = np.zeros((batch, longest), np.int64)
@@ -147,7 +147,8 @@ class CachedGenerator:
         state.mask = np.concatenate([state.mask, np.ones((len(next_ids), 1), np.int64)], axis=1)
         return self._step(np.asarray(next_ids, np.int64)[:, None], state)[:, -1]
 
-    def _check(self, prompts, max_new_tokens: int) -> None:
+    def check(self, prompts, max_new_tokens: int) -> None:
+        """A one-line error if the prompts or `max_new_tokens` do not fit the model."""
         if not prompts or any(len(p) == 0 for p in prompts):
             raise MlpdeployError("every prompt needs at least one token")
         if max_new_tokens < 1:

@@ -1,0 +1,92 @@
+"""The models a server holds: each a loaded `Engine` under a name, one version ("1"), its KServe v2
+metadata and Triton-style config, and (for `--kv-cache` decoders) a generator with a tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.runtime.engine import Engine, is_engine
+from mlpdeploy.serving.datatypes import v2_datatype
+from mlpdeploy.serving.package import model_name
+from mlpdeploy.serving.protocol import InferRequest, RequestError
+from mlpdeploy.serving.triton_config import TritonOptions, model_config
+
+VERSION = "1"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    engine: Engine
+    generator: object | None = None  # CachedGenerator for cached decoders
+    tokenizer: object | None = None
+
+    @property
+    def platform(self) -> str:
+        return "tensorrt_plan" if is_engine(self.engine.path) else "onnxruntime_onnx"
+
+    def metadata(self) -> dict:
+        """KServe v2 model metadata: the manifest's tensors, -1 for every dynamic dim."""
+        def dims(shape):
+            return [-1 if isinstance(d, str) else int(d) for d in shape]
+
+        m = self.engine.manifest
+        return {
+            "name": self.name,
+            "versions": [VERSION],
+            "platform": self.platform,
+            "inputs": [{"name": s.name, "datatype": v2_datatype(s.dtype), "shape": dims(s.shape)} for s in m.inputs],
+            "outputs": [{"name": o["name"], "datatype": v2_datatype(o["dtype"]), "shape": dims(o["shape"])} for o in m.outputs],
+        }
+
+    def config(self) -> dict:
+        """The model's Triton config (as `mlpdeploy package` writes it), as JSON."""
+        backend = self.engine.manifest.last("build").get("backend") if self.platform == "tensorrt_plan" else None
+        fields, _ = model_config(self.name, self.engine.path, self.engine.manifest, TritonOptions(), backend)
+        return fields
+
+    def infer(self, request: InferRequest) -> dict[str, np.ndarray]:
+        """Run the request's inputs; a mismatch with the manifest is a 400 naming it."""
+        expected = {s.name: v2_datatype(s.dtype) for s in self.engine.manifest.inputs}
+        for name, datatype in request.datatypes.items():
+            if name in expected and datatype != expected[name]:
+                raise RequestError(400, f"input '{name}' of model '{self.name}' is {expected[name]}, got {datatype}")
+        if request.outputs is not None:
+            unknown = [n for n in request.outputs if n not in self.engine.output_names]
+            if unknown:
+                raise RequestError(400, f"unexpected inference output '{unknown[0]}' for model '{self.name}'; it has {self.engine.output_names}")
+        try:
+            return self.engine(**request.inputs)
+        except MlpdeployError as exc:
+            raise RequestError(400, str(exc)) from None
+
+
+def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str, ServedModel]:
+    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving."""
+    from mlpdeploy.runtime.generate import CachedGenerator
+
+    models: dict[str, ServedModel] = {}
+    for path in paths:
+        name = model_name(path)
+        if name in models:
+            raise MlpdeployError(f"two models are named {name!r}; serve each name once (rename a directory or file)")
+        engine = Engine.load(path, threads=threads)
+        model = ServedModel(name, engine)
+        if engine.cache is not None and engine.session is not None:
+            model.generator = CachedGenerator(engine)
+            model.tokenizer = _tokenizer(engine)
+        models[name] = model
+    return models
+
+
+def _tokenizer(engine: Engine):
+    from mlpdeploy.runtime.tokenizer import tokenizer_for
+
+    try:
+        return tokenizer_for(engine.manifest)
+    except MlpdeployError:
+        return None  # generate then takes token ids ("input_ids") only
