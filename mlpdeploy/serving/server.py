@@ -35,7 +35,7 @@ class Server:
     def __init__(self, paths: list[Path | str], host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
                  max_body_bytes: int = DEFAULT_MAX_BODY, log_level: str = "warning", grace: float = 30.0):
         uvicorn = require("uvicorn", "serve", "mlpdeploy serve")
-        self.models = load_models(paths, threads)
+        self.models, self.max_body_bytes = load_models(paths, threads), max_body_bytes
         self.app = create_app(self.models, max_body_bytes)
         self.socket = _bind(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
