@@ -106,6 +106,12 @@ class TextPieces:
         self.held = []
         return text
 
+    def flush(self) -> str:
+        """What is still held (an incomplete character at the end, as the replacement character)."""
+        text = self.tokenizer.decode(self.held) if self.tokenizer is not None and self.held else ""
+        self.held = []
+        return text
+
 
 def _base(model: ServedModel, request: GenerateRequest) -> dict:
     base = {"model_name": model.name, "model_version": VERSION}
@@ -157,7 +163,7 @@ async def stream(model: ServedModel, request: GenerateRequest, on_token: Callabl
             if kind == "token":
                 event = base | {"text_output": pieces.add(value), "output_ids": [value]}
             elif kind == "done":
-                event = base | {"text_output": "", "output_ids": [], "finish_reason": value}
+                event = base | {"text_output": pieces.flush(), "output_ids": [], "finish_reason": value}
             else:
                 event = {"error": value}
             yield f"data: {json.dumps(event)}\n\n"

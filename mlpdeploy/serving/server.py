@@ -7,6 +7,7 @@ flight (streams included) finish for up to `grace` seconds, then exits 0.
 
 from __future__ import annotations
 
+import signal
 import socket
 import threading
 import time
@@ -23,6 +24,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        sock.listen(2048)  # connections wait in the backlog until uvicorn accepts them
     except OSError as exc:
         sock.close()
         raise MlpdeployError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port (0 picks a free one)") from None
@@ -49,7 +51,10 @@ class Server:
         return f"{host}:{self.port}"
 
     def run(self) -> None:
-        """Serve until SIGTERM / Ctrl-C (uvicorn's signal handlers, in the main thread)."""
+        """Serve until SIGTERM / Ctrl-C (uvicorn's signal handlers, in the main thread). uvicorn
+        re-raises the signal after its graceful shutdown; a SIGTERM then ends `run` normally (exit 0)."""
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: None)
         self.server.run(sockets=[self.socket])
 
     def start(self, timeout: float = 30.0) -> "Server":
