@@ -1,0 +1,57 @@
+"""`serve` / `package` user errors: one line naming the problem and the fix, nothing left behind."""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from mlpdeploy.cli import cli
+from mlpdeploy.errors import MlpdeployError
+
+
+def test_serve_missing_artifact(tmp_path):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing")])
+    assert result.exit_code == 2 and "does not exist; build one with `mlpdeploy build` or `mlpdeploy compile`" in result.output
+
+
+def test_serve_port_in_use(zoo_build):
+    from mlpdeploy.serving.server import Server
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    try:
+        with pytest.raises(MlpdeployError, match=r"cannot listen on 127.0.0.1:\d+: .*choose another --port"):
+            Server([zoo_build("mixer-tiny")], port=busy.getsockname()[1])
+    finally:
+        busy.close()
+
+
+def test_serve_two_models_with_one_name(zoo_build, tmp_path):
+    from mlpdeploy.serving.models import load_models
+
+    with pytest.raises(MlpdeployError, match="two models are named 'mixer-tiny'"):
+        load_models([zoo_build("mixer-tiny"), zoo_build("mixer-tiny")])
+
+
+@pytest.mark.parametrize("module", ["uvicorn", "starlette", "prometheus_client"])
+def test_missing_serve_extra_is_one_line(zoo_build, monkeypatch, module):
+    from mlpdeploy.serving.server import Server
+
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    for name in [m for m in sys.modules if m.startswith(module + ".")]:
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(MlpdeployError, match=rf"{module} is not installed .*pip install 'mlpdeploy\[serve\]'"):
+        Server([zoo_build("mixer-tiny")], port=0)
+
+
+def test_package_cli_errors(tmp_path, zoo_build):
+    built = str(zoo_build("mixer-tiny"))
+    result = CliRunner().invoke(cli, ["package", built, built, "--triton", str(tmp_path / "repo")])
+    assert result.exit_code == 2 and "two models are named 'mixer-tiny'" in result.output
+    assert not (tmp_path / "repo").exists()
+    result = CliRunner().invoke(cli, ["package", built])
+    assert result.exit_code == 2 and "--triton" in result.output
