@@ -65,6 +65,25 @@ def zoo_build(zoo_export):
     return get
 
 
+@pytest.fixture
+def fake_engine(tmp_path, zoo_build):
+    """`make(backend, name="m")` → an `.engine` file (not a real engine) with the manifest a
+    `--backend BACKEND` build of mixer-tiny writes beside it."""
+    import json
+
+    def make(backend: str, name: str = "m") -> Path:
+        built = zoo_build("mixer-tiny")
+        manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
+        manifest["history"].append({"stage": "build", "backend": backend})
+        engine = tmp_path / backend / f"{name}.engine"
+        engine.parent.mkdir(exist_ok=True)
+        engine.write_bytes(b"serialized engine bytes")
+        (engine.parent / f"{name}.engine.manifest.json").write_text(json.dumps(manifest))
+        return engine
+
+    return make
+
+
 def _hf_dir(tmp_path_factory, name: str, model_class: str, config_class: str, **config):
     transformers = pytest.importorskip("transformers", reason="needs the hf extra")
     import torch

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,19 +69,7 @@ def test_concurrent_calls_from_many_threads(mixer):
         np.testing.assert_array_equal(a, b)
 
 
-def _fake_engine(tmp_path, zoo_build, backend: str):
-    """An `.engine` file with the manifest a `--backend BACKEND` build writes beside it."""
-    built = zoo_build("mixer-tiny")
-    manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
-    manifest["history"].append({"stage": "build", "backend": backend})
-    engine = tmp_path / "m.engine"
-    engine.write_bytes(b"not an engine")
-    (tmp_path / "m.engine.manifest.json").write_text(json.dumps(manifest))
-    return engine
-
-
-def test_tensorrt_engine_without_its_runtime_names_the_extra(tmp_path, zoo_build):
-    pytest.importorskip("onnxruntime")
+def test_tensorrt_engine_without_its_runtime_names_the_extra(fake_engine):
     try:
         import tensorrt  # noqa: F401
 
@@ -90,17 +77,17 @@ def test_tensorrt_engine_without_its_runtime_names_the_extra(tmp_path, zoo_build
     except ImportError:
         pass
     with pytest.raises(MlpdeployError, match=r"tensorrt is not installed for running tensorrt engines: pip install 'mlpdeploy\[tensorrt\]'"):
-        Engine.load(_fake_engine(tmp_path, zoo_build, "tensorrt"))
+        Engine.load(fake_engine("tensorrt"))
 
 
-def test_tensorrt_rtx_engine_needs_a_gpu(tmp_path, zoo_build):
+def test_tensorrt_rtx_engine_needs_a_gpu(fake_engine):
     pytest.importorskip("tensorrt_rtx_bindings", reason="needs the rtx extra")
     import torch
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(MlpdeployError, match="running a TensorRT engine needs a CUDA GPU"):
-        Engine.load(_fake_engine(tmp_path, zoo_build, "tensorrt-rtx"))
+        Engine.load(fake_engine("tensorrt-rtx"))
 
 
 def test_load_errors(tmp_path, zoo_build):

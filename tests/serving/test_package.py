@@ -81,30 +81,19 @@ def test_kserve_inference_service(tmp_path, zoo_build):
     assert model["modelFormat"]["name"] == "triton" and model["protocolVersion"] == "v2" and model["storageUri"] == "gs://bucket/my_repo"
 
 
-def test_errors_leave_no_repository(tmp_path, zoo_build):
+def test_errors_leave_no_repository(tmp_path, zoo_build, fake_engine):
     built = zoo_build("mixer-tiny")
     repo = tmp_path / "repo"
     with pytest.raises(MlpdeployError, match="two models are named 'mixer-tiny'"):
         package_triton([built, built], repo)
-    engine = tmp_path / "rtx" / "m.engine"
-    engine.parent.mkdir()
-    engine.write_bytes(b"engine")
-    manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
-    manifest["history"].append({"stage": "build", "backend": "tensorrt-rtx"})
-    (engine.parent / "m.engine.manifest.json").write_text(json.dumps(manifest))
+    engine = fake_engine("tensorrt-rtx")
     with pytest.raises(MlpdeployError, match="TensorRT-RTX engine; Triton's tensorrt_plan platform runs datacenter TensorRT engines only"):
         package_triton([built, engine], repo)
     assert not repo.exists() and not list(tmp_path.glob(".repo.*"))
 
 
-def test_tensorrt_plan(tmp_path, zoo_build):
-    built = zoo_build("mixer-tiny")
-    engine = tmp_path / "trt" / "m.engine"
-    engine.parent.mkdir()
-    engine.write_bytes(b"serialized engine bytes")
-    manifest = json.loads(built.with_name("mixer-tiny.ort.manifest.json").read_text())
-    manifest["history"].append({"stage": "build", "backend": "tensorrt"})
-    (engine.parent / "m.engine.manifest.json").write_text(json.dumps(manifest))
+def test_tensorrt_plan(tmp_path, fake_engine):
+    engine = fake_engine("tensorrt")
     package_triton([engine], tmp_path / "repo")
     config = _parse(tmp_path / "repo" / "m" / "config.pbtxt")
     assert config.platform == "tensorrt_plan" and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
