@@ -30,14 +30,17 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from anchor import anchor_dir  # noqa: E402
 from common import RESULTS, Sampler, machine, write_results  # noqa: E402
+from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
 
 class MlpdeployDecoder:
     def __init__(self, directory: Path, threads: int):
         from mlpdeploy.runtime.engine import Engine
         from mlpdeploy.runtime.generate import CachedGenerator
+        from mlpdeploy.runtime.latency import model_bytes
 
         self.generator = CachedGenerator(Engine.load(directory, threads=threads))
+        self.weight_bytes = model_bytes(self.generator.engine.path)
 
     def prefill(self, prompt: list[int], new_tokens: int):
         logits, state = self.generator.prefill([prompt], new_tokens)
@@ -55,6 +58,7 @@ class GenaiDecoder:
         config = og.Config(str(directory))
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
+        self.weight_bytes = sum(f.stat().st_size for f in directory.iterdir() if f.name.startswith("model.onnx"))
 
     def prefill(self, prompt: list[int], new_tokens: int):
         params = self.og.GeneratorParams(self.model)
@@ -78,6 +82,7 @@ class TorchDecoder:
         torch.set_num_threads(threads)
         self.torch, self.decoder = torch, load_model(str(directory)).module
         self.layout = self.decoder.cache_layout()
+        self.weight_bytes = sum(p.numel() * p.element_size() for p in self.decoder.parameters())
 
     def prefill(self, prompt: list[int], new_tokens: int):
         torch = self.torch
@@ -149,6 +154,7 @@ def main() -> None:
     args = parser.parse_args()
     hf = anchor_dir(args.kv_heads)
     contexts = [int(c) for c in args.contexts.split(",")]
+    roofline = measure_roofline(args.threads)
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         variants, notes = build_variants(hf, Path(tmp), args.threads, args.int4)
         results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, 512, seed=c) for c in contexts}
@@ -169,11 +175,21 @@ def main() -> None:
         ours = per["mlpdeploy"][what]["p50_ms"]
         ratios = {n: per[n][what]["p50_ms"] / ours for n in best_other}
         print(f"{key}: others / mlpdeploy = " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
+    print(f"fraction of the triad bandwidth ({roofline['triad_gb_s']:.1f} GB/s, same run) per decode step: "
+          "(weight bytes + fp32 KV cache read) / ms per token")
+    fractions = {}
+    for name, variant in variants.items():
+        fractions[name] = {}
+        for c in contexts:
+            cache_bytes = 2 * 4 * 4 * args.kv_heads * 64 * c  # K and V, 4 layers, head dim 64, fp32
+            ms = results[f"context {c}"][name]["decode"]["p50_ms"]
+            fractions[name][c] = bandwidth_fraction(variant.weight_bytes + cache_bytes, ms, roofline)
+        print(f"  {name:20s} weights {variant.weight_bytes / 1e6:6.1f} MB  " + "  ".join(f"ctx {c}: {f:.0%}" for c, f in fractions[name].items()))
     for name, note in notes.items():
         print(f"note: {name}: {note}")
     print(f"machine: {machine()}")
     data = {"anchor": {"kv_heads": args.kv_heads, "threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds},
-            "results": results, "notes": notes}
+            "results": results, "notes": notes, "roofline": roofline, "bandwidth_fraction": fractions}
     print(f"wrote {write_results('decode', data, args.json)}")
 
 

@@ -10,7 +10,9 @@ HERE = Path(__file__).parent
 
 # One line per CPU benchmark: script and arguments.
 BENCHMARKS = [
+    ["roofline.py"],
     ["ort_vs_torch.py"],
+    ["suite.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
     ["decode.py", "--int4"],
