@@ -1,7 +1,13 @@
-"""Serving: Triton model repositories (`package`), and a KServe v2 / Triton HTTP server (`server`).
+"""Serving: Triton model repositories (`package`), and a KServe v2 / Triton HTTP server.
 
 Public API:
     package_triton        write a Triton model repository (+ a KServe InferenceService) for built models
     triton_config         the config.pbtxt of one model, as text
-    create_app, serve     the ASGI app speaking the KServe v2 protocol, and running it with uvicorn
+    create_app            the ASGI app speaking the KServe v2 protocol (Starlette; the `serve` extra)
+    Server                that app under uvicorn: `Server(paths).run()` blocks, `.start()` / `with` run it in a thread
 """
+
+from mlpdeploy.serving.app import create_app  # noqa: F401
+from mlpdeploy.serving.package import package_triton  # noqa: F401
+from mlpdeploy.serving.server import Server  # noqa: F401
+from mlpdeploy.serving.triton_config import triton_config  # noqa: F401

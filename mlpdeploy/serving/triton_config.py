@@ -96,7 +96,7 @@ def model_config(name: str, artifact: Path, manifest: Manifest, options: TritonO
         libraries = session.get("custom_ops_libraries", [])
         if libraries:
             config["model_operations"] = {"op_library_filename": [f"{options.mount}/{name}/1/{Path(lib).name}" for lib in libraries]}
-        entries = {k: v for k, v in session.get("config_entries", {}).items()}
+        entries = session.get("config_entries", {})
         if entries:
             comments.append(f"session config entries of the build that Triton's ORT backend does not set: {entries}")
     else:
