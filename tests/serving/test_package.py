@@ -99,3 +99,31 @@ def test_tensorrt_plan(tmp_path, fake_engine):
     assert config.platform == "tensorrt_plan" and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
     assert (tmp_path / "repo" / "m" / "1" / "model.plan").read_bytes() == b"serialized engine bytes"
     assert "plugins" in (tmp_path / "repo" / "m" / "config.pbtxt").read_text().split("name:")[0]  # the plugin-library note
+
+
+def test_implicit_state_config_drives_the_packaged_decoder(tmp_path, zoo_build):
+    """Run the packaged model.onnx the way Triton's sequence batcher would under this config: each
+    state input starts as `initial_state` (zero past positions, batch dim added) and is then the
+    previous step's state output; greedy tokens equal the runtime's generate loop."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from mlpdeploy.runtime.engine import Engine
+    from mlpdeploy.runtime.generate import CachedGenerator
+
+    built = zoo_build("llama-tiny", kv_cache=True)
+    package_triton([built], tmp_path / "repo")
+    config = _parse(tmp_path / "repo" / "llama-tiny-kv" / "config.pbtxt")
+    session = ort.InferenceSession(str(tmp_path / "repo" / "llama-tiny-kv" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    prompt = list(b"def __init__(self")
+    states = {s.input_name: np.zeros([1, *s.initial_state[0].dims], np.float32) for s in config.sequence_batching.state}
+    ids, tokens, seen = prompt, [], 0
+    for _ in range(12):
+        feed = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, seen + len(ids)), np.int64),
+                "position_ids": np.arange(seen, seen + len(ids), dtype=np.int64)[None], **states}
+        outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+        states = {s.input_name: outputs[s.output_name] for s in config.sequence_batching.state}
+        seen += len(ids)
+        ids = [int(outputs["logits"][0, -1].argmax())]
+        tokens.append(ids[0])
+    assert tokens == CachedGenerator(Engine.load(built)).generate([prompt], 12).tokens[0]
