@@ -7,7 +7,7 @@ EXTRAS := dev,hf,triton,rtx,serve
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow bench models ort-kernels clean
+.PHONY: setup demo test test-slow bench models ort-kernels report-check clean
 
 setup: $(STAMP)
 
@@ -41,6 +41,12 @@ models: setup
 # Opt-in: mlpdeploy's compiled ONNX Runtime CPU kernels (needs a C compiler); `build --ort-kernels` builds them too.
 ort-kernels: setup
 	$(PY) -m mlpdeploy.plugins.ort.library --output build/ort-kernels
+
+# Renders a compile report in headless Chromium (Debian's package; installed here when missing and run as root).
+report-check: setup
+	command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y --no-install-recommends chromium; } \
+		|| { echo "report-check needs Chromium: install Debian's chromium package"; exit 2; }
+	$(PY) -m pytest -q tests/test_report.py
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

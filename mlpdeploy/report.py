@@ -127,6 +127,40 @@ def _fmt(x: float) -> str:
     return f"{x:.3e}" if isinstance(x, float) else _e(x)
 
 
+def _settings(value) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items() if not isinstance(v, (dict, list)) or v)
+    return str(value)
+
+
+def _rewrite_section(stages: dict) -> list[str]:
+    """Each pass (and the backend's own fusions): the sites it rewrote, those it skipped and why,
+    and the op-type counts that changed."""
+    rewrite, build = stages.get("rewrite") or {}, stages.get("build") or {}
+    passes = dict(rewrite.get("passes") or {})
+    if build.get("decoder_fusions"):
+        passes["ort-decoder (at build)"] = build["decoder_fusions"]
+    parts = ["<h2>Rewrite</h2>"]
+    if not passes:
+        parts.append("<p>No rewrite pass ran: the built graph is the export (plus the backend's own optimizations).</p>")
+    for name, info in passes.items():
+        sites = info.get("sites") or info.get("dropped") or {}
+        extra = {k: v for k, v in info.items() if k in ("fusions", "shared_cache_buffer", "module_overrides")}
+        parts.append(f"<h3>{_e(name)}: {info.get('rewritten', len(sites))} rewritten, {len(info.get('skipped') or {})} skipped</h3>")
+        if sites:
+            parts.append(_table(["site (module scope)", "what"], [[_e(k), _e(_settings(v))] for k, v in sites.items()], numeric_from=99))
+        if info.get("skipped"):
+            parts.append(_table(["skipped", "why"], [[_e(k), _e(v)] for k, v in info["skipped"].items()], numeric_from=99))
+        if extra:
+            parts.append(f"<p>{_e(_settings(extra))}</p>")
+    before, after = rewrite.get("op_counts_before") or {}, rewrite.get("op_counts_after") or {}
+    changed = [[_e(op), before.get(op, 0), after.get(op, 0), f"{after.get(op, 0) - before.get(op, 0):+d}"]
+               for op in sorted(set(before) | set(after)) if before.get(op, 0) != after.get(op, 0)]
+    if changed:
+        parts += ["<h3>Op types the passes changed</h3>", _table(["op type", "export", "rewritten", "change"], changed)]
+    return parts
+
+
 def render_html(report: dict) -> str:
     """The compile report as one HTML page."""
     val = report["validation"]
@@ -185,6 +219,7 @@ def render_html(report: dict) -> str:
             parts += [f"<h3>{_e(table['title'])}</h3>", _table(table["columns"], [[_e(c) for c in row] for row in table["rows"]])]
             if table.get("chart"):
                 parts.append(_curve_chart(table["chart"]))
+    parts += _rewrite_section(report["stages"])
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),
