@@ -66,6 +66,16 @@ def session(model: ir.Model, threads: int, lib=None) -> ort.InferenceSession:
     return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+def call(sess: ort.InferenceSession, x: np.ndarray):
+    return lambda: sess.run(None, {"x": x})
+
+
+def gathered(x, w, u):
+    """The ideal: numpy reads only the union's rows of W_up and W_downᵀ (fancy indexing copies them)."""
+    w_up, b_up, w_dt, b_d = w["w_up"], w["b_up"], w["w_down_t"], w["b_down"]
+    return lambda: np.maximum(x @ w_up[u].T + b_up[u], 0) @ w_dt[u] + b_d
+
+
 def interleaved(fns: dict, repeats: int) -> dict[str, float]:
     """The MINIMUM ms of each callable over `repeats` rounds, called in turn: on a shared, loaded
     machine the minimum is what a call costs when it is not preempted (medians are in the JSON too)."""
@@ -94,16 +104,10 @@ def bench_topk(args, lib, rng) -> list[dict]:
             x = rng.standard_normal((batch, args.d)).astype(np.float32)
             xt = torch.from_numpy(x)
             u = union(topk_mask(xt, torch.from_numpy(w["p_a"]), torch.from_numpy(w["p_b"]), k)).numpy()
-            w_up, b_up, w_dt, b_d = w["w_up"], w["b_up"], w["w_down_t"], w["b_down"]
-
-            def ideal():
-                hidden = np.maximum(x @ w_up[u].T + b_up[u], 0)
-                return hidden @ w_dt[u] + b_d
-
             got = kernel.run(None, {"x": x})[0]
             assert np.allclose(got, body.run(None, {"x": x})[0], atol=1e-4), "kernel and body disagree"
-            ms = interleaved({"dense": lambda: dense.run(None, {"x": x}), "body": lambda: body.run(None, {"x": x}),
-                              "kernel": lambda: kernel.run(None, {"x": x}), "ideal": ideal}, args.repeats)
+            ms = interleaved({"dense": call(dense, x), "body": call(body, x), "kernel": call(kernel, x), "ideal": gathered(x, w, u)},
+                             args.repeats)
             row = {"fraction": fraction, "k": k, "batch": batch, "union": int(u.size), "union_fraction": u.size / args.h,
                    **{f"{n}_ms": v for n, v in ms.items()},
                    **{f"{n}_median_ms": v for n, v in interleaved.medians.items()},
@@ -131,8 +135,7 @@ def bench_threshold(args, lib, rng) -> list[dict]:
             x = rng.standard_normal((batch, args.d)).astype(np.float32)
             g = torch.nn.functional.silu(torch.from_numpy(x) @ torch.from_numpy(w["w_gate"]) + torch.from_numpy(w["b_gate"]))
             u = union(threshold_mask(g, torch.tensor([t]))).numpy()
-            ms = interleaved({"dense": lambda: dense.run(None, {"x": x}), "body": lambda: body.run(None, {"x": x}),
-                              "kernel": lambda: kernel.run(None, {"x": x})}, args.repeats)
+            ms = interleaved({"dense": call(dense, x), "body": call(body, x), "kernel": call(kernel, x)}, args.repeats)
             row = {"sparsity": sparsity, "threshold": t, "batch": batch, "union_fraction": u.size / h, **{f"{n}_ms": v for n, v in ms.items()},
                    **{f"{n}_median_ms": v for n, v in interleaved.medians.items()},
                    "dense_over_body": ms["dense"] / ms["body"], "dense_over_kernel": ms["dense"] / ms["kernel"]}
