@@ -55,6 +55,7 @@ class Plan:
             artifact = path.parent / f"{path.stem}.{name}.safetensors"
             with staged_files(artifact) as tmp:
                 save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+                tmp.chmod(0o644)
             self.artifacts[name] = artifact.name
         return write_json(path, self.to_json())
 

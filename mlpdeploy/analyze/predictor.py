@@ -26,6 +26,15 @@ def svd_predictor(w_up: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
 def train_predictor(x: torch.Tensor, active: torch.Tensor, w_up: np.ndarray, rank: int, *, steps: int = 150,
                     batch: int = 2048, lr: float = 3e-3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Fit P_a, P_b on tokens x [T, d] with labels active [T, h] (bool), from the SVD start."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small matrices: OpenMP's barriers cost more than a second thread gains (10x on a loaded 2-core machine)
+    try:
+        return _train(x, active, w_up, rank, steps, batch, lr, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(x, active, w_up, rank, steps, batch, lr, seed) -> tuple[np.ndarray, np.ndarray]:
     p_a0, p_b0 = svd_predictor(w_up, rank)
     scale = float(np.sqrt(np.abs(p_a0).mean() / max(np.abs(p_b0).mean(), 1e-12)))  # balance the two factors
     p_a = torch.tensor(p_a0 / scale, requires_grad=True)

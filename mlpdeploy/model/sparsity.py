@@ -76,7 +76,7 @@ class SparseSite:
         if self.mode == "topk":
             return f"sparse-mlp topk k={self.k}/{self.p_b.shape[1]} (predictor rank {self.p_a.shape[1]})"
         t = self.threshold
-        return f"sparse-mlp |{self.activation}(gate)| > {float(t[0]) if t.size == 1 else f'per-neuron thresholds ({t.size})'}"
+        return f"sparse-mlp |{self.activation}(gate)| > {f'{float(t[0]):.4g}' if t.size == 1 else f'per-neuron thresholds ({t.size})'}"
 
 
 @contextlib.contextmanager
