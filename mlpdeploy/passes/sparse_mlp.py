@@ -103,6 +103,12 @@ class SparseMLPPass(RewritePass):
         check(1 <= int(k) <= h, f"k={k} is not in 1..{h} (the hidden width)")
         if f"{scope}.p_a" in arrays and not self.config["rank"]:
             p_a, p_b = arrays[f"{scope}.p_a"], arrays[f"{scope}.p_b"]
+        elif "recall" in settings and not self.config["rank"]:  # a planned site: its k was measured with the trained predictor
+            raise MlpdeployError(
+                f"sparse-mlp: the plan's site {scope} was planned with a trained predictor, but "
+                f"{'the predictors file has none for it' if arrays else 'no predictors file was given'}; "
+                "run the plan through `--plan PLAN` (its .sparse-mlp.safetensors beside it), or set rank= for the SVD predictor"
+            )
         else:
             from mlpdeploy.analyze.predictor import svd_predictor
 

@@ -77,3 +77,15 @@ def test_gated_mlps_become_threshold_and_validate(tmp_path):
     exact = validate(path, zero.model_path, ValidateOptions(dims={"batch": 1, "seq": 4}))
     assert exact.passed and exact.outputs["logits"].max_abs < 1e-4
     assert np.isfinite(exact.outputs["logits"].max_abs)
+
+
+def test_planned_site_without_its_predictors_is_one_line_error(opt_onnx, tmp_path):
+    """A plan's k was measured with its trained predictor: silently using another would break the budget."""
+    _, path = opt_onnx
+    spec = PassSpec("sparse-mlp", {}, sites={"layers.0": {"mode": "topk", "k": 20, "rank": 8, "recall": 0.9}})
+    out = tmp_path / "out.onnx"
+    with pytest.raises(MlpdeployError, match=r"^sparse-mlp: the plan's site layers\.0 was planned with a trained predictor, but no predictors"):
+        rewrite_model(path, out, [spec])
+    assert not out.exists()
+    spec.options["rank"] = 8  # asked for: the SVD predictor
+    assert next(iter(rewrite_model(path, out, [spec]).passes.values()))["rewritten"] == 1
