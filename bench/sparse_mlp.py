@@ -19,6 +19,7 @@ sparsities (thresholds = quantiles of |silu(gate)| on random inputs).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -145,6 +146,30 @@ def bench_threshold(args, lib, rng) -> list[dict]:
     return rows
 
 
+def planned_fractions(path: str) -> dict[str, float]:
+    """Each planned topk site's k/h (rounded to 1/1000, so equal fractions are timed once)."""
+    plan = json.loads(Path(path).read_text())
+    entry = next((p for p in plan["passes"] if p["name"] == "sparse-mlp"), None)
+    if entry is None:
+        raise SystemExit(f"{path} plans no sparse-mlp pass")
+    hidden = {scope: d["hidden"] for scope, d in plan["analyses"]["sparsity"]["sites"].items()}
+    return {scope: round(s["k"] / hidden[scope], 3) for scope, s in entry["sites"].items() if s["mode"] == "topk"}
+
+
+def stack(rows: list[dict], planned: dict[str, float], batches: list[int]) -> list[dict]:
+    """The planned MLP stack per batch: the sum over its layers of each variant's time at that layer's k/h."""
+    out = []
+    for batch in batches:
+        by_fraction = {r["fraction"]: r for r in rows if r["batch"] == batch}
+        total = {v: sum(by_fraction[f][f"{v}_ms"] for f in planned.values()) for v in ("dense", "body", "kernel", "ideal")}
+        out.append({"batch": batch, **{f"{v}_ms": t for v, t in total.items()}, "dense_over_body": total["dense"] / total["body"],
+                    "dense_over_kernel": total["dense"] / total["kernel"], "kernel_over_ideal": total["kernel"] / total["ideal"]})
+        print(f"planned stack ({len(planned)} MLPs at k/h {', '.join(f'{f:.3f}' for f in planned.values())}) batch {batch:3d}: "
+              f"dense {total['dense']:.3f} ms, body {total['body']:.3f} ({out[-1]['dense_over_body']:.2f}x), "
+              f"kernel {total['kernel']:.3f} ({out[-1]['dense_over_kernel']:.2f}x), kernel/ideal {out[-1]['kernel_over_ideal']:.2f}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d", type=int, default=1024)
@@ -155,11 +180,17 @@ def main(argv=None) -> int:
     parser.add_argument("--gated-sparsity", type=float, nargs="*", default=[0.4, 0.5])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--plan", default=None, help="a plan.json from `analyze --sparsity`: bench each planned layer's k/h, and their stack")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    planned = planned_fractions(args.plan) if args.plan else None
+    if planned:
+        args.fraction = sorted(set(planned.values()))
     lib = library.build_library(Path(__file__).parent / "results" / "ort-kernels")
     rng = np.random.default_rng(0)
     data = {"args": vars(args), "topk": bench_topk(args, lib, rng), "threshold": bench_threshold(args, lib, rng)}
+    if planned:
+        data["planned"] = {"fractions": planned, "stack": stack(data["topk"], planned, args.batch)}
     print(f"wrote {write_results('sparse_mlp', data, args.json)}")
     return 0
 
