@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     for tokens in [int(t) for t in args.tokens.split(",")]:
         x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens))
         xd = x.to(device, dtype)
-        dense_ms = time_ms(args.smoke, lambda: torch.relu(xd @ wd["w_up"].T + wd["b_up"]) @ wd["w_down_t"] + wd["b_down"])
+        dense_ms = time_ms(args.smoke, lambda xd=xd: torch.relu(xd @ wd["w_up"].T + wd["b_up"]) @ wd["w_down_t"] + wd["b_down"])
         for fraction in [float(f) for f in args.fractions.split(",")]:
             k = max(1, round(fraction * h))
             kt = torch.tensor([k], device=device)
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
             err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
             ok = err <= (1e-4 if dtype == torch.float32 else 2e-2)  # fp16 selection may flip near-tied neurons
             failed |= not ok
-            gather_ms = time_ms(args.smoke, lambda: sparse_mlp_triton(xd, *inputs, mode="topk", activation="relu"))
+            gather_ms = time_ms(args.smoke, lambda xd=xd, inputs=inputs: sparse_mlp_triton(xd, *inputs, mode="topk", activation="relu"))
             row = {"tokens": tokens, "fraction": fraction, "k": k, "dense_ms": dense_ms, "gather_ms": gather_ms,
                    "dense_over_gather": dense_ms / gather_ms, "max_error": err, "ok": ok}
             rows.append(row)
