@@ -188,6 +188,12 @@ def main(argv=None) -> int:
         args.fraction = sorted(set(planned.values()))
     lib = library.build_library(Path(__file__).parent / "results" / "ort-kernels")
     rng = np.random.default_rng(0)
+    try:  # numpy's BLAS (the ideal) gets the same thread count as ONNX Runtime
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(limits=args.threads)
+    except ImportError:
+        print("threadpoolctl is not installed: numpy's BLAS (the ideal) uses its default thread count")
     data = {"args": vars(args), "topk": bench_topk(args, lib, rng), "threshold": bench_threshold(args, lib, rng)}
     if planned:
         data["planned"] = {"fractions": planned, "stack": stack(data["topk"], planned, args.batch)}
