@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlpdeploy.analyze.base import AnalysisContext
-from mlpdeploy.analyze.drop_planner import budget_text
+from mlpdeploy.analyze.drop_planner import budget_limit, budget_text
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.sparsity import SparseSite, sparsified
 from mlpdeploy.model.torch_run import first_output_fn
@@ -54,8 +54,7 @@ def plan_sparsity(ctx: AnalysisContext, sites_at: Callable[[int], list[SparseSit
         )
     run = first_output_fn(bundle.module, ctx.input_names)
     base = task.evaluate(run, limit=ctx.eval_samples)
-    allowed = ctx.max_metric_delta * abs(base["value"]) if ctx.relative_budget else ctx.max_metric_delta
-    limit = base["value"] + allowed * (1 if degradation(task.metric, 1.0) > 0 else -1)
+    allowed, limit = budget_limit(ctx, task.metric, base["value"])
     plan = PlannedSparsity(task.metric, base["value"], ctx.max_metric_delta, ctx.relative_budget, base["samples"], limit)
     for i, (recall, sparsity) in enumerate(LEVELS):
         with sparsified(bundle.module, sites_at(i)):

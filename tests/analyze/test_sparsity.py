@@ -113,3 +113,17 @@ def test_sparsified_masks_each_token_to_its_k(opt_tiny):
     handle.remove()
     assert ((seen[0] != 0).sum(-1) <= 10).all()
     assert SparseSite.from_json(site.to_json()).to_json() == site.to_json()
+
+
+def test_no_task_or_no_mlp_is_one_line_error(tmp_path):
+    from pathlib import Path
+
+    from mlpdeploy.errors import MlpdeployError
+
+    spec = f"{Path(__file__).parent.parent / 'fixtures' / 'tiny_mlp.py'}:build"
+    plan = analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8))  # measured, no task needed
+    assert plan.analyses["sparsity"]["sites"]["mlp"]["kind"] == "gated"
+    with pytest.raises(MlpdeployError, match=r"has no evaluation task, so --max-metric-delta cannot judge sparsity; run --sparsity without it"):
+        analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8, max_metric_delta=0.1))
+    with pytest.raises(MlpdeployError, match=r"found no MLPs with separate up \(and gate\) projections"):
+        analyze_model("kan-tiny", AnalyzeOptions({"sparsity": None}, samples=8))
