@@ -59,23 +59,30 @@ static void sm_axpy(float* restrict y, const float* restrict w, float a, int64_t
   for (int64_t i = 0; i < n; i++) y[i] += a * w[i];
 }
 
-/* Pass 1 over neuron columns [c0, c1): scores (topk: t = x·P_a is in partials, one row of r per m) or gate. */
+/* Pass 1 over neuron columns [c0, c1): scores (topk: t = x·P_a is in partials, one row of r per m) or gate.
+ * The weight row slice is the outer loop, so each slice is read once for all rows (from L1). */
 static void sm_select_cols(void* arg, int64_t b0, int64_t b1) {
   const SmWork* w = (const SmWork*)arg;
   const int64_t c0 = b0 * w->chunk, c1 = b1 * w->chunk < w->h ? b1 * w->chunk : w->h, n = c1 - c0;
   for (int64_t m = 0; m < w->m; m++) {
     float* s = w->scores + m * w->h + c0;
-    if (w->mode == SM_TOPK) {
-      memset(s, 0, (size_t)n * sizeof *s);
-      for (int64_t q = 0; q < w->r; q++) sm_axpy(s, w->p_b + q * w->h + c0, w->partials[m * w->r + q], n);
-    } else {
-      for (int64_t j = 0; j < n; j++) s[j] = w->b_gate[c0 + j];
-      for (int64_t i = 0; i < w->d; i++) sm_axpy(s, w->w_gate + i * w->h + c0, w->x[m * w->d + i], n);
-      for (int64_t j = 0; j < n; j++) {
-        s[j] = sm_act(s[j], w->act);
-        const float t = w->t[w->t_len == 1 ? 0 : c0 + j];
-        w->mask[m * w->h + c0 + j] = fabsf(s[j]) > t;
-      }
+    if (w->mode == SM_TOPK) memset(s, 0, (size_t)n * sizeof *s);
+    else memcpy(s, w->b_gate + c0, (size_t)n * sizeof *s);
+  }
+  const int64_t inner = w->mode == SM_TOPK ? w->r : w->d;
+  for (int64_t q = 0; q < inner; q++) {
+    const float* row = (w->mode == SM_TOPK ? w->p_b : w->w_gate) + q * w->h + c0;
+    for (int64_t m = 0; m < w->m; m++) {
+      const float a = w->mode == SM_TOPK ? w->partials[m * w->r + q] : w->x[m * w->d + q];
+      sm_axpy(w->scores + m * w->h + c0, row, a, n);
+    }
+  }
+  if (w->mode == SM_TOPK) return;
+  for (int64_t m = 0; m < w->m; m++) {
+    float* s = w->scores + m * w->h + c0;
+    for (int64_t j = 0; j < n; j++) {
+      s[j] = sm_act(s[j], w->act);
+      w->mask[m * w->h + c0 + j] = fabsf(s[j]) > w->t[w->t_len == 1 ? 0 : c0 + j];
     }
   }
 }
