@@ -29,6 +29,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.hooks import first_tensor, observe
 from mlpdeploy.model.sparsity import SparseSite
 from mlpdeploy.model.torch_run import run_module
+from mlpdeploy.plugins.sparse_mlp.reference import activate
 
 BATCHES = (1, 4, 16)
 TARGETS = (0.4, 0.5)  # gated: sparsities whose thresholds the table shows
@@ -140,8 +141,6 @@ class Sparsity(Analysis):
     @staticmethod
     def _gated(module: nn.Module, site: MLPSite, parts: dict, seed: int):
         act = gate_activation(module, site)
-        from mlpdeploy.plugins.sparse_mlp.reference import activate
-
         magnitude = activate(parts["up"], act).abs()
         sample = magnitude.flatten()[torch.randperm(magnitude.numel(), generator=torch.Generator().manual_seed(seed))[:1_000_000]]
         levels = sorted({s for _, s in LEVELS} | set(TARGETS))
@@ -192,8 +191,8 @@ def _table(data: dict, planner: dict | None) -> Table:
                "predictor: k for recall .95/.99"]
     title = ("Contextual sparsity (calibration tokens; union = neurons a batch of that many tokens needs: ReLU active, "
              "gated above the 50% threshold; recall on held-out tokens)")
-    chart = {"x": "MLP (depth)", "y": "share of neurons per token", "points": [
-        [i, d["active_fraction"] if d["kind"] == "relu" else 1 - 0.5, True] for i, d in enumerate(data.values())]}
+    chart = {"x": "MLP (depth)", "y": "share of neurons a batch of 4 tokens needs", "points": [
+        [i, d["union"]["4"], True] for i, d in enumerate(data.values())]}
     if planner is not None:
         title += f"; planned within {planner['budget_text']} on {planner['samples']} held-out samples"
         chart = {"x": "share of neurons computed", "y": planner["metric"], "limit": planner["limit"],
