@@ -134,7 +134,8 @@ class Sparsity(Analysis):
 
         def make(i: int):
             k = stats["predictor"]["k_for_recall"][str(levels[i])]
-            return SparseSite("topk", site.ups[0], site.down, k=k, p_a=p_a, p_b=p_b), {"mode": "topk", "k": k, "rank": rank, "recall": levels[i]}
+            settings = {"mode": "topk", "k": k, "rank": rank, "recall": levels[i], "k_for_recall": stats["predictor"]["k_for_recall"]}
+            return SparseSite("topk", site.ups[0], site.down, k=k, p_a=p_a, p_b=p_b), settings
 
         return stats, make, lambda i: make(i)[0].k / h
 

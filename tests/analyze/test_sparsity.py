@@ -97,9 +97,13 @@ def test_planner_plan_rewrites_and_validates(opt_tiny, tmp_path):
     assert details["k"] == site["k"] and details["rank"] == site["rank"]
     report = validate(opt_tiny, result.model_path, ValidateOptions(dims={"batch": 2, "seq": 9}))
     assert report.passed and set(report.reference_overrides) == {"layers.0.fc2", "layers.1.fc2"}
-    # The selection validation applied is the plan's: k neurons per token in each MLP.
+    # recall= picks each planned site's k for that recall from the plan's held-out measurements.
     loaded = load_plan(tmp_path / "plan.json")
-    assert loaded.passes[0]["sites"]["layers.1"]["k"] == entry["sites"]["layers.1"]["k"]
+    specs = loaded.pass_specs(tmp_path)
+    specs[0].options["recall"] = 0.99
+    again = rewrite_model(exported.model_path, tmp_path / "m.recall.onnx", specs)
+    chosen = again.passes[str(specs[0])]["sites"]["layers.1"]["k"]
+    assert chosen == plan.analyses["sparsity"]["sites"]["layers.1"]["predictor"]["k_for_recall"]["0.99"]
 
 
 def test_sparsified_masks_each_token_to_its_k(opt_tiny):
