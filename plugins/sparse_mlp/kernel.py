@@ -49,6 +49,7 @@ def sparse_mlp_triton(x: torch.Tensor, *inputs: torch.Tensor, mode: str = "topk"
     kernels = _kernels()
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     u, scale, act, w_up, b_up, w_down_t, b_down = select(x2, inputs, mode, activation)
+    w_up, w_down_t = w_up.contiguous(), w_down_t.contiguous()  # the kernels index rows with unit column stride
     m, d = x2.shape
     n_u, d_out = u.numel(), w_down_t.shape[1]
     u = u.to(torch.int64).contiguous()
