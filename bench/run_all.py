@@ -18,6 +18,7 @@ BENCHMARKS = [
     ["decode.py", "--int4"],
     ["drop_layers.py"],
     ["serve_load.py", "--threads", "1"],
+    ["sparse_mlp.py"],
 ]
 
 

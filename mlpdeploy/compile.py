@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import platform
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +76,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         if options.kv_cache and bundle.cache is None:
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
-        passes = (plan.pass_specs() if plan else []) + options.passes
+        passes = (plan.pass_specs(Path(options.plan).parent) if plan else []) + options.passes
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
@@ -103,6 +104,9 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         }
         if plan is not None:
             artifacts["plan"] = plan.save(work / "plan.json")
+            for name, file in plan.artifacts.items():  # the plan's weights (sparse-mlp's predictors) travel with it
+                artifacts[f"plan:{name}"] = work / file
+                shutil.copyfile(Path(options.plan).parent / file, work / file)
         validation_json = validation.to_json()
         validation_json["candidate"] = _final(validation.candidate, work, out_dir)
         if validation.layers and validation.layers["model"]:

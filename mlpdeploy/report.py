@@ -180,8 +180,8 @@ def render_html(report: dict) -> str:
         parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
     if val.get("reference_overrides"):
         edits = ", ".join(f"{k} → {v}" for k, v in val["reference_overrides"].items())
-        parts.append(f"<p><b>Reference edited as the rewrite dropped parts:</b> {_e(edits)} (outputs and layers compared with "
-                     "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the drop).</p>")
+        parts.append(f"<p><b>Reference edited as the approximate rewrite computes:</b> {_e(edits)} (outputs and layers compared with "
+                     "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the approximation).</p>")
     if val.get("task"):
         task = val["task"]
         verdict = _badge(task["passed"]) if "passed" in task else "no budget"

@@ -25,7 +25,7 @@ def test_budget_on_the_command_line(tmp_path):
     assert result.exit_code == 1, result.output
     text = " ".join(result.output.split())
     assert "FAIL: the task metric degraded past its budget (accuracy -" in text and "budget 0.001)" in text
-    assert "reference: the torch model edited as the rewrite dropped parts (blocks.0 → identity)" in text
+    assert "reference: the torch model edited as the approximate rewrite computes (blocks.0 → identity)" in text
     report = json.loads((tmp_path / "tight" / "report.json").read_text())
     assert all(o["passed"] for o in report["validation"]["outputs"].values())
     # `validate` on the built artifact edits the reference from its manifest too; a relative budget of 100% fits

@@ -52,6 +52,8 @@ class AnalysisResult:
     table: Table
     passes: list[dict[str, Any]] = field(default_factory=list)
     predicted: dict[str, Any] = field(default_factory=dict)
+    # Weights a planned pass needs (e.g. sparse-mlp's predictors, "<scope>.p_a"): saved beside plan.json.
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class Analysis(abc.ABC):

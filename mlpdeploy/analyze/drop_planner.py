@@ -49,6 +49,12 @@ def budget_text(budget: float, relative: bool, metric: str) -> str:
     return f"{budget:.3%} of the {metric}" if relative else f"{budget:g} {metric}"
 
 
+def budget_limit(ctx: AnalysisContext, metric: str, baseline: float) -> tuple[float, float]:
+    """(the degradation the budget allows, the worst metric value it allows) from the baseline metric."""
+    allowed = ctx.max_metric_delta * abs(baseline) if ctx.relative_budget else ctx.max_metric_delta
+    return allowed, baseline + allowed * (1 if degradation(metric, 1.0) > 0 else -1)
+
+
 def plan_drops(ctx: AnalysisContext, candidates: list[Sublayer], scores: dict[str, dict]) -> PlannedDrops:
     """Greedy drops within `ctx.max_metric_delta` (see the module docstring)."""
     bundle = ctx.bundle
@@ -67,8 +73,7 @@ def plan_drops(ctx: AnalysisContext, candidates: list[Sublayer], scores: dict[st
 
     base = evaluate([])
     budget = ctx.max_metric_delta
-    allowed = budget * abs(base["value"]) if ctx.relative_budget else budget
-    limit = base["value"] + allowed * (1 if degradation(task.metric, 1.0) > 0 else -1)
+    allowed, limit = budget_limit(ctx, task.metric, base["value"])
     plan = PlannedDrops(task.metric, base["value"], budget, ctx.relative_budget, base["samples"], limit, final=base["value"])
     children = {s.block: [c for c in candidates if c.block == s.block and c.kind != "block"] for s in candidates if s.kind == "block"}
     for candidate in sorted(candidates, key=lambda s: scores[s.site]["score"]):

@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlpdeploy.atomic import read_json, write_json
+import numpy as np
+from safetensors.numpy import save_file
+
+from mlpdeploy.atomic import read_json, staged_files, write_json
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.pipeline import PassSpec, parse_pass_spec
 
@@ -28,6 +31,9 @@ class Plan:
     predicted: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)
     tables: list[dict[str, Any]] = field(default_factory=list)  # what analyze printed, for report.html
+    # Weights planned passes need, by pass name (sparse-mlp's predictors): `save` writes them beside
+    # the plan as `<plan>.<pass>.safetensors` and names the file in `artifacts`.
+    arrays: dict[str, dict[str, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -44,15 +50,25 @@ class Plan:
         }
 
     def save(self, path: Path | str) -> Path:
+        path = Path(path)
+        for name, arrays in self.arrays.items():
+            artifact = path.parent / f"{path.stem}.{name}.safetensors"
+            with staged_files(artifact) as tmp:
+                save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+                tmp.chmod(0o644)
+            self.artifacts[name] = artifact.name
         return write_json(path, self.to_json())
 
-    def pass_specs(self) -> list[PassSpec]:
-        """The plan's passes, in order, with their options checked like `--pass` ones and their sites."""
+    def pass_specs(self, directory: Path | str | None = None) -> list[PassSpec]:
+        """The plan's passes, in order, with their options checked like `--pass` ones and their sites.
+        A pass with an artifact (in `directory`, the plan's) gets its path as option `artifact`."""
         specs = []
         for entry in self.passes:
             options = ",".join(f"{k}={v}" for k, v in entry.get("options", {}).items())
             spec = parse_pass_spec(f"{entry['name']}:{options}" if options else entry["name"])
             spec.sites = entry.get("sites")
+            if entry["name"] in self.artifacts and directory is not None:
+                spec.options["artifact"] = str(Path(directory) / self.artifacts[entry["name"]])
             specs.append(spec)
         return specs
 
@@ -79,7 +95,7 @@ def load_plan(path: Path | str) -> Plan:
         found = data.get(FORMAT_KEY) if isinstance(data, dict) else None
         raise MlpdeployError(f"{path} is not an mlpdeploy plan (version {found!r}, expected {FORMAT_KEY}: {FORMAT_VERSION})")
     try:
-        return Plan(**{k: v for k, v in data.items() if k != FORMAT_KEY})
+        return Plan(**{k: v for k, v in data.items() if k not in (FORMAT_KEY, "arrays")})
     except TypeError as exc:
         raise MlpdeployError(f"plan {path} does not follow the plan schema: {exc}") from None
 
@@ -97,4 +113,4 @@ def passes_with_plan(plan_path: Path | str | None, passes: list[PassSpec], onnx_
     if manifest is None:
         raise MlpdeployError(f"{onnx_model} has no manifest beside it, so plan {plan_path} cannot be matched to it; export it with mlpdeploy")
     plan.check_model(manifest.source, module_scopes(load_ir(onnx_model)) if plan.sites() else None, plan_path)
-    return plan.pass_specs() + passes
+    return plan.pass_specs(Path(plan_path).parent) + passes

@@ -66,6 +66,8 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
         plan.analyses[name] = result.data
         plan.passes.extend(result.passes)
         plan.predicted.update(result.predicted)
+        if result.arrays:
+            plan.arrays[name if not result.passes else result.passes[0]["name"]] = result.arrays
         plan.tables.append(result.table.to_json())
     return plan
 

@@ -53,7 +53,7 @@ def print_validation(console, validation: dict, title: str) -> None:
     console.print(f"ran: {validation['executed']}", markup=False)
     if validation.get("reference_overrides"):
         edits = ", ".join(f"{k} → {v}" for k, v in validation["reference_overrides"].items())
-        console.print(f"reference: the torch model edited as the rewrite dropped parts ({edits}); "
+        console.print(f"reference: the torch model edited as the approximate rewrite computes ({edits}); "
                       "the task metric is the unedited model's", markup=False)
     if validation.get("note"):
         console.print(f"note: {validation['note']}", markup=False)

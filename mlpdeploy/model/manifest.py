@@ -86,10 +86,10 @@ class Manifest:
             data["cache"] = {**self.cache, "layers": [layer for layer in layout.layers if set(layout.input_names(layer)) <= kept]}
         return Manifest.from_json(data)
 
-    def module_overrides(self) -> dict[str, str]:
+    def module_overrides(self) -> dict[str, str | dict]:
         """The torch-side edits the graph's rewrites are exact against (module path → "zero" |
-        "identity"; see mlpdeploy.model.overrides), from every rewrite recorded in the history."""
-        found: dict[str, str] = {}
+        "identity" | a sparse-mlp site; see mlpdeploy.model.overrides), from every rewrite recorded in the history."""
+        found: dict[str, str | dict] = {}
         for entry in self.history:
             found.update(entry.get("module_overrides", {}))
         return found

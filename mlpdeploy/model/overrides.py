@@ -1,6 +1,7 @@
 """A torch model with some modules overridden: what a graph rewritten by an approximate pass
 computes, exactly (`drop-layers` drops a sublayer = its output module gives zeros, so the
-residual passes straight through; drops a block = the block gives back its input).
+residual passes straight through; drops a block = the block gives back its input; `sparse-mlp`
+= an MLP computes only its selected neurons, mlpdeploy.model.sparsity).
 
 `override_modules(bundle, {"layers.3.self_attn.o_proj": "zero", "layers.2": "identity"})` is
 the bundle validation compares such a graph with (and the planner measures a drop on): same
@@ -21,6 +22,8 @@ import torch
 from mlpdeploy.dtypes import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle, dim_parts, share_tree
+from mlpdeploy.model.sparsity import KIND as SPARSE
+from mlpdeploy.model.sparsity import SparseSite, sparsified
 from mlpdeploy.model.torch_run import flatten_outputs
 
 ZERO, IDENTITY = "zero", "identity"
@@ -52,9 +55,15 @@ def _identity(_module, args, kwargs, output):
 HOOKS = {ZERO: _zero, IDENTITY: _identity}
 
 
+def describe_override(how: str | dict) -> str:
+    """One line for an override: `zero`, `identity`, or a sparse-mlp site's summary."""
+    return how if isinstance(how, str) else SparseSite.from_json(how).describe()
+
+
 @contextlib.contextmanager
-def overridden(module: torch.nn.Module, overrides: dict[str, str]) -> Iterator[None]:
-    """Inside the block, each module in `overrides` gives zeros (`zero`) or its input (`identity`).
+def overridden(module: torch.nn.Module, overrides: dict[str, str | dict]) -> Iterator[None]:
+    """Inside the block, each module in `overrides` gives zeros (`zero`) or its input (`identity`),
+    or (a dict, `sparse-mlp`: see mlpdeploy.model.sparsity) its MLP computes only selected neurons.
 
     The hooks go first in line (`prepend`), so hooks that capture outputs see the overridden ones.
     """
@@ -62,12 +71,15 @@ def overridden(module: torch.nn.Module, overrides: dict[str, str]) -> Iterator[N
     missing = sorted(set(overrides) - set(modules))
     if missing:
         raise MlpdeployError(f"the model has no module {missing[0]!r} to override; was the graph rewritten from another model?")
-    unknown = sorted({v for v in overrides.values() if v not in HOOKS})
+    plain = {p: how for p, how in overrides.items() if isinstance(how, str)}
+    sparse = [how for how in overrides.values() if not isinstance(how, str)]
+    unknown = sorted({v for v in plain.values() if v not in HOOKS} | {str(v.get("kind")) for v in sparse if v.get("kind") != SPARSE})
     if unknown:
-        raise MlpdeployError(f"unknown module override {unknown[0]!r}; known: {', '.join(HOOKS)}")
-    handles = [modules[p].register_forward_hook(HOOKS[how], with_kwargs=True, prepend=True) for p, how in overrides.items()]
+        raise MlpdeployError(f"unknown module override {unknown[0]!r}; known: {', '.join([*HOOKS, SPARSE])}")
+    handles = [modules[p].register_forward_hook(HOOKS[how], with_kwargs=True, prepend=True) for p, how in plain.items()]
     try:
-        yield
+        with sparsified(module, [SparseSite.from_json(how) for how in sparse]):
+            yield
     finally:
         for handle in handles:
             handle.remove()

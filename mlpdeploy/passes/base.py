@@ -23,10 +23,11 @@ class PassReport:
     removed_inputs: list[str] = field(default_factory=list)
     removed_outputs: list[str] = field(default_factory=list)
     # An approximate pass that is exact against an edited torch model says how: module path →
-    # "zero" (its output becomes zeros) | "identity" (it gives back its input). `rewrite_model`
+    # "zero" (its output becomes zeros) | "identity" (it gives back its input) | a dict (sparse-mlp:
+    # the MLP computes only selected neurons, mlpdeploy.model.sparsity). `rewrite_model`
     # records them in the manifest; validation applies them to its torch reference
     # (mlpdeploy.model.overrides) and judges the task metric against the unedited model.
-    module_overrides: dict[str, str] = field(default_factory=dict)
+    module_overrides: dict[str, str | dict] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides}

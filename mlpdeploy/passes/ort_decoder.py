@@ -46,9 +46,11 @@ NORM_FUSIONS = {
 
 
 def _prepare(model: ir.Model) -> None:
-    """Shapes and constant folding, which the fusion rules' checks rely on."""
+    """Shapes and constant folding, which the fusion rules' checks rely on. Model-local functions
+    stay called (not inlined): an mlpdeploy op must remain one node for `--ort-kernels` to run its
+    compiled kernel (measured: an inlined SparseMLP ran its 20-node body instead)."""
     ShapeInferencePass()(model)
-    optimizer.optimize(model)
+    optimizer.optimize(model, inline=False)
 
 
 def _copy(model: ir.Model) -> ir.Model:

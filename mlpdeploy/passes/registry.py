@@ -10,4 +10,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "convert-precision": "precision:ConvertPrecision",
     "drop-layers": "drop_layers:DropLayers",
     "ort-decoder": "ort_decoder:OrtDecoder",
+    "sparse-mlp": "sparse_mlp:SparseMLPPass",
 })

@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.model.manifest import find_manifest
+from mlpdeploy.model.overrides import describe_override
 from mlpdeploy.onnx_io import load_ir, write_onnx
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
 
@@ -57,4 +58,7 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
             removed_inputs = [n for r in reports.values() for n in r.get("removed_inputs", [])]
             removed_outputs = [n for r in reports.values() for n in r.get("removed_outputs", [])]
             derived.without(removed_inputs, removed_outputs).save_beside(tmp)
+    for report in reports.values():  # the manifest keeps the full edits (sparse-mlp's predictors); reports say them in a line
+        if report.get("module_overrides"):
+            report["module_overrides"] = {k: describe_override(v) for k, v in report["module_overrides"].items()}
     return RewriteResult(output, reports, before, after, seconds)

@@ -17,7 +17,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
-from mlpdeploy.model.overrides import override_modules
+from mlpdeploy.model.overrides import describe_override, override_modules
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats, tolerances
@@ -105,7 +105,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     atol, rtol = tolerances(options.precision, options.atol, options.rtol)
     baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
     if overrides and isinstance(reference, ModelBundle):
-        # An approximate rewrite (drop-layers) is exact against the torch model edited as it says:
+        # An approximate rewrite (drop-layers, sparse-mlp) is exact against the torch model edited as it says:
         # outputs and layers are compared with that; the task metric with the unedited model.
         reference = override_modules(reference, overrides, inputs=[i.name for i in candidate.manifest.inputs],
                                      outputs=[o["name"] for o in candidate.manifest.outputs])
@@ -137,7 +137,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         note=candidate.note,
         task=task,
         layers=layers,
-        reference_overrides=overrides if isinstance(reference, ModelBundle) else {},
+        reference_overrides={k: describe_override(v) for k, v in overrides.items()} if isinstance(reference, ModelBundle) else {},
     )
 
 

@@ -12,7 +12,8 @@ const MdOrtApi* md_api = NULL;
 
 /* One entry per kernel: its OrtCustomOp, defined in the op's ort_kernel.c. */
 extern MdCustomOp md_group_rational_op;
-static MdCustomOp* const md_ops[] = {&md_group_rational_op};
+extern MdCustomOp md_sparse_mlp_op;
+static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op};
 
 /* The ABI this library was built for, checked by the Python loader before registering it. */
 const char* mlpdeploy_ort_abi(void) { return MD_ABI_TAG; }
