@@ -266,7 +266,7 @@ def family_params(draw, family: str) -> dict:
     heads = draw(st.sampled_from([1, 2, 3]))
     return draw(st.fixed_dictionaries({
         "arch": st.sampled_from(["llama", "opt"]), "heads": st.just(heads),
-        "kv_heads": st.sampled_from([k for k in (1, 2, 3) if heads % k == 0]), "head_dim": st.sampled_from([2, 4, 6]),
+        "kv_heads": st.sampled_from([k for k in (1, 2, 3) if heads % k == 0]), "head_dim": st.sampled_from([2, 6, 8]),
         "hidden": hidden, "depth": st.integers(1, 3), "vocab": st.sampled_from([2, 7, 31]), "kv_cache": st.booleans(),
     }))
 

@@ -31,7 +31,8 @@ class FuzzTarget:
     precision: str = "fp32"  # tolerance its output is judged at
     expected_sites: Callable[[CaseSpec], int | None] = lambda spec: None  # rewrites when run alone on the export (None: unchecked)
     edit_reference: EditReference | None = None  # approximate passes: the same approximation, in torch
-    last: bool = False  # runs after the others (precision conversion: the build's last step)
+    last: bool = False  # runs after the rewrite passes, as the build applies it (precision, ORT decoder fusions)
+    standard_ops: bool = True  # its output passes onnx.checker (False: ONNX Runtime contrib ops in the default domain)
 
 
 # ---- fuse-gated-mlp / fuse-group-rational: which sites a family has -------------------------------
@@ -123,5 +124,5 @@ TARGETS: dict[str, FuzzTarget] = {
     "fuse-group-rational": FuzzTarget(applies=lambda spec: spec.family in ("rational", "gated", "fan"), expected_sites=_rationals),
     "drop-layers": FuzzTarget(options=_drop_options, edit_reference=drop_in_torch),
     "convert-precision": FuzzTarget(options=lambda spec: st.just({"precision": "fp16"}), precision="fp16", last=True),
-    "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"]),
+    "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"], last=True, standard_ops=False),
 }

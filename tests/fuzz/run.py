@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         def generate(spec):
             _run_one(spec, len(results), results)
 
-        generate()
+        try:
+            generate()
+        except KeyboardInterrupt:  # Ctrl-C ends the run early; the summary covers the cases that ran
+            print("\ninterrupted", flush=True)
     failed = [r for r in results if r.failures]
     combos = sum(r.combinations for r in results)
     checks = sum(r.checks for r in results)
