@@ -11,7 +11,7 @@ from pathlib import Path
 from fuzz_harness import cases, run_case
 from hypothesis import HealthCheck, given, settings
 
-BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "10"))
+BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "3"))
 
 
 @settings(max_examples=BUDGET, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))

@@ -100,3 +100,14 @@ def test_bisect_needs_a_torch_reference(stack):
     _, good, _, _ = stack
     result = CliRunner().invoke(cli, ["validate", "--reference", str(good), "--candidate", str(good), "--bisect"])
     assert result.exit_code == 2 and "give a MODEL as --reference" in result.output
+
+
+def test_bisect_a_tensorrt_rtx_engine_through_its_parsed_graph(stack, tmp_path):
+    pytest.importorskip("tensorrt_rtx_bindings", reason="needs the rtx extra")
+    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.validate import ValidateOptions, validate
+
+    bundle, _, bad, _ = stack
+    built = get_backend("tensorrt-rtx").build(bad, tmp_path / "bad.engine", BuildOptions())
+    report = validate(bundle, built.candidate, ValidateOptions(bisect=True))
+    assert report.bisect["first_diverging"] == "blocks.1.mlp" and report.bisect["model"].endswith("bad.engine.onnx")
