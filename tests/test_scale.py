@@ -14,8 +14,9 @@ import pytest
 
 SCRIPT = Path(__file__).parent / "fixtures" / "scale_run.py"
 WEIGHT_MIB = 16 * 3 * 2048 * 5632 * 4 / 2**20  # 2112 MiB (tests/fixtures/big_mlp.py)
-# Peak RSS allowed per stage, in multiples of the weight bytes (measured: see README, Reliability).
-BOUNDS = {"export": 3.0, "rewrite": 3.0, "build": 3.0, "validate": 3.0}
+# Peak RSS allowed per stage, in multiples of the weight bytes. Measured (README, Reliability):
+# export 1.22x, rewrite 1.83x, build 1.18x, validate 2.16x (torch model and ONNX Runtime session together).
+BOUNDS = {"export": 2.0, "rewrite": 2.5, "build": 2.0, "validate": 3.0}
 
 
 @pytest.mark.slow

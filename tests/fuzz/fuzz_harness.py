@@ -36,6 +36,7 @@ class CaseResult:
     checks: int = 0  # (combination, shape) pairs compared
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    reports: dict[str, list[dict]] = field(default_factory=dict)  # combination label → each pass's report
 
 
 @st.composite
@@ -96,7 +97,7 @@ def run_case(spec: CaseSpec, workdir: Path) -> CaseResult:
     for combo in combinations(spec.passes):
         result.combinations += 1
         label = " → ".join(f"{n}{_opts(o)}" for n, o in combo) or "export"
-        problem = _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result)
+        problem = _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, label)
         if problem:
             result.failures.append(f"[{label}] {problem}")
     result.seconds = time.perf_counter() - start
@@ -107,13 +108,13 @@ def _opts(options: dict) -> str:
     return ":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else ""
 
 
-def _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result) -> str | None:
+def _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, label) -> str | None:
     model = ir.from_proto(base)
     try:
         reports = run_pipeline(model, [PassSpec(n, dict(o)) for n, o in combo])
     except Exception as exc:  # noqa: BLE001 - a pass that raises on a model it should handle is a finding
         return f"pipeline raised {type(exc).__name__}: {first_line(exc)}"
-    reports = list(reports.values())
+    reports = result.reports[label] = list(reports.values())
     if len(combo) == 1:
         expected = TARGETS[combo[0][0]].expected_sites(spec)
         if expected is not None and reports[0]["rewritten"] != expected:
