@@ -31,7 +31,7 @@ def load_calibration_file(path: Path | str, specs=None, dim_ranges: dict[str, li
         bad = [k for k, v in feed.items() if v.dtype.kind not in "biuf"]
         if bad:
             raise MlpdeployError(f"{path}: inputs {bad} are not numeric arrays; save numbers, one array per input name")
-        empty = [k for k, v in feed.items() if v.size == 0]
+        empty = [k for k, v in feed.items() if v.ndim and v.shape[0] == 0]  # no samples (a past-0 KV cache is fine)
         if empty:
             raise MlpdeployError(f"{path}: input {empty[0]} of feed {i} is empty (shape {list(feed[empty[0]].shape)}); "
                                  "calibration needs at least one sample per input")
