@@ -16,7 +16,7 @@ from mlpdeploy.passes.registry import PASSES
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 
-BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "3"))
+BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "2"))
 
 
 @settings(max_examples=BUDGET, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
