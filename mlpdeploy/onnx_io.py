@@ -63,7 +63,8 @@ def check_contract(model: onnx.ModelProto, path: Path) -> None:
                              "re-export it with --opset 20 (or convert it with onnx.version_converter)")
     functions = {(f.domain, f.name) for f in model.functions}
     for node in model.graph.node:
-        if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in functions:
+        plugin = any(a.name == "plugin_namespace" for a in node.attribute)  # a TensorRT plugin: its backend decides
+        if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in functions and not plugin:
             raise MlpdeployError(f"{path}: node {node.name!r} is {node.domain}::{node.op_type}, an op of a domain no backend here "
                                  f"implements and the model defines no function for (known domains: {', '.join(KNOWN_DOMAINS[1:])}); "
                                  "export the op with its ONNX function body")
