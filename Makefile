@@ -7,7 +7,7 @@ EXTRAS := dev,hf,triton,rtx,serve
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow bench models ort-kernels report-check clean
+.PHONY: setup demo test test-slow fuzz bench models ort-kernels report-check clean
 
 setup: $(STAMP)
 
@@ -25,6 +25,14 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
+
+# Differential fuzzing, long run: FUZZ_CASES generated models (each with every combination of the passes
+# that apply to it), FUZZ_SEED picks them; prints every case, each failure and the spec that replays it.
+FUZZ_CASES ?= 1000
+FUZZ_SEED ?= 0
+
+fuzz: setup
+	$(PY) tests/fuzz/run.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED)
 
 BENCH_STAMP := $(VENV)/.mlpdeploy-bench-installed
 

@@ -8,10 +8,14 @@ import onnx
 import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
-from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.errors import MlpdeployError, first_line
 
 # The domains of standard ONNX ops ("ai.onnx" is the default domain spelled out).
 STANDARD_DOMAINS = ("", "ai.onnx")
+# Domains whose ops some backend here implements: standard ONNX and ONNX-ML, ONNX Runtime's contrib ops
+# (and the layouts of its optimized graphs), onnxruntime-extensions, and mlpdeploy's own ops.
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.contrib", "mlpdeploy")
+MIN_OPSET = 7  # the oldest ONNX Runtime runs
 
 # Protobuf cannot serialize a model over 2 GiB; past this size weights go to an external data file.
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
@@ -28,17 +32,63 @@ def check_onnx_path(path: Path | str) -> Path:
 
 
 def load_onnx(path: Path | str, load_external_data: bool = True) -> onnx.ModelProto:
-    """Parse an ONNX file, turning protobuf/IO failures into one-line errors."""
+    """Parse an ONNX file, turning protobuf/IO failures into one-line errors; refuse a model no
+    backend here can run (`check_contract`) before reading its external data."""
     path = check_onnx_path(path)
     try:
-        model = onnx.load(str(path), load_external_data=load_external_data)
+        model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, onnx raises various on truncated files
         raise MlpdeployError(
             f"{path} is not a readable ONNX model ({type(exc).__name__}); it may be truncated or not ONNX: re-export it"
         ) from None
     if not model.graph.node and not model.graph.output:
         raise MlpdeployError(f"{path} parsed but holds no graph; it is not an ONNX model: re-export it")
+    check_contract(model, path)
+    if load_external_data:
+        try:
+            onnx.external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except Exception as exc:
+            raise MlpdeployError(f"cannot read the external data of {path} ({type(exc).__name__}: {first_line(exc)}); re-export it") from None
     return model
+
+
+def check_contract(model: onnx.ModelProto, path: Path) -> None:
+    """One-line errors for what would fail later, deep in a library: an opset outside what the
+    installed onnx knows, an op of a domain nothing here implements, external data that is
+    missing, short, or outside the model's directory."""
+    opset = next((o.version for o in model.opset_import if o.domain in STANDARD_DOMAINS), None)
+    newest = onnx.defs.onnx_opset_version()
+    if opset is not None and not MIN_OPSET <= opset <= newest:
+        raise MlpdeployError(f"{path} uses ONNX opset {opset}; supported are {MIN_OPSET}..{newest} (onnx {onnx.__version__}): "
+                             "re-export it with --opset 20 (or convert it with onnx.version_converter)")
+    functions = {(f.domain, f.name) for f in model.functions}
+    for node in model.graph.node:
+        plugin = any(a.name == "plugin_namespace" for a in node.attribute)  # a TensorRT plugin: its backend decides
+        if node.domain not in KNOWN_DOMAINS and (node.domain, node.op_type) not in functions and not plugin:
+            raise MlpdeployError(f"{path}: node {node.name!r} is {node.domain}::{node.op_type}, an op of a domain no backend here "
+                                 f"implements and the model defines no function for (known domains: {', '.join(KNOWN_DOMAINS[1:])}); "
+                                 "export the op with its ONNX function body")
+    _check_external_data(model, path)
+
+
+def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
+    base = path.parent.resolve()
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (base / location).resolve()
+        if Path(location).is_absolute() or not target.is_relative_to(base):
+            raise MlpdeployError(f"{path}: weight {tensor.name!r} points at external data {location!r}, outside the model's directory; "
+                                 "refusing to read it: keep the external data file beside the model")
+        if not target.is_file():
+            raise MlpdeployError(f"{path}: weight {tensor.name!r} needs external data file {location!r}, which is missing beside the model; "
+                                 "copy it next to the model (or re-export)")
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > target.stat().st_size:
+            raise MlpdeployError(f"{path}: external data file {location!r} ends at byte {target.stat().st_size}, but weight "
+                                 f"{tensor.name!r} needs bytes up to {end}: it is truncated; copy it again (or re-export)")
 
 
 def load_ir(path: Path | str) -> ir.Model:

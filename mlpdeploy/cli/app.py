@@ -31,7 +31,9 @@ class MlpdeployGroup(click.Group):
             return super().invoke(ctx)
         except MlpdeployError as exc:
             self._fail(ctx, str(exc), exc.exit_code)
-        except (KeyboardInterrupt, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+        except KeyboardInterrupt:  # every artifact is written atomically: what exists is complete
+            self._fail(ctx, "interrupted; artifacts are written whole or not at all, so nothing partial was left", 130)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except Exception as exc:  # a bug or an unexpected library failure
             self._fail(ctx, f"{type(exc).__name__}: {first_line(exc)} (rerun with --debug for the traceback)", 2)

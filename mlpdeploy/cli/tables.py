@@ -69,3 +69,23 @@ def failure(validation: dict) -> str:
         budget = f"{task['max_metric_delta']:.3%}" if task.get("relative_budget") else f"{task['max_metric_delta']:g}"
         reasons.append(f"the task metric degraded past its budget ({task['metric']} {task['delta']:+.4g}, budget {budget})")
     return "; ".join(reasons) or "validation failed"
+
+
+def print_bisect(console, bisect: dict) -> None:
+    """The first layer over tolerance (and the last one that matched), and what --reduce wrote."""
+    first = bisect["first_diverging"]
+    if first is None:
+        console.print(f"bisect: every layer matches ({len(bisect['errors'])} compared in {bisect['model']})", markup=False)
+    else:
+        e = bisect["errors"][first]
+        after = f", after {bisect['last_matching']}, which matches" if bisect["last_matching"] else " (the first layer compared)"
+        console.print(f"bisect: first diverging layer {first}: max abs {e['max_abs']:.3e}, cosine {e['cosine']:.6f}{after}", markup=False)
+    if "reduced" not in bisect:
+        return
+    r = bisect["reduced"]
+    if r is None:
+        console.print("reduce: no module scope is over tolerance; nothing written", markup=False)
+        return
+    console.print(f"reduce: {r['scope']} ({r['nodes']} of {r['graph_nodes']} nodes) → {r['model']}, inputs {r['inputs_json']}, "
+                  f"torch output {r['reference_json']}; max abs {r['errors_reduced']['max_abs']:.3e} "
+                  f"({'reproduces' if r['reproduces'] else 'does NOT reproduce'} the divergence)", markup=False)

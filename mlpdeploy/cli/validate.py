@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import SEED, TOLERANCES, parse_dims, precision_option, task_options
-from mlpdeploy.cli.tables import failure, print_validation
+from mlpdeploy.cli.tables import failure, print_bisect, print_validation
 
 TASK = task_options(default_samples=0)
 PRECISION = precision_option(None, "Picks default tolerances (default: the precision the candidate was built with, else fp32).")
@@ -28,9 +28,13 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
 @click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task).")
 @TASK
+@click.option("--bisect", is_flag=True, help="Report the first layer (by module scope, in graph order) whose output is over tolerance.")
+@click.option("--reduce", "reduce_path", type=click.Path(path_type=Path), metavar="OUT.onnx",
+              help="Write the smallest module scope over tolerance as OUT.onnx, its inputs as OUT.inputs.json and torch's "
+                   "output as OUT.reference.json (Polygraphy formats: polygraphy run OUT.onnx --onnxrt --load-inputs ... --load-outputs ...).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @debug_option
-def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, json_path, debug, **kwargs) -> None:
+def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, bisect, reduce_path, json_path, debug, **kwargs) -> None:
     """Compare a candidate with the reference; exit 1 when over tolerance."""
     from mlpdeploy.atomic import write_json
     from mlpdeploy.backends import load_candidate
@@ -42,12 +46,14 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
     precision = PRECISION.parse(kwargs)
     if precision is None:
         precision = (loaded.manifest.last("build").get("precision") if loaded.manifest else None) or "fp32"
-    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task,
+    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task, bisect=bisect, reduce=reduce_path,
                               **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
     ref = Path(reference) if reference.endswith(".onnx") else load_model(reference)
     with console.status("validating"):
         report = run_validation(ref, loaded, options)
     print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})")
+    if report.bisect is not None:
+        print_bisect(console, report.bisect)
     if json_path:
         write_json(json_path, report.to_json())
     console.print("[green]PASS[/]" if report.passed else f"[red]FAIL: {escape(failure(report.to_json()))}[/]")

@@ -31,6 +31,15 @@ def load_calibration_file(path: Path | str, specs=None, dim_ranges: dict[str, li
         bad = [k for k, v in feed.items() if v.dtype.kind not in "biuf"]
         if bad:
             raise MlpdeployError(f"{path}: inputs {bad} are not numeric arrays; save numbers, one array per input name")
+        empty = [k for k, v in feed.items() if v.ndim and v.shape[0] == 0]  # no samples (a past-0 KV cache is fine)
+        if empty:
+            raise MlpdeployError(f"{path}: input {empty[0]} of feed {i} is empty (shape {list(feed[empty[0]].shape)}); "
+                                 "calibration needs at least one sample per input")
+        nonfinite = [k for k, v in feed.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+        if nonfinite:
+            v = feed[nonfinite[0]]
+            raise MlpdeployError(f"{path}: input {nonfinite[0]} of feed {i} holds {int(np.isnan(v).sum())} NaN and "
+                                 f"{int(np.isinf(v).sum())} infinite values; calibration statistics need finite data: clean the file")
         if specs is not None:
             check_inputs(feed, specs, dim_ranges or {}, str(path))
     if specs is not None:

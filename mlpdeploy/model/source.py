@@ -13,6 +13,7 @@ Accepted forms:
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import inspect
 import sys
@@ -63,7 +64,10 @@ def load_model(spec: str) -> ModelBundle:
 def _import_file(path: Path):
     if not path.is_file():
         raise MlpdeployError(f"model file {path} not found; MODEL file.py:factory must name an existing Python file")
-    name = f"mlpdeploy_user_{abs(hash(str(path.resolve())))}"
+    # A stable name (not hash(), which Python salts per process): it appears in every exported node's
+    # metadata (class hierarchy), so a salted one made two exports of the same file differ (found by
+    # tests/test_determinism.py).
+    name = f"mlpdeploy_user_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlpdeploy.model.manifest import Manifest, find_manifest
+from mlpdeploy.onnx_io import load_onnx
 from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
 
@@ -34,6 +35,7 @@ def onnx_candidate(model_path: Path | str, session: dict | None = None, note: st
     from polygraphy.backend.onnxrt import OnnxrtRunner
 
     path = Path(model_path)
+    load_onnx(path, load_external_data=False)  # one-line errors for a file ONNX Runtime would refuse deep inside
     config = session if session is not None else saved_session_config(path)
     providers = ", ".join(p.removesuffix("ExecutionProvider") for p in config["providers"])
     return Candidate(

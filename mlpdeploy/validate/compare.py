@@ -19,6 +19,7 @@ from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs,
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
+from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats, tolerances
 from mlpdeploy.validate.outputs import compare_outputs
@@ -54,6 +55,8 @@ class ValidateOptions:
     task_limit: int | None = None
     max_metric_delta: float | None = None
     relative_metric_delta: bool = False
+    bisect: bool = False  # find the first layer over tolerance (validate/bisect.py)
+    reduce: Path | str | None = None  # write the smallest module scope over tolerance here (+ inputs, reference)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class ValidationReport:
     task: dict[str, Any] | None = None
     layers: dict[str, Any] | None = None
     reference_overrides: dict[str, str] = field(default_factory=dict)  # how the torch reference was edited (drop-layers)
+    bisect: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         data = {
@@ -90,6 +94,8 @@ class ValidationReport:
             data["task"] = self.task
         if self.layers is not None:
             data["layers"] = self.layers
+        if self.bisect is not None:
+            data["bisect"] = self.bisect
         return data
 
 
@@ -119,6 +125,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
         layers = _layer_report(reference, candidate, feeds[0])
+    bisect = _bisect_report(reference, candidate, feeds[0], atol, rtol, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
         if not isinstance(reference, ModelBundle) or reference.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
@@ -137,6 +144,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         note=candidate.note,
         task=task,
         layers=layers,
+        bisect=bisect,
         reference_overrides={k: describe_override(v) for k, v in overrides.items()} if isinstance(reference, ModelBundle) else {},
     )
 
@@ -163,6 +171,23 @@ def _layer_report(reference: ModelBundle, candidate: Candidate, feed: dict[str, 
         return {"model": None, "errors": {}, "skipped": {"*": f"{candidate.executed}: no graph with module scopes to compare layers on"}}
     errors, skipped = compare_layers(reference, candidate.layer_model, feed)
     return {"model": str(candidate.layer_model), "errors": {k: v.to_json() for k, v in errors.items()}, "skipped": skipped}
+
+
+def _bisect_report(reference, candidate: Candidate, feed: dict[str, np.ndarray], atol: float, rtol: float, options: ValidateOptions) -> dict:
+    """The first layer over tolerance and, with `options.reduce`, the smallest scope over it, written out."""
+    if not isinstance(reference, ModelBundle):
+        raise MlpdeployError("--bisect and --reduce compare layers with torch: give a MODEL as --reference, not an .onnx file")
+    if candidate.layer_model is None:
+        raise MlpdeployError(f"--bisect/--reduce need a graph with module scopes; {candidate.executed} has none "
+                             "(validate the rewritten .onnx, or an artifact whose backend keeps its parsed graph)")
+    report = bisect_layers(reference, candidate.layer_model, feed, atol, rtol)
+    if options.reduce:
+        report.reduced = reduce_divergence(reference, candidate.layer_model, feed, atol, rtol, options.reduce)
+    data = report.to_json()
+    data["model"] = str(candidate.layer_model)
+    if options.reduce:
+        data["reduced"] = report.reduced  # None: no scope over tolerance, nothing written
+    return data
 
 
 def _check_dims(dims: dict[str, int], specs: list[InputSpec]) -> None:

@@ -22,13 +22,23 @@ from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 
 
-def layer_values(model: ir.Model) -> tuple[dict[str, ir.Value], dict[str, str]]:
-    """(layer path → the ONNX value leaving it, layer path → why it was skipped)."""
+def scope_members(model: ir.Model, layers_only: bool = True) -> dict[str, set[ir.Node]]:
+    """Module path → the nodes inside it (layers only, or every module scope)."""
     members: dict[str, set[ir.Node]] = {}
     for node, scopes in inherited_scopes(model.graph).items():
         for scope in scopes:
-            if is_layer_path(scope):
+            if scope and (is_layer_path(scope) or not layers_only):
                 members.setdefault(scope, set()).add(node)
+    return members
+
+
+NO_SCOPES = "the candidate carries no module scopes (e.g. an ONNX Runtime-optimized graph)"
+
+
+def layer_values(model: ir.Model, layers_only: bool = True) -> tuple[dict[str, ir.Value], dict[str, str]]:
+    """(layer path → the ONNX value leaving it, layer path → why it was skipped); with
+    `layers_only=False`, every module scope instead of the layers."""
+    members = scope_members(model, layers_only)
     graph_outputs = set(model.graph.outputs)
     found, skipped = {}, {}
     for path, nodes in members.items():
@@ -51,30 +61,32 @@ def _torch_layer_outputs(bundle: ModelBundle, feed: dict[str, np.ndarray], paths
     return {path: to_numpy(tensor) for path, tensor in captured.items()}
 
 
-def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, np.ndarray]) -> tuple[dict[str, ErrorStats], dict[str, str]]:
-    """Errors per layer between the torch reference and an ONNX graph with module scopes, on one feed.
-
-    The graph runs in ONNX Runtime with its own optimizations off and every layer's value
-    marked as an output.
-    """
+def run_values(model: ir.Model, values: list[ir.Value], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays `values` take when `model` runs on `feed` in ONNX Runtime (its optimizations off),
+    by value name. Marks them as outputs of `model` (a copy the caller owns)."""
     import onnxruntime as ort
 
-    model = load_ir(candidate)
-    values, skipped = layer_values(model)
-    if not values:
-        return {}, skipped or {"*": "the candidate carries no module scopes (e.g. an ONNX Runtime-optimized graph)"}
-    reference = _torch_layer_outputs(bundle, feed, list(values))
     existing = {v.name for v in model.graph.outputs}
-    for value in values.values():
+    for value in values:
         if value.name not in existing:
             model.graph.outputs.append(value)
+            existing.add(value.name)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    names = list(dict.fromkeys(v.name for v in values.values()))
-    results = dict(zip(names, session.run(names, feed)))
-    errors = {}
+    names = list(dict.fromkeys(v.name for v in values))
+    wanted = {i.name for i in session.get_inputs()}
+    return dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
+
+
+def layer_arrays(bundle: ModelBundle, model: ir.Model, values: dict[str, ir.Value], feed: dict[str, np.ndarray],
+                 skipped: dict[str, str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Scope path → (ONNX array, torch array) for each value in `values` (float32); scopes that
+    cannot be compared are added to `skipped` with the reason."""
+    reference = _torch_layer_outputs(bundle, feed, list(values))
+    results = run_values(model, list(values.values()), feed)
+    arrays = {}
     for path, value in values.items():
         if path not in reference:
             skipped[path] = "the torch module's output is not a tensor"
@@ -83,5 +95,20 @@ def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, n
         if ref.shape != cand.shape:
             skipped[path] = f"shape {list(cand.shape)} in ONNX vs {list(ref.shape)} in torch"
             continue
-        errors[path] = error_stats(cand, ref)
+        arrays[path] = (cand, ref)
+    return arrays
+
+
+def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, np.ndarray]) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Errors per layer between the torch reference and an ONNX graph with module scopes, on one feed.
+
+    The graph runs in ONNX Runtime with its own optimizations off and every layer's value
+    marked as an output.
+    """
+    model = load_ir(candidate)
+    values, skipped = layer_values(model)
+    if not values:
+        return {}, skipped or {"*": NO_SCOPES}
+    arrays = layer_arrays(bundle, model, values, feed, skipped)
+    errors = {path: error_stats(cand, ref) for path, (cand, ref) in arrays.items()}
     return dict(sorted(errors.items(), key=lambda kv: natural_key(kv[0]))), skipped

@@ -62,3 +62,15 @@ def test_bad_model_specs(spec, message):
         load_model(spec)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_user_module_name_does_not_depend_on_the_hash_seed():
+    """The module name a factory file is imported under appears in every exported node's metadata:
+    it was `hash()`-salted (per process), so two exports of one file differed byte for byte
+    (found by tests/test_determinism.py). It is now a digest of the file's path."""
+    import hashlib
+
+    from mlpdeploy.model.source import _import_file
+
+    path = (FIXTURES / "tiny_mlp.py").resolve()
+    assert _import_file(path).__name__ == f"mlpdeploy_user_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"

@@ -23,7 +23,9 @@ from mlpdeploy.scopes import inherited_scopes, natural_key
 
 ATTENTION_OPS = frozenset({"Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention"})
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast"})  # f(0) = 0
-COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", *ATTENTION_OPS})
+# Ops that compute with weights: a branch must hold one. mlpdeploy's KAN ops (BSplineKAN, FANLayer) hold
+# their layer's matrix products, so a residual stack of KAN/FAN layers has branches too (found by fuzzing).
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", "BSplineKAN", "FANLayer", *ATTENTION_OPS})
 
 
 @dataclass(eq=False)

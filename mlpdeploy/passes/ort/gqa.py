@@ -178,6 +178,9 @@ class AttentionToGQA(pattern.RewriteRuleClassBase):
         head_dim, v_head_dim = _ir_utils.get_dim(q_BSHD, 3), _ir_utils.get_dim(v_BSHD, 3)
         if not all(isinstance(d, int) for d in (heads, kv_heads, head_dim)) or v_head_dim != head_dim:
             return result.fail("head counts and sizes are not static, or values differ in head size")
+        if head_dim % 8:  # the CPU kernel refuses it at run time ("head_size must be a multiple of 8"): found by fuzzing
+            self.inputs.why = f"head size {head_dim} is not a multiple of 8, which ONNX Runtime's GroupQueryAttention requires"
+            return result.fail(self.inputs.why)
         sdpa = attn.producer()
         if sdpa.attributes.get_string("key_format", "BHSd") != "BHSd":
             return result.fail("attention key format is not BHSd")

@@ -1,0 +1,153 @@
+"""Run one generated case: export the torch model, apply every combination of its passes (in the
+case's order), and check ONNX Runtime against torch — the torch model edited the same way when an
+approximate pass (drop-layers) is in the combination — within the tolerance of the precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnxruntime as ort
+from fuzz_families import FAMILIES, CaseSpec, build_bundle, case_specs
+from fuzz_targets import TARGETS
+from hypothesis import strategies as st
+
+from mlpdeploy.errors import MlpdeployError, first_line
+from mlpdeploy.export import export_model
+from mlpdeploy.model.inputs import generate_inputs
+from mlpdeploy.model.torch_run import run_module
+from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+
+# max |ONNX Runtime − torch| allowed, relative to max(1, max |torch|)
+TOLERANCE = {"fp32": 1e-4, "fp16": 3e-2}
+
+
+@dataclass
+class CaseResult:
+    spec: CaseSpec
+    combinations: int = 0
+    checks: int = 0  # (combination, shape) pairs compared
+    failures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    reports: dict[str, list[dict]] = field(default_factory=dict)  # combination label → each pass's report
+
+
+@st.composite
+def cases(draw, families=FAMILIES) -> CaseSpec:
+    """A generated model with the passes that apply to it, their options and an order."""
+    spec = draw(case_specs(families))
+    names = [name for name, target in TARGETS.items() if target.applies(spec)]
+    order = draw(st.permutations([n for n in names if not TARGETS[n].last])) + [n for n in names if TARGETS[n].last]
+    spec.passes = [[name, draw(TARGETS[name].options(spec))] for name in order]
+    return spec
+
+
+def combinations(passes: list[list]) -> list[list[list]]:
+    """Every subset of the passes, each in the case's order (the empty one: the export alone)."""
+    return [list(c) for k in range(len(passes) + 1) for c in itertools.combinations(passes, k)]
+
+
+def _session(model: ir.Model, check: bool) -> ort.InferenceSession:
+    proto = ir.to_proto(model)
+    if check:
+        onnx.checker.check_model(proto)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def _compare(name: str, got: np.ndarray, want: np.ndarray, precision: str) -> str | None:
+    if got.shape != want.shape:
+        return f"{name}: shape {list(got.shape)} != torch {list(want.shape)}"
+    want = want.astype(np.float64)
+    got = got.astype(np.float64)
+    if not np.isfinite(got[np.isfinite(want)]).all():
+        return f"{name}: non-finite values where torch is finite"
+    finite = np.isfinite(want)
+    scale = max(1.0, float(np.abs(want[finite]).max(initial=0.0)))
+    err = float(np.abs(got[finite] - want[finite]).max(initial=0.0))
+    tol = TOLERANCE[precision] * scale
+    return None if err <= tol else f"{name}: max error {err:.3g} > {tol:.3g} ({precision})"
+
+
+def run_case(spec: CaseSpec, workdir: Path) -> CaseResult:
+    """Every combination of the case's passes on its exported model, checked at its shapes."""
+    start = time.perf_counter()
+    result = CaseResult(spec)
+    bundle = build_bundle(spec)
+    try:
+        exported = export_model(bundle, Path(workdir) / "model.onnx")
+    except MlpdeployError as exc:
+        result.failures.append(f"export: {first_line(exc)}")
+        return result
+    base = onnx.load(str(exported.model_path))
+    names = [s.name for s in bundle.inputs]
+    outputs = bundle.output_names or [o["name"] for o in exported.manifest.outputs]
+    feeds = [generate_inputs(bundle.inputs, seed=spec.seed + i, dims=shape) for i, shape in enumerate(spec.shapes)]
+    plain = [dict(zip(outputs, run_module(bundle.module, feed, names))) for feed in feeds]
+    for combo in combinations(spec.passes):
+        result.combinations += 1
+        label = " → ".join(f"{n}{_opts(o)}" for n, o in combo) or "export"
+        problem = _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, label)
+        if problem:
+            result.failures.append(f"[{label}] {problem}")
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _opts(options: dict) -> str:
+    return ":" + ",".join(f"{k}={v}" for k, v in options.items()) if options else ""
+
+
+def _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, label) -> str | None:
+    model = ir.from_proto(base)
+    try:
+        reports = run_pipeline(model, [PassSpec(n, dict(o)) for n, o in combo])
+    except Exception as exc:  # noqa: BLE001 - a pass that raises on a model it should handle is a finding
+        return f"pipeline raised {type(exc).__name__}: {first_line(exc)}"
+    reports = result.reports[label] = list(reports.values())
+    if len(combo) == 1:
+        expected = TARGETS[combo[0][0]].expected_sites(spec)
+        if expected is not None and reports[0]["rewritten"] != expected:
+            return f"rewrote {reports[0]['rewritten']} of {expected} sites; skipped: {reports[0]['skipped']}"
+    reference, edited = bundle.module, False
+    for (name, options), report in zip(combo, reports):
+        edit = TARGETS[name].edit_reference
+        if edit is not None:
+            if not edited:
+                reference, edited = copy.deepcopy(bundle.module), True
+            problem = edit(reference, spec, options, report)
+            if problem:
+                return problem
+    precision = "fp16" if any(TARGETS[n].precision == "fp16" for n, _ in combo) else "fp32"
+    try:
+        session = _session(model, all(TARGETS[n].standard_ops for n, _ in combo))
+    except Exception as exc:  # noqa: BLE001
+        return f"invalid model: {type(exc).__name__}: {first_line(exc)}"
+    graph_inputs = [i.name for i in session.get_inputs()]
+    graph_outputs = [o.name for o in session.get_outputs()]
+    for feed, shape, want in zip(feeds, spec.shapes, plain):
+        if edited:
+            want = dict(zip(outputs, run_module(reference, feed, names)))
+        try:
+            got = dict(zip(graph_outputs, session.run(graph_outputs, {k: feed[k] for k in graph_inputs})))
+        except Exception as exc:  # noqa: BLE001
+            return f"{shape}: ONNX Runtime raised {type(exc).__name__}: {first_line(exc)}"
+        result.checks += 1
+        missing = sorted(set(got) - set(want))
+        if missing:
+            return f"outputs {missing} are not the model's"
+        for out_name, value in got.items():
+            problem = _compare(out_name, value, want[out_name], precision)
+            if problem:
+                return f"{shape}: {problem}"
+    return None

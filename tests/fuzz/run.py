@@ -1,0 +1,75 @@
+"""`make fuzz`: a long differential-fuzzing run. Prints every case (its JSON spec), its result,
+and at the end the counts and each failure with the spec that reproduces it.
+
+    python tests/fuzz/run.py --cases 1000 [--seed S] [--family gated --family decoder]
+    python tests/fuzz/run.py --replay '{"family": "gated", ...}'    # one case, from a printed spec
+
+Unlike the `make test` budget (tests/fuzz/test_fuzz.py, which stops at the first failure and
+shrinks it), this run keeps going past failures so one run lists them all. Exit 1 if any failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fuzz_families import FAMILIES, CaseSpec  # noqa: E402
+from fuzz_harness import CaseResult, cases, run_case  # noqa: E402
+from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+
+
+def _run_one(spec: CaseSpec, index: int, results: list[CaseResult]) -> None:
+    with tempfile.TemporaryDirectory(prefix="mlpdeploy-fuzz-") as tmp:
+        try:
+            result = run_case(spec, Path(tmp))
+        except Exception as exc:  # noqa: BLE001 - the harness itself failing is a failure too
+            result = CaseResult(spec, failures=[f"harness raised {type(exc).__name__}: {exc}"])
+    results.append(result)
+    status = "ok" if not result.failures else f"FAIL ({len(result.failures)})"
+    print(f"case {index:5d} {status:9s} {result.combinations:2d} combos {result.checks:3d} checks {result.seconds:5.1f}s  {spec.to_json()}", flush=True)
+    for failure in result.failures[:3]:
+        print(f"           {failure}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0, help="hypothesis seed: the same seed generates the same cases")
+    parser.add_argument("--family", action="append", choices=FAMILIES, help="only these families (repeatable)")
+    parser.add_argument("--replay", help="run the one case with this JSON spec (as printed)")
+    args = parser.parse_args(argv)
+    results: list[CaseResult] = []
+    start = time.perf_counter()
+    if args.replay:
+        _run_one(CaseSpec.from_json(args.replay), 0, results)
+    else:
+        @seed(args.seed)
+        @settings(max_examples=args.cases, database=None, deadline=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(spec=cases(tuple(args.family or FAMILIES)))
+        def generate(spec):
+            _run_one(spec, len(results), results)
+
+        try:
+            generate()
+        except KeyboardInterrupt:  # Ctrl-C ends the run early; the summary covers the cases that ran
+            print("\ninterrupted", flush=True)
+    failed = [r for r in results if r.failures]
+    combos = sum(r.combinations for r in results)
+    checks = sum(r.checks for r in results)
+    print(f"\n{len(results)} cases, {combos} pass combinations, {checks} checks, {len(failed)} failed cases, "
+          f"{time.perf_counter() - start:.0f} s (seed {args.seed})")
+    for r in failed:
+        print(f"FAILED {r.spec.to_json()}")
+        for failure in r.failures:
+            print(f"    {failure}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""Differential fuzzing at a fixed budget (part of `make test`): random models from every family,
+every combination of the passes that apply, ONNX Runtime vs torch. `make fuzz` runs a long one
+(tests/fuzz/run.py). MLPDEPLOY_FUZZ_CASES sets the budget here."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from fuzz_harness import cases, run_case
+from fuzz_targets import TARGETS
+from hypothesis import HealthCheck, given, settings
+
+from mlpdeploy.passes.registry import PASSES
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+
+BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "2"))
+
+
+@settings(max_examples=BUDGET, deadline=None, derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+@given(spec=cases())
+def test_every_pass_combination_matches_torch(spec):
+    with tempfile.TemporaryDirectory(prefix="mlpdeploy-fuzz-") as tmp:
+        result = run_case(spec, Path(tmp))
+    assert not result.failures, f"{spec.to_json()}\n" + "\n".join(result.failures)
+
+
+def test_every_registered_pass_is_fuzzed_and_checked_for_determinism():
+    """A new pass adds one entry to fuzz_targets.TARGETS and one to tests/fixtures/determinism_run.py CASES."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("determinism_run", FIXTURES / "determinism_run.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert set(TARGETS) == set(PASSES.names()), f"fuzz targets {sorted(TARGETS)} vs passes {PASSES.names()}"
+    assert set(module.CASES) == set(PASSES.names()), f"determinism cases {sorted(module.CASES)} vs passes {PASSES.names()}"
