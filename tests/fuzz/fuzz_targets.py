@@ -119,10 +119,37 @@ def drop_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: dict
     return None
 
 
+# ---- sparse-mlp: options, and the same neuron selection applied to the torch model ---------------
+
+
+def _sparse_options(spec: CaseSpec) -> st.SearchStrategy:
+    p = spec.params
+    widest_k = min(w for w in (p.get("hidden"), p.get("tokens_hidden")) if w) if p.get("hidden") else 1
+    return st.fixed_dictionaries({"k": st.integers(1, widest_k), "threshold": st.sampled_from([0.0, 0.05, 0.3, 1.0])})
+
+
+def sparsify_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: dict) -> str | None:
+    """Select in torch the neurons the pass's sites select (mlpdeploy.model.sparsity), kept in
+    force for the module's lifetime."""
+    import contextlib
+
+    from mlpdeploy.model.sparsity import SparseSite, sparsified
+
+    sites = [SparseSite.from_json(data) for data in report.get("module_overrides", {}).values()]
+    if len(sites) != report.get("rewritten", 0):
+        return f"{report.get('rewritten')} sites rewritten but {len(sites)} selections recorded"
+    stack = contextlib.ExitStack()
+    stack.enter_context(sparsified(module, sites))
+    module._mlpdeploy_fuzz_sparsity = stack  # the hooks live as long as the module
+    return None
+
+
 TARGETS: dict[str, FuzzTarget] = {
     "fuse-gated-mlp": FuzzTarget(expected_sites=_gated_mlps),
     "fuse-group-rational": FuzzTarget(applies=lambda spec: spec.family in ("rational", "gated", "fan"), expected_sites=_rationals),
     "drop-layers": FuzzTarget(options=_drop_options, edit_reference=drop_in_torch),
     "convert-precision": FuzzTarget(options=lambda spec: st.just({"precision": "fp16"}), precision="fp16", last=True),
     "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"], last=True, standard_ops=False),
+    "sparse-mlp": FuzzTarget(applies=lambda spec: spec.family in ("gated", "relu", "postnorm", "decoder"), options=_sparse_options,
+                             edit_reference=sparsify_in_torch),
 }

@@ -36,3 +36,13 @@ def test_ort_decoder_keeps_attention_whose_head_size_is_not_a_multiple_of_8():
     report, = replay(spec).reports["ort-decoder"]
     assert "head size 2 is not a multiple of 8" in report["skipped"]["attention"]
     assert report["fusions"].get("GroupQueryAttention", 0) == 0
+
+
+def test_drop_layers_finds_mlps_after_sparse_mlp():
+    """drop-layers run after sparse-mlp found no MLP left to drop ('0 mlp site(s) left'): a residual
+    branch had to hold a MatMul, and a rewritten MLP is one SparseMLP node."""
+    result = replay({"family": "relu", "params": {"act": "relu", "bias": False, "depth": 3, "dim": 8, "hidden": 16, "norm": "none", "post": False},
+                     "passes": [["sparse-mlp", {"k": 3, "threshold": 0.0}], ["drop-layers", {"mlp": 1}]], "seed": 1,
+                     "shapes": [{"batch": 2, "seq": 5}]})
+    sparse, drop = result.reports["sparse-mlp:k=3,threshold=0.0 → drop-layers:mlp=1"]
+    assert sparse["rewritten"] == 3 and drop["rewritten"] == 1

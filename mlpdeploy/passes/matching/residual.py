@@ -23,9 +23,10 @@ from mlpdeploy.scopes import inherited_scopes, natural_key
 
 ATTENTION_OPS = frozenset({"Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention"})
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast"})  # f(0) = 0
-# Ops that compute with weights: a branch must hold one. mlpdeploy's KAN ops (BSplineKAN, FANLayer) hold
-# their layer's matrix products, so a residual stack of KAN/FAN layers has branches too (found by fuzzing).
-COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", "BSplineKAN", "FANLayer", *ATTENTION_OPS})
+# Ops that compute with weights: a branch must hold one. mlpdeploy's KAN ops (BSplineKAN, FANLayer) and
+# SparseMLP hold their layer's matrix products, so a residual stack of them has branches too (found by
+# fuzzing: drop-layers after sparse-mlp found no MLP left to drop).
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", "SparseMLP", "BSplineKAN", "FANLayer", *ATTENTION_OPS})
 
 
 @dataclass(eq=False)
