@@ -42,5 +42,6 @@ OPS: dict[str, CustomOp] = {
         CustomOp("GroupRational", "group_rational", exportable=True),  # GR-KAN (KAT): group-wise P(x)/Q(x), forms A/B
         CustomOp("BSplineKAN", "bspline_kan", exportable=True),  # efficient-kan: SiLU(x)·W_base + B-spline bases·W_spline
         CustomOp("FANLayer", "fan_layer", exportable=True),  # FAN: concat[cos(x·W_p), sin(x·W_p), act(x·W_g + b)]
+        CustomOp("W4A16MatMul", "w4a16_matmul"),  # x·W, W as NVFP4/MXFP4/INT4 codes decoded inside the GEMM
     ]
 }
