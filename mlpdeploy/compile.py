@@ -17,8 +17,12 @@ from mlpdeploy.export import DEFAULT_OPSET, export_model
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.passes import PassSpec, rewrite_model
+from mlpdeploy.passes.pipeline import resolve_targets
+from mlpdeploy.passes.quantize_weights import quantized_sites
+from mlpdeploy.quant import quantized_copy
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
+from mlpdeploy.validate.metrics import INT8_ACTIVATIONS
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
@@ -38,7 +42,8 @@ class CompileOptions:
     opset: int = DEFAULT_OPSET
     seed: int = 0
     task_limit: int | None = 128  # eval samples for the task metric (None: the whole eval split)
-    max_metric_delta: float | None = None
+    max_metric_delta: float | None = None  # metric units; a plan's budget applies when neither is given
+    max_relative_delta: float | None = None  # a fraction of the reference metric (0.01: 1% worse)
     debug: bool = False
 
 
@@ -74,22 +79,29 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         if options.kv_cache and bundle.cache is None:
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
-        passes = (plan.pass_specs() if plan else []) + options.passes
+        passes = resolve_targets((plan.pass_specs() if plan else []) + options.passes, backend.pass_target)
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
+        quantized, int8 = quantized_sites(rewritten.passes)
+        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized)) if quantized else bundle
+        atol, rtol = options.atol, options.rtol
+        if int8 and atol is None and rtol is None:
+            atol, rtol = INT8_ACTIVATIONS
+        budget = _budget(options, plan)
         validate_options = ValidateOptions(
             precision=options.build.precision,
-            atol=options.atol,
-            rtol=options.rtol,
+            atol=atol,
+            rtol=rtol,
             seed=options.seed,
             layers=True,
             task=bundle.task is not None,
             task_limit=options.task_limit,
-            max_metric_delta=options.max_metric_delta,
+            task_reference=bundle,
+            **budget,
         )
-        validation = stages.run("validate", lambda: validate(bundle, candidate, validate_options))
+        validation = stages.run("validate", lambda: validate(reference, candidate, validate_options))
         stages.records["rewrite"].update(rewritten.to_json())
         stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
@@ -104,6 +116,12 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             artifacts["plan"] = plan.save(work / "plan.json")
         validation_json = validation.to_json()
         validation_json["candidate"] = _final(validation.candidate, work, out_dir)
+        if quantized:
+            validation_json["reference_weights"] = (
+                f"outputs and layers compared with the torch model whose {len(quantized)} quantized linears hold the weights their "
+                "codes decode to (the reference of the quantized model); the task metric with the original weights"
+                + ("; tolerances for int8 activations (MatMulNBits accuracy level 4)" if int8 and options.atol is None and options.rtol is None else "")
+            )
         if validation.layers and validation.layers["model"]:
             validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)
         report = {
@@ -123,6 +141,16 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def _budget(options: CompileOptions, plan: Plan | None) -> dict:
+    """The task-metric budget validation applies: the options', else the plan's."""
+    if options.max_metric_delta is not None or options.max_relative_delta is not None:
+        return {"max_metric_delta": options.max_metric_delta, "max_relative_delta": options.max_relative_delta}
+    if plan is not None and plan.budget:
+        key = "max_relative_delta" if plan.budget.get("relative") else "max_metric_delta"
+        return {key: plan.budget["max_delta"]}
+    return {}
 
 
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:

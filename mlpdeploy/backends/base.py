@@ -50,6 +50,7 @@ class Backend(abc.ABC):
     description: ClassVar[str]
     extra: ClassVar[str | None] = None  # pip extra that provides its runtime
     suffix: ClassVar[str]  # default artifact suffix, e.g. ".ort.onnx"
+    pass_target: ClassVar[str] = "ort"  # what a pass option `target=auto` becomes for this backend (ort | trt)
 
     @abc.abstractmethod
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:

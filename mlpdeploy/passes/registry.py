@@ -9,4 +9,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
     "ort-decoder": "ort_decoder:OrtDecoder",
+    "quantize-weights": "quantize_weights:QuantizeWeights",
 })

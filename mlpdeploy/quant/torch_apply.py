@@ -9,6 +9,7 @@ get their own weights back on exit. This is the oracle a quantized graph is comp
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 import torch
@@ -43,3 +44,17 @@ def quantized_linears(module: torch.nn.Module, sites: dict[str, Format]) -> Iter
         with torch.no_grad():
             for path, weight in saved.items():
                 modules[path].weight.copy_(weight)
+
+
+def quantized_copy(module: torch.nn.Module, sites: dict[str, Format]) -> torch.nn.Module:
+    """A deep copy of `module` whose linears at `sites` keep their quantized weights (paths that
+    are not nn.Linear modules of it are ignored: a fused weight's torch linears may be named
+    differently)."""
+    clone = copy.deepcopy(module)
+    modules = dict(clone.named_modules())
+    with torch.no_grad():
+        for path, fmt in sites.items():
+            linear = modules.get(path)
+            if isinstance(linear, torch.nn.Linear):
+                linear.weight.copy_(dequantized_weight(linear.weight, fmt, f"{path}.weight"))
+    return clone

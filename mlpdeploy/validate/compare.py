@@ -46,6 +46,8 @@ class ValidateOptions:
     task: bool = False
     task_limit: int | None = None
     max_metric_delta: float | None = None
+    max_relative_delta: float | None = None
+    task_reference: ModelBundle | None = None
 
 
 @dataclass
@@ -102,10 +104,12 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
         layers = _layer_report(reference, candidate, feeds[0])
-    if options.task or options.max_metric_delta is not None:
-        if not isinstance(reference, ModelBundle) or reference.task is None:
+    if options.task or options.max_metric_delta is not None or options.max_relative_delta is not None:
+        judge = options.task_reference or reference
+        if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
-        task = compare_task(reference, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta)
+        task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
+                            max_relative_delta=options.max_relative_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),

@@ -18,6 +18,7 @@ from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.hooks import capture_outputs
 from mlpdeploy.model.torch_run import run_module, to_numpy
 from mlpdeploy.onnx_io import load_ir
+from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.scopes import is_layer_path, name_scopes, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 
@@ -82,6 +83,8 @@ def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, n
     import onnxruntime as ort
 
     model = load_ir(candidate)
+    if has_fp4_weights(model):  # ONNX Runtime's CPU provider cannot dequantize FP4: decode them exactly
+        decode_fp4_weights(model)
     values, skipped = layer_values(model)
     if not values:
         return {}, skipped or {"*": "the candidate carries no module scopes (e.g. an ONNX Runtime-optimized graph)"}

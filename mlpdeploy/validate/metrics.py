@@ -19,6 +19,9 @@ TOLERANCES = {
     "fp16": (2e-2, 2e-2),
     "bf16": (8e-2, 8e-2),
 }
+# MatMulNBits at accuracy level 4 quantizes activations to int8 per block (scale = block max / 127):
+# a relative error of the order of bf16's 2^-8, so the candidate is judged with bf16's tolerances.
+INT8_ACTIVATIONS = TOLERANCES["bf16"]
 
 
 def tolerances(precision: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:

@@ -48,12 +48,14 @@ def compare_task(
     limit: int | None = None,
     batch_size: int = 16,
     max_metric_delta: float | None = None,
+    max_relative_delta: float | None = None,
 ) -> dict:
     """The task metric of reference and candidate on the eval split (first `limit` samples).
 
     `delta` = candidate − reference in the metric's units; `relative_delta` = delta / reference;
     `agreement` = fraction of positions (LM) or samples (classifier) whose argmax agrees.
-    With `max_metric_delta`, `passed` says whether the degradation (worse-direction delta) fits.
+    With `max_metric_delta` (metric units) and/or `max_relative_delta` (a fraction of the
+    reference's metric), `passed` says whether the degradation (worse-direction delta) fits both.
     """
     task = bundle.task
     if task is None:
@@ -73,7 +75,11 @@ def compare_task(
         "samples": reference["samples"],
         "executed": candidate.executed,
     }
+    worse = degradation(task.metric, delta)
     if max_metric_delta is not None:
         report["max_metric_delta"] = max_metric_delta
-        report["passed"] = bool(degradation(task.metric, delta) <= max_metric_delta)
+        report["passed"] = bool(worse <= max_metric_delta)
+    if max_relative_delta is not None:
+        report["max_relative_delta"] = max_relative_delta
+        report["passed"] = report.get("passed", True) and bool(worse <= max_relative_delta * abs(reference["value"]))
     return report
