@@ -85,7 +85,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
         quantized, int8 = quantized_sites(rewritten.passes)
-        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized)) if quantized else bundle
+        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized, int8)) if quantized else bundle
         atol, rtol = options.atol, options.rtol
         if int8 and atol is None and rtol is None:
             atol, rtol = INT8_ACTIVATIONS
@@ -119,8 +119,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         if quantized:
             validation_json["reference_weights"] = (
                 f"outputs and layers compared with the torch model whose {len(quantized)} quantized linears hold the weights their "
-                "codes decode to (the reference of the quantized model); the task metric with the original weights"
-                + ("; tolerances for int8 activations (MatMulNBits accuracy level 4)" if int8 and options.atol is None and options.rtol is None else "")
+                "codes decode to" + (f" ({len(int8)} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
+                + "; the task metric with the original weights"
             )
         if validation.layers and validation.layers["model"]:
             validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)

@@ -270,7 +270,7 @@ class QuantizeWeights(RewritePass):
         self.report.details["sites"][site] = {"format": str(fmt), "form": emitted.form, "shape": [k, n], "bytes": emitted.bytes,
                                               "format_bits_per_weight": round(fmt.bits_per_weight(k, n), 4), "linears": linears}
         if emitted.form.startswith("MatMulNBits") and self.level == 4:
-            self.report.details["int8_activations"] = True
+            self.report.details["sites"][site]["int8_activations"] = True
 
     def _totals(self) -> None:
         sites = self.report.details["sites"].values()
@@ -301,17 +301,19 @@ def _dtype(linear: Linear) -> np.dtype:
     return linear.dtype.numpy() if linear.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) else np.dtype(np.float32)
 
 
-def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], bool]:
+def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], dict[str, int]]:
     """From a pipeline's pass reports: the torch linears (module paths) quantize-weights rewrote,
-    with their formats, and whether any now computes with int8 activations (accuracy level 4).
-    This is what the torch reference of the quantized model fake-quantizes."""
+    with their formats, and those that now compute with int8 activations (accuracy level 4),
+    with the block their inputs are quantized in. This is what the torch reference of the
+    quantized model emulates (`mlpdeploy.quant.quantized_copy`)."""
     linears: dict[str, Format] = {}
-    int8 = False
+    int8: dict[str, int] = {}
     for spec, report in reports.items():
         if spec.split(":", 1)[0] != QuantizeWeights.name:
             continue
-        int8 = int8 or bool(report.get("int8_activations"))
         for site in report.get("sites", {}).values():
             for path in site["linears"]:
                 linears[path] = parse_format(site["format"])
+                if site.get("int8_activations"):
+                    int8[path] = linears[path].block
     return linears, int8
