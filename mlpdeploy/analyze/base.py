@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -18,7 +19,12 @@ class AnalysisContext:
     bundle: ModelBundle
     batches: list[dict[str, np.ndarray]]
     seed: int = 0
-    max_metric_delta: float | None = None
+    max_metric_delta: float | None = None  # a planner's budget in the metric's units ...
+    max_relative_delta: float | None = None  # ... or as a fraction of its value (0.01: 1% worse)
+    labeled: bool = False  # the batches are the task's calibration samples (the task can label them)
+    calibration: Path | str | None = None  # the user's calibration file, if any
+    heldout_samples: int = 128  # eval samples a planner re-checks its combined choice on
+    backend: str = "onnxruntime"  # the build backend a planner plans for (what its choices cost there)
 
     @property
     def input_names(self) -> list[str]:
@@ -32,9 +38,13 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[Any]]
+    heatmap: dict[str, Any] | None = None  # {"rows", "columns", "values" [row][col], "label"}: drawn in report.html
 
     def to_json(self) -> dict:
-        return {"title": self.title, "columns": self.columns, "rows": self.rows}
+        data = {"title": self.title, "columns": self.columns, "rows": self.rows}
+        if self.heatmap is not None:
+            data["heatmap"] = self.heatmap
+        return data
 
 
 @dataclass
@@ -46,6 +56,7 @@ class AnalysisResult:
     table: Table
     passes: list[dict[str, Any]] = field(default_factory=list)
     predicted: dict[str, Any] = field(default_factory=dict)
+    extra_tables: list[Table] = field(default_factory=list)  # further tables after `table` (e.g. a plan)
 
 
 class Analysis(abc.ABC):

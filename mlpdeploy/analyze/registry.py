@@ -7,4 +7,5 @@ from mlpdeploy.registry import Registry
 
 ANALYSES = Registry("analysis", "analyses", "mlpdeploy.analyze", {
     "layer-stats": "layer_stats:LayerStats",
+    "quant": "quant_sensitivity:QuantSensitivity",
 }, sort=False)

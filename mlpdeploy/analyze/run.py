@@ -11,6 +11,7 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.base import AnalysisContext
 from mlpdeploy.analyze.plan import Plan
 from mlpdeploy.analyze.registry import ANALYSES
+from mlpdeploy.backends import get_backend
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.calibration import calibration_batches
@@ -25,7 +26,10 @@ class AnalyzeOptions:
 
     `calibration`: a `.npz` / Polygraphy inputs JSON (default: the model's task train split,
     else inputs generated from its specs); `samples` rows in batches of 8, shuffled by `seed`.
-    `max_metric_delta`: the quality budget planners spend (metric units of the model's task).
+    `max_metric_delta`: the quality budget planners spend (metric units of the model's task), or
+    `max_relative_delta` as a fraction of the metric (0.01: perplexity 1% up / accuracy 1% down);
+    planners re-check their combined choice on the first `heldout_samples` eval samples and count
+    costs for `backend` (the build backend the plan is for).
     """
 
     analyses: dict[str, str | None]
@@ -33,6 +37,9 @@ class AnalyzeOptions:
     samples: int = 64
     seed: int = 0
     max_metric_delta: float | None = None
+    max_relative_delta: float | None = None
+    heldout_samples: int = 128
+    backend: str = "onnxruntime"  # what planners count costs for
 
 
 def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis: Callable[[str], None] | None = None) -> Plan:
@@ -42,18 +49,25 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
     if options.samples < 1:
         raise MlpdeployError(f"--samples must be at least 1, got {options.samples}")
     classes = {name: ANALYSES.load(name) for name in options.analyses}  # unknown names fail before any work
+    get_backend(options.backend)
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     batches = calibration_batches(bundle, n=math.ceil(options.samples / CALIBRATION_BATCH), batch_size=CALIBRATION_BATCH,
                                   seed=options.seed, path=options.calibration)
-    ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta)
+    ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta,
+                          max_relative_delta=options.max_relative_delta, labeled=options.calibration is None and bundle.task is not None,
+                          calibration=options.calibration, heldout_samples=options.heldout_samples, backend=options.backend)
     plan = Plan(
         model=bundle.source,
         created_with=_versions(),
         calibration={"source": _calibration_source(bundle, options.calibration), "samples": sum(_rows(b) for b in batches),
                      "batches": len(batches), "seed": options.seed},
     )
-    if options.max_metric_delta is not None and bundle.task is not None:
-        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_metric_delta, "relative": False}
+    if options.max_metric_delta is not None and options.max_relative_delta is not None:
+        raise MlpdeployError("give one budget: --max-metric-delta (metric units) or --max-relative-delta (a fraction), not both")
+    if bundle.task is not None and (options.max_metric_delta is not None or options.max_relative_delta is not None):
+        relative = options.max_relative_delta is not None
+        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_relative_delta if relative else options.max_metric_delta,
+                       "relative": relative}
     for name, cls in classes.items():
         if on_analysis is not None:
             on_analysis(name)
@@ -61,7 +75,7 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
         plan.analyses[name] = result.data
         plan.passes.extend(result.passes)
         plan.predicted.update(result.predicted)
-        plan.tables.append(result.table.to_json())
+        plan.tables.extend(t.to_json() for t in [result.table, *result.extra_tables])
     return plan
 
 

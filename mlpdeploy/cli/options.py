@@ -99,15 +99,19 @@ TOLERANCES = OptionGroup(
 
 
 def task_options(default_samples: int) -> OptionGroup:
-    """--task-samples (0: the whole eval split) and --max-metric-delta, as {"task_limit", "max_metric_delta"}."""
+    """--task-samples (0: the whole eval split), --max-metric-delta and --max-relative-delta, as
+    {"task_limit", "max_metric_delta", "max_relative_delta"}."""
     return OptionGroup(
         [
             click.Option(["--task-samples"], type=int, default=default_samples, show_default=True,
                          help="Eval samples for the task metric (0: the whole eval split)."),
             click.Option(["--max-metric-delta"], type=float,
                          help="Fail when the task metric degrades by more than this (metric units: perplexity up, accuracy down)."),
+            click.Option(["--max-relative-delta"], type=float,
+                         help="Fail when the task metric degrades by more than this fraction of the reference's (0.01: 1%)."),
         ],
-        lambda task_samples, max_metric_delta: {"task_limit": task_samples or None, "max_metric_delta": max_metric_delta},
+        lambda task_samples, max_metric_delta, max_relative_delta: {"task_limit": task_samples or None, "max_metric_delta": max_metric_delta,
+                                                                    "max_relative_delta": max_relative_delta},
     )
 
 

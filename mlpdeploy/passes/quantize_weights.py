@@ -48,7 +48,18 @@ from mlpdeploy.passes.matching import (
     remove_dead,
     value_names,
 )
-from mlpdeploy.passes.weight_forms import FORM_OPSET, MS, Emitted, Writer, dequantized_weight, matmul_nbits, padded_input, w4a16
+from mlpdeploy.passes.weight_forms import (
+    FORM_OPSET,
+    MS,
+    Emitted,
+    Writer,
+    dequantized_weight,
+    form_for,
+    matmul_nbits,
+    padded_input,
+    stored_bytes,
+    w4a16,
+)
 from mlpdeploy.quant import Format, QuantError, make_format, parse_format
 from mlpdeploy.scopes import module_path
 
@@ -173,15 +184,14 @@ class QuantizeWeights(RewritePass):
     def _operator(self, model: ir.Model, x: ir.Value, q, scope: str, dtype: np.dtype) -> Emitted:
         """x · W for the target: an operator form, or MatMul by a weight form."""
         writer = Writer(model.graph, scope, self.taken)
-        if self.target == "trt":
-            if q.format.name == "mxfp4":
-                return w4a16(writer, model, x, q, plugin=True)
+        form = form_for(q.format, self.target, self.fp4_form)
+        if form.startswith("w4a16"):
+            return w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
+        if form == "dq":
             padded = q.k % q.block != 0
             weight = dequantized_weight(writer, q, padded)
             matmul = writer.node("MatMul", [padded_input(writer, x, q, dtype) if padded else x, weight.output])
             return Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
-        if q.format.fp4 and self.fp4_form == "function":
-            return w4a16(writer, model, x, q, plugin=False)
         return matmul_nbits(writer, x, q, self.level, dtype)
 
     def _replace(self, graph: ir.Graph, linear: Linear, nodes: list[ir.Node], output: ir.Value, template: ir.Node) -> None:
@@ -299,6 +309,13 @@ def _rows(weight: ir.Value) -> int:
 
 def _dtype(linear: Linear) -> np.dtype:
     return linear.dtype.numpy() if linear.dtype in (ir.DataType.FLOAT, ir.DataType.FLOAT16) else np.dtype(np.float32)
+
+
+def planned_bytes(fmt: Format, k: int, n: int, target: str, accuracy_level: int = DEFAULT_ACCURACY_LEVEL) -> int:
+    """Bytes a [K, N] float32 weight in `fmt` will take once this pass writes it for `target`
+    (ort | trt) with its default FP4 form: what a planner for that target should minimize."""
+    fp4_form = "nbits8" if accuracy_level == 4 else "function"
+    return stored_bytes(fmt, k, n, form_for(fmt, target, fp4_form))
 
 
 def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], dict[str, int]]:

@@ -29,10 +29,38 @@ import onnx_ir as ir
 from mlpdeploy.passes.matching import add_initializer, unique_name
 from mlpdeploy.plugins.w4a16_matmul.onnx_function import ensure_function as ensure_w4a16
 from mlpdeploy.plugins.w4a16_matmul.onnx_function import w4a16_matmul_node
-from mlpdeploy.quant import QuantizedWeight, column_blobs, column_nibbles, decode_e2m1, signed_int4
+from mlpdeploy.quant import Format, QuantizedWeight, column_blobs, column_nibbles, decode_e2m1, signed_int4
 
 MS = "com.microsoft"
 FORM_OPSET = {"dq-nvfp4": 23, "dq-int4": 21}  # lowest default-domain opset each weight form needs
+FORMS = ("nbits4", "nbits8", "w4a16-function", "w4a16-plugin", "dq")
+
+
+def form_for(fmt: Format, target: str, fp4_form: str) -> str:
+    """Which form `quantize-weights` writes a weight of `fmt` in for `target` (ort | trt);
+    `fp4_form` (nbits8 | function) decides FP4 on ONNX Runtime."""
+    if target == "trt":
+        return "w4a16-plugin" if fmt.name == "mxfp4" else "dq"
+    if fmt.fp4:
+        return "nbits8" if fp4_form == "nbits8" else "w4a16-function"
+    return "nbits4"
+
+
+def stored_bytes(fmt: Format, k: int, n: int, form: str, scale_bytes: int = 4) -> int:
+    """Bytes of the initializers `form` writes for a [K, N] weight of `fmt` (`scale_bytes`: the
+    activation dtype's size, which MatMulNBits scales take)."""
+    blocks = -(-k // fmt.block)
+    kp = blocks * fmt.block
+    if form in ("nbits4", "nbits8"):
+        codes = n * kp // (2 if form == "nbits4" else 1)
+        zero_points = n * -(-blocks // 2) if fmt.name == "int4asym" else 0
+        return codes + n * blocks * scale_bytes + zero_points
+    if form.startswith("w4a16"):
+        extra = 4 if fmt.name == "nvfp4" else n * blocks if fmt.name == "int4asym" else 0
+        return n * kp // 2 + n * blocks * (1 if fmt.fp4 else 4) + extra
+    rows = kp if k % fmt.block else k  # TensorRT forms pad to whole blocks
+    scales = blocks * n * (1 if fmt.name == "nvfp4" else 4) + (4 if fmt.name == "nvfp4" else 0)
+    return -(-rows * n // 2) + scales
 
 
 @dataclass
