@@ -26,7 +26,13 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
 
-bench: setup
+BENCH_STAMP := $(VENV)/.mlpdeploy-bench-installed
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS),bench]"
+	touch $(BENCH_STAMP)
+
+bench: setup $(BENCH_STAMP)
 	$(PY) bench/run_all.py
 
 models: setup

@@ -51,3 +51,47 @@ def write_results(name: str, data: dict, path: str | Path | None = None) -> Path
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
     return out
+
+
+def run_queue_seconds() -> float:
+    """Seconds this process has waited for a CPU so far (Linux schedstat), 0 where unknown.
+
+    On a shared machine, a timed sample during which this grew by more than a few percent of
+    the sample's wall time was slowed by other work; benchmarks report medians over the rest.
+    """
+    try:
+        return int(Path(f"/proc/{os.getpid()}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class Sampler:
+    """Timed samples, each marked clean when the process barely waited for a CPU during it."""
+
+    def __init__(self, max_wait_fraction: float = 0.05):
+        self.samples: list[float] = []
+        self.clean: list[bool] = []
+        self.max_wait_fraction = max_wait_fraction
+
+    def call(self, fn: Callable, *args):
+        """`fn(*args)`, timed as one sample; returns what it returns."""
+        waited, start = run_queue_seconds(), time.perf_counter()
+        result = fn(*args)
+        self.add(time.perf_counter() - start, run_queue_seconds() - waited)
+        return result
+
+    def add(self, seconds: float, waited: float = 0.0) -> None:
+        self.samples.append(seconds)
+        self.clean.append(waited <= self.max_wait_fraction * seconds)
+
+    def summary_ms(self) -> dict:
+        """Median and p90 over the clean samples (all of them when too few are clean)."""
+        clean = [s for s, ok in zip(self.samples, self.clean) if ok]
+        use = clean if len(clean) >= max(3, len(self.samples) // 4) else self.samples
+        ordered = sorted(use)
+        return {
+            "p50_ms": statistics.median(use) * 1e3,
+            "p90_ms": ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))] * 1e3,
+            "samples": len(self.samples),
+            "clean": len(clean),
+        }

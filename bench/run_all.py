@@ -13,6 +13,8 @@ BENCHMARKS = [
     ["ort_vs_torch.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
+    ["decode.py", "--int4"],
+    ["drop_layers.py"],
 ]
 
 

@@ -42,8 +42,8 @@ class CompileOptions:
     opset: int = DEFAULT_OPSET
     seed: int = 0
     task_limit: int | None = 128  # eval samples for the task metric (None: the whole eval split)
-    max_metric_delta: float | None = None  # metric units; a plan's budget applies when neither is given
-    max_relative_delta: float | None = None  # a fraction of the reference metric (0.01: 1% worse)
+    max_metric_delta: float | None = None  # default: the plan's budget, if it has one
+    relative_metric_delta: bool = False  # max_metric_delta is a fraction of the reference's metric
     debug: bool = False
 
 
@@ -89,7 +89,6 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         atol, rtol = options.atol, options.rtol
         if int8 and atol is None and rtol is None:
             atol, rtol = INT8_ACTIVATIONS
-        budget = _budget(options, plan)
         validate_options = ValidateOptions(
             precision=options.build.precision,
             atol=atol,
@@ -99,7 +98,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             task=bundle.task is not None,
             task_limit=options.task_limit,
             task_reference=bundle,
-            **budget,
+            **_budget(options, plan),
         )
         validation = stages.run("validate", lambda: validate(reference, candidate, validate_options))
         stages.records["rewrite"].update(rewritten.to_json())
@@ -128,7 +127,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             "model": bundle.source,
             "kind": bundle.kind,
             "parameters": bundle.num_parameters,
-            **({"kv_cache": bundle.cache.to_json()} if bundle.cache is not None else {}),
+            **({"kv_cache": _cache(bundle, built.candidate.manifest)} if bundle.cache is not None else {}),
             "passed": validation.passed,
             "stages": stages.records,
             "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},
@@ -143,16 +142,6 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     return report
 
 
-def _budget(options: CompileOptions, plan: Plan | None) -> dict:
-    """The task-metric budget validation applies: the options', else the plan's."""
-    if options.max_metric_delta is not None or options.max_relative_delta is not None:
-        return {"max_metric_delta": options.max_metric_delta, "max_relative_delta": options.max_relative_delta}
-    if plan is not None and plan.budget:
-        key = "max_relative_delta" if plan.budget.get("relative") else "max_metric_delta"
-        return {key: plan.budget["max_delta"]}
-    return {}
-
-
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
     """The plan at `path`, checked to be for `bundle` (its source, and the module scopes it names)."""
     if path is None:
@@ -160,6 +149,18 @@ def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
     plan = load_plan(path)
     plan.check_model(bundle.source, {name for name, _ in bundle.module.named_modules()}, path)
     return plan
+
+
+def _cache(bundle: ModelBundle, manifest) -> dict:
+    """The artifact's KV cache: the built model's (drop-layers may have removed layers'), else the export's."""
+    return manifest.cache if manifest is not None and manifest.cache is not None else bundle.cache.to_json()
+
+
+def _budget(options: CompileOptions, plan: Plan | None) -> dict[str, Any]:
+    """The task budget validation checks: the options', else the plan's (what its planner spent)."""
+    if options.max_metric_delta is None and plan is not None and plan.budget:
+        return {"max_metric_delta": plan.budget["max_delta"], "relative_metric_delta": bool(plan.budget.get("relative"))}
+    return {"max_metric_delta": options.max_metric_delta, "relative_metric_delta": options.relative_metric_delta}
 
 
 def _final(path: Path | str, work: Path, out_dir: Path) -> str:

@@ -111,6 +111,45 @@ def _heatmap(chart: dict) -> str:
     return f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(chart.get("label", "heat map"))}">{"".join(cells)}{caption}</svg>'
 
 
+def _curve_chart(chart: dict) -> str:
+    """A line through the accepted points (x, y), rejected tries as red dots, the budget's limit dashed."""
+    points = [(float(x), float(y), bool(ok)) for x, y, ok in chart["points"]]
+    if not points:
+        return ""
+    width, height, left, bottom, top = 640, 220, 60, 34, 10
+    limit = chart.get("limit")
+    ys = [y for _, y, _ in points] + ([limit] if limit is not None else [])
+    lo, hi = min(ys), max(ys)
+    hi = hi if hi > lo else lo + 1.0
+    x_max = max(max(x for x, _, _ in points), 1.0)
+
+    def sx(x: float) -> float:
+        return left + (width - left - 20) * x / x_max
+
+    def sy(y: float) -> float:
+        return top + (height - top - bottom) * (1 - (y - lo) / (hi - lo))
+
+    kept = [(x, y) for x, y, ok in points if ok]
+    line = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in kept)
+    dots = "".join(
+        f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="4" fill="{"#4a78b5" if ok else "#c62828"}"><title>{x:g} dropped: {y:.5g}'
+        f'{"" if ok else " (over budget, not kept)"}</title></circle>'
+        for x, y, ok in points
+    )
+    budget = (f'<line x1="{left}" x2="{width}" y1="{sy(limit):.1f}" y2="{sy(limit):.1f}" stroke="#2e7d32" stroke-dasharray="5,4"/>'
+              f'<text x="{width - 4}" y="{sy(limit) - 4:.1f}" font-size="11" text-anchor="end">budget</text>') if limit is not None else ""
+    axes = (f'<text x="0" y="{sy(hi) + 4:.1f}" font-size="11">{hi:.4g}</text><text x="0" y="{sy(lo) + 4:.1f}" font-size="11">{lo:.4g}</text>'
+            f'<line x1="{left}" x2="{left}" y1="{top}" y2="{height - bottom}" stroke="#999"/>'
+            f'<line x1="{left}" x2="{width}" y1="{height - bottom}" y2="{height - bottom}" stroke="#999"/>'
+            + "".join(f'<text x="{sx(t):.1f}" y="{height - bottom + 14}" font-size="11" text-anchor="middle">{t}</text>'
+                      for t in range(int(x_max) + 1)))
+    return (
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(chart["y"])} vs {_e(chart["x"])}">{axes}{budget}'
+        f'<polyline points="{line}" fill="none" stroke="#4a78b5" stroke-width="2"/>{dots}'
+        f'<text x="{left}" y="{height - 4}" font-size="11">{_e(chart["x"])}; y: {_e(chart["y"])}</text></svg>'
+    )
+
+
 def _fmt(x: float) -> str:
     return f"{x:.3e}" if isinstance(x, float) else _e(x)
 
@@ -132,6 +171,10 @@ def render_html(report: dict) -> str:
     ]
     if val.get("note"):
         parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
+    if val.get("reference_overrides"):
+        edits = ", ".join(f"{k} → {v}" for k, v in val["reference_overrides"].items())
+        parts.append(f"<p><b>Reference edited as the rewrite dropped parts:</b> {_e(edits)} (outputs and layers compared with "
+                     "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the drop).</p>")
     if val.get("task"):
         task = val["task"]
         verdict = _badge(task["passed"]) if "passed" in task else "no budget"
@@ -161,6 +204,10 @@ def render_html(report: dict) -> str:
             f"<p>From {_e(plan['source'])}: analyses {_e(', '.join(plan['analyses']))}; calibration {plan['calibration']['samples']} "
             f"samples from {_e(plan['calibration']['source'])}; passes {_e(', '.join(plan['passes']) or 'none')}.</p>",
         ]
+        if plan.get("budget"):
+            b = plan["budget"]
+            amount = f"{b['max_delta']:.3%} of the {b['metric']}" if b.get("relative") else f"{b['max_delta']:g} {b['metric']}"
+            parts.append(f"<p>Budget: {_e(amount)}.</p>")
         if plan.get("predicted"):
             parts.append(_table(["predicted", "value"], [[_e(k), _e(v)] for k, v in plan["predicted"].items()], numeric_from=99))
         for table in plan.get("tables", []):
@@ -168,6 +215,8 @@ def render_html(report: dict) -> str:
             if table.get("heatmap"):
                 parts.append(_heatmap(table["heatmap"]))
             parts.append(_table(table["columns"], [[_e(c) for c in row] for row in table["rows"]]))
+            if table.get("chart"):
+                parts.append(_curve_chart(table["chart"]))
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),

@@ -39,6 +39,29 @@ def natural_key(path: str) -> list:
     return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in path.split(".")]
 
 
+def inherited_scopes(graph: ir.Graph) -> dict[ir.Node, list[str]]:
+    """Each node's enclosing modules (its name_scopes minus the op entry). Nodes the exporter's
+    optimizer created without scopes (e.g. a Split it rewrote) inherit the scopes their
+    producers share."""
+    scopes: dict[ir.Node, list[str]] = {}
+    for node in graph:  # exported graphs are topologically sorted
+        own = name_scopes(node)[:-1]
+        if not own:
+            parents = [scopes[v.producer()] for v in node.inputs if v is not None and v.producer() in scopes]
+            own = _common_prefix(parents) if parents else []
+        scopes[node] = own
+    return scopes
+
+
+def _common_prefix(lists: list[list[str]]) -> list[str]:
+    prefix = []
+    for items in zip(*lists):
+        if len(set(items)) != 1:
+            break
+        prefix.append(items[0])
+    return prefix
+
+
 def module_scopes(model: ir.Model) -> set[str]:
     """Every module path recorded on the main graph's nodes (`layers.3`, `layers.3.mlp`, ...)."""
     return {scope for node in model.graph for scope in name_scopes(node)[:-1] if scope}

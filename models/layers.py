@@ -115,7 +115,14 @@ class Attention(nn.Module):
         b, _, s, _ = out.shape
         return getattr(self, self.out_name)(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None, cache=None):
+        """Attention over `x`; with `cache` = (past_k, past_v, mask), one cached step (see `step`).
+
+        Cached steps go through here (the module's `__call__`), so forward hooks see them and the
+        exporter records this module's scope on their nodes, as on uncached ones.
+        """
+        if cache is not None:
+            return self.step(x, rope, *cache)
         q, k, v = self._project(x, rope)
         return self._output(F.scaled_dot_product_attention(q, self._repeat_kv(k), self._repeat_kv(v), is_causal=self.causal))
 

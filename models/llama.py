@@ -40,12 +40,12 @@ class LlamaBlock(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = SwiGLU(cfg.dim, cfg.hidden_dim)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope)
-        return x + self.mlp(self.post_attention_layernorm(x))
-
-    def step(self, x: torch.Tensor, rope, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
-        attn, k, v = self.self_attn.step(self.input_layernorm(x), rope, past_k, past_v, mask)
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], cache=None):
+        """The block; with `cache` = (past_k, past_v, mask), one cached step returning (x, keys, values)."""
+        if cache is None:
+            x = x + self.self_attn(self.input_layernorm(x), rope)
+            return x + self.mlp(self.post_attention_layernorm(x))
+        attn, k, v = self.self_attn(self.input_layernorm(x), rope, cache)
         x = x + attn
         return x + self.mlp(self.post_attention_layernorm(x)), k, v
 
@@ -81,7 +81,7 @@ class LlamaLM(nn.Module):
         mask = decoder_mask(attention_mask, input_ids.shape[1], h.dtype)
         presents = []
         for layer, (past_k, past_v) in zip(self.layers, past):
-            h, k, v = layer.step(h, rope, past_k, past_v, mask)
+            h, k, v = layer(h, rope, (past_k, past_v, mask))
             presents.append((k, v))
         return self.lm_head(self.norm(h)), presents
 

@@ -36,17 +36,17 @@ class OPTBlock(nn.Module):
         self.activation_fn = nn.ReLU()
         self.fc2 = nn.Linear(cfg.ffn_dim, cfg.dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.self_attn_layer_norm(x))
-        return x + self._mlp(x)
+    def forward(self, x: torch.Tensor, cache=None):
+        """The block; with `cache` = (past_k, past_v, mask), one cached step returning (x, keys, values)."""
+        if cache is None:
+            x = x + self.self_attn(self.self_attn_layer_norm(x))
+            return x + self._mlp(x)
+        attn, k, v = self.self_attn(self.self_attn_layer_norm(x), None, cache)
+        x = x + attn
+        return x + self._mlp(x), k, v
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.activation_fn(self.fc1(self.final_layer_norm(x))))
-
-    def step(self, x: torch.Tensor, past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor):
-        attn, k, v = self.self_attn.step(self.self_attn_layer_norm(x), None, past_k, past_v, mask)
-        x = x + attn
-        return x + self._mlp(x), k, v
 
 
 class OPTLM(nn.Module):
@@ -79,7 +79,7 @@ class OPTLM(nn.Module):
         mask = decoder_mask(attention_mask, input_ids.shape[1], h.dtype)
         presents = []
         for layer, (past_k, past_v) in zip(self.layers, past):
-            h, k, v = layer.step(h, past_k, past_v, mask)
+            h, k, v = layer(h, (past_k, past_v, mask))
             presents.append((k, v))
         return self.lm_head(self.final_layer_norm(h)), presents
 

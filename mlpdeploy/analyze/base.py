@@ -19,11 +19,11 @@ class AnalysisContext:
     bundle: ModelBundle
     batches: list[dict[str, np.ndarray]]
     seed: int = 0
-    max_metric_delta: float | None = None  # a planner's budget in the metric's units ...
-    max_relative_delta: float | None = None  # ... or as a fraction of its value (0.01: 1% worse)
+    max_metric_delta: float | None = None  # the budget planners spend: metric units, or a fraction with relative_budget
+    relative_budget: bool = False
+    eval_samples: int | None = 128  # held-out (eval split) samples a planner judges its choices on (None: all)
     labeled: bool = False  # the batches are the task's calibration samples (the task can label them)
     calibration: Path | str | None = None  # the user's calibration file, if any
-    heldout_samples: int = 128  # eval samples a planner re-checks its combined choice on
     backend: str = "onnxruntime"  # the build backend a planner plans for (what its choices cost there)
 
     @property
@@ -39,11 +39,15 @@ class Table:
     columns: list[str]
     rows: list[list[Any]]
     heatmap: dict[str, Any] | None = None  # {"rows", "columns", "values" [row][col], "label"}: drawn in report.html
+    # A curve report.html draws under the table: {"x": label, "y": label, "points": [[x, y, ok], ...],
+    # "limit": y the budget allows (optional)}; points with ok false are drawn as rejected tries.
+    chart: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         data = {"title": self.title, "columns": self.columns, "rows": self.rows}
-        if self.heatmap is not None:
-            data["heatmap"] = self.heatmap
+        for key in ("heatmap", "chart"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
         return data
 
 

@@ -9,7 +9,7 @@ to and the calibration batches are run again:
   up, accuracy down; for a model without a task, the relative RMS drift of its output);
 * `output_error` — the layer's own relative RMS output error ‖x·Wq − x·W‖ / ‖x·W‖ on its inputs.
 
-With a budget (`--max-metric-delta` or `--max-relative-delta`) the planner (`quant_planner`)
+With a budget (`--max-metric-delta`, metric units or a percentage) the planner (`quant_planner`)
 picks the layers and formats and the plan gets a `quantize-weights` pass with those sites.
 Tables: the per-layer measurements (and a layer × format heat map of the relative delta, drawn
 in report.html), and the plan.
@@ -56,7 +56,7 @@ class QuantSensitivity(Analysis):
         budget = _budget(ctx)
         if budget is not None:
             fallback = calibration_batches(ctx.bundle, n=len(ctx.batches), batch_size=8, seed=ctx.seed + 1, path=ctx.calibration)
-            heldout = heldout_scorer(ctx.bundle, ctx.heldout_samples, fallback)
+            heldout = heldout_scorer(ctx.bundle, ctx.eval_samples, fallback)
             plan = plan_quantization(module, data, formats, budget, scorer, heldout, get_backend(ctx.backend).pass_target)
             data["plan"] = plan.to_json()
             passes, predicted = [plan.pass_entry()], plan.predicted()
@@ -91,13 +91,7 @@ def _formats(value: str | None) -> list[Format]:
 
 
 def _budget(ctx: AnalysisContext) -> Budget | None:
-    if ctx.max_metric_delta is not None and ctx.max_relative_delta is not None:
-        raise MlpdeployError("give one budget: --max-metric-delta (metric units) or --max-relative-delta (a fraction), not both")
-    if ctx.max_relative_delta is not None:
-        return Budget(ctx.max_relative_delta, relative=True)
-    if ctx.max_metric_delta is not None:
-        return Budget(ctx.max_metric_delta)
-    return None
+    return None if ctx.max_metric_delta is None else Budget(ctx.max_metric_delta, relative=ctx.relative_budget)
 
 
 def _sensitivity_table(data: dict) -> Table:

@@ -8,4 +8,5 @@ from mlpdeploy.registry import Registry
 ANALYSES = Registry("analysis", "analyses", "mlpdeploy.analyze", {
     "layer-stats": "layer_stats:LayerStats",
     "quant": "quant_sensitivity:QuantSensitivity",
+    "redundancy": "redundancy:Redundancy",
 }, sort=False)

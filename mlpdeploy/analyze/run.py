@@ -26,10 +26,10 @@ class AnalyzeOptions:
 
     `calibration`: a `.npz` / Polygraphy inputs JSON (default: the model's task train split,
     else inputs generated from its specs); `samples` rows in batches of 8, shuffled by `seed`.
-    `max_metric_delta`: the quality budget planners spend (metric units of the model's task), or
-    `max_relative_delta` as a fraction of the metric (0.01: perplexity 1% up / accuracy 1% down);
-    planners re-check their combined choice on the first `heldout_samples` eval samples and count
-    costs for `backend` (the build backend the plan is for).
+    `max_metric_delta`: the quality budget planners spend, in the task metric's units (perplexity
+    points, accuracy fraction), or with `relative_budget` a fraction of the model's own metric
+    (0.01 = 1% worse); planners judge it on the first `eval_samples` held-out eval samples.
+    Planners count costs for `backend` (the build backend the plan is for).
     """
 
     analyses: dict[str, str | None]
@@ -37,8 +37,8 @@ class AnalyzeOptions:
     samples: int = 64
     seed: int = 0
     max_metric_delta: float | None = None
-    max_relative_delta: float | None = None
-    heldout_samples: int = 128
+    relative_budget: bool = False
+    eval_samples: int | None = 128
     backend: str = "onnxruntime"  # what planners count costs for
 
 
@@ -54,20 +54,17 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
     batches = calibration_batches(bundle, n=math.ceil(options.samples / CALIBRATION_BATCH), batch_size=CALIBRATION_BATCH,
                                   seed=options.seed, path=options.calibration)
     ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta,
-                          max_relative_delta=options.max_relative_delta, labeled=options.calibration is None and bundle.task is not None,
-                          calibration=options.calibration, heldout_samples=options.heldout_samples, backend=options.backend)
+                          relative_budget=options.relative_budget, eval_samples=options.eval_samples,
+                          labeled=options.calibration is None and bundle.task is not None, calibration=options.calibration,
+                          backend=options.backend)
     plan = Plan(
         model=bundle.source,
         created_with=_versions(),
         calibration={"source": _calibration_source(bundle, options.calibration), "samples": sum(_rows(b) for b in batches),
                      "batches": len(batches), "seed": options.seed},
     )
-    if options.max_metric_delta is not None and options.max_relative_delta is not None:
-        raise MlpdeployError("give one budget: --max-metric-delta (metric units) or --max-relative-delta (a fraction), not both")
-    if bundle.task is not None and (options.max_metric_delta is not None or options.max_relative_delta is not None):
-        relative = options.max_relative_delta is not None
-        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_relative_delta if relative else options.max_metric_delta,
-                       "relative": relative}
+    if options.max_metric_delta is not None and bundle.task is not None:
+        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_metric_delta, "relative": options.relative_budget}
     for name, cls in classes.items():
         if on_analysis is not None:
             on_analysis(name)

@@ -50,6 +50,8 @@ class OnnxRuntimeBackend(Backend):
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
+                if fusions is not None and fusions.get("shared_cache_buffer"):
+                    derived.cache = {**derived.cache, "shared_buffer": True}
                 derived.save_beside(tmp)
         seconds = time.perf_counter() - start
         artifacts = {"model": output, "session_options": session_options_path(output)}

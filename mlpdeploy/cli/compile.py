@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import BUILD, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
-from mlpdeploy.cli.tables import print_validation
+from mlpdeploy.cli.tables import failure, print_validation
 from mlpdeploy.export import DEFAULT_OPSET
 
 TASK = task_options(default_samples=128)
@@ -49,5 +50,5 @@ def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
     val = report["validation"]
     print_validation(console, val, f"{report['model']}: validation (atol {val['atol']:g}, rtol {val['rtol']:g})")
     console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}", markup=False)
-    console.print("[green]PASS[/]" if report["passed"] else "[red]FAIL: outputs drifted past tolerance[/]")
+    console.print("[green]PASS[/]" if report["passed"] else f"[red]FAIL: {escape(failure(val))}[/]")
     sys.exit(0 if report["passed"] else 1)

@@ -98,20 +98,45 @@ TOLERANCES = OptionGroup(
 )
 
 
+class MetricDelta(click.ParamType):
+    """A quality budget: `0.5` in the metric's own units (perplexity points, accuracy fraction), or
+    `1%` relative to the reference's metric. Converts to (value, relative)."""
+
+    name = "DELTA[%]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        relative = text.endswith("%")
+        try:
+            number = float(text[:-1] if relative else text)
+        except ValueError:
+            self.fail(f"{value!r} is not a number, or a number followed by % (e.g. 0.5 or 1%)", param, ctx)
+        if number < 0:
+            self.fail(f"{value!r} must not be negative", param, ctx)
+        return (number / 100, True) if relative else (number, False)
+
+
+METRIC_DELTA = MetricDelta()
+
+
+def metric_delta(value: tuple[float, bool] | None) -> dict[str, Any]:
+    """`--max-metric-delta`'s value as {"max_metric_delta", "relative_metric_delta"}."""
+    return {"max_metric_delta": value[0] if value else None, "relative_metric_delta": bool(value and value[1])}
+
+
 def task_options(default_samples: int) -> OptionGroup:
-    """--task-samples (0: the whole eval split), --max-metric-delta and --max-relative-delta, as
-    {"task_limit", "max_metric_delta", "max_relative_delta"}."""
+    """--task-samples (0: the whole eval split) and --max-metric-delta, as {"task_limit", "max_metric_delta", "relative_metric_delta"}."""
     return OptionGroup(
         [
             click.Option(["--task-samples"], type=int, default=default_samples, show_default=True,
                          help="Eval samples for the task metric (0: the whole eval split)."),
-            click.Option(["--max-metric-delta"], type=float,
-                         help="Fail when the task metric degrades by more than this (metric units: perplexity up, accuracy down)."),
-            click.Option(["--max-relative-delta"], type=float,
-                         help="Fail when the task metric degrades by more than this fraction of the reference's (0.01: 1%)."),
+            click.Option(["--max-metric-delta"], type=METRIC_DELTA,
+                         help="Fail when the task metric degrades by more than this: metric units (perplexity up, accuracy down), "
+                              "or a percentage of the reference's metric with % (e.g. 1%)."),
         ],
-        lambda task_samples, max_metric_delta, max_relative_delta: {"task_limit": task_samples or None, "max_metric_delta": max_metric_delta,
-                                                                    "max_relative_delta": max_relative_delta},
+        lambda task_samples, max_metric_delta: {"task_limit": task_samples or None, **metric_delta(max_metric_delta)},
     )
 
 

@@ -51,5 +51,21 @@ def print_validation(console, validation: dict, title: str) -> None:
     if validation.get("task"):
         console.print(task_table(validation["task"]))
     console.print(f"ran: {validation['executed']}", markup=False)
+    if validation.get("reference_overrides"):
+        edits = ", ".join(f"{k} → {v}" for k, v in validation["reference_overrides"].items())
+        console.print(f"reference: the torch model edited as the rewrite dropped parts ({edits}); "
+                      "the task metric is the unedited model's", markup=False)
     if validation.get("note"):
         console.print(f"note: {validation['note']}", markup=False)
+
+
+def failure(validation: dict) -> str:
+    """What failed, in words, for the closing FAIL line."""
+    reasons = []
+    if not all(o["passed"] for o in validation["outputs"].values()):
+        reasons.append("outputs drifted past tolerance")
+    task = validation.get("task") or {}
+    if task.get("passed") is False:
+        budget = f"{task['max_metric_delta']:.3%}" if task.get("relative_budget") else f"{task['max_metric_delta']:g}"
+        reasons.append(f"the task metric degraded past its budget ({task['metric']} {task['delta']:+.4g}, budget {budget})")
+    return "; ".join(reasons) or "validation failed"

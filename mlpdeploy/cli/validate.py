@@ -6,10 +6,11 @@ import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import SEED, TOLERANCES, parse_dims, precision_option, task_options
-from mlpdeploy.cli.tables import print_validation
+from mlpdeploy.cli.tables import failure, print_validation
 
 TASK = task_options(default_samples=0)
 PRECISION = precision_option(None, "Picks default tolerances (default: the precision the candidate was built with, else fp32).")
@@ -49,5 +50,5 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
     print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})")
     if json_path:
         write_json(json_path, report.to_json())
-    console.print("[green]PASS[/]" if report.passed else "[red]FAIL: outputs drifted past tolerance[/]")
+    console.print("[green]PASS[/]" if report.passed else f"[red]FAIL: {escape(failure(report.to_json()))}[/]")
     sys.exit(0 if report.passed else 1)

@@ -121,6 +121,17 @@ def set_eval(module: torch.nn.Module) -> None:
         pass
 
 
+def share_tree(owner: torch.nn.Module, module: torch.nn.Module) -> None:
+    """Register `module`'s children, parameters and buffers on `owner` under their own names, so a
+    wrapper that calls `module` has the same module paths (`layers.3.mlp`) and state dict."""
+    for name, child in module.named_children():
+        owner.add_module(name, child)
+    for name, param in module.named_parameters(recurse=False):
+        owner.register_parameter(name, param)
+    for name, buffer in module.named_buffers(recurse=False):
+        owner.register_buffer(name, buffer, persistent=name not in module._non_persistent_buffers_set)
+
+
 def infer_input_specs(example_inputs: dict[str, torch.Tensor], dynamic: dict[str, dict[int, str]] | None = None) -> list[InputSpec]:
     """Input specs for a user model: documented default dynamic axes unless given.
 

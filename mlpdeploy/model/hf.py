@@ -7,6 +7,7 @@ an encoder (BERT family) as `input_ids, attention_mask → last_hidden_state`.
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -48,9 +49,11 @@ class CausalLMLogits(torch.nn.Module):
         cache = DynamicCache()
         for layer, (keys, values) in enumerate(past):
             cache.update(keys, values, layer)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
-        return out.logits, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        # transformers >= 5.24 names the cache argument `cache` (`past_key_values` is deprecated)
+        key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{key: cache})
+        returned = getattr(out, key, None) or out.past_key_values
+        return out.logits, [(layer.keys, layer.values) for layer in returned.layers]
 
 
 class EncoderHidden(torch.nn.Module):

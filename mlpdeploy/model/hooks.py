@@ -12,6 +12,8 @@ from collections.abc import Callable, Iterable, Iterator
 import torch
 
 # (path, module inputs, module output) → None; called on every forward of a watched module.
+# The inputs are the positional arguments, then the keyword arguments' values (Hugging Face
+# layers take `hidden_states=` by keyword in some versions).
 Observer = Callable[[str, tuple, object], None]
 
 
@@ -32,12 +34,12 @@ def observe(module: torch.nn.Module, paths: Iterable[str], observer: Observer) -
     found = [p for p in paths if p in modules]
 
     def hook_for(path: str):
-        def hook(_module, inputs, output) -> None:  # returns None: the module's output is left as it is
-            observer(path, inputs, output)
+        def hook(_module, args, kwargs, output) -> None:  # returns None: the module's output is left as it is
+            observer(path, (*args, *kwargs.values()), output)
 
         return hook
 
-    handles = [modules[p].register_forward_hook(hook_for(p)) for p in found]
+    handles = [modules[p].register_forward_hook(hook_for(p), with_kwargs=True) for p in found]
     try:
         yield found
     finally:

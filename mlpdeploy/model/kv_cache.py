@@ -26,7 +26,7 @@ import torch
 
 from mlpdeploy.dtypes import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.bundle import InputSpec, ModelBundle, share_tree
 
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 5  # never 0 or 1: torch.export would specialize them
 TOTAL = "past+seq"  # the attention mask's length: a dim that is the sum of two others
@@ -42,6 +42,10 @@ class CacheLayout:
     max_positions: int
     position_ids: bool = True
     dtype: str = "float32"
+    # Set by a build whose graph reads the cache only through GroupQueryAttention: the runtime may
+    # bind one preallocated [batch, kv_heads, max length, head_dim] buffer per input as both the
+    # past and the present, and ONNX Runtime appends to it in place.
+    shared_buffer: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -73,12 +77,7 @@ class FlatCachedDecoder(torch.nn.Module):
     def __init__(self, decoder: torch.nn.Module, layout: CacheLayout):
         super().__init__()
         object.__setattr__(self, "decoder", decoder)  # not a submodule: no `decoder.` prefix on paths
-        for name, child in decoder.named_children():
-            self.add_module(name, child)
-        for name, param in decoder.named_parameters(recurse=False):
-            self.register_parameter(name, param)
-        for name, buffer in decoder.named_buffers(recurse=False):
-            self.register_buffer(name, buffer, persistent=name not in decoder._non_persistent_buffers_set)
+        share_tree(self, decoder)
         self.layout = layout
 
     def forward(self, input_ids, attention_mask, position_ids, *past):

@@ -9,6 +9,7 @@ from typing import Any
 from mlpdeploy.atomic import read_json, write_json
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec
+from mlpdeploy.model.kv_cache import CacheLayout
 
 FORMAT = "mlpdeploy-manifest/1"
 
@@ -70,6 +71,28 @@ class Manifest:
         data = self.to_json()
         data["history"] = [*self.history, {"stage": stage, **info}]
         return Manifest.from_json(data)
+
+    def without(self, inputs: list[str], outputs: list[str]) -> "Manifest":
+        """This manifest less the graph inputs and outputs a rewrite removed; a KV cache then keeps
+        only the layers whose cache inputs all stay (`cache.layers`)."""
+        if not inputs and not outputs:
+            return self
+        data = self.to_json()
+        data["inputs"] = [i for i in data["inputs"] if i["name"] not in inputs]
+        data["outputs"] = [o for o in data["outputs"] if o["name"] not in outputs]
+        if self.cache is not None:
+            kept = {i["name"] for i in data["inputs"]}
+            layout = CacheLayout.from_json(self.cache)
+            data["cache"] = {**self.cache, "layers": [layer for layer in layout.layers if set(layout.input_names(layer)) <= kept]}
+        return Manifest.from_json(data)
+
+    def module_overrides(self) -> dict[str, str]:
+        """The torch-side edits the graph's rewrites are exact against (module path → "zero" |
+        "identity"; see mlpdeploy.model.overrides), from every rewrite recorded in the history."""
+        found: dict[str, str] = {}
+        for entry in self.history:
+            found.update(entry.get("module_overrides", {}))
+        return found
 
     def last(self, stage: str) -> dict[str, Any]:
         """The latest history entry of `stage` (e.g. "build": backend, target, precision), or {}."""

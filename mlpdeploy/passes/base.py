@@ -17,9 +17,20 @@ class PassReport:
     rewritten: int = 0
     skipped: dict[str, str] = field(default_factory=dict)  # site -> reason the check failed
     details: dict[str, Any] = field(default_factory=dict)
+    # Graph inputs and outputs the pass removed (e.g. the KV cache of a dropped attention layer):
+    # `rewrite_model` drops them from the derived manifest, whose cache then lists only the
+    # layers that keep theirs.
+    removed_inputs: list[str] = field(default_factory=list)
+    removed_outputs: list[str] = field(default_factory=list)
+    # An approximate pass that is exact against an edited torch model says how: module path →
+    # "zero" (its output becomes zeros) | "identity" (it gives back its input). `rewrite_model`
+    # records them in the manifest; validation applies them to its torch reference
+    # (mlpdeploy.model.overrides) and judges the task metric against the unedited model.
+    module_overrides: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"rewritten": self.rewritten, "skipped": self.skipped, **self.details}
+        changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides}
+        return {"rewritten": self.rewritten, "skipped": self.skipped, **self.details, **{k: v for k, v in changes.items() if v}}
 
 
 class RewritePass(ir.passes.InPlacePass):

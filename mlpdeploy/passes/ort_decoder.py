@@ -12,7 +12,9 @@ positions and an arbitrary mask) turns each layer's Reshape/Transpose → rotary
 repeat-KV → attention → Transpose/Reshape into `com.microsoft::RotaryEmbedding` on q and k (with
 the graph's own `position_ids`) and one `com.microsoft::GroupQueryAttention` that appends to the
 cache and attends with the model's own additive mask as `attention_bias`; then packs the q, k
-and v projections into one MatMul and a Split. Exact for any padding
+and v projections into one MatMul and a Split, and makes the cache's length come from
+`attention_mask` (`cache_shapes.py`), so the cache may be one preallocated buffer per layer that
+ONNX Runtime appends to in place (`shared_cache_buffer` in the report). Exact for any padding
 (left-padded batches included), since positions and mask are the model's, not derived.
 
 All or nothing: when the attention of some cached layer is not matched, the attention fusions
@@ -32,6 +34,7 @@ from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
 from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.passes.ort.pack_qkv import pack_qkv
 
@@ -86,6 +89,10 @@ class OrtDecoder(RewritePass):
                 _adopt(model, attempt)
                 fusions["RotaryEmbedding"], fusions["GroupQueryAttention"] = count
                 fusions["packed QKV"] = pack_qkv(model)
+                why_not_shared = detach_cache_shapes(model)
+                report.details["shared_cache_buffer"] = why_not_shared is None
+                if why_not_shared:
+                    report.skipped["shared cache buffer"] = why_not_shared
             else:
                 report.skipped["attention"] = why
         RemoveUnusedNodesPass()(model)

@@ -8,6 +8,7 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-gated-mlp": "fuse_gated_mlp:FuseGatedMLP",
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
+    "drop-layers": "drop_layers:DropLayers",
     "ort-decoder": "ort_decoder:OrtDecoder",
     "quantize-weights": "quantize_weights:QuantizeWeights",
 })

@@ -51,6 +51,10 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
         write_onnx(model, tmp)
         manifest = find_manifest(model_path)
         if manifest is not None:
-            derived = manifest.derived("rewrite", passes=[str(p) for p in passes], seconds=round(seconds, 3))
-            derived.save_beside(tmp)
+            overrides = {k: v for r in reports.values() for k, v in r.get("module_overrides", {}).items()}
+            derived = manifest.derived("rewrite", passes=[str(p) for p in passes], seconds=round(seconds, 3),
+                                       **({"module_overrides": overrides} if overrides else {}))
+            removed_inputs = [n for r in reports.values() for n in r.get("removed_inputs", [])]
+            removed_outputs = [n for r in reports.values() for n in r.get("removed_outputs", [])]
+            derived.without(removed_inputs, removed_outputs).save_beside(tmp)
     return RewriteResult(output, reports, before, after, seconds)

@@ -1,9 +1,11 @@
 """Token generation with a KV cache: prefill once, then one token per step, the cache carried over.
 
 Works on any artifact exported with `--kv-cache` (its manifest says which layers keep a cache).
-Prompts of different lengths are left-padded; each step binds the previous step's cache
-outputs (ONNX Runtime `OrtValue`s, never copied to numpy) as the next step's cache inputs
-through IO binding.
+Prompts of different lengths are left-padded. Through IO binding, the cache never goes through
+numpy: when the build made the cache shareable (`CacheLayout.shared_buffer`, GroupQueryAttention
+graphs), each layer's cache is one buffer preallocated for the whole generation and bound as both
+past and present, so ONNX Runtime appends in place; otherwise each step binds the previous
+step's present `OrtValue`s as the next step's past.
 """
 
 from __future__ import annotations
@@ -71,6 +73,14 @@ class Generation:
         return len(self.step_seconds) / steps if steps else float("nan")
 
 
+@dataclass
+class DecodeState:
+    """Where a generation stands: the attention mask so far and the cache (`OrtValue`s or arrays)."""
+
+    mask: np.ndarray
+    past: dict
+
+
 class CachedGenerator:
     """Generates with an `Engine` whose artifact carries a KV cache."""
 
@@ -92,24 +102,16 @@ class CachedGenerator:
     ) -> Generation:
         """Generate up to `max_new_tokens` for each prompt; `on_token(prompt index, token)` streams them."""
         sampling = sampling or Sampling()
-        self._check(prompts, max_new_tokens)
         rng = np.random.default_rng(sampling.seed)
-        batch, longest = len(prompts), max(len(p) for p in prompts)
-        ids = np.full((batch, longest), pad_token, np.int64)
-        mask = np.zeros((batch, longest), np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, longest - len(prompt):] = prompt
-            mask[row, longest - len(prompt):] = 1
-        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), numpy_dtype(self.layout.dtype))
-        past = {name: empty for name in self.past_names}
+        batch = len(prompts)
         tokens: list[list[int]] = [[] for _ in prompts]
         finish = ["length"] * batch
         done = np.zeros(batch, bool)
         start = time.perf_counter()
-        logits, past = self._step(ids, mask, past)
+        logits, state = self.prefill(prompts, max_new_tokens, pad_token)
         result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
         for step in range(max_new_tokens):
-            next_ids = sampling.pick(logits[:, -1], rng)
+            next_ids = sampling.pick(logits, rng)
             for row, token in enumerate(next_ids.tolist()):
                 if done[row]:
                     continue
@@ -121,10 +123,27 @@ class CachedGenerator:
             if done.all() or step == max_new_tokens - 1:
                 break
             start = time.perf_counter()
-            mask = np.concatenate([mask, np.ones((batch, 1), np.int64)], axis=1)
-            logits, past = self._step(next_ids[:, None], mask, past)
+            logits = self.advance(state, next_ids)
             result.step_seconds.append(time.perf_counter() - start)
         return result
+
+    def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token: int = 0) -> tuple[np.ndarray, DecodeState]:
+        """Run the (left-padded) prompts with an empty cache sized for `max_new_tokens` more;
+        the logits of each prompt's last token [batch, vocab] and the state to continue from."""
+        self._check(prompts, max_new_tokens)
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((batch, longest), pad_token, np.int64)
+        mask = np.zeros((batch, longest), np.int64)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = prompt
+            mask[row, longest - len(prompt):] = 1
+        state = DecodeState(mask, self._cache(batch, longest + max_new_tokens))
+        return self._step(ids, state)[:, -1], state
+
+    def advance(self, state: DecodeState, next_ids: np.ndarray) -> np.ndarray:
+        """Feed one token per row [batch]; the next logits [batch, vocab]."""
+        state.mask = np.concatenate([state.mask, np.ones((len(next_ids), 1), np.int64)], axis=1)
+        return self._step(np.asarray(next_ids, np.int64)[:, None], state)[:, -1]
 
     def _check(self, prompts, max_new_tokens: int) -> None:
         if not prompts or any(len(p) == 0 for p in prompts):
@@ -138,9 +157,20 @@ class CachedGenerator:
                 "positions; shorten the prompt or ask for fewer tokens"
             )
 
-    def _step(self, ids: np.ndarray, mask: np.ndarray, past: dict) -> tuple[np.ndarray, dict]:
-        """One run: this step's tokens and the whole mask in, logits and the grown cache out."""
-        session = self.engine.session
+    def _cache(self, batch: int, length: int) -> dict:
+        """The cache to start from: shared buffers of `length` positions, else empty arrays."""
+        import onnxruntime as ort
+
+        dtype = numpy_dtype(self.layout.dtype)
+        if self.layout.shared_buffer:
+            shape = (batch, self.layout.kv_heads, length, self.layout.head_dim)
+            return {name: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype)) for name in self.past_names}
+        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), dtype)
+        return {name: empty for name in self.past_names}
+
+    def _step(self, ids: np.ndarray, state: DecodeState) -> np.ndarray:
+        """One run: this step's tokens and the whole mask in; logits out, the state's cache grown."""
+        session, mask, past = self.engine.session, state.mask, state.past
         binding = session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
         binding.bind_cpu_input("attention_mask", mask)
@@ -152,8 +182,14 @@ class CachedGenerator:
                 binding.bind_cpu_input(name, value)
             else:
                 binding.bind_ortvalue_input(name, value)
+        shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
         for name in self.engine.output_names:
-            binding.bind_output(name, "cpu")
+            if name in shared:
+                binding.bind_ortvalue_output(name, past[shared[name]])  # appended in place
+            else:
+                binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
-        return outputs["logits"].numpy(), {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
+        if not shared:
+            state.past = {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
+        return outputs["logits"].numpy()

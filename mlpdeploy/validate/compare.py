@@ -17,6 +17,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
+from mlpdeploy.model.overrides import override_modules
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats, tolerances
@@ -33,7 +34,15 @@ class ValidateOptions:
     dynamic dims at their example sizes unless `dims` sets them). Tolerances default per
     `precision`. `layers`: also compare every layer (torch reference only). `task`: also the
     task metric over the first `task_limit` eval samples (None: all); `max_metric_delta` (implies
-    `task`) fails the run when the metric degrades by more than that, in its own units.
+    `task`) fails the run when the metric degrades by more than that, in its own units, or with
+    `relative_metric_delta` as a fraction of the reference's metric (0.01 = 1% worse).
+
+    A candidate whose manifest records module overrides (an approximate rewrite such as
+    drop-layers) is compared, outputs and layers, with the torch reference edited the same way
+    (mlpdeploy.model.overrides): that comparison proves the rewrite; the task metric is the
+    unedited model's, so its delta is what the rewrite costs. `task_reference` judges the task
+    metric instead of the reference (compile: the original model, when the reference is its
+    weight-quantized copy).
     """
 
     inputs: Path | str | None = None
@@ -46,7 +55,7 @@ class ValidateOptions:
     task: bool = False
     task_limit: int | None = None
     max_metric_delta: float | None = None
-    max_relative_delta: float | None = None
+    relative_metric_delta: bool = False
     task_reference: ModelBundle | None = None
 
 
@@ -63,6 +72,7 @@ class ValidationReport:
     note: str | None = None
     task: dict[str, Any] | None = None
     layers: dict[str, Any] | None = None
+    reference_overrides: dict[str, str] = field(default_factory=dict)  # how the torch reference was edited (drop-layers)
 
     def to_json(self) -> dict:
         data = {
@@ -77,6 +87,8 @@ class ValidationReport:
         }
         if self.note:
             data["note"] = self.note
+        if self.reference_overrides:
+            data["reference_overrides"] = self.reference_overrides
         if self.task is not None:
             data["task"] = self.task
         if self.layers is not None:
@@ -94,6 +106,12 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     options = options or ValidateOptions()
     candidate = as_candidate(candidate)
     atol, rtol = tolerances(options.precision, options.atol, options.rtol)
+    baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
+    if overrides and isinstance(reference, ModelBundle):
+        # An approximate rewrite (drop-layers) is exact against the torch model edited as it says:
+        # outputs and layers are compared with that; the task metric with the unedited model.
+        reference = override_modules(reference, overrides, inputs=[i.name for i in candidate.manifest.inputs],
+                                     outputs=[o["name"] for o in candidate.manifest.outputs])
     if isinstance(reference, ModelBundle):
         ref_runner, ref_manifest = TorchRunner(reference, name="reference:torch"), None
     else:
@@ -104,12 +122,12 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
         layers = _layer_report(reference, candidate, feeds[0])
-    if options.task or options.max_metric_delta is not None or options.max_relative_delta is not None:
-        judge = options.task_reference or reference
+    if options.task or options.max_metric_delta is not None:
+        judge = options.task_reference or baseline
         if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
         task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
-                            max_relative_delta=options.max_relative_delta)
+                            relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
@@ -123,6 +141,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         note=candidate.note,
         task=task,
         layers=layers,
+        reference_overrides=overrides if isinstance(reference, ModelBundle) else {},
     )
 
 

@@ -19,14 +19,14 @@ from mlpdeploy.model.hooks import capture_outputs
 from mlpdeploy.model.torch_run import run_module, to_numpy
 from mlpdeploy.onnx_io import load_ir
 from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
-from mlpdeploy.scopes import is_layer_path, name_scopes, natural_key
+from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 
 
 def layer_values(model: ir.Model) -> tuple[dict[str, ir.Value], dict[str, str]]:
     """(layer path → the ONNX value leaving it, layer path → why it was skipped)."""
     members: dict[str, set[ir.Node]] = {}
-    for node, scopes in _module_scopes(model.graph).items():
+    for node, scopes in inherited_scopes(model.graph).items():
         for scope in scopes:
             if is_layer_path(scope):
                 members.setdefault(scope, set()).add(node)
@@ -44,28 +44,6 @@ def layer_values(model: ir.Model) -> tuple[dict[str, ir.Value], dict[str, str]]:
         else:
             skipped[path] = f"{len(leaving)} values leave this scope in the graph"
     return found, skipped
-
-
-def _module_scopes(graph: ir.Graph) -> dict[ir.Node, list[str]]:
-    """Each node's enclosing modules. Nodes the exporter's optimizer created without scopes
-    (e.g. a Split it rewrote) inherit the scopes their producers share."""
-    scopes: dict[ir.Node, list[str]] = {}
-    for node in graph:  # exported graphs are topologically sorted
-        own = name_scopes(node)[:-1]
-        if not own:
-            parents = [scopes[v.producer()] for v in node.inputs if v is not None and v.producer() in scopes]
-            own = _common_prefix(parents) if parents else []
-        scopes[node] = own
-    return scopes
-
-
-def _common_prefix(lists: list[list[str]]) -> list[str]:
-    prefix = []
-    for items in zip(*lists):
-        if len(set(items)) != 1:
-            break
-        prefix.append(items[0])
-    return prefix
 
 
 def _torch_layer_outputs(bundle: ModelBundle, feed: dict[str, np.ndarray], paths: list[str]) -> dict[str, np.ndarray]:

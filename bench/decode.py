@@ -1,0 +1,181 @@
+"""Decode with a KV cache on the anchor-shaped decoder: mlpdeploy vs onnxruntime-genai vs torch, one run.
+
+    python bench/decode.py [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2] [--kv-heads 16]
+                           [--int4] [--json PATH]
+
+Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round:
+  * mlpdeploy: `compile --kv-cache` (ONNX Runtime, ort-decoder fusions, shared cache buffer),
+    driven by mlpdeploy.runtime.CachedGenerator;
+  * mlpdeploy, unfused: the same with --no-decoder-fusions (the exported attention as is);
+  * genai fp32 / int4: onnxruntime-genai's model builder (`-e cpu`), driven by its own
+    Generator (skipped, with a note, when the `bench` extra is not installed);
+  * torch eager with its cache (the model's own forward with a DynamicCache).
+Decode at context C: a C-token prompt is prefilled (timed as "prefill"), then each new token is
+timed alone. Samples during which the process waited for a CPU for more than 5% of the time are
+set aside (other work on a shared machine); medians are over the rest. Prefill is also timed
+at 128 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from anchor import anchor_dir  # noqa: E402
+from common import RESULTS, Sampler, machine, write_results  # noqa: E402
+
+
+class MlpdeployDecoder:
+    def __init__(self, directory: Path, threads: int):
+        from mlpdeploy.runtime.engine import Engine
+        from mlpdeploy.runtime.generate import CachedGenerator
+
+        self.generator = CachedGenerator(Engine.load(directory, threads=threads))
+
+    def prefill(self, prompt: list[int], new_tokens: int):
+        logits, state = self.generator.prefill([prompt], new_tokens)
+        return state, int(logits[0].argmax())
+
+    def step(self, state, token: int) -> int:
+        return int(self.generator.advance(state, np.array([token]))[0].argmax())
+
+
+class GenaiDecoder:
+    def __init__(self, directory: Path, threads: int):
+        import onnxruntime_genai as og
+
+        self.og = og
+        config = og.Config(str(directory))
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        self.model = og.Model(config)
+
+    def prefill(self, prompt: list[int], new_tokens: int):
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(prompt) + new_tokens, do_sample=False)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(np.array(prompt, np.int32))  # the prompt's forward pass
+        generator.generate_next_token()  # picks from the prompt's logits (no forward pass)
+        return generator, int(generator.get_next_tokens()[0])
+
+    def step(self, generator, token) -> int:
+        generator.generate_next_token()
+        return int(generator.get_next_tokens()[0])
+
+
+class TorchDecoder:
+    def __init__(self, directory: Path, threads: int):
+        import torch
+
+        from mlpdeploy.model import load_model
+
+        torch.set_num_threads(threads)
+        self.torch, self.decoder = torch, load_model(str(directory)).module
+        self.layout = self.decoder.cache_layout()
+
+    def prefill(self, prompt: list[int], new_tokens: int):
+        torch = self.torch
+        ids = torch.tensor([prompt])
+        empty = torch.zeros(1, self.layout.kv_heads, 0, self.layout.head_dim)
+        with torch.no_grad():
+            logits, past = self.decoder.forward_cached(ids, torch.ones_like(ids), torch.arange(len(prompt))[None], [(empty, empty)] * len(self.layout.layers))
+        return {"past": past, "length": len(prompt)}, int(logits[0, -1].argmax())
+
+    def step(self, state, token: int) -> int:
+        torch, n = self.torch, state["length"]
+        with torch.no_grad():
+            logits, state["past"] = self.decoder.forward_cached(torch.tensor([[token]]), torch.ones(1, n + 1, dtype=torch.int64),
+                                                                torch.tensor([[n]]), state["past"])
+        state["length"] = n + 1
+        return int(logits[0, -1].argmax())
+
+
+def build_variants(hf: Path, work: Path, threads: int, int4: bool) -> tuple[dict, dict]:
+    """Every variant that can be built here, and a note for each that cannot."""
+    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.compile import CompileOptions, compile_model
+
+    variants, notes = {}, {}
+    for name, fusions in (("mlpdeploy", True), ("mlpdeploy unfused", False)):
+        out = work / name.replace(" ", "-")
+        options = CompileOptions(kv_cache=True, build=BuildOptions(device="cpu", decoder_fusions=fusions))
+        report = compile_model(str(hf), out, options)
+        if not report["passed"]:
+            raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
+        variants[name] = MlpdeployDecoder(out, threads)
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        notes["genai"] = "onnxruntime-genai is not installed (pip install 'mlpdeploy[bench]')"
+    else:
+        for precision in ("fp32", "int4") if int4 else ("fp32",):
+            out = work / f"genai-{precision}"
+            subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision,
+                            "-e", "cpu", "-c", str(work / "genai-cache")], check=True, capture_output=True)
+            variants[f"genai {precision}"] = GenaiDecoder(out, threads)
+    variants["torch eager"] = TorchDecoder(hf, threads)
+    return variants, notes
+
+
+def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: int, seed: int) -> dict:
+    """Prefill and per-token decode samples per variant, interleaved round by round."""
+    rng = np.random.default_rng(seed)
+    prefill = {name: Sampler() for name in variants}
+    decode = {name: Sampler() for name in variants}
+    for _ in range(rounds):
+        prompt = rng.integers(2, vocab, context).tolist()
+        for name, variant in variants.items():
+            state, token = prefill[name].call(variant.prefill, prompt, new_tokens + 1)
+            for _ in range(new_tokens):
+                token = decode[name].call(variant.step, state, token)
+    return {name: {"prefill": prefill[name].summary_ms(), "decode": decode[name].summary_ms()} for name in variants}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--contexts", default="16,128,512")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--kv-heads", type=int, default=16)
+    parser.add_argument("--int4", action="store_true", help="also onnxruntime-genai's int4 build")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    hf = anchor_dir(args.kv_heads)
+    contexts = [int(c) for c in args.contexts.split(",")]
+    with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
+        variants, notes = build_variants(hf, Path(tmp), args.threads, args.int4)
+        results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, 512, seed=c) for c in contexts}
+        results["prefill 128"] = measure(variants, 128, 2, args.rounds * 2, 512, seed=7)
+    best_other = [n for n in variants if not n.startswith("mlpdeploy")]
+    print(f"\nanchor decoder (hidden 1024, MLP 2816, 4 layers, 16 heads, {args.kv_heads} KV heads, vocab 512), batch 1, "
+          f"{args.threads} threads; ms, median over clean samples [clean/all]")
+    header = f"{'variant':20s}" + "".join(f"{k:>26s}" for k in results)
+    print(header)
+    for name in variants:
+        cells = []
+        for key, per in results.items():
+            stat = per[name]["prefill" if key.startswith("prefill") else "decode"]
+            cells.append(f"{stat['p50_ms']:9.3f} p90 {stat['p90_ms']:8.3f} [{stat['clean']}/{stat['samples']}]")
+        print(f"{name:20s}" + "".join(f"{c:>26s}" for c in cells))
+    for key, per in results.items():
+        what = "prefill" if key.startswith("prefill") else "decode"
+        ours = per["mlpdeploy"][what]["p50_ms"]
+        ratios = {n: per[n][what]["p50_ms"] / ours for n in best_other}
+        print(f"{key}: others / mlpdeploy = " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
+    for name, note in notes.items():
+        print(f"note: {name}: {note}")
+    print(f"machine: {machine()}")
+    data = {"anchor": {"kv_heads": args.kv_heads, "threads": args.threads, "new_tokens": args.new_tokens, "rounds": args.rounds},
+            "results": results, "notes": notes}
+    print(f"wrote {write_results('decode', data, args.json)}")
+
+
+if __name__ == "__main__":
+    main()
