@@ -56,7 +56,9 @@ def test_round_trip_matches_onnx_reference(w, spec):
 @given(w=WEIGHTS, spec=st.sampled_from(SPECS))
 def test_error_bound(w, spec):
     """Each element is off by at most half a step of its block's grid (E2M1's gap at that value
-    for FP4, one scale for INT4); MXFP4 may also saturate at 6·2^e, within 2^e·(amax/2^e − 6)."""
+    for FP4, one scale for INT4); MXFP4 may also saturate at 6·2^e, within 2^e·(amax/2^e − 6).
+    An NVFP4 block whose FP8 scale underflows (amax/6 below half E4M3's smallest subnormal,
+    2^-10, in units of the tensor scale) decodes to zeros."""
     fmt = parse_format(spec)
     q = fmt.quantize(w)
     d = q.dequantize().astype(np.float64)
@@ -69,6 +71,10 @@ def test_error_bound(w, spec):
         bound = scale * (gap / 2 + np.maximum(x - 6, 0)) * (1 + 1e-6) + 1e-38
         # NVFP4 also loses what the FP8 block scale rounds away at the top (< 1/16 relative)
         bound += np.abs(w) * (1 / 16 if fmt.name == "nvfp4" else 0)
+        if fmt.name == "nvfp4":
+            flushed = scale == 0
+            assert np.all(np.abs(w[flushed]) <= 6 * 2.0**-10 * float(q.global_scale) * (1 + 1e-6))
+            bound = np.where(flushed, np.abs(w), bound)
     else:
         bound = scale * (0.5 + 1e-6)
     assert np.all(err <= bound)
