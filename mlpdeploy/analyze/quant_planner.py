@@ -15,7 +15,7 @@
 
 The held-out check runs the torch model with the quantized weights and, since ONNX Runtime's
 MatMulNBits computes with int8 activations at the pass's default accuracy level 4, with those
-emulated (`mlpdeploy.quant.int8_blocks`). The plan's pass leaves `target=auto`: compile writes
+emulated (`mlpdeploy.quant.int8_blocks`); TensorRT forms compute with float activations. The plan's pass leaves `target=auto`: compile writes
 the forms of its `--backend`.
 """
 
@@ -115,7 +115,7 @@ def plan_quantization(module: nn.Module, data: dict, formats: list[Format], budg
 
     def heldout_delta(count: int) -> float:
         sites = {p: choices[p][0] for p in order[:count]}
-        int8 = {p: f.block for p, f in sites.items()} if DEFAULT_ACCURACY_LEVEL == 4 else None
+        int8 = {p: f.block for p, f in sites.items()} if target == "ort" and DEFAULT_ACCURACY_LEVEL == 4 else None
         with quantized_linears(module, sites, int8):
             value = heldout(module)
         probes.append({"layers": count, "value": value, "delta": heldout.degradation(value)})
