@@ -37,6 +37,12 @@ class QuantSensitivity(Analysis):
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         formats = _formats(self.value)
+        budget = _budget(ctx)
+        backend = get_backend(ctx.backend)
+        usable = [f for f in formats if f.name not in backend.refused_weight_formats]  # what the planner may choose
+        if budget is not None and not usable:
+            raise MlpdeployError(f"--backend {ctx.backend} builds none of --quant {','.join(map(str, formats))}; "
+                                 f"plan for it with formats other than {', '.join(backend.refused_weight_formats)}")
         module = ctx.bundle.module
         linears = [path for path, m in module.named_modules() if isinstance(m, nn.Linear) and m.weight.numel()]
         if not linears:
@@ -53,11 +59,10 @@ class QuantSensitivity(Analysis):
                 "formats": [str(f) for f in formats], "layers": layers}
         tables = [_sensitivity_table(data)]
         passes, predicted = [], {}
-        budget = _budget(ctx)
         if budget is not None:
             fallback = calibration_batches(ctx.bundle, n=len(ctx.batches), batch_size=8, seed=ctx.seed + 1, path=ctx.calibration)
             heldout = heldout_scorer(ctx.bundle, ctx.eval_samples, fallback)
-            plan = plan_quantization(module, data, formats, budget, scorer, heldout, get_backend(ctx.backend).pass_target)
+            plan = plan_quantization(module, data, usable, budget, scorer, heldout, backend.pass_target)
             data["plan"] = plan.to_json()
             passes, predicted = [plan.pass_entry()], plan.predicted()
             tables.append(plan.table())

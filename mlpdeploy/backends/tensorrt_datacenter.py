@@ -113,6 +113,7 @@ class TensorRTBackend(Backend):
     extra = "tensorrt"
     suffix = ".engine"
     pass_target = "trt"
+    refused_weight_formats = ("int4asym",)  # DequantizeLinear(INT4) without zero points only
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         model_path = check_onnx_path(model_path)

@@ -128,12 +128,21 @@ def validation_note(target: str | None, precision: str, fp4: bool = False) -> st
     return f"the {PRODUCT} engine itself was not run: mlpdeploy has no {PRODUCT} runner yet (GPU here: {here}); {graph}"
 
 
+def refuse_w4a16(model) -> None:
+    """MXFP4 weights reach TensorRT as mlpdeploy::W4A16MatMul, which only datacenter TensorRT's plugin runs."""
+    ops = [(n.domain, n.op_type) for n in model.graph] + [(domain, name) for domain, name, _ in model.functions]
+    if any(domain == "mlpdeploy" and op.startswith("W4A16MatMul") for domain, op in ops):
+        raise MlpdeployError(f"{PRODUCT} cannot build MXFP4 weights (its ONNX parser reads E8M0 scales only for MXFP8, and it runs no "
+                             "mlpdeploy plugins): quantize those layers as nvfp4 or int4, or build with --backend tensorrt (W4A16 plugin)")
+
+
 class TensorRTRTXBackend(Backend):
     name = "tensorrt-rtx"
     description = "TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; validated through the parsed ONNX"
     extra = "rtx"
     suffix = ".engine"
     pass_target = "trt"
+    refused_weight_formats = ("int4asym", "mxfp4")  # no INT4 zero points; no MXFP4 form, no mlpdeploy plugins
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         model_path, output = check_onnx_path(model_path), Path(output)
@@ -142,6 +151,7 @@ class TensorRTRTXBackend(Backend):
         trt = load_trt()
         start = time.perf_counter()
         model, precision_report = prepare_graph(model_path, options.precision)
+        refuse_w4a16(model)
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
         cache = caches.EngineCache(caches.cache_dir(options.extra), "tensorrt-rtx")
