@@ -8,6 +8,9 @@
 #   kan_kernels_gpu.json    KAN Triton kernels: GroupRational's bandwidth as a fraction of copy
 #                           bandwidth, BSplineKAN and FANLayer vs torch (bench/kan_kernels_gpu.py)
 #   kan_kernels_gpu.log     the same as printed rows
+#   w4a16_kernel.json       W4A16MatMul Triton kernel (NVFP4/MXFP4/INT4 decoded in the GEMM) vs torch
+#                           dequantize-then-matmul and dense fp16, achieved bandwidth (bench/w4a16_kernel.py)
+#   w4a16_kernel.log        the same as a printed table
 # Exit status: 0 when every step passed, 1 otherwise (every step still runs).
 #   bash bench/gpu.sh [--quick]      (--quick: skip the benchmark's tile sweep)
 set -uo pipefail
@@ -45,7 +48,7 @@ echo "== kernel and plugin tests on the GPU (TRITON_INTERPRET=0)"
 "$PY" -m pytest -q -p no:cacheprovider -rs \
   tests/plugins/test_gated_mlp_kernel.py tests/plugins/test_gated_mlp_trt_plugin.py \
   tests/plugins/test_group_rational_kernel.py tests/plugins/test_bspline_kan_kernel.py tests/plugins/test_fan_layer_kernel.py \
-  tests/plugins/test_kan_kernel_properties.py \
+  tests/plugins/test_kan_kernel_properties.py tests/plugins/test_w4a16_matmul_kernel.py \
   --junitxml "$DEST/gpu_tests.xml" 2>&1 | tee "$DEST/gpu_tests.log" || status=1
 
 echo "== bench/gated_mlp_kernel.py"
@@ -54,6 +57,9 @@ echo "== bench/gated_mlp_kernel.py"
 
 echo "== bench/kan_kernels_gpu.py"
 "$PY" bench/kan_kernels_gpu.py --json "$DEST/kan_kernels_gpu.json" 2>&1 | tee "$DEST/kan_kernels_gpu.log" || status=1
+
+echo "== bench/w4a16_kernel.py"
+"$PY" bench/w4a16_kernel.py --json "$DEST/w4a16_kernel.json" 2>&1 | tee "$DEST/w4a16_kernel.log" || status=1
 
 echo "== gpu.sh done: status $status, outputs in $DEST"
 exit $status

@@ -4,6 +4,7 @@ multiple of the block, fp32/fp16/bf16 activations, extreme scales."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from pathlib import Path
 
@@ -76,3 +77,17 @@ def test_kernel_properties(assert_close):
         run_kernel(spec, rows, k, n, "float32", assert_close, seed=seed)
 
     check()
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_plumbing(tmp_path):
+    """bench/w4a16_kernel.py --smoke: the script bench/gpu.sh runs, on tiny shapes in the interpreter,
+    checks every point against the reference and writes its JSON."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    bench = importlib.import_module("w4a16_kernel")
+    assert bench.main(["--smoke", "--json", str(tmp_path / "w4a16.json")]) == 0
+    data = json.loads((tmp_path / "w4a16.json").read_text())
+    assert data["smoke"] and {r["format"] for r in data["results"]} == {"nvfp4", "mxfp4", "int4"} and all(r["ok"] for r in data["results"])
