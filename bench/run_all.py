@@ -15,6 +15,7 @@ BENCHMARKS = [
     ["kan_ops.py"],
     ["decode.py", "--int4"],
     ["drop_layers.py"],
+    ["quant.py"],
 ]
 
 
