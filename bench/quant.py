@@ -1,7 +1,7 @@
 """Low-bit weights: int4 decode vs onnxruntime-genai, llama-small perplexity per format, FP4 forms on ONNX Runtime.
 
     python bench/quant.py [--parts decode,ppl] [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2]
-                          [--plan plan.json] [--task-samples 0] [--json PATH]
+                          [--plan auto|none|plan.json] [--task-samples 0] [--json PATH]
 
 decode — the anchor-shaped decoder with its KV cache (bench/anchor.py), interleaved round by
   round as bench/decode.py does: mlpdeploy fp32 and int4 (`compile --kv-cache` with
@@ -13,7 +13,8 @@ decode — the anchor-shaped decoder with its KV cache (bench/anchor.py), interl
 ppl — llama-small perplexity on its eval split, each variant's rewritten graph run in ONNX
   Runtime (not torch): fp32; every linear int4 at accuracy level 0 and 4; nvfp4 and mxfp4 (exact
   weights: the function form, float32 activations, and the 8-bit re-encoding at level 4); and
-  the plan of `mlpdeploy analyze llama-small --quant ... --max-metric-delta 1%` (`--plan`).
+  the plan of `mlpdeploy analyze llama-small --quant nvfp4,mxfp4,int4 --max-metric-delta 1%`
+  (made here unless `--plan` gives one).
   Linear-weight bytes as stored, effective bits per weight, and size vs float32.
 Timings on a shared machine are indicative; ratios are measured in the same run.
 """
@@ -119,6 +120,15 @@ def decode_part(args) -> dict:
     return {"results": results, "op_types": ops, "model_bytes": sizes, "notes": notes}
 
 
+def planned(args) -> dict:
+    """plan.json of `mlpdeploy analyze llama-small --quant nvfp4,mxfp4,int4 --max-metric-delta 1%`."""
+    from mlpdeploy.analyze import AnalyzeOptions, analyze_model
+
+    print("planning: analyze llama-small --quant nvfp4,mxfp4,int4 --max-metric-delta 1% ...", flush=True)
+    plan = analyze_model("llama-small", AnalyzeOptions({"quant": "nvfp4,mxfp4,int4"}, max_metric_delta=0.01, relative_budget=True))
+    return plan.to_json()
+
+
 def ppl_part(args) -> dict:
     import numpy as np
     import onnxruntime as ort
@@ -133,8 +143,8 @@ def ppl_part(args) -> dict:
     linears = {p: m.weight.numel() for p, m in bundle.module.named_modules() if isinstance(m, torch.nn.Linear)}
     weights, fp32_bytes = sum(linears.values()), 4 * sum(linears.values())
     variants = dict(PPL_VARIANTS)
-    if args.plan:
-        plan = json.loads(Path(args.plan).read_text())
+    if args.plan != "none":
+        plan = json.loads(Path(args.plan).read_text()) if args.plan != "auto" else planned(args)
         entry = next(p for p in plan["passes"] if p["name"] == "quantize-weights")
         variants["planned mix"] = PassSpec("quantize-weights", dict(entry.get("options", {})), sites=entry["sites"])
     rows = {}
@@ -181,7 +191,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plan", default=None, help="a plan.json of `analyze llama-small --quant ...` to add as 'planned mix'")
+    parser.add_argument("--plan", default="auto",
+                        help="plan.json of `analyze llama-small --quant ...` for the 'planned mix' row; auto: make it (--max-metric-delta 1%%); none: skip")
     parser.add_argument("--task-samples", type=int, default=0, help="eval samples for perplexity (0: the whole eval split)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
