@@ -1,6 +1,6 @@
 """Low-bit weights: int4 decode vs onnxruntime-genai, llama-small perplexity per format, FP4 forms on ONNX Runtime.
 
-    python bench/quant.py [--parts decode,ppl] [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2]
+    python bench/quant.py [--parts forms,ppl,decode] [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2]
                           [--plan auto|none|plan.json] [--task-samples 0] [--json PATH]
 
 decode — the anchor-shaped decoder with its KV cache (bench/anchor.py), interleaved round by
@@ -16,6 +16,8 @@ ppl — llama-small perplexity on its eval split, each variant's rewritten graph
   the plan of `mlpdeploy analyze llama-small --quant nvfp4,mxfp4,int4 --max-metric-delta 1%`
   (made here unless `--plan` gives one).
   Linear-weight bytes as stored, effective bits per weight, and size vs float32.
+forms — one [1024, 2816] linear at batch 1 per ONNX Runtime weight form (MatMulNBits 4-bit and
+  8-bit at accuracy levels 0 and 4, the W4A16MatMul function), interleaved: the FP4 form choice.
 Timings on a shared machine are indicative; ratios are measured in the same run.
 """
 
@@ -27,6 +29,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -184,9 +187,66 @@ def ppl_part(args) -> dict:
     return {"rows": rows, "linear_weights": weights}
 
 
+FORMS = {  # one [1024, 2816] linear at batch 1: quantize-weights options (None: fp32)
+    "fp32 MatMul": None,
+    "int4 MatMulNBits level 0": {"format": "int4", "accuracy_level": "0"},
+    "int4 MatMulNBits level 4": {"format": "int4", "accuracy_level": "4"},
+    "nvfp4 8-bit MatMulNBits level 0": {"format": "nvfp4", "accuracy_level": "0", "fp4_form": "nbits8"},
+    "nvfp4 8-bit MatMulNBits level 4": {"format": "nvfp4", "accuracy_level": "4", "fp4_form": "nbits8"},
+    "nvfp4 W4A16MatMul function": {"format": "nvfp4", "accuracy_level": "0", "fp4_form": "function"},
+}
+
+
+def forms_part(args) -> dict:
+    """ms of one linear per weight form in ONNX Runtime (default optimizations: the function folds),
+    interleaved; and the bytes the session's graph keeps."""
+    import numpy as np
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+
+    k, n = 1024, 2816
+    rng = np.random.default_rng(0)
+    weight = (rng.standard_normal((k, n)) * 0.02).astype(np.float32)
+    x = rng.standard_normal((1, k)).astype(np.float32)
+    sessions, stored = {}, {}
+    for name, options in FORMS.items():
+        xv = ir.val("x", ir.DataType.FLOAT, ["batch", k])
+        node = ir.node("MatMul", [xv, ir.Value(name="w", const_value=ir.tensor(weight, name="w"), type=ir.TensorType(ir.DataType.FLOAT),
+                                                shape=ir.Shape([k, n]))], name="mm",
+                       metadata_props={"pkg.torch.onnx.name_scopes": repr(["", "proj", "linear"])})
+        node.outputs[0].name, node.outputs[0].dtype, node.outputs[0].shape = "y", ir.DataType.FLOAT, ir.Shape(["batch", n])
+        graph = ir.Graph([xv], node.outputs, nodes=[node], initializers=[node.inputs[1]], opset_imports={"": 21}, name="linear")
+        model = ir.Model(graph, ir_version=10)
+        stored[name] = 4 * k * n
+        if options:
+            stored[name] = next(iter(run_pipeline(model, [PassSpec("quantize-weights", dict(options))]).values()))["bytes"]
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = args.threads
+        sessions[name] = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
+    times = {name: [] for name in sessions}
+    for _ in range(5):
+        for session in sessions.values():
+            session.run(None, {"x": x})
+    for _ in range(40):
+        for name, session in sessions.items():
+            start = time.perf_counter()
+            session.run(None, {"x": x})
+            times[name].append(time.perf_counter() - start)
+    base = float(np.median(times["fp32 MatMul"]))
+    print(f"\none linear [{k}, {n}], batch 1, ONNX Runtime CPU, {args.threads} threads; median ms over 40 interleaved runs")
+    rows = {}
+    for name, samples in times.items():
+        ms = 1e3 * float(np.median(samples))
+        rows[name] = {"ms": ms, "vs_fp32": ms / (1e3 * base), "stored_bytes": stored[name]}
+        print(f"  {name:34s}{ms:9.3f} ms  {ms / (1e3 * base):6.2f}x fp32   graph weight bytes {stored[name]:,}")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="decode,ppl")
+    parser.add_argument("--parts", default="forms,ppl,decode")
     parser.add_argument("--contexts", default="16,128,512")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=4)
@@ -199,6 +259,8 @@ def main() -> None:
     parts = args.parts.split(",")
     RESULTS.mkdir(parents=True, exist_ok=True)
     data = {"threads": args.threads}
+    if "forms" in parts:
+        data["forms"] = forms_part(args)
     if "ppl" in parts:
         data["ppl"] = ppl_part(args)
     if "decode" in parts:

@@ -13,7 +13,7 @@ sites of a plan, each with its own `format` (and `block`). The weight is quantiz
 
 `fp4_form=auto` picks the 8-bit MatMulNBits at accuracy level 4 and the function otherwise:
 ONNX Runtime 1.32's 8-bit MatMulNBits has a fast kernel only with int8 activations (level 4);
-at levels 0–2 it was ~100× slower than a float32 MatMul (bench/quant_forms.py), while the
+at level 0 it was ~190× slower than a float32 MatMul (bench/quant.py --parts forms), while the
 function body is folded by ONNX Runtime into a float32 weight at session creation.
 `accuracy_level` is the MatMulNBits node attribute (0: float32 activations, exact; 4: int8
 activations). It is written on every node, so ONNX Runtime's session setting
@@ -65,7 +65,7 @@ from mlpdeploy.scopes import module_path
 
 TARGETS = ("ort", "trt")
 FP4_FORMS = ("auto", "nbits8", "function")
-DEFAULT_ACCURACY_LEVEL = 4  # measured: bench/quant_decode.py (llama-small perplexity, anchor decode speed)
+DEFAULT_ACCURACY_LEVEL = 4  # measured: bench/quant.py (llama-small perplexity equal to level 0; level 0 kernels ~70x slower)
 GATED_ROLES = {  # GatedMLP weight input -> the child linears it fuses, one tuple per naming family
     1: (("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3")),
     2: (("down_proj",), ("w2",)),

@@ -9,10 +9,13 @@ Body (default-domain opset ≥ 18 for BitwiseAnd):
     codes  = Reshape(Concat(BitwiseAnd(P, 15), BitShift(P, 4, RIGHT)) on a new last axis, [N, KB, block])
     values = Gather(E2M1 or INT4 table, codes)          | Cast(codes) − Cast(zero_points)   (int4asym)
     scale  = Gather(E4M3 table, S) · global_scale        | Gather(E8M0 table, S) | S
-    W      = Transpose(Slice(Reshape(values · scale, [N, KB·block]), :K))
-    y      = CastLike(MatMul(Cast(x, float), W), x)
-ONNX Runtime folds the decode at session creation when the inputs are initializers (the
-graph then holds float32 weights: the portable form trades memory for running anywhere).
+    W      = Transpose(Reshape(values · scale, [N, KB·block]))                  [KB·block, N]
+    y      = CastLike(MatMul(Pad(Cast(x, float), K → KB·block with zeros), W), x)
+ONNX Runtime folds the decode at session creation when the inputs are initializers into one
+[KB·block, N] float32 constant feeding a plain MatMul (the graph then holds float32 weights:
+the portable form trades memory for running anywhere). An earlier body sliced W to x's K and
+multiplied by its transpose: ONNX Runtime then copied the weight every call and ran its slow
+transB path, ~30× a float32 MatMul at batch 1 (bench/quant.py).
 """
 
 from __future__ import annotations
@@ -110,9 +113,13 @@ def build_function(fmt: str, onnx_opset: int) -> ir.Function:
     else:
         scale = body.to_float(scales)
     w = body.op("Reshape", body.op("Mul", values, body.op("Unsqueeze", scale, last)), body.ints([0, -1]))
-    k = body.op("Shape", x, start=-1)
-    w = body.op("Transpose", body.op("Slice", w, body.ints([0]), k, body.ints([1])), perm=[1, 0])
-    y = body.op("CastLike", body.op("MatMul", body.to_float(x), w), x)
+    w = body.op("Transpose", w, perm=[1, 0])  # [KB·block, N]: all of it folds to one constant
+    # x is zero-padded to whole blocks rather than W sliced to K: a slice by x's runtime K would
+    # copy the weight every call, and the padded rows decode to zeros (0 · 0 adds nothing)
+    pad = body.op("Sub", body.op("Shape", w, start=0, end=1), body.op("Shape", x, start=-1))
+    xp = body.op("Pad", body.to_float(x), body.op("Concat", body.ints([0]), pad, axis=0), body.op("Constant", value=ir.tensor(np.array(0, np.float32))),
+                 last)
+    y = body.op("CastLike", body.op("MatMul", xp, w), x)
     return body.function(y, OP_TYPE, fmt, onnx_opset, DECLARED_ATTRIBUTES)
 
 
