@@ -63,13 +63,15 @@ def op_types(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
-def build_decoders(hf: Path, work: Path, threads: int) -> tuple[dict, dict, dict]:
+def build_decoders(hf: Path, work: Path, threads: int, fp4: bool) -> tuple[dict, dict, dict]:
     from mlpdeploy.backends import BuildOptions
     from mlpdeploy.compile import CompileOptions, compile_model
     from mlpdeploy.passes.pipeline import PassSpec
 
     variants, graphs, notes = {}, {}, {}
     for name, options in DECODE_VARIANTS.items():
+        if "fp4" in name and not fp4:
+            continue
         out = work / name.replace(" ", "-")
         passes = [PassSpec("quantize-weights", dict(options))] if options else []
         report = compile_model(str(hf), out, CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu")))
@@ -95,10 +97,10 @@ def decode_part(args) -> dict:
     hf = anchor_dir(16)
     contexts = [int(c) for c in args.contexts.split(",")]
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
-        variants, graphs, notes = build_decoders(hf, Path(tmp), args.threads)
+        variants, graphs, notes = build_decoders(hf, Path(tmp), args.threads, not args.no_fp4)
         ops = {name: op_types(path) for name, path in graphs.items() if path.exists()}
-        sizes = {name: sum(f.stat().st_size for f in path.parent.glob("*") if f.suffix in (".onnx", ".data")) for name, path in graphs.items()
-                 if path.exists()}
+        sizes = {name: sum(f.stat().st_size for f in (path, path.parent / f"{path.name}.data", path.with_suffix(".onnx.data")) if f.exists())
+                 for name, path in graphs.items() if path.exists()}
         results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, 512, seed=c) for c in contexts}
         results["prefill 128"] = measure(variants, 128, 2, args.rounds * 2, 512, seed=7)
     print(f"\nanchor decoder (hidden 1024, MLP 2816, 4 layers, 16 heads, vocab 512) with KV cache, batch 1, {args.threads} threads; "
@@ -254,6 +256,7 @@ def main() -> None:
     parser.add_argument("--plan", default="auto",
                         help="plan.json of `analyze llama-small --quant ...` for the 'planned mix' row; auto: make it (--max-metric-delta 1%%); none: skip")
     parser.add_argument("--task-samples", type=int, default=0, help="eval samples for perplexity (0: the whole eval split)")
+    parser.add_argument("--no-fp4", action="store_true", help="decode: leave out the two nvfp4 variants")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     parts = args.parts.split(",")
