@@ -99,7 +99,7 @@ def decode_part(args) -> dict:
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         variants, graphs, notes = build_decoders(hf, Path(tmp), args.threads, not args.no_fp4)
         ops = {name: op_types(path) for name, path in graphs.items() if path.exists()}
-        sizes = {name: sum(f.stat().st_size for f in (path, path.parent / f"{path.name}.data", path.with_suffix(".onnx.data")) if f.exists())
+        sizes = {name: sum(f.stat().st_size for f in {path, path.parent / f"{path.name}.data"} if f.exists())
                  for name, path in graphs.items() if path.exists()}
         results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, 512, seed=c) for c in contexts}
         results["prefill 128"] = measure(variants, 128, 2, args.rounds * 2, 512, seed=7)
