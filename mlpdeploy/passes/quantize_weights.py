@@ -198,7 +198,8 @@ class QuantizeWeights(RewritePass):
         for new in nodes:
             new.metadata_props.update(template.metadata_props)  # the linear's module scope, for per-layer checks
         graph.insert_before(linear.nodes[0], nodes)
-        output.dtype, output.shape = linear.output.dtype, linear.output.shape
+        if linear.output.dtype is not None:  # (an inlined function body's values carry no type)
+            output.dtype, output.shape = linear.output.dtype, linear.output.shape
         old = linear.output
         if old.is_graph_output():  # keep the graph's output name on the new value
             name, old.name = old.name, None

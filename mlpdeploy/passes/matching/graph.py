@@ -128,7 +128,7 @@ def inline_call(model: ir.Model, node: ir.Node, taken: set[str]) -> list[ir.Node
     value_map: dict[int, ir.Value] = {id(formal): actual for formal, actual in zip(function.inputs, node.inputs)}
     nodes = []
     for inner in function:
-        if any(isinstance(a, ir.RefAttr) for a in inner.attributes.values()):
+        if any(a.is_ref() for a in inner.attributes.values()):
             raise ValueError(f"cannot inline {node.op_type} {node.name!r}: its body refers to the call's attributes")
         inputs = [value_map[id(v)] if v is not None else None for v in inner.inputs]
         new = ir.Node(inner.domain, inner.op_type, inputs, attributes=list(inner.attributes.values()), num_outputs=len(inner.outputs),
