@@ -10,6 +10,9 @@
 #   kan_kernels_gpu.log     the same as printed rows
 #   sparse_mlp_gpu.json     SparseMLP's Triton gather-GEMMs vs dense cuBLAS GEMMs at k/h 5-30% (bench/sparse_mlp_gpu.py)
 #   sparse_mlp_gpu.log      the same as printed rows
+#   w4a16_kernel.json       W4A16MatMul Triton kernel (NVFP4/MXFP4/INT4 decoded in the GEMM) vs torch
+#                           dequantize-then-matmul and dense fp16, achieved bandwidth (bench/w4a16_kernel.py)
+#   w4a16_kernel.log        the same as a printed table
 # Exit status: 0 when every step passed, 1 otherwise (every step still runs).
 #   bash bench/gpu.sh [--quick]      (--quick: skip the benchmark's tile sweep)
 set -uo pipefail
@@ -47,7 +50,7 @@ echo "== kernel and plugin tests on the GPU (TRITON_INTERPRET=0)"
 "$PY" -m pytest -q -p no:cacheprovider -rs \
   tests/plugins/test_gated_mlp_kernel.py tests/plugins/test_gated_mlp_trt_plugin.py \
   tests/plugins/test_group_rational_kernel.py tests/plugins/test_bspline_kan_kernel.py tests/plugins/test_fan_layer_kernel.py \
-  tests/plugins/test_kan_kernel_properties.py tests/plugins/test_sparse_mlp.py \
+  tests/plugins/test_kan_kernel_properties.py tests/plugins/test_sparse_mlp.py tests/plugins/test_w4a16_matmul_kernel.py \
   --junitxml "$DEST/gpu_tests.xml" 2>&1 | tee "$DEST/gpu_tests.log" || status=1
 
 echo "== bench/gated_mlp_kernel.py"
@@ -59,6 +62,8 @@ echo "== bench/kan_kernels_gpu.py"
 
 echo "== bench/sparse_mlp_gpu.py"
 "$PY" bench/sparse_mlp_gpu.py --json "$DEST/sparse_mlp_gpu.json" 2>&1 | tee "$DEST/sparse_mlp_gpu.log" || status=1
+echo "== bench/w4a16_kernel.py"
+"$PY" bench/w4a16_kernel.py --json "$DEST/w4a16_kernel.json" 2>&1 | tee "$DEST/w4a16_kernel.log" || status=1
 
 echo "== gpu.sh done: status $status, outputs in $DEST"
 exit $status

@@ -19,6 +19,7 @@ BENCHMARKS = [
     ["drop_layers.py"],
     ["serve_load.py", "--threads", "1"],
     ["sparse_mlp.py"],
+    ["quant.py"],
 ]
 
 

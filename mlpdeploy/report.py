@@ -84,6 +84,33 @@ def _layer_chart(errors: dict[str, dict]) -> str:
     )
 
 
+def _heatmap(chart: dict) -> str:
+    """A rows × columns grid of values (e.g. layer × format relative metric degradation): white at
+    zero or better, deeper red up to the largest value, each cell labelled."""
+    rows, columns, values = chart["rows"], chart["columns"], chart["values"]
+    if not rows or not columns:
+        return ""
+    label_w, cell_w, cell_h, top = 8 + 7 * max(len(str(r)) for r in rows), 92, 18, 22
+    peak = max((v for row in values for v in row if v is not None and v > 0), default=0.0) or 1.0
+    cells = []
+    for j, col in enumerate(columns):
+        cells.append(f'<text x="{label_w + j * cell_w + cell_w / 2:.0f}" y="14" font-size="12" text-anchor="middle">{_e(col)}</text>')
+    for i, (row, row_values) in enumerate(zip(rows, values)):
+        y = top + i * cell_h
+        cells.append(f'<text x="0" y="{y + 13}" font-size="11">{_e(row)}</text>')
+        for j, v in enumerate(row_values):
+            share = 0.0 if v is None else max(0.0, min(1.0, v / peak))
+            fill = f"rgb(255,{int(255 - 200 * share)},{int(255 - 200 * share)})"
+            text = "-" if v is None else f"{v:+.2%}"
+            x = label_w + j * cell_w
+            cells.append(f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}" stroke="#ddd">'
+                         f'<title>{_e(row)} × {_e(columns[j])}: {text}</title></rect>'
+                         f'<text x="{x + cell_w / 2 - 1:.0f}" y="{y + 12}" font-size="10" text-anchor="middle">{text}</text>')
+    width, height = label_w + cell_w * len(columns), top + cell_h * len(rows) + 20
+    caption = f'<text x="0" y="{height - 4}" font-size="11">{_e(chart.get("label", ""))}</text>'
+    return f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(chart.get("label", "heat map"))}">{"".join(cells)}{caption}</svg>'
+
+
 def _curve_chart(chart: dict) -> str:
     """A line through the accepted points (x, y), rejected tries as red dots, the budget's limit dashed."""
     points = [(float(x), float(y), bool(ok)) for x, y, ok in chart["points"]]
@@ -214,9 +241,14 @@ def render_html(report: dict) -> str:
         if plan.get("budget"):
             b = plan["budget"]
             amount = f"{b['max_delta']:.3%} of the {b['metric']}" if b.get("relative") else f"{b['max_delta']:g} {b['metric']}"
-            parts.append(f"<p>Budget: {_e(amount)}; predicted: {_e(plan.get('predicted') or {})}.</p>")
+            parts.append(f"<p>Budget: {_e(amount)}.</p>")
+        if plan.get("predicted"):
+            parts.append(_table(["predicted", "value"], [[_e(k), _e(v)] for k, v in plan["predicted"].items()], numeric_from=99))
         for table in plan.get("tables", []):
-            parts += [f"<h3>{_e(table['title'])}</h3>", _table(table["columns"], [[_e(c) for c in row] for row in table["rows"]])]
+            parts.append(f"<h3>{_e(table['title'])}</h3>")
+            if table.get("heatmap"):
+                parts.append(_heatmap(table["heatmap"]))
+            parts.append(_table(table["columns"], [[_e(c) for c in row] for row in table["rows"]]))
             if table.get("chart"):
                 parts.append(_curve_chart(table["chart"]))
     parts += _rewrite_section(report["stages"])

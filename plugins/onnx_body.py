@@ -15,7 +15,11 @@ INT64_MAX = np.iinfo(np.int64).max
 
 
 def attr(name: str, value) -> ir.Attr:
-    """An ONNX attribute from a Python value (float, int, tensor)."""
+    """An ONNX attribute from a Python value (float, int, str, list of ints, tensor)."""
+    if isinstance(value, str):
+        return ir.AttrString(name, value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return ir.AttrInt64s(name, [int(v) for v in value])
     if isinstance(value, float):
         return ir.AttrFloat32(name, value)
     if isinstance(value, bool) or isinstance(value, int):

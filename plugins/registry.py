@@ -43,5 +43,6 @@ OPS: dict[str, CustomOp] = {
         CustomOp("BSplineKAN", "bspline_kan", exportable=True),  # efficient-kan: SiLU(x)·W_base + B-spline bases·W_spline
         CustomOp("FANLayer", "fan_layer", exportable=True),  # FAN: concat[cos(x·W_p), sin(x·W_p), act(x·W_g + b)]
         CustomOp("SparseMLP", "sparse_mlp"),  # contextual sparsity: only the predicted (topk) / above-threshold neurons
+        CustomOp("W4A16MatMul", "w4a16_matmul"),  # x·W, W as NVFP4/MXFP4/INT4 codes decoded inside the GEMM
     ]
 }

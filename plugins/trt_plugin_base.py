@@ -24,7 +24,7 @@ from .registry import PLUGIN_NAMESPACE, PLUGIN_VERSION
 # TensorRT DataType member name -> torch dtype name (getattr(torch, name)).
 TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
 ITEMSIZE = {"FLOAT": 4, "HALF": 2, "BF16": 2}
-_TYPESTR = {"float32": "<f4", "float16": "<f2", "int16": "<i2", "int32": "<i4", "int64": "<i8", "int8": "|i1"}
+_TYPESTR = {"uint8": "|u1", "float32": "<f4", "float16": "<f2", "int16": "<i2", "int32": "<i4", "int64": "<i8", "int8": "|i1"}
 
 
 MIN_TENSORRT = (10, 9)  # IPluginV3 Python plugins, picked over a local function by plugin_namespace

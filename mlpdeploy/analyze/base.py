@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,6 +22,9 @@ class AnalysisContext:
     max_metric_delta: float | None = None  # the budget planners spend: metric units, or a fraction with relative_budget
     relative_budget: bool = False
     eval_samples: int | None = 128  # held-out (eval split) samples a planner judges its choices on (None: all)
+    labeled: bool = False  # the batches are the task's calibration samples (the task can label them)
+    calibration: Path | str | None = None  # the user's calibration file, if any
+    backend: str = "onnxruntime"  # the build backend a planner plans for (what its choices cost there)
 
     @property
     def input_names(self) -> list[str]:
@@ -34,13 +38,17 @@ class Table:
     title: str
     columns: list[str]
     rows: list[list[Any]]
+    heatmap: dict[str, Any] | None = None  # {"rows", "columns", "values" [row][col], "label"}: drawn in report.html
     # A curve report.html draws under the table: {"x": label, "y": label, "points": [[x, y, ok], ...],
     # "limit": y the budget allows (optional)}; points with ok false are drawn as rejected tries.
     chart: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         data = {"title": self.title, "columns": self.columns, "rows": self.rows}
-        return {**data, "chart": self.chart} if self.chart is not None else data
+        for key in ("heatmap", "chart"):
+            if getattr(self, key) is not None:
+                data[key] = getattr(self, key)
+        return data
 
 
 @dataclass
@@ -54,6 +62,7 @@ class AnalysisResult:
     predicted: dict[str, Any] = field(default_factory=dict)
     # Weights a planned pass needs (e.g. sparse-mlp's predictors, "<scope>.p_a"): saved beside plan.json.
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    extra_tables: list[Table] = field(default_factory=list)  # further tables after `table` (e.g. a plan)
 
 
 class Analysis(abc.ABC):

@@ -7,6 +7,7 @@ from mlpdeploy.registry import Registry
 
 ANALYSES = Registry("analysis", "analyses", "mlpdeploy.analyze", {
     "layer-stats": "layer_stats:LayerStats",
+    "quant": "quant_sensitivity:QuantSensitivity",
     "redundancy": "redundancy:Redundancy",
     "sparsity": "sparsity:Sparsity",
 }, sort=False)

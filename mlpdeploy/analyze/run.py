@@ -11,6 +11,7 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.base import AnalysisContext
 from mlpdeploy.analyze.plan import Plan
 from mlpdeploy.analyze.registry import ANALYSES
+from mlpdeploy.backends import get_backend
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.calibration import calibration_batches
@@ -28,6 +29,7 @@ class AnalyzeOptions:
     `max_metric_delta`: the quality budget planners spend, in the task metric's units (perplexity
     points, accuracy fraction), or with `relative_budget` a fraction of the model's own metric
     (0.01 = 1% worse); planners judge it on the first `eval_samples` held-out eval samples.
+    Planners count costs for `backend` (the build backend the plan is for).
     """
 
     analyses: dict[str, str | None]
@@ -37,6 +39,7 @@ class AnalyzeOptions:
     max_metric_delta: float | None = None
     relative_budget: bool = False
     eval_samples: int | None = 128
+    backend: str = "onnxruntime"  # what planners count costs for
 
 
 def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis: Callable[[str], None] | None = None) -> Plan:
@@ -46,11 +49,14 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
     if options.samples < 1:
         raise MlpdeployError(f"--samples must be at least 1, got {options.samples}")
     classes = {name: ANALYSES.load(name) for name in options.analyses}  # unknown names fail before any work
+    get_backend(options.backend)
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
     batches = calibration_batches(bundle, n=math.ceil(options.samples / CALIBRATION_BATCH), batch_size=CALIBRATION_BATCH,
                                   seed=options.seed, path=options.calibration)
     ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta,
-                          relative_budget=options.relative_budget, eval_samples=options.eval_samples)
+                          relative_budget=options.relative_budget, eval_samples=options.eval_samples,
+                          labeled=options.calibration is None and bundle.task is not None, calibration=options.calibration,
+                          backend=options.backend)
     plan = Plan(
         model=bundle.source,
         created_with=_versions(),
@@ -68,7 +74,7 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
         plan.predicted.update(result.predicted)
         if result.arrays:
             plan.arrays[name if not result.passes else result.passes[0]["name"]] = result.arrays
-        plan.tables.append(result.table.to_json())
+        plan.tables.extend(t.to_json() for t in [result.table, *result.extra_tables])
     return plan
 
 

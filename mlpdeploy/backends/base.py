@@ -50,6 +50,8 @@ class Backend(abc.ABC):
     description: ClassVar[str]
     extra: ClassVar[str | None] = None  # pip extra that provides its runtime
     suffix: ClassVar[str]  # default artifact suffix, e.g. ".ort.onnx"
+    pass_target: ClassVar[str] = "ort"  # what a pass option `target=auto` becomes for this backend (ort | trt)
+    refused_weight_formats: ClassVar[tuple[str, ...]] = ()  # quantize-weights formats it cannot build (planners skip them)
 
     @abc.abstractmethod
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:

@@ -112,6 +112,8 @@ class TensorRTBackend(Backend):
     description = "Datacenter TensorRT (>= 10.9) with the mlpdeploy plugins; builds on the GPU it targets"
     extra = "tensorrt"
     suffix = ".engine"
+    pass_target = "trt"
+    refused_weight_formats = ("int4asym",)  # DequantizeLinear(INT4) without zero points only
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         model_path = check_onnx_path(model_path)

@@ -50,6 +50,7 @@ from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.onnx_io import check_onnx_path, load_ir
 from mlpdeploy.passes.precision import convert_precision
 from mlpdeploy.runtime.candidate import Candidate
+from mlpdeploy.runtime.fp4_weights import has_fp4_weights
 from mlpdeploy.runtime.gpus import visible_gpus
 
 PRODUCT = "TensorRT-RTX"
@@ -111,12 +112,14 @@ def explain_failure(records: list[tuple[str, str]], target: str | None) -> str:
     return f"{PRODUCT} build failed for {target or 'the portable target'}: {error}"
 
 
-def validation_note(target: str | None, precision: str) -> str:
+def validation_note(target: str | None, precision: str, fp4: bool = False) -> str:
     """Why the engine itself was not run, stated from what this machine has."""
     gpus = visible_gpus()
     graph = "the ONNX graph the engine was parsed from ran in ONNX Runtime instead"
     if precision == "bf16":
         graph += ", with bf16 rounding emulated in fp32 (ONNX Runtime's CPU provider has no bf16 kernels)"
+    if fp4:
+        graph += ", with its FP4 weights decoded exactly to fp32 (ONNX Runtime's CPU provider has no FLOAT4E2M1 DequantizeLinear)"
     if not gpus:
         return f"the {PRODUCT} engine itself was not run: no GPU is present; {graph}"
     here = ", ".join(f"{g['name']} ({g['sm']})" for g in gpus)
@@ -125,11 +128,21 @@ def validation_note(target: str | None, precision: str) -> str:
     return f"the {PRODUCT} engine itself was not run: mlpdeploy has no {PRODUCT} runner yet (GPU here: {here}); {graph}"
 
 
+def refuse_w4a16(model) -> None:
+    """MXFP4 weights reach TensorRT as mlpdeploy::W4A16MatMul, which only datacenter TensorRT's plugin runs."""
+    ops = [(n.domain, n.op_type) for n in model.graph] + [(domain, name) for domain, name, _ in model.functions]
+    if any(domain == "mlpdeploy" and op.startswith("W4A16MatMul") for domain, op in ops):
+        raise MlpdeployError(f"{PRODUCT} cannot build MXFP4 weights (its ONNX parser reads E8M0 scales only for MXFP8, and it runs no "
+                             "mlpdeploy plugins): quantize those layers as nvfp4 or int4, or build with --backend tensorrt (W4A16 plugin)")
+
+
 class TensorRTRTXBackend(Backend):
     name = "tensorrt-rtx"
     description = "TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; validated through the parsed ONNX"
     extra = "rtx"
     suffix = ".engine"
+    pass_target = "trt"
+    refused_weight_formats = ("int4asym", "mxfp4")  # no INT4 zero points; no MXFP4 form, no mlpdeploy plugins
 
     def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
         model_path, output = check_onnx_path(model_path), Path(output)
@@ -138,6 +151,7 @@ class TensorRTRTXBackend(Backend):
         trt = load_trt()
         start = time.perf_counter()
         model, precision_report = prepare_graph(model_path, options.precision)
+        refuse_w4a16(model)
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
         cache = caches.EngineCache(caches.cache_dir(options.extra), "tensorrt-rtx")
@@ -185,7 +199,7 @@ class TensorRTRTXBackend(Backend):
         }
         if common.ignored_options(options):
             info["ignored_options"] = common.ignored_options(options)
-        note = validation_note(target, options.precision)
+        note = validation_note(target, options.precision, has_fp4_weights(model))
         candidate = parsed_graph_candidate(output, validation_model, note, layer_model=model_path)
         return BuildResult(backend=self.name, artifacts=artifacts, info=info, candidate=candidate)
 
@@ -193,7 +207,8 @@ class TensorRTRTXBackend(Backend):
         engine = check_engine_path(artifact, self.name)
         manifest = find_manifest(engine)
         build = manifest.last("build") if manifest else {}
-        note = validation_note(None if build.get("target") == "portable" else build.get("target"), build.get("precision", "fp32"))
+        note = validation_note(None if build.get("target") == "portable" else build.get("target"), build.get("precision", "fp32"),
+                               has_fp4_weights(load_ir(engine.parent / f"{engine.name}.onnx")))
         return parsed_graph_candidate(engine, parsed_graph_path(engine), note)
 
     @staticmethod

@@ -36,8 +36,9 @@ def _analysis_options(fn):
               help="Quality budget for planners: task metric units (perplexity up, accuracy down), or a percentage of the model's metric with % (e.g. 1%).")
 @click.option("--task-samples", type=int, default=128, show_default=True,
               help="Held-out eval samples planners judge their choices on (0: the whole eval split).")
+@click.option("--backend", default="onnxruntime", show_default=True, help="The build backend the plan is for (what its choices cost there).")
 @debug_option
-def analyze(model, output, calibration, samples, seed, max_metric_delta, task_samples, debug, **kwargs) -> None:
+def analyze(model, output, calibration, samples, seed, max_metric_delta, task_samples, backend, debug, **kwargs) -> None:
     """Measure MODEL on calibration data and write the findings (and any planned rewrites) to plan.json."""
     from mlpdeploy.analyze import AnalyzeOptions, analyze_model
 
@@ -45,7 +46,7 @@ def analyze(model, output, calibration, samples, seed, max_metric_delta, task_sa
     chosen = {name: (None if value is True else value) for name, value in chosen.items() if value not in (None, False)}
     budget = metric_delta(max_metric_delta)
     options = AnalyzeOptions(chosen, calibration=calibration, samples=samples, seed=seed, max_metric_delta=budget["max_metric_delta"],
-                             relative_budget=budget["relative_metric_delta"], eval_samples=task_samples or None)
+                             relative_budget=budget["relative_metric_delta"], eval_samples=task_samples or None, backend=backend)
     with console.status(f"analyzing {model}") as status:
         plan = analyze_model(model, options, on_analysis=lambda name: status.update(f"analyzing {model}: {name}"))
         plan.save(output)

@@ -141,14 +141,23 @@ class Task(abc.ABC):
         inputs = {k: v for k, v in batch.items() if k != self.label_key}
         return inputs, batch[self.label_key]
 
+    def labeled_calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
+        """The samples `calibration_batches(n, batch_size, seed)` gives, with their labels under
+        `label_key` (train split: what analyses score a change on, never the eval split)."""
+        raise MlpdeployError(f"task {self.name} has no labeled calibration batches")
+
     def evaluate(self, run_fn: RunFn, batch_size: int = 16, limit: int | None = None) -> dict:
         """Run `run_fn(inputs) -> logits` over the eval split; the metric and argmax predictions.
 
         Returns {"metric", "value", "predictions", "samples"}: predictions are the argmax per
         position (LM, [N, seq]) or per sample (classification, [N]), for top-1 agreement.
         """
+        return self.evaluate_batches(run_fn, self.eval_batches(batch_size, limit))
+
+    def evaluate_batches(self, run_fn: RunFn, batches) -> dict:
+        """`evaluate` on given batches (inputs plus `label_key`), e.g. labeled calibration batches."""
         scores, predictions = [], []
-        for batch in self.eval_batches(batch_size, limit):
+        for batch in batches:
             inputs, labels = self.split_batch(batch)
             logits = np.asarray(run_fn(inputs))
             expected = labels.shape + (-1,)
@@ -160,7 +169,7 @@ class Task(abc.ABC):
             scores.append(self._score(logits, labels))
             predictions.append(logits.argmax(-1))
         if not scores:
-            raise MlpdeployError(f"task {self.name}: the eval split is empty (limit={limit})")
+            raise MlpdeployError(f"task {self.name}: no samples to evaluate (an empty eval split or limit)")
         preds = np.concatenate(predictions)
         return {"metric": self.metric, "value": self._reduce(scores), "predictions": preds, "samples": len(preds)}
 
@@ -200,9 +209,14 @@ class LMTask(Task):
         return np.stack([train[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
 
     def calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
+        for batch in self.labeled_calibration_batches(n, batch_size, seed):
+            yield {self.input_name: batch[self.input_name]}
+
+    def labeled_calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
         rng = np.random.default_rng(seed)
         for _ in range(n):
-            yield {self.input_name: self.train_windows(rng, batch_size)[:, :-1]}
+            windows = self.train_windows(rng, batch_size)
+            yield {self.input_name: windows[:, :-1], self.label_key: windows[:, 1:]}
 
     def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         _, evaluation = self._splits()
@@ -263,10 +277,15 @@ class DigitsTask(Task):
         return self._resize(images), labels
 
     def calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
-        images, _ = digits_split("train")
+        for batch in self.labeled_calibration_batches(n, batch_size, seed):
+            yield {self.input_name: batch[self.input_name]}
+
+    def labeled_calibration_batches(self, n: int, batch_size: int, seed: int = 0) -> Iterator[Batch]:
+        images, labels = digits_split("train")
         rng = np.random.default_rng(seed)
         for _ in range(n):
-            yield {self.input_name: self._resize(images[rng.integers(0, len(images), size=batch_size)])}
+            idx = rng.integers(0, len(images), size=batch_size)
+            yield {self.input_name: self._resize(images[idx]), self.label_key: labels[idx]}
 
     def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
         return self.split("eval")

@@ -67,6 +67,17 @@ def parse_pass_spec(text: str) -> PassSpec:
     return PassSpec(name, options)
 
 
+def resolve_targets(specs: list[PassSpec], target: str) -> list[PassSpec]:
+    """Passes whose `target` option is `auto` (as planners write it) get the build's target
+    family (`ort` or `trt`, the backend's `pass_target`); the specs are copied, not changed."""
+    resolved = []
+    for spec in specs:
+        if "target" in pass_class(spec.name).options and spec.options.get("target", pass_class(spec.name).options["target"]) == "auto":
+            spec = PassSpec(spec.name, {**spec.options, "target": target}, spec.sites)
+        resolved.append(spec)
+    return resolved
+
+
 def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> dict[str, dict]:
     """Run the passes in order, in place, then remove dead nodes, functions and opsets.
 

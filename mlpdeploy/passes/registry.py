@@ -11,4 +11,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "drop-layers": "drop_layers:DropLayers",
     "ort-decoder": "ort_decoder:OrtDecoder",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
+    "quantize-weights": "quantize_weights:QuantizeWeights",
 })

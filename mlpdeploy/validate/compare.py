@@ -41,7 +41,9 @@ class ValidateOptions:
     A candidate whose manifest records module overrides (an approximate rewrite such as
     drop-layers) is compared, outputs and layers, with the torch reference edited the same way
     (mlpdeploy.model.overrides): that comparison proves the rewrite; the task metric is the
-    unedited model's, so its delta is what the rewrite costs.
+    unedited model's, so its delta is what the rewrite costs. `task_reference` judges the task
+    metric instead of the reference (compile: the original model, when the reference is its
+    weight-quantized copy).
     """
 
     inputs: Path | str | None = None
@@ -57,6 +59,7 @@ class ValidateOptions:
     relative_metric_delta: bool = False
     bisect: bool = False  # find the first layer over tolerance (validate/bisect.py)
     reduce: Path | str | None = None  # write the smallest module scope over tolerance here (+ inputs, reference)
+    task_reference: ModelBundle | None = None
 
 
 @dataclass
@@ -127,9 +130,10 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         layers = _layer_report(reference, candidate, feeds[0])
     bisect = _bisect_report(reference, candidate, feeds[0], atol, rtol, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
-        if not isinstance(reference, ModelBundle) or reference.task is None:
+        judge = options.task_reference or baseline
+        if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
-        task = compare_task(baseline, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
+        task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
                             relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
     return ValidationReport(

@@ -18,6 +18,7 @@ from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.hooks import capture_outputs
 from mlpdeploy.model.torch_run import run_module, to_numpy
 from mlpdeploy.onnx_io import load_ir
+from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 
@@ -71,6 +72,8 @@ def run_values(model: ir.Model, values: list[ir.Value], feed: dict[str, np.ndarr
         if value.name not in existing:
             model.graph.outputs.append(value)
             existing.add(value.name)
+    if has_fp4_weights(model):  # ONNX Runtime's CPU provider cannot dequantize FP4: decode them exactly
+        decode_fp4_weights(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3

@@ -81,6 +81,7 @@ def compare_task(
         "samples": reference["samples"],
         "executed": candidate.executed,
     }
+    worse = degradation(task.metric, delta)
     if max_metric_delta is not None:
         worse = degradation(task.metric, delta)
         report["max_metric_delta"] = max_metric_delta

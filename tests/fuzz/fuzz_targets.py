@@ -144,6 +144,12 @@ def sparsify_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: 
     return None
 
 
+# Registered passes the fuzzer does not drive yet, with the reason (the registry test accepts these).
+NOT_YET_FUZZED = {
+    "quantize-weights": "needs a torch reference with the same codes and MatMulNBits' int8 activation blocks per site "
+                        "(mlpdeploy.quant.torch_apply has the pieces); merged too late in this stop to wire in",
+}
+
 TARGETS: dict[str, FuzzTarget] = {
     "fuse-gated-mlp": FuzzTarget(expected_sites=_gated_mlps),
     "fuse-group-rational": FuzzTarget(applies=lambda spec: spec.family in ("rational", "gated", "fan"), expected_sites=_rationals),

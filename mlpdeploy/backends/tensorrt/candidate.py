@@ -1,7 +1,7 @@
 """Engines as validation runs them: an engine's files on disk, and the graph it was parsed from.
 
-An engine build writes `<engine>.onnx` (the exact graph parsed) and, for bf16,
-`<engine>.validate.onnx` (bf16 rounding emulated in fp32) beside the engine; where the engine
+An engine build writes `<engine>.onnx` (the exact graph parsed) and, for bf16 or FP4 weights,
+`<engine>.validate.onnx` (bf16 rounding emulated in fp32, FP4 weights decoded) beside the engine; where the engine
 cannot run here, validation runs that graph in ONNX Runtime and says so.
 """
 
@@ -16,7 +16,7 @@ from mlpdeploy.runtime.onnxruntime import session_config
 
 
 def parsed_graph_path(engine: Path) -> Path:
-    """The ONNX graph validation runs for an engine: `<engine>.validate.onnx` (bf16) or `<engine>.onnx`."""
+    """The ONNX graph validation runs for an engine: `<engine>.validate.onnx` (bf16, FP4) or `<engine>.onnx`."""
     emulated = engine.parent / f"{engine.name}.validate.onnx"
     return emulated if emulated.exists() else engine.parent / f"{engine.name}.onnx"
 

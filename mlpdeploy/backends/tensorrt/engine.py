@@ -24,6 +24,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import load_ir, write_onnx
 from mlpdeploy.passes.precision import emulate_in_fp32
+from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
 
 
 @dataclass
@@ -88,13 +89,15 @@ def write_artifacts(
     """Write an engine build's files atomically (all or none), beside `output`:
 
     `<output>` the engine, `<output>.onnx` the exact graph parsed, `<output>.log` the build log,
-    `<output>.manifest.json` the derived manifest (when the model has one), and for bf16
-    `<output>.validate.onnx` (+ manifest), the graph with bf16 rounding emulated in fp32.
+    `<output>.manifest.json` the derived manifest (when the model has one), and for bf16 or FP4
+    weights `<output>.validate.onnx` (+ manifest), the graph with bf16 rounding emulated in fp32
+    and FP4 weights decoded to float32 (ONNX Runtime's CPU provider runs neither).
     `make_engine(parsed_onnx_path)` returns the engine bytes and the build's info (with `log`).
     Returns (artifacts, validation model, engine bytes, build info).
     """
     onnx_out, log_out = output.parent / f"{output.name}.onnx", output.parent / f"{output.name}.log"
-    validation_out = output.parent / f"{output.name}.validate.onnx" if precision == "bf16" else onnx_out
+    fp4 = has_fp4_weights(model)
+    validation_out = output.parent / f"{output.name}.validate.onnx" if precision == "bf16" or fp4 else onnx_out
     with staged_files(output) as tmp:
         stage = tmp.parent
         write_onnx(model, stage / onnx_out.name)
@@ -103,7 +106,9 @@ def write_artifacts(
         (stage / log_out.name).write_text("\n".join(built["log"]) + "\n")
         if validation_out != onnx_out:
             emulated = load_ir(stage / onnx_out.name)
-            emulate_in_fp32(emulated)
+            if precision == "bf16":
+                emulate_in_fp32(emulated)
+            decode_fp4_weights(emulated)
             write_onnx(emulated, stage / validation_out.name)
         if manifest is not None:
             text = json.dumps(manifest.derived("build", **history).to_json(), indent=2) + "\n"

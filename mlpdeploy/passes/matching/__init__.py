@@ -31,6 +31,7 @@ from mlpdeploy.passes.matching.graph import (  # noqa: F401
     add_initializer,
     check_enclosed,
     common_scope,
+    inline_call,
     remove_dead,
     scoped_metadata,
     unique_name,

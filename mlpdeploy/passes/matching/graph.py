@@ -117,3 +117,29 @@ def remove_dead(graph: ir.Graph, values: list[ir.Value]) -> list[str]:
         removed.extend(o.name for o in node.outputs if o.name)
         work.extend(inputs)
     return removed
+
+
+def inline_call(model: ir.Model, node: ir.Node, taken: set[str]) -> list[ir.Node]:
+    """Replace a call of a model-local function (a body of plain nodes, no attribute references)
+    by a copy of its body, in place; the copies carry the call's metadata (its module scope).
+    Returns the new nodes in order."""
+    function = model.functions[node.op_identifier()]
+    graph = node.graph
+    value_map: dict[int, ir.Value] = {id(formal): actual for formal, actual in zip(function.inputs, node.inputs)}
+    nodes = []
+    for inner in function:
+        if any(a.is_ref() for a in inner.attributes.values()):
+            raise ValueError(f"cannot inline {node.op_type} {node.name!r}: its body refers to the call's attributes")
+        inputs = [value_map[id(v)] if v is not None else None for v in inner.inputs]
+        new = ir.Node(inner.domain, inner.op_type, inputs, attributes=list(inner.attributes.values()), num_outputs=len(inner.outputs),
+                      name=unique_name(f"{node.name or node.op_type}/{inner.name or inner.op_type}", taken))
+        for old, out in zip(inner.outputs, new.outputs):
+            out.name = unique_name(f"{node.name or node.op_type}/{old.name or 'value'}", taken)
+            value_map[id(old)] = out
+        new.metadata_props.update(node.metadata_props)
+        nodes.append(new)
+    outputs = [value_map[id(v)] for v in function.outputs]
+    for old, new in zip(node.outputs, outputs):
+        new.dtype, new.shape = old.dtype, old.shape
+    ir.convenience.replace_nodes_and_values(graph, node, [node], nodes, list(node.outputs), outputs)
+    return nodes

@@ -26,7 +26,7 @@ LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identit
 # Ops that compute with weights: a branch must hold one. mlpdeploy's KAN ops (BSplineKAN, FANLayer) and
 # SparseMLP hold their layer's matrix products, so a residual stack of them has branches too (found by
 # fuzzing: drop-layers after sparse-mlp found no MLP left to drop).
-COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", "SparseMLP", "BSplineKAN", "FANLayer", *ATTENTION_OPS})
+COMPUTE_OPS = frozenset({"MatMul", "Gemm", "Conv", "MatMulNBits", "GatedMLP", "SparseMLP", "W4A16MatMul", "BSplineKAN", "FANLayer", *ATTENTION_OPS})
 
 
 @dataclass(eq=False)

@@ -1,0 +1,25 @@
+"""Numeric weight formats as pure numpy codecs (no ONNX in here): E2M1/E4M3/E8M0 elements,
+NVFP4, MXFP4 and INT4 blockwise weights, nibble packing, and fake-quantized torch linears.
+
+Public API:
+    parse_format("nvfp4" | "mxfp4" | "int4[-64|-128]" | "int4asym[-…]") -> Format
+    Format.quantize(w [K, N]) -> QuantizedWeight (.dequantize(), .codes, .scales, .nbytes(), ...)
+    encode_e2m1 / decode_e2m1, encode_e4m3 / decode_e4m3, decode_e8m0, pack_nibbles / unpack_nibbles
+    quantized_linears(module, {path: Format}) — a context with those nn.Linear weights fake-quantized; quantized_copy(...) a copy
+    QuantError (a MlpdeployError: NaN/inf weights, unknown formats, bad blocks)
+"""
+
+from mlpdeploy.quant.formats import (  # noqa: F401
+    BLOCKS,
+    DEFAULT_BLOCK,
+    Format,
+    QuantizedWeight,
+    make_format,
+    parse_format,
+    quantize,
+    signed_int4,
+)
+from mlpdeploy.quant.grid import QuantError, check_finite, round_to_grid  # noqa: F401
+from mlpdeploy.quant.minifloat import decode_e2m1, decode_e4m3, decode_e8m0, encode_e2m1, encode_e4m3  # noqa: F401
+from mlpdeploy.quant.packing import column_blobs, column_nibbles, pack_nibbles, unpack_nibbles  # noqa: F401
+from mlpdeploy.quant.torch_apply import dequantized_weight, quantized_copy, quantized_linears  # noqa: F401

@@ -1,0 +1,99 @@
+"""The torch reference of a quantized model: nn.Linear weights replaced by what their codes decode to.
+
+`quantized_linears(module, {"layers.0.mlp.down_proj": parse_format("nvfp4"), ...})` is a context
+in which those linears compute with `dequantize(quantize(Wᵀ))ᵀ` (the [out, in] torch weight
+quantized as the [in, out] matrix ONNX multiplies by, so blocks run along the input dim), and
+get their own weights back on exit; `quantized_copy` makes a copy that keeps them. This is the
+oracle a quantized graph is compared with.
+
+`int8_activations={path: block}` also emulates what ONNX Runtime's MatMulNBits does at accuracy
+level 4: each row of the linear's input is cut into blocks of `block` along K and quantized to
+int8 (scale = block max |a| / 127, codes round(a · 127 / max |a|), ties to even), the products
+then taken with the decoded weight. On random data this matched ONNX Runtime 1.32's kernel to
+~2e-7 relative (its int8·int4 dot products are exact; only float32 summation order differs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+
+from mlpdeploy.quant.formats import Format
+from mlpdeploy.quant.grid import QuantError
+
+
+def dequantized_weight(weight: torch.Tensor, fmt: Format, what: str = "weight") -> torch.Tensor:
+    """An nn.Linear weight [out, in] as its `fmt` codes decode, same dtype and device."""
+    w_kn = weight.detach().float().cpu().numpy().T
+    decoded = fmt.quantize(w_kn, what).dequantize().T
+    return torch.from_numpy(decoded.copy()).to(dtype=weight.dtype, device=weight.device)
+
+
+def int8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
+    """x with its last dim quantized to int8 per block of `block` (MatMulNBits accuracy level 4's A)."""
+    k = x.shape[-1]
+    pad = -k % block
+    xf = torch.nn.functional.pad(x.float(), (0, pad)).reshape(*x.shape[:-1], -1, block)
+    amax = xf.abs().amax(-1, keepdim=True)
+    scale = amax / 127
+    inverse = torch.where(amax > 0, 127 / torch.where(amax > 0, amax, torch.ones_like(amax)), torch.zeros_like(amax))
+    q = torch.round(xf * inverse) * scale
+    return q.reshape(*x.shape[:-1], -1)[..., :k].to(x.dtype)
+
+
+def _int8_hook(block: int):
+    def hook(_module, inputs):
+        return (int8_blocks(inputs[0], block), *inputs[1:])
+
+    return hook
+
+
+def _linears(module: torch.nn.Module, paths) -> dict[str, torch.nn.Linear]:
+    modules = dict(module.named_modules())
+    missing = [p for p in paths if not isinstance(modules.get(p), torch.nn.Linear)]
+    if missing:
+        raise QuantError(f"{missing[0]!r} is not an nn.Linear of the model; quantized sites must name linear layers")
+    return {p: modules[p] for p in paths}
+
+
+@contextlib.contextmanager
+def quantized_linears(module: torch.nn.Module, sites: dict[str, Format],
+                      int8_activations: dict[str, int] | None = None) -> Iterator[dict[str, torch.nn.Linear]]:
+    """Within the block, each nn.Linear at a path of `sites` computes with its quantized weight
+    (and, at the paths of `int8_activations`, with int8 inputs in blocks of the given size)."""
+    linears = _linears(module, sites)
+    saved, handles = {}, []
+    try:
+        with torch.no_grad():
+            for path, fmt in sites.items():
+                saved[path] = linears[path].weight.detach().clone()
+                linears[path].weight.copy_(dequantized_weight(linears[path].weight, fmt, f"{path}.weight"))
+        for path, block in (int8_activations or {}).items():
+            handles.append(linears[path].register_forward_pre_hook(_int8_hook(block)))
+        yield linears
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for path, weight in saved.items():
+                linears[path].weight.copy_(weight)
+
+
+def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activations: dict[str, int] | None = None) -> torch.nn.Module:
+    """A deep copy of `module` whose linears at `sites` keep their quantized weights (and int8
+    inputs at `int8_activations`); paths that are not nn.Linear modules of it are ignored (a
+    fused weight's torch linears may be named differently)."""
+    clone = copy.deepcopy(module)
+    modules = dict(clone.named_modules())
+    with torch.no_grad():
+        for path, fmt in sites.items():
+            linear = modules.get(path)
+            if isinstance(linear, torch.nn.Linear):
+                linear.weight.copy_(dequantized_weight(linear.weight, fmt, f"{path}.weight"))
+    for path, block in (int8_activations or {}).items():
+        if isinstance(modules.get(path), torch.nn.Linear):
+            modules[path].register_forward_pre_hook(_int8_hook(block))
+    return clone
