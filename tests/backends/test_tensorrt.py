@@ -129,7 +129,7 @@ def test_build_path_runs_against_tensorrt_rtx_bindings(tmp_path, tiny_export):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     first, second = result["first"], result["second"]
     info = first["info"]
-    assert info["target"] == "sm89" and info["precision"] == "fp16" and info["plugins_registered"] == ["GatedMLP", "GroupRational", "BSplineKAN", "FANLayer", "W4A16MatMul"]
+    assert info["target"] == "sm89" and info["precision"] == "fp16" and info["plugins_registered"] == ["GatedMLP", "GroupRational", "BSplineKAN", "FANLayer", "SparseMLP", "W4A16MatMul"]
     assert info["bytes"] == Path(first["artifacts"]["engine"]).stat().st_size > 10_000
     assert info["layers"] and info["io"]["input_ids"]["max"] == [256, 256]
     assert info["timing_cache"]["loaded_bytes"] == 0 and info["timing_cache"]["saved_bytes"] > 0
