@@ -13,6 +13,29 @@ from typing import Callable
 RESULTS = Path(__file__).parent / "results"
 
 
+def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
+    """An ONNX Runtime CPU session on `threads` intra-op threads for `model` (an onnx_ir Model, a
+    ModelProto, serialized bytes or a path), with mlpdeploy's compiled kernels when `kernels` names
+    the library and at graph optimization `level` (an ort.GraphOptimizationLevel) when given."""
+    import onnx
+    import onnx_ir as ir
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    if level is not None:
+        options.graph_optimization_level = level
+    if kernels is not None:
+        from mlpdeploy.plugins.ort import library
+
+        library.register(options, kernels)
+    if isinstance(model, ir.Model):
+        model = ir.to_proto(model)
+    if isinstance(model, onnx.ModelProto):
+        model = model.SerializeToString()
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+
+
 def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 20) -> float:
     """Median wall time of `fn` in milliseconds after `warmup` untimed calls."""
     for _ in range(warmup):

@@ -58,7 +58,9 @@ class GenaiDecoder:
         config = og.Config(str(directory))
         config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
         self.model = og.Model(config)
-        self.weight_bytes = sum(f.stat().st_size for f in directory.iterdir() if f.name.startswith("model.onnx"))
+        from mlpdeploy.runtime.latency import model_bytes
+
+        self.weight_bytes = model_bytes(directory / "model.onnx")
 
     def prefill(self, prompt: list[int], new_tokens: int):
         params = self.og.GeneratorParams(self.model)

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, cpu_session, machine  # noqa: E402
 
 from mlpdeploy.atomic import write_json  # noqa: E402
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline  # noqa: E402
@@ -91,14 +91,6 @@ def export(module: nn.Module, d: int) -> ir.Model:
     return program.model
 
 
-def session(model: ir.Model, threads: int, level: str) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = LEVELS[level]
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
 def time_pair(a, b, warmup: int, repeats: int) -> tuple[list[float], list[float]]:
     """Alternate a() and b() call by call; ms per call for each."""
     for _ in range(warmup):
@@ -135,7 +127,7 @@ def main() -> None:
     rewrite_s = time.perf_counter() - start
     if report["rewritten"] != args.layers:
         raise SystemExit(f"fuse-gated-mlp fused {report['rewritten']} of {args.layers} MLPs: {report['skipped']}")
-    sessions = {"unfused": session(unfused, args.threads, args.opt_level), "fused": session(fused, args.threads, args.opt_level)}
+    sessions = {"unfused": cpu_session(unfused, args.threads, level=LEVELS[args.opt_level]), "fused": cpu_session(fused, args.threads, level=LEVELS[args.opt_level])}
 
     info = {**machine(), "ort_intra_op_threads": args.threads, "ort_opt_level": args.opt_level}
     print(f"gated-MLP stack: {args.layers} layers, d={args.d}, h={args.h}, fp32, "

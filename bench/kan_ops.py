@@ -34,27 +34,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, cpu_session, machine  # noqa: E402
 
 from mlpdeploy.atomic import write_json  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
 from mlpdeploy.plugins.group_rational.onnx_function import make_model  # noqa: E402
 from mlpdeploy.plugins.group_rational.reference import group_rational  # noqa: E402
 from mlpdeploy.plugins.ort import library  # noqa: E402
-
-
-def ort_session(model: ir.Model | onnx.ModelProto | str, threads: int, kernels: Path | None = None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    if kernels is not None:
-        library.register(options, kernels)
-    data = model if isinstance(model, str) else (ir.to_proto(model) if isinstance(model, ir.Model) else model).SerializeToString()
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 class Decomposed(torch.nn.Module):
@@ -120,12 +109,12 @@ def op_benchmark(args, kernels: Path | None) -> dict:
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     xt = torch.from_numpy(x)
     reference = group_rational(xt, numerator, denominator, args.form).numpy()
-    sessions = {"body": ort_session(model, args.threads)}
+    sessions = {"body": cpu_session(model, args.threads)}
     if kernels is not None:
-        sessions["kernel"] = ort_session(model, args.threads, kernels)
-    sessions["decomposed"] = ort_session(decomposed_model(numerator, denominator, args.form, xt), args.threads)
-    sessions["gelu"] = ort_session(one_op_model("Gelu", shape), args.threads)
-    sessions["relu"] = ort_session(one_op_model("Relu", shape), args.threads)
+        sessions["kernel"] = cpu_session(model, args.threads, kernels)
+    sessions["decomposed"] = cpu_session(decomposed_model(numerator, denominator, args.form, xt), args.threads)
+    sessions["gelu"] = cpu_session(one_op_model("Gelu", shape), args.threads)
+    sessions["relu"] = cpu_session(one_op_model("Relu", shape), args.threads)
     errors = {}
     for name, sess in sessions.items():
         if name not in ("gelu", "relu"):

@@ -31,7 +31,7 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_results  # noqa: E402
+from common import cpu_session, write_results  # noqa: E402
 
 from mlpdeploy.plugins.onnx_body import initializer  # noqa: E402
 from mlpdeploy.plugins.ort import library  # noqa: E402
@@ -57,14 +57,6 @@ def dense_model(w: dict[str, np.ndarray], gated: bool) -> ir.Model:
     nodes[-1].outputs[0].name = "y"
     graph = ir.Graph([x], [nodes[-1].outputs[0]], nodes=nodes, initializers=inits, opset_imports={"": 20})
     return ir.Model(graph, ir_version=10)
-
-
-def session(model: ir.Model, threads: int, lib=None) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    if lib is not None:
-        library.register(options, lib)
-    return ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def call(sess: ort.InferenceSession, x: np.ndarray):
@@ -95,12 +87,12 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
 
 def bench_topk(args, lib, rng) -> list[dict]:
     w = random_weights(args.d, args.h, args.d, mode="topk", rank=args.rank, seed=0)
-    dense = session(dense_model(w, gated=False), args.threads)
+    dense = cpu_session(dense_model(w, gated=False), args.threads)
     rows = []
     for fraction in args.fraction:
         k = max(1, round(fraction * args.h))
         model = make_model(args.d, args.h, mode="topk", activation="relu", k=k, weights=w)
-        body, kernel = session(model, args.threads), session(model, args.threads, lib)
+        body, kernel = cpu_session(model, args.threads), cpu_session(model, args.threads, lib)
         for batch in args.batch:
             x = rng.standard_normal((batch, args.d)).astype(np.float32)
             xt = torch.from_numpy(x)
@@ -124,14 +116,14 @@ def bench_topk(args, lib, rng) -> list[dict]:
 def bench_threshold(args, lib, rng) -> list[dict]:
     h = args.h * 11 // 16  # LLaMA's ratio
     w = random_weights(args.d, h, args.d, mode="threshold", seed=1)
-    dense = session(dense_model(w, gated=True), args.threads)
+    dense = cpu_session(dense_model(w, gated=True), args.threads)
     xs = torch.from_numpy(rng.standard_normal((256, args.d)).astype(np.float32))
     gate = torch.nn.functional.silu(xs @ torch.from_numpy(w["w_gate"]) + torch.from_numpy(w["b_gate"])).abs()
     rows = []
     for sparsity in args.gated_sparsity:
         t = float(torch.quantile(gate.flatten(), sparsity))
         model = make_model(args.d, h, mode="threshold", activation="silu", threshold=t, weights=w)
-        body, kernel = session(model, args.threads), session(model, args.threads, lib)
+        body, kernel = cpu_session(model, args.threads), cpu_session(model, args.threads, lib)
         for batch in args.batch:
             x = rng.standard_normal((batch, args.d)).astype(np.float32)
             g = torch.nn.functional.silu(torch.from_numpy(x) @ torch.from_numpy(w["w_gate"]) + torch.from_numpy(w["b_gate"]))

@@ -23,11 +23,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, Sampler, machine, write_results  # noqa: E402
+from common import RESULTS, Sampler, cpu_session, machine, write_results  # noqa: E402
 from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions  # noqa: E402
@@ -46,12 +45,6 @@ WORKLOADS: dict[str, dict[str, dict]] = {
     "mixer-small": {},
     "kat-tiny": {"mlpdeploy --ort-kernels": {"ort_kernels": True}},
 }
-
-
-def ort_session(path: Path | bytes, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), options, providers=["CPUExecutionProvider"])
 
 
 def onnxscript_fused(exported: Path) -> bytes:
@@ -96,7 +89,7 @@ def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> 
             notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     exported = export_model(bundle, work / f"{name}.onnx").model_path
     for label, model in (("ort plain export", exported), ("ort + onnxscript fusions", onnxscript_fused(exported))):
-        session = ort_session(model, threads)
+        session = cpu_session(model, threads)
         runs[label] = lambda feed, s=session: s.run(None, feed)
         sizes[label] = model_bytes(exported)
     for label, kwargs in {"mlpdeploy": {}, **WORKLOADS[name]}.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.runtime.measure import percentile
 
 
 @dataclass
@@ -47,11 +48,11 @@ def measure_latency(run: Callable[[], object], dims: dict[str, int], samples: in
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    ms = np.asarray(times) * 1e3
+    ms = [t * 1e3 for t in times]
     return LatencyStats(
         dims=dict(dims), samples=samples, runs=len(times),
-        p50_ms=float(np.percentile(ms, 50)), p90_ms=float(np.percentile(ms, 90)), p99_ms=float(np.percentile(ms, 99)),
-        mean_ms=float(ms.mean()), throughput=samples * len(times) / float(np.sum(times)),
+        p50_ms=percentile(ms, 50), p90_ms=percentile(ms, 90), p99_ms=percentile(ms, 99),
+        mean_ms=float(np.mean(ms)), throughput=samples * len(times) / sum(times),
     )
 
 
