@@ -1,12 +1,16 @@
 """GPU: SparseMLP's Triton gather-GEMM kernels vs the dense MLP as cuBLAS GEMMs, at several k/h.
 
-    python bench/sparse_mlp_gpu.py --json PATH [--d 1024] [--h 4096] [--fractions 0.05,0.1,0.2,0.3] [--tokens 1,4,16]
+    python bench/sparse_mlp_gpu.py --json PATH [--shapes 1024x4096,4096x16384] [--fractions 0.05,0.1,0.2,0.3] [--tokens 1,4,16]
     python bench/sparse_mlp_gpu.py --smoke        (tiny shapes in Triton's interpreter: plumbing only, numbers meaningless)
 
-Per (tokens, k/h), medians from triton.testing.do_bench: `dense` = relu(x·W_upᵀ + b)·W_downᵀ + b
-(two cuBLAS GEMMs, fp16), `gather` = kernel.sparse_mlp_triton in topk mode (torch selection:
-predictor GEMMs + TopK + union, then the two gather-GEMM kernels). Each point checks the result
-against the fp32 torch reference (exit 1 when off).
+Per shape d×h, tokens and k/h, medians from triton.testing.do_bench (fp16):
+  dense         relu(x·W_upᵀ + b)·W_downᵀ + b, two cuBLAS GEMMs
+  kernels       the two gather-GEMM Triton kernels for a given selection (kernel.gather_mlp_triton)
+  torch_gather  the same selection in torch: index_select the rows, then two cuBLAS GEMMs
+  op            the whole op, kernel.sparse_mlp_triton in topk mode (torch selection: predictor
+                GEMMs + TopK + union, then the kernels)
+Each point checks the kernels against an fp32 torch reference on the same selection (the GPU's
+fp16 predictor may pick other near-tied neurons than an fp32 one would); exit 1 when off.
 """
 
 from __future__ import annotations
@@ -21,8 +25,7 @@ from gpu_common import preflight, time_ms, write_json  # noqa: E402
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--d", type=int, default=1024)
-    parser.add_argument("--h", type=int, default=4096)
+    parser.add_argument("--shapes", default="1024x4096,4096x16384", help="comma list of DxH")
     parser.add_argument("--rank", type=int, default=128)
     parser.add_argument("--fractions", default="0.05,0.1,0.2,0.3")
     parser.add_argument("--tokens", default="1,4,16")
@@ -34,38 +37,56 @@ def main(argv=None) -> int:
         return status
     import torch
 
-    from mlpdeploy.plugins.sparse_mlp.kernel import sparse_mlp_triton
-    from mlpdeploy.plugins.sparse_mlp.onnx_function import random_weights
-    from mlpdeploy.plugins.sparse_mlp.reference import sparse_mlp_topk
-
     device, dtype = ("cpu", torch.float32) if args.smoke else ("cuda", torch.float16)
-    d, h = (32, 64) if args.smoke else (args.d, args.h)
-    w = {k: torch.from_numpy(v) for k, v in random_weights(d, h, d, mode="topk", rank=min(args.rank, d), seed=0).items()}
-    wd = {k: v.to(device, dtype).contiguous() for k, v in w.items()}
-    rows, failed = [], False
-    for tokens in [int(t) for t in args.tokens.split(",")]:
-        x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens))
-        xd = x.to(device, dtype)
-        dense_ms = time_ms(args.smoke, lambda xd=xd: torch.relu(xd @ wd["w_up"].T + wd["b_up"]) @ wd["w_down_t"] + wd["b_down"])
-        for fraction in [float(f) for f in args.fractions.split(",")]:
-            k = max(1, round(fraction * h))
-            kt = torch.tensor([k], device=device)
-            inputs = [wd[n] for n in ("w_up", "b_up", "w_down_t", "b_down", "p_a", "p_b")] + [kt]
-            got = sparse_mlp_triton(xd, *inputs, mode="topk", activation="relu").float().cpu()
-            ref = sparse_mlp_topk(x, w["w_up"], w["b_up"], w["w_down_t"], w["b_down"], w["p_a"], w["p_b"], k)
-            err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
-            ok = err <= (1e-4 if dtype == torch.float32 else 2e-2)  # fp16 selection may flip near-tied neurons
-            failed |= not ok
-            gather_ms = time_ms(args.smoke, lambda xd=xd, inputs=inputs: sparse_mlp_triton(xd, *inputs, mode="topk", activation="relu"))
-            row = {"tokens": tokens, "fraction": fraction, "k": k, "dense_ms": dense_ms, "gather_ms": gather_ms,
-                   "dense_over_gather": dense_ms / gather_ms, "max_error": err, "ok": ok}
-            rows.append(row)
-            print(f"tokens {tokens:3d} k/h {fraction:.2f}: dense {dense_ms:.4f} ms, gather {gather_ms:.4f} ms "
-                  f"({row['dense_over_gather']:.2f}x), error {err:.2e}{'' if ok else ' FAIL'}", flush=True)
+    shapes = [(32, 64)] if args.smoke else [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
+    rows = []
+    for d, h in shapes:
+        rows += bench_shape(args, d, h, device, dtype)
+    failed = any(not r["ok"] for r in rows)
     if args.json:
-        write_json(args.json, {"benchmark": "sparse_mlp_gpu", "smoke": args.smoke, "d": d, "h": h,
+        write_json(args.json, {"benchmark": "sparse_mlp_gpu", "smoke": args.smoke, "dtype": str(dtype),
                                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu (interpreter)", "rows": rows})
     return 1 if failed else 0
+
+
+def bench_shape(args, d: int, h: int, device: str, dtype) -> list[dict]:
+    import torch
+
+    from mlpdeploy.plugins.sparse_mlp.kernel import gather_mlp_triton, select, sparse_mlp_triton
+    from mlpdeploy.plugins.sparse_mlp.onnx_function import random_weights
+
+    w = {k: torch.from_numpy(v).to(device, dtype).contiguous()
+         for k, v in random_weights(d, h, d, mode="topk", rank=min(args.rank, d), seed=0).items()}
+    w_up_rows = w["w_up"]  # [h, d]
+    rows = []
+    for tokens in [int(t) for t in args.tokens.split(",")]:
+        x = torch.randn(tokens, d, generator=torch.Generator().manual_seed(tokens)).to(device, dtype)
+        dense_ms = time_ms(args.smoke, lambda x=x: torch.relu(x @ w_up_rows.T + w["b_up"]) @ w["w_down_t"] + w["b_down"])
+        for fraction in [float(f) for f in args.fractions.split(",")]:
+            k = max(1, round(fraction * h))
+            inputs = [w[n] for n in ("w_up", "b_up", "w_down_t", "b_down", "p_a", "p_b")] + [torch.tensor([k], device=device)]
+            sel = select(x, inputs, "topk", "relu")
+            u, scale = sel[0], sel[1]
+            got = gather_mlp_triton(x, *sel).float().cpu()
+            f32 = {n: t.float().cpu() for n, t in w.items()}
+            uc = u.cpu()
+            hidden = torch.relu(x.float().cpu() @ f32["w_up"][uc].T + f32["b_up"][uc]) * scale.float().cpu()
+            ref = hidden @ f32["w_down_t"][uc] + f32["b_down"]
+            err = float((got - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+            ok = err <= (1e-4 if dtype == torch.float32 else 5e-3)
+            kernels_ms = time_ms(args.smoke, lambda x=x, sel=sel: gather_mlp_triton(x, *sel))
+            torch_gather_ms = time_ms(args.smoke, lambda x=x, u=u, scale=scale: (
+                torch.relu(x @ w_up_rows.index_select(0, u).T + w["b_up"].index_select(0, u)) * scale)
+                @ w["w_down_t"].index_select(0, u) + w["b_down"])
+            op_ms = time_ms(args.smoke, lambda x=x, inputs=inputs: sparse_mlp_triton(x, *inputs, mode="topk", activation="relu"))
+            row = {"d": d, "h": h, "tokens": tokens, "fraction": fraction, "k": k, "union": int(u.numel()),
+                   "dense_ms": dense_ms, "kernels_ms": kernels_ms, "torch_gather_ms": torch_gather_ms, "op_ms": op_ms,
+                   "dense_over_kernels": dense_ms / kernels_ms, "dense_over_op": dense_ms / op_ms, "max_error": err, "ok": ok}
+            rows.append(row)
+            print(f"d {d} h {h} tokens {tokens:3d} k/h {fraction:.2f} (union {row['union']}): dense {dense_ms:.4f} ms, "
+                  f"kernels {kernels_ms:.4f} ({row['dense_over_kernels']:.2f}x), torch gather {torch_gather_ms:.4f}, "
+                  f"op {op_ms:.4f} ({row['dense_over_op']:.2f}x), error {err:.2e}{'' if ok else ' FAIL'}", flush=True)
+    return rows
 
 
 if __name__ == "__main__":

@@ -71,6 +71,7 @@ def bspline_kan_triton(x, grid, base_weight, spline_weight, *, out: torch.Tensor
         m, i, o,
         x2d.stride(0), grid.stride(0), base_weight.stride(0), spline_weight.stride(0), y2d.stride(0),
         NB=bases, BLOCK_M=cfg.block_m, BLOCK_O=cfg.block_o, BLOCK_I=cfg.block_i,
+        LOW_PRECISION_DOT=not interpreting() and x.dtype != torch.float32,
         num_warps=cfg.num_warps,
     )
     return out

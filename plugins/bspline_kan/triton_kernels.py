@@ -44,6 +44,7 @@ def bspline_kan_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_O: tl.constexpr,
     BLOCK_I: tl.constexpr,
+    LOW_PRECISION_DOT: tl.constexpr,  # fp16/bf16 x on a GPU: tensor-core dots in x's dtype, fp32 accumulation
 ):
     pid_m = tl.program_id(0)
     pid_o = tl.program_id(1)
@@ -60,7 +61,10 @@ def bspline_kan_kernel(
         wb = tl.load(wb_ptr + offs_i[:, None] * stride_wb + offs_o[None, :], mask=w_mask, other=0.0).to(tl.float32)
         silu = x / (1.0 + tl.exp(-x))
         silu = tl.where(mask_i[None, :], silu, 0.0)
-        acc = tl.dot(silu, wb, acc, input_precision="ieee")
+        if LOW_PRECISION_DOT:
+            acc = tl.dot(silu.to(x_ptr.dtype.element_ty), wb.to(x_ptr.dtype.element_ty), acc)
+        else:
+            acc = tl.dot(silu, wb, acc, input_precision="ieee")
         knots = grid_ptr + offs_i * stride_grid
         for j in tl.static_range(NB):
             t0 = tl.load(knots + j, mask=mask_i, other=0.0)[None, :]
@@ -71,5 +75,8 @@ def bspline_kan_kernel(
             basis = _cubic_basis(x, t0.to(tl.float32), t1.to(tl.float32), t2.to(tl.float32), t3.to(tl.float32), t4.to(tl.float32))
             basis = tl.where(mask_i[None, :], basis, 0.0)
             ws = tl.load(ws_ptr + (offs_i[:, None] * NB + j) * stride_ws + offs_o[None, :], mask=w_mask, other=0.0).to(tl.float32)
-            acc = tl.dot(basis, ws, acc, input_precision="ieee")
+            if LOW_PRECISION_DOT:
+                acc = tl.dot(basis.to(x_ptr.dtype.element_ty), ws.to(x_ptr.dtype.element_ty), acc)
+            else:
+                acc = tl.dot(basis, ws, acc, input_precision="ieee")
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_o[None, :], acc.to(y_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_o[None, :])

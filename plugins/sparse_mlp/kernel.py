@@ -18,7 +18,7 @@ from mlpdeploy.errors import OpError
 from ..triton_common import interpreting, load_kernels, pow2
 from .reference import activate, threshold_mask, topk_mask, union
 
-__all__ = ["interpreting", "select", "sparse_mlp_triton"]
+__all__ = ["gather_mlp_triton", "interpreting", "select", "sparse_mlp_triton"]
 
 
 @functools.cache
@@ -46,15 +46,20 @@ def sparse_mlp_triton(x: torch.Tensor, *inputs: torch.Tensor, mode: str = "topk"
     """The SparseMLP op; x [..., d] → [..., d_out]."""
     if len(inputs) != 7:
         raise OpError(f"SparseMLP {mode} takes x and 7 inputs, got {len(inputs)}")
-    kernels = _kernels()
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
-    u, scale, act, w_up, b_up, w_down_t, b_down = select(x2, inputs, mode, activation)
+    y = gather_mlp_triton(x2, *select(x2, inputs, mode, activation))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
+def gather_mlp_triton(x2, u, scale, act, w_up, b_up, w_down_t, b_down) -> torch.Tensor:
+    """The two gather-GEMM kernels for a given selection (`select`'s output): x2 [M, d] → [M, d_out]."""
+    kernels = _kernels()
     w_up, w_down_t = w_up.contiguous(), w_down_t.contiguous()  # the kernels index rows with unit column stride
     m, d = x2.shape
     n_u, d_out = u.numel(), w_down_t.shape[1]
     u = u.to(torch.int64).contiguous()
-    hidden = torch.empty((m, n_u), dtype=torch.float32, device=x.device)
-    y = torch.empty((m, d_out), dtype=x.dtype, device=x.device)
+    hidden = torch.empty((m, n_u), dtype=torch.float32, device=x2.device)
+    y = torch.empty((m, d_out), dtype=x2.dtype, device=x2.device)
     bm = 16 if interpreting() or m <= 16 else 64
     bn, bk = (min(64, pow2(n_u, 16)), min(64, pow2(d, 16))) if interpreting() else (64, 128)
     kernels.gather_up_kernel[(-(-m // bm), -(-n_u // bn))](
@@ -64,4 +69,4 @@ def sparse_mlp_triton(x: torch.Tensor, *inputs: torch.Tensor, mode: str = "topk"
     kernels.gather_down_kernel[(-(-m // bm), -(-d_out // bn2))](
         hidden, w_down_t, b_down, u, y, m, d_out, n_u, hidden.stride(0), w_down_t.stride(0), y.stride(0),
         BLOCK_M=bm, BLOCK_N=bn2, BLOCK_K=bk2)
-    return y.reshape(*x.shape[:-1], d_out)
+    return y

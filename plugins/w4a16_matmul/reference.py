@@ -80,16 +80,17 @@ def unpack_codes(packed: torch.Tensor) -> torch.Tensor:
 def dequantize(packed, scales, fmt: str, k: int, global_scale=None, zero_points=None) -> torch.Tensor:
     """W as float32 [K, N]."""
     codes = unpack_codes(packed)
+    device = codes.device  # the lookup tables follow the codes (CUDA tensors in bench/w4a16_kernel.py)
     if fmt in ("nvfp4", "mxfp4"):
-        values = torch.tensor(E2M1)[codes]
+        values = torch.tensor(E2M1, device=device)[codes]
     elif fmt == "int4":
-        values = torch.tensor(INT4)[codes]
+        values = torch.tensor(INT4, device=device)[codes]
     else:
         values = (codes - zero_points.to(torch.int64)[..., None]).float()
     if fmt == "nvfp4":
-        scale = e4m3_table()[scales.to(torch.int64)] * global_scale.float().reshape(())
+        scale = e4m3_table().to(device)[scales.to(torch.int64)] * global_scale.float().reshape(())
     elif fmt == "mxfp4":
-        scale = e8m0_table()[scales.to(torch.int64)]
+        scale = e8m0_table().to(device)[scales.to(torch.int64)]
     else:
         scale = scales.float()
     w = (values * scale[..., None]).reshape(codes.shape[0], -1)[:, :k]

@@ -59,7 +59,6 @@ def w4a16_matmul_kernel(
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_b = tl.arange(0, BLOCK // 2)
     offs_k = tl.arange(0, BLOCK)
     mask_m = offs_m < M
     mask_n = offs_n < N
@@ -70,8 +69,10 @@ def w4a16_matmul_kernel(
         k0 = kb * BLOCK
         mask_k = (k0 + offs_k) < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        blob = tl.load(p_ptr + (offs_n[:, None] * KB + kb) * (BLOCK // 2) + offs_b[None, :], mask=mask_n[:, None], other=0).to(tl.int32)
-        codes = tl.reshape(tl.join(blob & 15, blob >> 4), (BLOCK_N, BLOCK))  # low nibble first
+        # Each byte is loaded for both of its k (the second load hits cache): no join/reshape of
+        # register tiles, whose layout conversion fed wrong values to fp16 tensor-core dots on H200.
+        blob = tl.load(p_ptr + (offs_n[:, None] * KB + kb) * (BLOCK // 2) + (offs_k // 2)[None, :], mask=mask_n[:, None], other=0).to(tl.int32)
+        codes = (blob >> ((offs_k % 2) * 4)[None, :]) & 15  # low nibble first
         scale_code = tl.load(s_ptr + offs_n * KB + kb, mask=mask_n, other=0)
         if FORMAT == 0:
             w = _e2m1(codes) * (_e4m3(scale_code.to(tl.int32)) * global_scale)[:, None]
