@@ -111,7 +111,7 @@ def build_variants(hf: Path, work: Path, threads: int, int4: bool) -> tuple[dict
     variants, notes = {}, {}
     for name, fusions in (("mlpdeploy", True), ("mlpdeploy unfused", False)):
         out = work / name.replace(" ", "-")
-        options = CompileOptions(kv_cache=True, build=BuildOptions(device="cpu", decoder_fusions=fusions))
+        options = CompileOptions(kv_cache=True, build=BuildOptions(device="cpu", ort_fusions=fusions))
         report = compile_model(str(hf), out, options)
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")

@@ -19,7 +19,7 @@ class BuildOptions:
     target: str | None = None  # e.g. sm89 for TensorRT-RTX
     shapes: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
     opt_level: str = "extended"
-    decoder_fusions: bool = True  # onnxruntime: a --kv-cache decoder's attention and norms as ORT contrib ops (pass ort-decoder)
+    ort_fusions: bool = True  # onnxruntime: fused ORT contrib ops (pass ort-decoder for a --kv-cache decoder, else ort-fusions)
     ort_kernels: bool = False  # onnxruntime: register mlpdeploy's compiled CPU kernels (built with the system C compiler)
     extra: dict[str, Any] = field(default_factory=dict)
 

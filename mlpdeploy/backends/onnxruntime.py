@@ -35,8 +35,8 @@ class OnnxRuntimeBackend(Backend):
         fusions = None
         with staged_files(output) as tmp:
             source = model_path
-            if options.decoder_fusions and manifest is not None and manifest.cache is not None:
-                source, fusions = fuse_decoder(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest.cache["max_positions"])
+            if options.ort_fusions:
+                source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             make_session(source, build_config, optimized_output=tmp, external_data=external)
             if source != model_path:
@@ -66,7 +66,7 @@ class OnnxRuntimeBackend(Backend):
             artifacts=artifacts,
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
                   **({"ort_kernels": kernels.to_json()} if kernels else {}),
-                  **({"decoder_fusions": fusions} if fusions is not None else {})},
+                  **({"fusions": fusions} if fusions is not None else {})},
             candidate=candidate,
         )
 
@@ -74,14 +74,17 @@ class OnnxRuntimeBackend(Backend):
         return onnx_candidate(check_onnx_path(artifact))
 
 
-def fuse_decoder(model_path: Path, fused: Path, max_positions: int) -> tuple[Path, dict]:
-    """The cached decoder with its attention and norms as ONNX Runtime contrib ops (pass `ort-decoder`),
-    written to `fused`; returns its path and what fused (and, if the attention did not, why)."""
+def fuse_for_ort(model_path: Path, fused: Path, manifest) -> tuple[Path, dict]:
+    """The graph with ONNX Runtime's fused contrib ops, written to `fused`: a cached decoder's attention
+    and norms by pass `ort-decoder`, any other graph by pass `ort-fusions` (onnxscript's ORT fusions,
+    mlpdeploy's ops kept one node each). Returns its path and the pass's report (`pass` names it)."""
     from mlpdeploy.onnx_io import load_ir, write_onnx
     from mlpdeploy.passes.ort_decoder import OrtDecoder
+    from mlpdeploy.passes.ort_fusions import OrtFusions
 
     model = load_ir(model_path)
-    fusion = OrtDecoder(max_positions=max_positions)
+    cached = manifest is not None and manifest.cache is not None
+    fusion = OrtDecoder(max_positions=manifest.cache["max_positions"]) if cached else OrtFusions()
     fusion(model)
     write_onnx(model, fused)
-    return fused, fusion.report.to_json()
+    return fused, {"pass": fusion.name, **fusion.report.to_json()}

@@ -51,7 +51,7 @@ def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
     return dims
 
 
-def _build(backend, device, opt_level, no_decoder_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):
+def _build(backend, device, opt_level, no_ort_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):
     from mlpdeploy.backends import BuildOptions
     from mlpdeploy.backends.tensorrt.profile import parse_shapes
 
@@ -60,7 +60,7 @@ def _build(backend, device, opt_level, no_decoder_fusions, ort_kernels, precisio
         extra["cache_dir"] = cache_dir
     if no_cache:
         extra["cache"] = False
-    options = BuildOptions(device=device, opt_level=opt_level, decoder_fusions=not no_decoder_fusions, ort_kernels=ort_kernels,
+    options = BuildOptions(device=device, opt_level=opt_level, ort_fusions=not no_ort_fusions, ort_kernels=ort_kernels,
                            precision=precision, target=target,
                            shapes=parse_shapes(shapes), extra=extra)
     return backend, options
@@ -72,9 +72,11 @@ BUILD = OptionGroup(
         click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
         click.Option(["--opt-level"], default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
                      help="onnxruntime: graph optimization level."),
-        click.Option(["--no-decoder-fusions"], is_flag=True,
-                     help="onnxruntime: keep a --kv-cache decoder's attention and norms as exported (default: fused into "
-                          "GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization)."),
+        click.Option(["--no-ort-fusions", "--no-decoder-fusions", "no_ort_fusions"], is_flag=True,
+                     help="onnxruntime: build the graph as exported, without ORT contrib-op fusions (default: a --kv-cache "
+                          "decoder's attention and norms as GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization "
+                          "(pass ort-decoder); any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, "
+                          "SkipLayerNormalization (pass ort-fusions)). --no-decoder-fusions is the old name."),
         click.Option(["--ort-kernels"], is_flag=True,
                      help="onnxruntime: compile mlpdeploy's CPU kernels (GroupRational, float32) with the system C compiler and "
                           "register them (default: the portable function bodies)."),

@@ -10,6 +10,7 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "convert-precision": "precision:ConvertPrecision",
     "drop-layers": "drop_layers:DropLayers",
     "ort-decoder": "ort_decoder:OrtDecoder",
+    "ort-fusions": "ort_fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
     "quantize-weights": "quantize_weights:QuantizeWeights",
 })

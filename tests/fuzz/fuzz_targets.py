@@ -156,6 +156,8 @@ TARGETS: dict[str, FuzzTarget] = {
     "drop-layers": FuzzTarget(options=_drop_options, edit_reference=drop_in_torch),
     "convert-precision": FuzzTarget(options=lambda spec: st.just({"precision": "fp16"}), precision="fp16", last=True),
     "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"], last=True, standard_ops=False),
+    "ort-fusions": FuzzTarget(applies=lambda spec: not (spec.family == "decoder" and spec.params["kv_cache"]), last=True,
+                              standard_ops=False),
     "sparse-mlp": FuzzTarget(applies=lambda spec: spec.family in ("gated", "relu", "postnorm", "decoder"), options=_sparse_options,
                              edit_reference=sparsify_in_torch),
 }

@@ -51,7 +51,7 @@ def test_shared_cache_buffer_and_per_step_cache_agree(tmp_path):
     exported = export_model(with_kv_cache(load_model("llama-tiny")), tmp_path / "m.onnx")
     backend = get_backend("onnxruntime")
     backend.build(exported.model_path, tmp_path / "shared.ort.onnx", BuildOptions(device="cpu"))
-    backend.build(exported.model_path, tmp_path / "plain.ort.onnx", BuildOptions(device="cpu", decoder_fusions=False))
+    backend.build(exported.model_path, tmp_path / "plain.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
     shared, plain = Engine.load(tmp_path / "shared.ort.onnx"), Engine.load(tmp_path / "plain.ort.onnx")
     assert shared.cache.shared_buffer and not plain.cache.shared_buffer
     prompts = [list(b"def __init__(self"), list(b"for ")]
