@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from mlpdeploy.runtime.candidate import Candidate
+from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
 @dataclass
@@ -18,7 +19,7 @@ class BuildOptions:
     precision: str = "fp32"
     target: str | None = None  # e.g. sm89 for TensorRT-RTX
     shapes: dict[str, tuple[list[int], list[int], list[int]]] = field(default_factory=dict)
-    opt_level: str = "extended"
+    opt_level: str = DEFAULT_OPT_LEVEL  # onnxruntime: graph optimization level
     ort_fusions: bool = True  # onnxruntime: fused ORT contrib ops (pass ort-decoder for a --kv-cache decoder, else ort-fusions)
     ort_kernels: bool = False  # onnxruntime: register mlpdeploy's compiled CPU kernels (built with the system C compiler)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -1,4 +1,11 @@
-"""Backend `onnxruntime`: an offline-optimized ONNX model plus the session options to run it."""
+"""Backend `onnxruntime`: an offline-optimized ONNX model plus the session options to run it.
+
+Before ONNX Runtime optimizes it, the graph gets ONNX Runtime's fused contrib ops (`fuse_for_ort`:
+pass `ort-decoder` for a cached decoder, `ort-fusions` for any other graph; `--no-ort-fusions`
+skips it). At level `all` (the default) the model is saved optimized at `extended`, which is
+portable across CPUs, and the saved session options say `all`: ONNX Runtime applies its
+CPU-specific layout transforms (NCHWc convolutions) when it loads the model where it runs.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
-from mlpdeploy.runtime.onnxruntime import make_session, session_config, session_options_path
+from mlpdeploy.runtime.onnxruntime import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
 
 
 class OnnxRuntimeBackend(Backend):
@@ -38,6 +45,8 @@ class OnnxRuntimeBackend(Backend):
             if options.ort_fusions:
                 source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
+            if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
+                build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}
             make_session(source, build_config, optimized_output=tmp, external_data=external)
             if source != model_path:
                 for leftover in source.parent.glob(f"{source.name}*"):
@@ -65,6 +74,7 @@ class OnnxRuntimeBackend(Backend):
             backend=self.name,
             artifacts=artifacts,
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
+                  "saved_at": build_config["graph_optimization_level"],
                   **({"ort_kernels": kernels.to_json()} if kernels else {}),
                   **({"fusions": fusions} if fusions is not None else {})},
             candidate=candidate,

@@ -14,6 +14,7 @@ import click
 
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
 class OptionGroup:
@@ -70,8 +71,9 @@ BUILD = OptionGroup(
     [
         click.Option(["--backend"], default="onnxruntime", show_default=True, help="Build backend (onnxruntime, tensorrt-rtx, tensorrt)."),
         click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
-        click.Option(["--opt-level"], default="extended", show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
-                     help="onnxruntime: graph optimization level."),
+        click.Option(["--opt-level"], default=DEFAULT_OPT_LEVEL, show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
+                     help="onnxruntime: graph optimization level (at `all`, the saved model is optimized at `extended`, "
+                          "portable across CPUs; ONNX Runtime applies its layout transforms when it loads it)."),
         click.Option(["--no-ort-fusions", "--no-decoder-fusions", "no_ort_fusions"], is_flag=True,
                      help="onnxruntime: build the graph as exported, without ORT contrib-op fusions (default: a --kv-cache "
                           "decoder's attention and norms as GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization "

@@ -22,9 +22,32 @@ def test_build_writes_model_session_and_manifest(tiny_export, tiny_spec, tmp_pat
     session = json.loads(result.artifacts["session_options"].read_text())
     assert session["providers"] == ["CPUExecutionProvider"]
     assert session["config_entries"]["session.qdq_matmulnbits_accuracy_level"] == "0"
+    assert session["graph_optimization_level"] == f"ORT_ENABLE_{level.upper()}"
+    assert result.info["saved_at"] == ("ORT_ENABLE_EXTENDED" if level == "all" else session["graph_optimization_level"])
     assert [h["stage"] for h in load_manifest(result.artifacts["manifest"]).history] == ["export", "build"]
     report = validate(load_model(tiny_spec), out, ValidateOptions(dims={"batch": 3, "seq": 11}))
     assert report.passed and report.outputs["output"].max_abs <= 1e-4
+
+
+def test_default_level_all_saves_a_portable_model_and_runs_at_all(tmp_path):
+    """At `all` ONNX Runtime would save its CPU-specific NCHWc convolutions; the build saves the model
+    optimized at `extended` and the session options say `all`, so those are made where it is loaded."""
+    import onnx
+
+    from mlpdeploy.export import export_model
+    from mlpdeploy.runtime.onnxruntime import make_session
+
+    assert BuildOptions().opt_level == "all"
+    exported = export_model(load_model("vit-tiny"), tmp_path / "vit.onnx").model_path  # patch embedding: a Conv
+    out = tmp_path / "m.ort.onnx"
+    result = get_backend("onnxruntime").build(exported, out, BuildOptions(device="cpu"))
+    session = json.loads(result.artifacts["session_options"].read_text())
+    assert session["graph_optimization_level"] == "ORT_ENABLE_ALL"
+    assert not [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.microsoft.nchwc"]
+    assert {n.op_type for n in onnx.load(out).graph.node} >= {"Conv", "Attention"}
+    folded = tmp_path / "loaded.onnx"  # what the runtime's session makes of it on this CPU
+    make_session(out, session, optimized_output=folded)
+    assert [n.op_type for n in onnx.load(folded).graph.node if n.domain == "com.microsoft.nchwc"]
 
 
 def test_cuda_without_gpu_is_a_clear_error():

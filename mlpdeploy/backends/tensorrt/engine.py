@@ -22,6 +22,7 @@ from mlpdeploy.backends.tensorrt.log import captured_log, first_error, format_pa
 from mlpdeploy.backends.tensorrt.profile import Triple
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import Manifest, manifest_path
+from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 from mlpdeploy.onnx_io import load_ir, write_onnx
 from mlpdeploy.passes.precision import emulate_in_fp32
 from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
@@ -124,4 +125,4 @@ def write_artifacts(
 
 def ignored_options(options: BuildOptions) -> list[str]:
     """The shared options a TensorRT backend does not use, when set away from their defaults."""
-    return [k for k, default in (("device", "auto"), ("opt_level", "extended")) if getattr(options, k) != default]
+    return [k for k, default in (("device", "auto"), ("opt_level", DEFAULT_OPT_LEVEL)) if getattr(options, k) != default]
