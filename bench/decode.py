@@ -6,7 +6,7 @@
 Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round:
   * mlpdeploy: `compile --kv-cache` (ONNX Runtime, ort-decoder fusions, shared cache buffer),
     driven by mlpdeploy.runtime.CachedGenerator;
-  * mlpdeploy, unfused: the same with --no-decoder-fusions (the exported attention as is);
+  * mlpdeploy, unfused: the same with --no-ort-fusions (the exported attention as is);
   * genai fp32 / int4: onnxruntime-genai's model builder (`-e cpu`), driven by its own
     Generator (skipped, with a note, when the `bench` extra is not installed);
   * torch eager with its cache (the model's own forward with a DynamicCache).

@@ -13,6 +13,7 @@ BENCHMARKS = [
     ["roofline.py"],
     ["ort_vs_torch.py"],
     ["suite.py"],
+    ["ort_opt_level.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
     ["decode.py", "--int4"],

@@ -1,6 +1,7 @@
 """The alternatives side by side: each zoo workload under torch eager, torch.compile, ONNX Runtime
-on the plain export, ONNX Runtime after onnxscript's ORT fusions, and mlpdeploy (its default
-compile and each pass that applies), at batch 1 and 16, in one run.
+on the plain export, ONNX Runtime after onnxscript's ORT fusions (`optimize_for_ort`), and
+mlpdeploy (its default compile — pass `ort-fusions` at build, level `all` — and each pass that
+applies), at batch 1 and 16, in one run.
 
     python bench/suite.py [--workloads opt-relu-small,vit-small,...] [--batches 1,16] [--rounds 20]
                           [--threads 2] [--no-torch-compile] [--json PATH] [--markdown PATH]
