@@ -165,8 +165,9 @@ def _rewrite_section(stages: dict) -> list[str]:
     and the op-type counts that changed."""
     rewrite, build = stages.get("rewrite") or {}, stages.get("build") or {}
     passes = dict(rewrite.get("passes") or {})
-    if build.get("fusions"):
-        passes[f"{build['fusions'].get('pass', 'ort-decoder')} (at build)"] = build["fusions"]
+    fusions = build.get("fusions") or {}
+    if fusions.get("rewritten") or fusions.get("skipped"):  # the backend's fusion pass, when it changed or declined something
+        passes[f"{fusions.get('pass', 'ort-decoder')} (at build)"] = fusions
     parts = ["<h2>Rewrite</h2>"]
     if not passes:
         parts.append("<p>No rewrite pass ran: the built graph is the export (plus the backend's own optimizations).</p>")

@@ -24,7 +24,13 @@ import warnings
 from collections.abc import Callable
 
 import onnx_ir as ir
-from onnx_ir.passes.common import CommonSubexpressionEliminationPass, InlinePass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass, ShapeInferencePass
+from onnx_ir.passes.common import (
+    CommonSubexpressionEliminationPass,
+    InlinePass,
+    RemoveUnusedNodesPass,
+    RemoveUnusedOpsetsPass,
+    ShapeInferencePass,
+)
 from onnxscript import optimizer
 from onnxscript.rewriter import pattern, rewrite
 from onnxscript.rewriter.ort_fusions import fused_matmul_rule_sets, instance_to_group_normalization, shape_optimization, softmax
