@@ -12,14 +12,13 @@ behind `--opt-level`'s default.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, machine, write_results  # noqa: E402
-from suite import WORKLOADS, time_variants  # noqa: E402
+from suite import time_variants, workload_arguments  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
@@ -43,11 +42,7 @@ def build_engines(name: str, work: Path, threads: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workloads", default=",".join(WORKLOADS))
-    parser.add_argument("--batches", default="1,16")
-    parser.add_argument("--rounds", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = workload_arguments(__doc__)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     results = {}

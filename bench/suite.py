@@ -111,12 +111,18 @@ def time_variants(runs: dict, feed: dict, rounds: int) -> dict:
     return {label: s.summary_ms() for label, s in samplers.items()}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def workload_arguments(doc: str) -> argparse.ArgumentParser:
+    """A parser with the options every workload benchmark shares (which workloads, batches, rounds, threads)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--batches", default="1,16")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    return parser
+
+
+def main() -> None:
+    parser = workload_arguments(__doc__)
     parser.add_argument("--no-torch-compile", action="store_true")
     parser.add_argument("--json", default=None)
     parser.add_argument("--markdown", default=str(RESULTS / "suite.md"))

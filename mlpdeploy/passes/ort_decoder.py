@@ -34,6 +34,7 @@ from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.ort import adopt, copy_model
 from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
 from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.passes.ort.pack_qkv import pack_qkv
@@ -51,17 +52,6 @@ def _prepare(model: ir.Model) -> None:
     compiled kernel (measured: an inlined SparseMLP ran its 20-node body instead)."""
     ShapeInferencePass()(model)
     optimizer.optimize(model, inline=False)
-
-
-def _copy(model: ir.Model) -> ir.Model:
-    return ir.from_proto(ir.to_proto(model))
-
-
-def _adopt(model: ir.Model, other: ir.Model) -> None:
-    """Make `model` (the pass works in place) hold `other`'s graph (with its opsets) and functions."""
-    model.graph = other.graph
-    model.functions.clear()
-    model.functions.update(other.functions)
 
 
 def _cached_layers(model: ir.Model) -> list[str]:
@@ -85,10 +75,10 @@ class OrtDecoder(RewritePass):
         if not layers:
             report.skipped["attention"] = "the graph has no past_key_values inputs (export it with --kv-cache)"
         else:
-            attempt = _copy(model)
+            attempt = copy_model(model)
             count, why = self._attention(attempt, len(layers))
             if why is None:
-                _adopt(model, attempt)
+                adopt(model, attempt)
                 fusions["RotaryEmbedding"], fusions["GroupQueryAttention"] = count
                 fusions["packed QKV"] = pack_qkv(model)
                 why_not_shared = detach_cache_shapes(model)

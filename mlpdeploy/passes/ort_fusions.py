@@ -52,6 +52,7 @@ from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_n
 from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.ort import adopt, copy_model
 from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN
 
 # onnxscript's fusions in optimize_for_ort's order (fuse_xformers), by the name its counts use;
@@ -83,10 +84,6 @@ ORT_PATTERN_RULES = [
     ("group_normalization", instance_to_group_normalization.rules.rules),
     ("fused_matmul", fused_matmul_rule_sets.fused_matmul_rule_sets()),
 ]
-
-
-def _copy(model: ir.Model) -> ir.Model:
-    return ir.from_proto(ir.to_proto(model))
 
 
 def _prepare(model: ir.Model) -> None:
@@ -124,12 +121,6 @@ def _fuse(model: ir.Model, attention: bool) -> dict[str, int]:
     return {k: v for k, v in counts.items() if v}
 
 
-def _adopt(model: ir.Model, other: ir.Model) -> None:
-    model.graph = other.graph
-    model.functions.clear()
-    model.functions.update(other.functions)
-
-
 def intermediate_ops(model: ir.Model) -> list[str]:
     return sorted({n.op_type for n in model.graph.all_nodes() if n.domain == INTERMEDIATE_DOMAIN})
 
@@ -146,16 +137,16 @@ class OrtFusions(RewritePass):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _prepare(model)
-            attempt = _copy(model)
+            attempt = copy_model(model)
             fusions = _fuse(attempt, attention=True)
             left = intermediate_ops(attempt)
             if left:
                 report.skipped["attention"] = (f"onnxscript's attention fusions left {', '.join(left)} (ops of its intermediate "
                                                f"domain {INTERMEDIATE_DOMAIN}, which ONNX Runtime has no kernel for): undone")
-                attempt = _copy(model)
+                attempt = copy_model(model)
                 fusions = _fuse(attempt, attention=False)
         before = collections.Counter(n.op_type for n in model.graph)
-        _adopt(model, attempt)
+        adopt(model, attempt)
         RemoveUnusedOpsetsPass()(model)
         after = collections.Counter(n.op_type for n in model.graph)
         report.details["fusions"] = {op: n for op, n in sorted(after.items()) if op not in before and op != "Constant"}

@@ -1,1 +1,18 @@
-"""Rules that rewrite graphs into ONNX Runtime contrib ops (used by the `ort-decoder` pass)."""
+"""Rules that rewrite graphs into ONNX Runtime contrib ops (used by the `ort-decoder` and `ort-fusions`
+passes), and the model copies they try fusions on."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+
+def copy_model(model: ir.Model) -> ir.Model:
+    """An independent copy (fusions are tried on one, and kept only when they fully apply)."""
+    return ir.from_proto(ir.to_proto(model))
+
+
+def adopt(model: ir.Model, other: ir.Model) -> None:
+    """Make `model` (passes work in place) hold `other`'s graph (with its opsets) and functions."""
+    model.graph = other.graph
+    model.functions.clear()
+    model.functions.update(other.functions)
