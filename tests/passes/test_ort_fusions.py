@@ -153,3 +153,16 @@ def test_backend_fuses_every_graph_and_lists_it(zoo, tmp_path):
     plain = backend.build(path, tmp_path / "p.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
     plain_ops = collections.Counter(n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph)
     assert "fusions" not in plain.info and "Attention" not in plain_ops and plain_ops["Softmax"] == 2  # ORT alone fuses no attention
+
+
+@pytest.mark.parametrize("flag", [None, "--no-ort-fusions", "--no-decoder-fusions"])
+def test_cli_flag_turns_the_fusions_off_under_both_names(zoo, tmp_path, flag):
+    from click.testing import CliRunner
+
+    from mlpdeploy.cli import cli
+
+    ir.save(zoo("vit-tiny")[1], tmp_path / "vit.onnx")
+    args = ["build", str(tmp_path / "vit.onnx"), "--device", "cpu", "-o", str(tmp_path / "m.ort.onnx"), *([flag] if flag else [])]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert ("Attention" in {n.op_type for n in load_ir(tmp_path / "m.ort.onnx").graph}) == (flag is None)
