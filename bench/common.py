@@ -13,6 +13,13 @@ from typing import Callable
 RESULTS = Path(__file__).parent / "results"
 
 
+# Every session a benchmark times side by side runs without spin-waiting threads: with spinning (ONNX
+# Runtime's default) a session's idle pool keeps spinning after its run and takes the CPUs from the
+# next variant in the round robin — measured on this 2-core machine: the same model 3 ms or 24 ms at
+# batch 16 depending on its place in the rotation.
+NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
+
+
 def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
     """An ONNX Runtime CPU session on `threads` intra-op threads for `model` (an onnx_ir Model, a
     ModelProto, serialized bytes or a path), with mlpdeploy's compiled kernels when `kernels` names
@@ -23,6 +30,8 @@ def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    for key, value in NO_SPINNING.items():
+        options.add_session_config_entry(key, value)
     if level is not None:
         options.graph_optimization_level = level
     if kernels is not None:
@@ -34,6 +43,19 @@ def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+
+
+def artifact_session(artifact: Path, threads: int):
+    """An ONNX Runtime session for a model mlpdeploy built, with the settings its build saved (as
+    `Engine.load` makes it), on `threads` intra-op threads, without spinning (NO_SPINNING)."""
+    from mlpdeploy.runtime.engine import resolve_artifact
+    from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
+
+    model = resolve_artifact(artifact)
+    config = dict(saved_session_config(model))
+    config["intra_op_num_threads"] = threads
+    config["config_entries"] = {**config.get("config_entries", {}), **NO_SPINNING}
+    return make_session(model, config)
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 20) -> float:

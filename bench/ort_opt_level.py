@@ -5,7 +5,7 @@ and without its build-time ORT fusions, on the suite's workloads at batch 1 and 
 
 Each workload is exported once and built four times (fusions on/off × level extended/all) by the
 `onnxruntime` backend as `mlpdeploy build` does; the four engines run the same random inputs,
-timed call by call round robin (bench/common.py Sampler). Printed per workload and batch: each
+timed call by call round robin (bench/common.py Sampler), no session spin-waiting (NO_SPINNING). Printed per workload and batch: each
 variant's median ms and "all" ÷ "extended" (below 1: "all" is faster). This is the measurement
 behind `--opt-level`'s default.
 """
@@ -17,13 +17,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine, write_results  # noqa: E402
+from common import RESULTS, artifact_session, machine, write_results  # noqa: E402
 from suite import time_variants, workload_arguments  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
 from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
-from mlpdeploy.runtime.engine import Engine  # noqa: E402
 
 LEVELS = ("extended", "all")
 
@@ -36,8 +35,8 @@ def build_engines(name: str, work: Path, threads: int) -> dict:
             label = f"{level}{'' if fusions else ' no-fusions'}"
             out = work / f"{label.replace(' ', '_')}.ort.onnx"
             backend.build(exported, out, BuildOptions(device="cpu", opt_level=level, ort_fusions=fusions))
-            engine = Engine.load(out, threads=threads)
-            engines[label] = lambda feed, e=engine: e.session.run(None, feed)
+            session = artifact_session(out, threads)
+            engines[label] = lambda feed, s=session: s.run(None, feed)
     return engines
 
 

@@ -8,7 +8,8 @@ applies), at batch 1 and 16, in one run.
 
 Every variant of a workload runs on the same random inputs, timed call by call round robin (a
 shared machine's drift hits all alike); samples during which the process waited for a CPU are
-set aside (bench/common.py Sampler). Each row gives its median ms and its ratio to the best
+set aside (bench/common.py Sampler). No ONNX Runtime session spin-waits (bench/common.py NO_SPINNING):
+a spinning idle pool takes the CPUs from the next variant in the rotation. Each row gives its median ms and its ratio to the best
 alternative (the fastest variant that is not mlpdeploy): above 1 means mlpdeploy is ahead.
 Quality: mlpdeploy's compile validates every artifact on the model's task (eval split); the
 column shows the candidate's metric and the torch model's. At batch 1 the row also gives the
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, Sampler, cpu_session, machine, write_results  # noqa: E402
+from common import RESULTS, Sampler, artifact_session, cpu_session, machine, write_results  # noqa: E402
 from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions  # noqa: E402
@@ -35,7 +36,7 @@ from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
 from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
 from mlpdeploy.passes.pipeline import parse_pass_spec  # noqa: E402
-from mlpdeploy.runtime.engine import Engine  # noqa: E402
+from mlpdeploy.runtime.engine import resolve_artifact  # noqa: E402
 from mlpdeploy.runtime.latency import model_bytes  # noqa: E402
 
 # workload -> mlpdeploy variants beyond the default compile: name -> CompileOptions keyword arguments
@@ -59,13 +60,13 @@ def onnxscript_fused(exported: Path) -> bytes:
     return ir.to_proto(model).SerializeToString()
 
 
-def compile_variant(name: str, out: Path, threads: int, passes=(), ort_kernels: bool = False) -> tuple[Engine, dict]:
+def compile_variant(name: str, out: Path, threads: int, passes=(), ort_kernels: bool = False) -> tuple[object, dict]:
     options = CompileOptions(passes=[parse_pass_spec(p) for p in passes],
                              build=BuildOptions(device="cpu", ort_kernels=ort_kernels), task_limit=64)
     report = compile_model(name, out, options)
     if not report["passed"]:
         raise SystemExit(f"{name} {passes}: mlpdeploy's validation failed: {report['validation'].get('outputs')}")
-    return Engine.load(out, threads=threads), report["validation"].get("task") or {}
+    return artifact_session(out, threads), report["validation"].get("task") or {}
 
 
 def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> tuple[dict, dict, dict, dict]:
@@ -94,9 +95,10 @@ def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> 
         runs[label] = lambda feed, s=session: s.run(None, feed)
         sizes[label] = model_bytes(exported)
     for label, kwargs in {"mlpdeploy": {}, **WORKLOADS[name]}.items():
-        engine, task = compile_variant(name, work / label.replace(" ", "_"), threads, **kwargs)
-        runs[label] = lambda feed, e=engine: e.session.run(None, feed)
-        sizes[label], quality[label] = model_bytes(engine.path), task
+        out = work / label.replace(" ", "_")
+        session, task = compile_variant(name, out, threads, **kwargs)
+        runs[label] = lambda feed, s=session: s.run(None, feed)
+        sizes[label], quality[label] = model_bytes(resolve_artifact(out)), task
     return runs, sizes, quality, notes
 
 
