@@ -20,6 +20,7 @@ BENCHMARKS = [
     ["serve_load.py", "--threads", "1"],
     ["sparse_mlp.py"],
     ["quant.py"],
+    ["report.py"],  # last: bench/results/report.html from suite.json and decode.json
 ]
 
 
