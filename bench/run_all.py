@@ -15,7 +15,7 @@ BENCHMARKS = [
     ["suite.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
-    ["decode.py", "--int4"],
+    ["decode.py", "--int4", "--gated-sparsity", "0.4,0.5"],
     ["drop_layers.py"],
     ["serve_load.py", "--threads", "1"],
     ["sparse_mlp.py"],
