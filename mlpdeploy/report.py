@@ -35,22 +35,28 @@ def html_table(headers: list[str], rows: list[list], numeric_from: int = 1) -> s
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def bar_chart(bars: list[tuple[str, float, bool]], unit: str, label: str, value_format: str = "{:.3g}") -> str:
+    """Horizontal SVG bars (name, value, highlighted) scaled to the largest value; highlighted bars in green."""
+    bars = [(n, v, hi) for n, v, hi in bars if v is not None]
+    if not bars:
+        return ""
+    longest = max(v for _, v, _ in bars) or 1.0
+    bar_h, width, label_w = 20, 640, max(90, min(250, 7 * max(len(n) for n, _, _ in bars)))
+    rows = []
+    for i, (name, value, highlighted) in enumerate(bars):
+        y = i * (bar_h + 5)
+        w = max(1.0, (width - label_w - 90) * value / longest)
+        rows.append(
+            f'<text x="0" y="{y + 14}" font-size="12">{escape(name)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{"#2e7d32" if highlighted else "#4a78b5"}"/>'
+            f'<text x="{label_w + w + 5:.1f}" y="{y + 14}" font-size="11">{value_format.format(value)} {escape(unit)}</text>'
+        )
+    return f'<svg width="{width}" height="{len(bars) * (bar_h + 5)}" role="img" aria-label="{escape(label)}">{"".join(rows)}</svg>'
+
+
 def _stage_chart(stages: dict[str, dict]) -> str:
     """Horizontal SVG bars of seconds per stage."""
-    items = [(name, float(info.get("seconds", 0.0))) for name, info in stages.items()]
-    longest = max((s for _, s in items), default=0.0) or 1.0
-    bar_h, width, label_w = 22, 520, 90
-    rows = []
-    for i, (name, seconds) in enumerate(items):
-        y = i * (bar_h + 6)
-        w = max(1.0, (width - label_w - 80) * seconds / longest)
-        rows.append(
-            f'<text x="0" y="{y + 15}" font-size="13">{escape(name)}</text>'
-            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#4a78b5"/>'
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="12">{seconds:.2f} s</text>'
-        )
-    height = len(items) * (bar_h + 6)
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="seconds per stage">{"".join(rows)}</svg>'
+    return bar_chart([(name, float(info.get("seconds", 0.0)), False) for name, info in stages.items()], "s", "seconds per stage", "{:.2f}")
 
 
 def _layer_chart(errors: dict[str, dict]) -> str:

@@ -6,29 +6,7 @@ missing. Inline CSS and SVG only, like the compile report (mlpdeploy/report.py).
 
 from __future__ import annotations
 
-from mlpdeploy.report import CSS, escape, html_table
-
-OURS, THEIRS = "#2e7d32", "#4a78b5"
-
-
-def bar_chart(bars: list[tuple[str, float, bool]], unit: str, label: str) -> str:
-    """Horizontal bars (name, value, is mlpdeploy's) scaled to the largest value; mlpdeploy's in green."""
-    bars = [(n, v, ours) for n, v, ours in bars if v is not None]
-    if not bars:
-        return ""
-    longest = max(v for _, v, _ in bars) or 1.0
-    bar_h, width, label_w = 18, 640, 250
-    rows = []
-    for i, (name, value, ours) in enumerate(bars):
-        y = i * (bar_h + 5)
-        w = max(1.0, (width - label_w - 90) * value / longest)
-        rows.append(
-            f'<text x="0" y="{y + 13}" font-size="12">{escape(name)}</text>'
-            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{OURS if ours else THEIRS}"/>'
-            f'<text x="{label_w + w + 5:.1f}" y="{y + 13}" font-size="11">{value:.3g} {escape(unit)}</text>'
-        )
-    height = len(bars) * (bar_h + 5)
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="{escape(label)}">{"".join(rows)}</svg>'
+from mlpdeploy.report import CSS, bar_chart, escape, html_table
 
 
 def _suite_section(suite: dict) -> list[str]:
