@@ -7,6 +7,11 @@ Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved 
   * mlpdeploy: `compile --kv-cache` (ONNX Runtime, ort-decoder fusions, shared cache buffer),
     driven by mlpdeploy.runtime.CachedGenerator;
   * mlpdeploy, unfused: the same with --no-ort-fusions (the exported attention as is);
+  * with --int4, mlpdeploy int4: `--pass quantize-weights` (int4, block 32, accuracy level 4:
+    what `analyze --quant --max-metric-delta 1%` plans on llama-small, the trained counterpart);
+  * with --gated-sparsity S,..., mlpdeploy sparse S: `--pass sparse-mlp` in threshold mode, each
+    MLP's threshold the S-quantile of |silu(gate)| on calibration tokens (`analyze --sparsity`),
+    with `--ort-kernels` (the compiled SparseMLP kernel);
   * genai fp32 / int4: onnxruntime-genai's model builder (`-e cpu`), driven by its own
     Generator (skipped, with a note, when the `bench` extra is not installed);
   * torch eager with its cache (the model's own forward with a DynamicCache).
@@ -103,15 +108,35 @@ class TorchDecoder:
         return int(logits[0, -1].argmax())
 
 
-def build_variants(hf: Path, work: Path, threads: int, int4: bool) -> tuple[dict, dict]:
+def gated_thresholds(hf: Path, sparsity: float) -> dict[str, dict]:
+    """sparse-mlp sites: each gated MLP's threshold for `sparsity` from `analyze --sparsity` (64 calibration samples)."""
+    from mlpdeploy.analyze.run import AnalyzeOptions, analyze_model
+
+    sites = analyze_model(str(hf), AnalyzeOptions({"sparsity": None})).analyses["sparsity"]["sites"]
+    return {scope: {"threshold": site["thresholds"][str(sparsity)]} for scope, site in sites.items() if site["kind"] == "gated"}
+
+
+def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float]) -> dict[str, tuple[list, dict]]:
+    """name -> (passes, build options) of every mlpdeploy variant asked for."""
+    from mlpdeploy.passes.pipeline import PassSpec
+
+    variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"ort_fusions": False})}
+    if int4:
+        variants["mlpdeploy int4"] = ([PassSpec("quantize-weights", {"format": "int4"})], {})
+    for s in sparsities:
+        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=gated_thresholds(hf, s))], {"ort_kernels": True})
+    return variants
+
+
+def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: list[float] = ()) -> tuple[dict, dict]:
     """Every variant that can be built here, and a note for each that cannot."""
     from mlpdeploy.backends import BuildOptions
     from mlpdeploy.compile import CompileOptions, compile_model
 
     variants, notes = {}, {}
-    for name, fusions in (("mlpdeploy", True), ("mlpdeploy unfused", False)):
-        out = work / name.replace(" ", "-")
-        options = CompileOptions(kv_cache=True, build=BuildOptions(device="cpu", ort_fusions=fusions))
+    for name, (passes, build) in mlpdeploy_variants(hf, int4, list(sparsities)).items():
+        out = work / name.replace(" ", "-").replace("%", "")
+        options = CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu", **build))
         report = compile_model(str(hf), out, options)
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
@@ -151,14 +176,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--kv-heads", type=int, default=16)
-    parser.add_argument("--int4", action="store_true", help="also onnxruntime-genai's int4 build")
+    parser.add_argument("--int4", action="store_true", help="also onnxruntime-genai's int4 build and mlpdeploy's")
+    parser.add_argument("--gated-sparsity", default="", help="comma list of MLP sparsities for sparse-mlp variants, e.g. 0.4,0.5")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     hf = anchor_dir(args.kv_heads)
     contexts = [int(c) for c in args.contexts.split(",")]
     roofline = measure_roofline(args.threads)
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
-        variants, notes = build_variants(hf, Path(tmp), args.threads, args.int4)
+        sparsities = [float(s) for s in args.gated_sparsity.split(",") if s]
+        variants, notes = build_variants(hf, Path(tmp), args.threads, args.int4, sparsities)
         results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, 512, seed=c) for c in contexts}
         results["prefill 128"] = measure(variants, 128, 2, args.rounds * 2, 512, seed=7)
     best_other = [n for n in variants if not n.startswith("mlpdeploy")]
@@ -177,6 +204,9 @@ def main() -> None:
         ours = per["mlpdeploy"][what]["p50_ms"]
         ratios = {n: per[n][what]["p50_ms"] / ours for n in best_other}
         print(f"{key}: others / mlpdeploy = " + ", ".join(f"{n} {r:.2f}x" for n, r in ratios.items()))
+        best = min(best_other, key=lambda n: per[n][what]["p50_ms"])
+        print(f"{key}: best alternative {best}; its time / each mlpdeploy variant's (> 1: mlpdeploy ahead): " + ", ".join(
+            f"{n} {per[best][what]['p50_ms'] / per[n][what]['p50_ms']:.2f}x" for n in variants if n.startswith("mlpdeploy")))
     print(f"fraction of the triad bandwidth ({roofline['triad_gb_s']:.1f} GB/s, same run) per decode step: "
           "(weight bytes + fp32 KV cache read) / ms per token")
     fractions = {}

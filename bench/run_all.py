@@ -16,11 +16,12 @@ BENCHMARKS = [
     ["ort_opt_level.py"],
     ["gated_mlp_cpu.py"],
     ["kan_ops.py"],
-    ["decode.py", "--int4"],
+    ["decode.py", "--int4", "--gated-sparsity", "0.4,0.5"],
     ["drop_layers.py"],
     ["serve_load.py", "--threads", "1"],
     ["sparse_mlp.py"],
     ["quant.py"],
+    ["report.py"],  # last: bench/results/report.html from suite.json and decode.json
 ]
 
 

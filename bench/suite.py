@@ -12,7 +12,10 @@ set aside (bench/common.py Sampler). No ONNX Runtime session spin-waits (bench/c
 a spinning idle pool takes the CPUs from the next variant in the rotation. Each row gives its median ms and its ratio to the best
 alternative (the fastest variant that is not mlpdeploy): above 1 means mlpdeploy is ahead.
 Quality: mlpdeploy's compile validates every artifact on the model's task (eval split); the
-column shows the candidate's metric and the torch model's. At batch 1 the row also gives the
+column shows the candidate's metric and the torch model's. Peak MiB: what the variant adds to a
+process's peak resident memory when loaded and run alone on the same inputs (bench/peak_memory.py,
+a child process per variant; torch.compile has no column of its own: it is torch eager plus its
+compile caches). At batch 1 the row also gives the
 fraction of the machine's triad bandwidth its weight bytes reach (bench/roofline.py, same run).
 Decoders with a KV cache are measured by bench/decode.py (ms/token against onnxruntime-genai).
 """
@@ -25,10 +28,12 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, Sampler, artifact_session, cpu_session, machine, write_results  # noqa: E402
+from peak_memory import peak_mib  # noqa: E402
 from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
 from mlpdeploy.backends import BuildOptions  # noqa: E402
@@ -69,18 +74,20 @@ def compile_variant(name: str, out: Path, threads: int, passes=(), ort_kernels: 
     return artifact_session(out, threads), report["validation"].get("task") or {}
 
 
-def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> tuple[dict, dict, dict, dict]:
-    """name -> callable(feed); name -> weight bytes; name -> task quality; notes."""
+def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> tuple[dict, dict, dict, dict, dict]:
+    """name -> callable(feed); name -> weight bytes; name -> task quality; notes; name -> (kind, target)
+    for bench/peak_memory.py."""
     bundle = load_model(name)
     module = bundle.module.eval()
     order = [s.name for s in bundle.inputs]
-    runs, sizes, quality, notes = {}, {}, {}, {}
+    runs, sizes, quality, notes, targets = {}, {}, {}, {}, {}
 
     def torch_run(fn):
         return lambda feed: fn(*(torch.from_numpy(feed[n]) for n in order))
 
     runs["torch eager"] = torch_run(module)
     sizes["torch eager"] = sum(p.numel() * p.element_size() for p in module.parameters())
+    targets["torch eager"] = ("torch", name)
     if torch_compile:
         try:
             compiled = torch.compile(module)
@@ -90,16 +97,26 @@ def build_variants(name: str, work: Path, threads: int, torch_compile: bool) -> 
         except Exception as exc:  # noqa: BLE001 - a benchmark row that cannot run says why
             notes["torch.compile"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}"
     exported = export_model(bundle, work / f"{name}.onnx").model_path
-    for label, model in (("ort plain export", exported), ("ort + onnxscript fusions", onnxscript_fused(exported))):
+    fused = work / f"{name}.onnxscript-fused.onnx"
+    fused.write_bytes(onnxscript_fused(exported))
+    for label, model in (("ort plain export", exported), ("ort + onnxscript fusions", fused)):
         session = cpu_session(model, threads)
         runs[label] = lambda feed, s=session: s.run(None, feed)
-        sizes[label] = model_bytes(exported)
+        sizes[label], targets[label] = model_bytes(exported), ("onnx", model)
     for label, kwargs in {"mlpdeploy": {}, **WORKLOADS[name]}.items():
         out = work / label.replace(" ", "_")
         session, task = compile_variant(name, out, threads, **kwargs)
         runs[label] = lambda feed, s=session: s.run(None, feed)
         sizes[label], quality[label] = model_bytes(resolve_artifact(out)), task
-    return runs, sizes, quality, notes
+        targets[label] = ("engine", out)
+    return runs, sizes, quality, notes, targets
+
+
+def peak_memory(targets: dict, feed: dict, work: Path, threads: int) -> dict:
+    """label -> MiB the variant added at its peak (bench/peak_memory.py, one child process each)."""
+    feed_path = work / "feed.npz"
+    np.savez(feed_path, **feed)
+    return {label: peak_mib(kind, target, feed_path, threads) for label, (kind, target) in targets.items()}
 
 
 def time_variants(runs: dict, feed: dict, rounds: int) -> dict:
@@ -134,13 +151,14 @@ def main() -> None:
     results, rows = {}, []
     for name in args.workloads.split(","):
         with tempfile.TemporaryDirectory(dir=RESULTS if RESULTS.exists() else None) as tmp:
-            runs, sizes, quality, notes = build_variants(name, Path(tmp), args.threads, not args.no_torch_compile)
+            runs, sizes, quality, notes, targets = build_variants(name, Path(tmp), args.threads, not args.no_torch_compile)
             bundle = load_model(name)
-            per_batch = {}
+            per_batch, memory = {}, {}
             for batch in (int(b) for b in args.batches.split(",")):
                 feed = generate_inputs(bundle.inputs, seed=batch, dims={"batch": batch})
                 per_batch[batch] = time_variants(runs, feed, args.rounds)
-        results[name] = {"batches": per_batch, "bytes": sizes, "quality": quality, "notes": notes}
+                memory[batch] = peak_memory(targets, feed, Path(tmp), args.threads)
+        results[name] = {"batches": per_batch, "bytes": sizes, "quality": quality, "notes": notes, "peak_mib": memory}
         for batch, timing in per_batch.items():
             alternatives = {k: v["p50_ms"] for k, v in timing.items() if not k.startswith("mlpdeploy")}
             best = min(alternatives, key=alternatives.get)
@@ -150,6 +168,7 @@ def main() -> None:
                     "workload": name, "batch": batch, "variant": label, "p50_ms": stat["p50_ms"], "p90_ms": stat["p90_ms"],
                     "clean": f"{stat['clean']}/{stat['samples']}", "best_alternative": best,
                     "vs_best": alternatives[best] / stat["p50_ms"], "mib": sizes[label] / 2**20,
+                    "peak_mib": memory[batch].get(label),
                     "bandwidth": bandwidth_fraction(sizes[label], stat["p50_ms"], roofline) if batch == 1 else None,
                     "quality": f"{task['metric']} {task['candidate']:.4g} (torch {task['reference']:.4g})" if task else "",
                 })
@@ -168,14 +187,15 @@ def markdown(rows: list[dict], roofline: dict, threads: int) -> str:
         f"{roofline['matmul_gflop_s']:.0f} GFLOP/s. ms = median over clean samples; × = best alternative's ms / this row's "
         "(> 1: ahead of it).",
         "",
-        "| workload | batch | variant | p50 ms | p90 ms | × best alternative | MiB | batch-1 bandwidth | quality |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---|",
+        "| workload | batch | variant | p50 ms | p90 ms | × best alternative | MiB | peak MiB | batch-1 bandwidth | quality |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         bw = f"{r['bandwidth']:.0%}" if r["bandwidth"] is not None else ""
         ahead = f"{r['vs_best']:.2f}× vs {r['best_alternative']}" if r["variant"].startswith("mlpdeploy") else f"{r['vs_best']:.2f}×"
+        peak = f"{r['peak_mib']:.0f}" if r.get("peak_mib") is not None else "–"
         lines.append(f"| {r['workload']} | {r['batch']} | {r['variant']} | {r['p50_ms']:.3f} | {r['p90_ms']:.3f} | {ahead} | "
-                     f"{r['mib']:.1f} | {bw} | {r['quality']} |")
+                     f"{r['mib']:.1f} | {peak} | {bw} | {r['quality']} |")
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 import json
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
 table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}
@@ -16,7 +16,7 @@ pre{background:#f6f6f6;padding:.6rem;overflow:auto;font-size:.8rem}
 """
 
 
-def _e(value) -> str:
+def escape(value) -> str:
     return html.escape(str(value))
 
 
@@ -24,8 +24,8 @@ def _badge(passed: bool) -> str:
     return f'<span class="{"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
 
 
-def _table(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+def html_table(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = ""
     for row in rows:
         cells = "".join(
@@ -35,22 +35,28 @@ def _table(headers: list[str], rows: list[list], numeric_from: int = 1) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def bar_chart(bars: list[tuple[str, float, bool]], unit: str, label: str, value_format: str = "{:.3g}") -> str:
+    """Horizontal SVG bars (name, value, highlighted) scaled to the largest value; highlighted bars in green."""
+    bars = [(n, v, hi) for n, v, hi in bars if v is not None]
+    if not bars:
+        return ""
+    longest = max(v for _, v, _ in bars) or 1.0
+    bar_h, width, label_w = 20, 640, max(90, min(250, 7 * max(len(n) for n, _, _ in bars)))
+    rows = []
+    for i, (name, value, highlighted) in enumerate(bars):
+        y = i * (bar_h + 5)
+        w = max(1.0, (width - label_w - 90) * value / longest)
+        rows.append(
+            f'<text x="0" y="{y + 14}" font-size="12">{escape(name)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{"#2e7d32" if highlighted else "#4a78b5"}"/>'
+            f'<text x="{label_w + w + 5:.1f}" y="{y + 14}" font-size="11">{value_format.format(value)} {escape(unit)}</text>'
+        )
+    return f'<svg width="{width}" height="{len(bars) * (bar_h + 5)}" role="img" aria-label="{escape(label)}">{"".join(rows)}</svg>'
+
+
 def _stage_chart(stages: dict[str, dict]) -> str:
     """Horizontal SVG bars of seconds per stage."""
-    items = [(name, float(info.get("seconds", 0.0))) for name, info in stages.items()]
-    longest = max((s for _, s in items), default=0.0) or 1.0
-    bar_h, width, label_w = 22, 520, 90
-    rows = []
-    for i, (name, seconds) in enumerate(items):
-        y = i * (bar_h + 6)
-        w = max(1.0, (width - label_w - 80) * seconds / longest)
-        rows.append(
-            f'<text x="0" y="{y + 15}" font-size="13">{_e(name)}</text>'
-            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="#4a78b5"/>'
-            f'<text x="{label_w + w + 6:.1f}" y="{y + 15}" font-size="12">{seconds:.2f} s</text>'
-        )
-    height = len(items) * (bar_h + 6)
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="seconds per stage">{"".join(rows)}</svg>'
+    return bar_chart([(name, float(info.get("seconds", 0.0)), False) for name, info in stages.items()], "s", "seconds per stage", "{:.2f}")
 
 
 def _layer_chart(errors: dict[str, dict]) -> str:
@@ -70,7 +76,7 @@ def _layer_chart(errors: dict[str, dict]) -> str:
 
     bars = "".join(
         f'<rect x="{left + i * step:.1f}" y="{y(e["max_abs"]):.1f}" width="{max(step - 2, 1):.1f}" '
-        f'height="{height - bottom - y(e["max_abs"]):.1f}" fill="#4a78b5"><title>{_e(name)}: {e["max_abs"]:.3e}</title></rect>'
+        f'height="{height - bottom - y(e["max_abs"]):.1f}" fill="#4a78b5"><title>{escape(name)}: {e["max_abs"]:.3e}</title></rect>'
         for i, (name, e) in enumerate(items)
     )
     ticks = "".join(
@@ -94,21 +100,21 @@ def _heatmap(chart: dict) -> str:
     peak = max((v for row in values for v in row if v is not None and v > 0), default=0.0) or 1.0
     cells = []
     for j, col in enumerate(columns):
-        cells.append(f'<text x="{label_w + j * cell_w + cell_w / 2:.0f}" y="14" font-size="12" text-anchor="middle">{_e(col)}</text>')
+        cells.append(f'<text x="{label_w + j * cell_w + cell_w / 2:.0f}" y="14" font-size="12" text-anchor="middle">{escape(col)}</text>')
     for i, (row, row_values) in enumerate(zip(rows, values)):
         y = top + i * cell_h
-        cells.append(f'<text x="0" y="{y + 13}" font-size="11">{_e(row)}</text>')
+        cells.append(f'<text x="0" y="{y + 13}" font-size="11">{escape(row)}</text>')
         for j, v in enumerate(row_values):
             share = 0.0 if v is None else max(0.0, min(1.0, v / peak))
             fill = f"rgb(255,{int(255 - 200 * share)},{int(255 - 200 * share)})"
             text = "-" if v is None else f"{v:+.2%}"
             x = label_w + j * cell_w
             cells.append(f'<rect x="{x}" y="{y}" width="{cell_w - 2}" height="{cell_h - 2}" fill="{fill}" stroke="#ddd">'
-                         f'<title>{_e(row)} × {_e(columns[j])}: {text}</title></rect>'
+                         f'<title>{escape(row)} × {escape(columns[j])}: {text}</title></rect>'
                          f'<text x="{x + cell_w / 2 - 1:.0f}" y="{y + 12}" font-size="10" text-anchor="middle">{text}</text>')
     width, height = label_w + cell_w * len(columns), top + cell_h * len(rows) + 20
-    caption = f'<text x="0" y="{height - 4}" font-size="11">{_e(chart.get("label", ""))}</text>'
-    return f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(chart.get("label", "heat map"))}">{"".join(cells)}{caption}</svg>'
+    caption = f'<text x="0" y="{height - 4}" font-size="11">{escape(chart.get("label", ""))}</text>'
+    return f'<svg width="{width}" height="{height}" role="img" aria-label="{escape(chart.get("label", "heat map"))}">{"".join(cells)}{caption}</svg>'
 
 
 def _curve_chart(chart: dict) -> str:
@@ -144,14 +150,14 @@ def _curve_chart(chart: dict) -> str:
             + "".join(f'<text x="{sx(t):.1f}" y="{height - bottom + 14}" font-size="11" text-anchor="middle">{t}</text>'
                       for t in range(int(x_max) + 1)))
     return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(chart["y"])} vs {_e(chart["x"])}">{axes}{budget}'
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{escape(chart["y"])} vs {escape(chart["x"])}">{axes}{budget}'
         f'<polyline points="{line}" fill="none" stroke="#4a78b5" stroke-width="2"/>{dots}'
-        f'<text x="{left}" y="{height - 4}" font-size="11">{_e(chart["x"])}; y: {_e(chart["y"])}</text></svg>'
+        f'<text x="{left}" y="{height - 4}" font-size="11">{escape(chart["x"])}; y: {escape(chart["y"])}</text></svg>'
     )
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.3e}" if isinstance(x, float) else _e(x)
+    return f"{x:.3e}" if isinstance(x, float) else escape(x)
 
 
 def _settings(value) -> str:
@@ -174,18 +180,18 @@ def _rewrite_section(stages: dict) -> list[str]:
     for name, info in passes.items():
         sites = info.get("sites") or info.get("dropped") or {}
         extra = {k: v for k, v in info.items() if k in ("fusions", "shared_cache_buffer", "module_overrides")}
-        parts.append(f"<h3>{_e(name)}: {info.get('rewritten', len(sites))} rewritten, {len(info.get('skipped') or {})} skipped</h3>")
+        parts.append(f"<h3>{escape(name)}: {info.get('rewritten', len(sites))} rewritten, {len(info.get('skipped') or {})} skipped</h3>")
         if sites:
-            parts.append(_table(["site (module scope)", "what"], [[_e(k), _e(_settings(v))] for k, v in sites.items()], numeric_from=99))
+            parts.append(html_table(["site (module scope)", "what"], [[escape(k), escape(_settings(v))] for k, v in sites.items()], numeric_from=99))
         if info.get("skipped"):
-            parts.append(_table(["skipped", "why"], [[_e(k), _e(v)] for k, v in info["skipped"].items()], numeric_from=99))
+            parts.append(html_table(["skipped", "why"], [[escape(k), escape(v)] for k, v in info["skipped"].items()], numeric_from=99))
         if extra:
-            parts.append(f"<p>{_e(_settings(extra))}</p>")
+            parts.append(f"<p>{escape(_settings(extra))}</p>")
     before, after = rewrite.get("op_counts_before") or {}, rewrite.get("op_counts_after") or {}
-    changed = [[_e(op), before.get(op, 0), after.get(op, 0), f"{after.get(op, 0) - before.get(op, 0):+d}"]
+    changed = [[escape(op), before.get(op, 0), after.get(op, 0), f"{after.get(op, 0) - before.get(op, 0):+d}"]
                for op in sorted(set(before) | set(after)) if before.get(op, 0) != after.get(op, 0)]
     if changed:
-        parts += ["<h3>Op types the passes changed</h3>", _table(["op type", "export", "rewritten", "change"], changed)]
+        parts += ["<h3>Op types the passes changed</h3>", html_table(["op type", "export", "rewritten", "change"], changed)]
     return parts
 
 
@@ -193,80 +199,80 @@ def render_html(report: dict) -> str:
     """The compile report as one HTML page."""
     val = report["validation"]
     outputs = [
-        [_e(name), _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["mean_abs"]), f'{o["cosine"]:.8f}', _badge(o["passed"])]
+        [escape(name), _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["mean_abs"]), f'{o["cosine"]:.8f}', _badge(o["passed"])]
         for name, o in val["outputs"].items()
     ]
     parts = [
-        f"<h1>mlpdeploy compile: {_e(report['model'])} {_badge(report['passed'])}</h1>",
-        f"<p>{_e(report['kind'])} model, {report['parameters']:,} parameters.</p>",
+        f"<h1>mlpdeploy compile: {escape(report['model'])} {_badge(report['passed'])}</h1>",
+        f"<p>{escape(report['kind'])} model, {report['parameters']:,} parameters.</p>",
         "<h2>Validation</h2>",
-        f"<p>Reference {_e(val['reference'])} (torch) vs candidate {_e(val['candidate'])}, run as: {_e(val['executed'])}; "
-        f"atol {val['atol']:g}, rtol {val['rtol']:g}; inputs {_e(val['inputs'])}.</p>",
-        _table(["output", "max abs", "max rel", "mean abs", "cosine", "verdict"], outputs),
+        f"<p>Reference {escape(val['reference'])} (torch) vs candidate {escape(val['candidate'])}, run as: {escape(val['executed'])}; "
+        f"atol {val['atol']:g}, rtol {val['rtol']:g}; inputs {escape(val['inputs'])}.</p>",
+        html_table(["output", "max abs", "max rel", "mean abs", "cosine", "verdict"], outputs),
     ]
     if val.get("note"):
-        parts.append(f"<p><b>Note:</b> {_e(val['note'])}</p>")
+        parts.append(f"<p><b>Note:</b> {escape(val['note'])}</p>")
     if val.get("reference_overrides"):
         edits = ", ".join(f"{k} → {v}" for k, v in val["reference_overrides"].items())
-        parts.append(f"<p><b>Reference edited as the approximate rewrite computes:</b> {_e(edits)} (outputs and layers compared with "
+        parts.append(f"<p><b>Reference edited as the approximate rewrite computes:</b> {escape(edits)} (outputs and layers compared with "
                      "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the approximation).</p>")
     if val.get("task"):
         task = val["task"]
         verdict = _badge(task["passed"]) if "passed" in task else "no budget"
         row = [
-            _e(task["metric"]), f'{task["reference"]:.6g}', f'{task["candidate"]:.6g}',
+            escape(task["metric"]), f'{task["reference"]:.6g}', f'{task["candidate"]:.6g}',
             f'{task["delta"]:+.3g} ({task["relative_delta"]:+.3%})', f'{task["agreement"]:.4%}', str(task["samples"]), verdict,
         ]
         parts += [
-            f"<h2>Task metric: {_e(task['task'])}</h2>",
-            _table(["metric", "reference", "candidate", "delta", "top-1 agreement", "eval samples", "verdict"], [row]),
+            f"<h2>Task metric: {escape(task['task'])}</h2>",
+            html_table(["metric", "reference", "candidate", "delta", "top-1 agreement", "eval samples", "verdict"], [row]),
         ]
     if val.get("layers"):
         layers = val["layers"]
-        rows = [[_e(k), _fmt(v["max_abs"]), _fmt(v["mean_abs"]), f'{v["cosine"]:.8f}'] for k, v in layers["errors"].items()]
+        rows = [[escape(k), _fmt(v["max_abs"]), _fmt(v["mean_abs"]), f'{v["cosine"]:.8f}'] for k, v in layers["errors"].items()]
         parts += [
             "<h2>Per layer</h2>",
-            f"<p>Torch module outputs vs the same values in {_e(layers['model'])} (found through module scopes).</p>",
+            f"<p>Torch module outputs vs the same values in {escape(layers['model'])} (found through module scopes).</p>",
             _layer_chart(layers["errors"]),
-            _table(["layer", "max abs", "mean abs", "cosine"], rows),
+            html_table(["layer", "max abs", "mean abs", "cosine"], rows),
         ]
         if layers.get("skipped"):
-            parts.append(_table(["skipped", "reason"], [[_e(k), _e(v)] for k, v in layers["skipped"].items()], numeric_from=99))
+            parts.append(html_table(["skipped", "reason"], [[escape(k), escape(v)] for k, v in layers["skipped"].items()], numeric_from=99))
     if report.get("plan"):
         plan = report["plan"]
         parts += [
             "<h2>Plan</h2>",
-            f"<p>From {_e(plan['source'])}: analyses {_e(', '.join(plan['analyses']))}; calibration {plan['calibration']['samples']} "
-            f"samples from {_e(plan['calibration']['source'])}; passes {_e(', '.join(plan['passes']) or 'none')}.</p>",
+            f"<p>From {escape(plan['source'])}: analyses {escape(', '.join(plan['analyses']))}; calibration {plan['calibration']['samples']} "
+            f"samples from {escape(plan['calibration']['source'])}; passes {escape(', '.join(plan['passes']) or 'none')}.</p>",
         ]
         if plan.get("budget"):
             b = plan["budget"]
             amount = f"{b['max_delta']:.3%} of the {b['metric']}" if b.get("relative") else f"{b['max_delta']:g} {b['metric']}"
-            parts.append(f"<p>Budget: {_e(amount)}.</p>")
+            parts.append(f"<p>Budget: {escape(amount)}.</p>")
         if plan.get("predicted"):
-            parts.append(_table(["predicted", "value"], [[_e(k), _e(v)] for k, v in plan["predicted"].items()], numeric_from=99))
+            parts.append(html_table(["predicted", "value"], [[escape(k), escape(v)] for k, v in plan["predicted"].items()], numeric_from=99))
         for table in plan.get("tables", []):
-            parts.append(f"<h3>{_e(table['title'])}</h3>")
+            parts.append(f"<h3>{escape(table['title'])}</h3>")
             if table.get("heatmap"):
                 parts.append(_heatmap(table["heatmap"]))
-            parts.append(_table(table["columns"], [[_e(c) for c in row] for row in table["rows"]]))
+            parts.append(html_table(table["columns"], [[escape(c) for c in row] for row in table["rows"]]))
             if table.get("chart"):
                 parts.append(_curve_chart(table["chart"]))
     parts += _rewrite_section(report["stages"])
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),
-        _table(["stage", "seconds"], [[_e(k), f'{v.get("seconds", 0):.3f}'] for k, v in report["stages"].items()]),
+        html_table(["stage", "seconds"], [[escape(k), f'{v.get("seconds", 0):.3f}'] for k, v in report["stages"].items()]),
         "<h2>Artifacts</h2>",
-        _table(["artifact", "path"], [[_e(k), _e(v)] for k, v in report["artifacts"].items()], numeric_from=99),
+        html_table(["artifact", "path"], [[escape(k), escape(v)] for k, v in report["artifacts"].items()], numeric_from=99),
         "<h2>Environment</h2>",
-        _table(["what", "version"], [[_e(k), _e(v)] for k, v in report["environment"].items()], numeric_from=99),
+        html_table(["what", "version"], [[escape(k), escape(v)] for k, v in report["environment"].items()], numeric_from=99),
         "<h2>Full report</h2>",
-        f"<pre>{_e(json.dumps(report, indent=2))}</pre>",
+        f"<pre>{escape(json.dumps(report, indent=2))}</pre>",
     ]
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>mlpdeploy: {_e(report['model'])}</title><style>{_CSS}</style></head><body>"
+        f"<title>mlpdeploy: {escape(report['model'])}</title><style>{CSS}</style></head><body>"
         + "\n".join(parts)
         + "</body></html>\n"
     )

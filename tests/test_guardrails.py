@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BOTTOM = {"errors", "atomic", "onnx_io", "scopes", "dtypes", "registry", "report"}
+BOTTOM = {"errors", "atomic", "onnx_io", "scopes", "dtypes", "registry", "report", "report_bench"}
 LOWER = {"model", "quant", "runtime", "zoo", "plugins"}
 STAGES = {"export", "analyze", "passes", "backends", "validate"}
 # What each part of the package may import from mlpdeploy (top-level names after `mlpdeploy.`).

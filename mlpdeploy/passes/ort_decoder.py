@@ -36,6 +36,7 @@ from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_n
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.ort import adopt, copy_model
 from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
+from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
 from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.passes.ort.pack_qkv import pack_qkv
 
@@ -85,6 +86,10 @@ class OrtDecoder(RewritePass):
                 report.details["shared_cache_buffer"] = why_not_shared is None
                 if why_not_shared:
                     report.skipped["shared cache buffer"] = why_not_shared
+                why_not_compact = compact_attention_bias(model, self.config["max_positions"] or 4096)
+                fusions["compact attention mask"] = int(why_not_compact is None)
+                if why_not_compact:
+                    report.skipped["compact attention mask"] = why_not_compact
             else:
                 report.skipped["attention"] = why
         RemoveUnusedNodesPass()(model)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -75,10 +76,15 @@ class Generation:
 
 @dataclass
 class DecodeState:
-    """Where a generation stands: the attention mask so far and the cache (`OrtValue`s or arrays)."""
+    """Where a generation stands: the attention mask so far and the cache (`OrtValue`s or arrays).
+
+    With a shared cache buffer the IO binding is kept from step to step (the cache is bound once),
+    and decode steps write their logits into one preallocated array."""
 
     mask: np.ndarray
     past: dict
+    binding: Any = None
+    step_logits: np.ndarray | None = None  # [batch, 1, vocab], bound as the output of one-token steps
 
 
 class CachedGenerator:
@@ -174,24 +180,44 @@ class CachedGenerator:
     def _step(self, ids: np.ndarray, state: DecodeState) -> np.ndarray:
         """One run: this step's tokens and the whole mask in; logits out, the state's cache grown."""
         session, mask, past = self.engine.session, state.mask, state.past
-        binding = session.io_binding()
+        shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
+        binding = state.binding
+        if binding is None:
+            binding = session.io_binding()
+            for name, value in past.items():
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
+            for name in self.engine.output_names:  # in order: get_outputs() lists them as first bound
+                if name in shared:
+                    binding.bind_ortvalue_output(name, past[shared[name]])  # appended in place
+                else:
+                    binding.bind_output(name, "cpu")
+            if shared:
+                state.binding = binding  # the cache stays bound: later steps rebind only what changes
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
         binding.bind_cpu_input("attention_mask", mask)
         if self.layout.position_ids:
             positions = np.maximum(mask.cumsum(-1) - 1, 0)[:, -ids.shape[1]:]
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
-        for name, value in past.items():
-            if isinstance(value, np.ndarray):
-                binding.bind_cpu_input(name, value)
-            else:
-                binding.bind_ortvalue_input(name, value)
-        shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
+        preallocated = shared and ids.shape[1] == 1
+        if preallocated and state.step_logits is None:
+            import onnxruntime as ort
+
+            spec = self.engine.session.get_outputs()[self.engine.output_names.index("logits")]
+            vocab = spec.shape[-1]
+            fixed = isinstance(vocab, int) and spec.type == "tensor(float)"
+            state.step_logits = np.empty((ids.shape[0], 1, vocab), np.float32) if fixed else None
+            if state.step_logits is not None:
+                binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(state.step_logits))
         for name in self.engine.output_names:
-            if name in shared:
-                binding.bind_ortvalue_output(name, past[shared[name]])  # appended in place
-            else:
-                binding.bind_output(name, "cpu")
+            if name in shared or (name == "logits" and preallocated and state.step_logits is not None):
+                continue
+            binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
+        if preallocated and state.step_logits is not None:
+            return state.step_logits.copy()
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
         if not shared:
             state.past = {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}

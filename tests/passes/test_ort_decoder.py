@@ -64,6 +64,7 @@ def test_fused_graph_equals_the_export(exported, tmp_path, name, rotary, mlp_lin
     counts = collections.Counter(n.op_type for n in fused.graph)
     assert report["skipped"] == {} and report["fusions"]["GroupQueryAttention"] == counts["GroupQueryAttention"] == layers
     assert report["fusions"]["packed QKV"] == layers and counts["RotaryEmbedding"] == (2 * layers if rotary else 0)
+    assert report["fusions"]["compact attention mask"] == 1  # the exported mask subgraph proved plain causal + padding
     assert report["shared_cache_buffer"]  # only GroupQueryAttention reads the cache: it may be one buffer
     assert {u.node.op_type for v in fused.graph.inputs if v.name.startswith("past_") for u in v.uses()} == {"GroupQueryAttention"}
     assert not any(n.domain.startswith("ai.onnxruntime._fusion") for n in fused.graph)

@@ -43,7 +43,7 @@ def test_greedy_matches_torch(llama_small_dir):
 
 def test_shared_cache_buffer_and_per_step_cache_agree(tmp_path):
     """The default build shares one cache buffer per layer (GroupQueryAttention appends in place);
-    --no-decoder-fusions keeps the exported attention, whose cache grows by a copy each step."""
+    --no-ort-fusions keeps the exported attention, whose cache grows by a copy each step."""
     from mlpdeploy.backends import BuildOptions, get_backend
     from mlpdeploy.export import export_model
     from mlpdeploy.model.kv_cache import with_kv_cache

@@ -99,7 +99,7 @@ class GQAInputs:
 
         if self.position_ids is None:
             return "the graph has no position_ids input for the rotary tables"
-        feeds = _graph_inputs_of([cos, sin], self.model.graph)
+        feeds = graph_inputs_of([cos, sin], self.model.graph)
         if feeds != {"position_ids"}:
             return f"the rotary angles depend on {sorted(feeds)}, not on position_ids alone"
         proto = ir.to_proto(self.model)
@@ -118,7 +118,7 @@ class GQAInputs:
         return np.ascontiguousarray(cos_full[:, :half], np.float32), np.ascontiguousarray(sin_full[:, :half], np.float32)
 
 
-def _graph_inputs_of(values: list[ir.Value], graph: ir.Graph) -> set[str]:
+def graph_inputs_of(values: list[ir.Value], graph: ir.Graph) -> set[str]:
     """Names of the graph inputs `values` are computed from."""
     inputs, seen, stack = set(), set(), list(values)
     while stack:
