@@ -177,7 +177,7 @@ class QuantizeWeights(RewritePass):
         tail = emitted.output
         writer = Writer(model.graph, scope, self.taken)
         if bias is not None:
-            tail = writer.node("Add", [tail, writer.constant("bias", bias)]).outputs[0]
+            tail = _typed(writer.node("Add", [tail, writer.constant("bias", bias)]).outputs[0], emitted.output, _dtype(linear), q.n)
         self._replace(model.graph, linear, emitted.nodes + writer.nodes, tail, node)
         self._record(scope, fmt, emitted, q.k, q.n, [scope])
 
@@ -186,13 +186,16 @@ class QuantizeWeights(RewritePass):
         writer = Writer(model.graph, scope, self.taken)
         form = form_for(q.format, self.target, self.fp4_form)
         if form.startswith("w4a16"):
-            return w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
-        if form == "dq":
+            emitted = w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
+        elif form == "dq":
             padded = q.k % q.block != 0
             weight = dequantized_weight(writer, q, padded)
             matmul = writer.node("MatMul", [padded_input(writer, x, q, dtype) if padded else x, weight.output])
-            return Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
-        return matmul_nbits(writer, x, q, self.level, dtype)
+            emitted = Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
+        else:
+            emitted = matmul_nbits(writer, x, q, self.level, dtype)
+        _typed(emitted.output, x, dtype, q.n)
+        return emitted
 
     def _replace(self, graph: ir.Graph, linear: Linear, nodes: list[ir.Node], output: ir.Value, template: ir.Node) -> None:
         for new in nodes:
@@ -301,6 +304,17 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 def _globs(text: str) -> list[str]:
     return [p.strip() for p in str(text).replace(";", "|").split("|") if p.strip()]
+
+
+def _typed(value: ir.Value, x: ir.Value, dtype: np.dtype, n: int) -> ir.Value:
+    """Give a new [..., N] value a type (and shape, where x's is known) when it has none: a
+    value without one (as in an expanded GatedMLP body, whose values carry no types) stops ONNX
+    shape inference at the contrib op, and convert-precision then cannot type what follows."""
+    if value.dtype is None:
+        value.dtype = x.dtype if x.dtype is not None else ir.DataType.from_numpy(dtype)
+    if value.shape is None and x.shape is not None:
+        value.shape = ir.Shape([*x.shape[:-1], n])
+    return value
 
 
 def _rows(weight: ir.Value) -> int:
