@@ -35,7 +35,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mlpdeploy.quant import BLOCKS, parse_format
-from mlpdeploy.quant.torch_apply import dequantized_weight, int8_blocks
+from mlpdeploy.quant.torch_apply import dequantized_weight, int8_input_hook
 
 FORMATS = ("int4", "int4asym", "nvfp4", "mxfp4")
 SCOPES = ("*", "*", "layers.0.*", "*mlp*")  # every linear (twice as likely), the first block, the MLPs
@@ -57,13 +57,6 @@ def quant_options(spec: CaseSpec) -> st.SearchStrategy:
 def quant_precision(options: dict) -> str:
     """The tolerance a combination with these options is judged at (module docstring)."""
     return "int8" if int(options.get("accuracy_level", 4)) == 4 else "fp32"
-
-
-def _int8_hook(block: int):
-    def hook(_module, inputs):
-        return (int8_blocks(inputs[0], block), *inputs[1:])
-
-    return hook
 
 
 def quantize_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: dict) -> str | None:
@@ -88,5 +81,5 @@ def quantize_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: 
                 linear.weight.copy_(part)
         if info.get("int8_activations"):
             for linear in linears:
-                linear.register_forward_pre_hook(_int8_hook(fmt.block))
+                linear.register_forward_pre_hook(int8_input_hook(fmt.block))
     return None
