@@ -80,3 +80,30 @@ def test_fuse_gated_mlp_quantize_weights_then_fp16_serializes():
                                           "layout": "separate", "norm": "rms", "post": False},
             "passes": [["fuse-gated-mlp", {}], ["quantize-weights", {"accuracy_level": 0, "block": 32, "format": "int4", "scope": "*"}],
                        ["convert-precision", {"precision": "fp16"}]], "seed": 5, "shapes": [{"batch": 2, "seq": 3}]})
+
+
+def test_quantize_weights_reports_the_packed_gate_up_linear_of_a_fused_mlp():
+    """After fuse-gated-mlp on a packed gate_up MLP (Phi-3's layout), quantize-weights reported its
+    gate_up weight as standing for `mlp.gate_proj` and `mlp.up_proj`, modules the model does not
+    have: a reference built from the report (compile's validation: quantized_copy) silently kept
+    that weight unquantized. fuse-gated-mlp now records the linears it fused on the node."""
+    for layout in ("packed_gate_first", "packed_up_first"):
+        spec = {"family": "gated", "params": {"act": "silu", "bias": True, "cut": "split", "depth": 1, "dim": 5, "head": False, "hidden": 3,
+                                              "layout": layout, "norm": "none", "post": False},
+                "passes": [["fuse-gated-mlp", {}], ["quantize-weights", {"accuracy_level": 0, "block": 32, "format": "int4", "scope": "*"}]],
+                "seed": 11, "shapes": [{"batch": 2, "seq": 3}]}
+        _, quant = replay(spec).reports["fuse-gated-mlp → quantize-weights:accuracy_level=0,block=32,format=int4,scope=*"]
+        assert quant["sites"]["layers.0.mlp.gate_up"]["linears"] == ["layers.0.mlp.gate_up_proj"]
+
+
+def test_fp16_keeps_int8_matmul_nbits_in_fp32():
+    """quantize-weights at accuracy level 4 → convert-precision fp16 was off by 0.48 (tolerance 0.07):
+    in this graph ONNX Runtime 1.32's CPU MatMulNBits with fp16 activations handed the bias Add after
+    it zeros (the Add gave the bias alone), right again once its output was also a graph output; a
+    lone MatMulNBits → Add did not show it. convert-precision now keeps level-4 MatMulNBits in fp32."""
+    spec = {"family": "relu", "params": {"act": "gelu", "bias": True, "depth": 3, "dim": 13, "hidden": 5, "norm": "layer", "post": True},
+            "passes": [["quantize-weights", {"accuracy_level": 4, "block": 32, "format": "mxfp4", "fp4_form": "auto", "scope": "layers.0.*"}],
+                       ["convert-precision", {"precision": "fp16"}]], "seed": 10209, "shapes": [{"batch": 1, "seq": 3}]}
+    replay(spec)
+    spec["passes"][0][1] = {"accuracy_level": 4, "block": 64, "format": "int4asym", "scope": "layers.0.*"}
+    replay(spec)
