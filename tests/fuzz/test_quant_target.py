@@ -33,7 +33,7 @@ def _run(options: dict, fuse: bool):
         return run_case(spec, Path(tmp))
 
 
-FAST = {(1, True), (4, False)}  # in `make test`: INT4 asym at level 4 after fuse-gated-mlp, NVFP4 nbits8 on the linears
+FAST = {(1, True), (4, False)}  # in `make test`: INT4 asym at level 4 after fuse-gated-mlp, NVFP4 as the function on the linears
 CASES = [pytest.param(options, fuse, id=f"{options['format']}-{options['block']}-level{options['accuracy_level']}-{'gated-mlp' if fuse else 'linears'}",
                       marks=() if (i, fuse) in FAST else pytest.mark.slow)
          for i, options in enumerate(OPTIONS) for fuse in (False, True)]
