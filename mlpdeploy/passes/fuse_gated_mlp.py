@@ -17,13 +17,13 @@ Matched (graph walking on onnx_ir, so node metadata_props survive):
 Checks (a failure is recorded in `report.skipped` with its reason): gate and up read the same
 x, their halves/shapes/dtypes agree, the product is read only by the down linear, and no value
 inside the site is read from outside it. Weights are concatenated/transposed here, once, into
-initializers named after the MLP's module (`<scope>.gate_up_proj.weight_t`); initializers
-left unread are removed. The node is named after the module scope and carries the replaced
-product's metadata with the scope cut to the MLP module.
-"""
+initializers named after the MLP's module (`<scope>.gate_up_proj.weight_t`); those left unread
+are removed. The node is named after the module scope and carries the replaced product's
+metadata with the scope cut to the MLP module, and the linears it replaced (LINEARS_KEY)."""
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 
@@ -60,6 +60,8 @@ from mlpdeploy.passes.matching import (
 from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
 from mlpdeploy.plugins.registry import DOMAIN
 from mlpdeploy.scopes import module_path
+
+LINEARS_KEY = "mlpdeploy.gated_mlp.linears"  # node metadata: the torch linears fused, {"gate_up": [module paths], "down": [...]}
 
 PART_OPS = ("Split", "SequenceAt", "Slice")
 _ANONYMOUS = re.compile(r"val_\d+")
@@ -424,6 +426,9 @@ def apply(model: ir.Model, site: Site, taken: set[str], node_names: set[str], in
     node.outputs[0].dtype = (site.gate or site.gate_up).dtype  # x's may be unknown in graphs never shape-inferred
     node.metadata_props.update(scoped_metadata(site.product, scope, "gated_mlp", f"{DOMAIN}::{OP_TYPE}"))
     node.metadata_props["mlpdeploy.rewritten_by"] = FuseGatedMLP.name
+    linears = {"gate_up": [module_path(lin.nodes[0]) for lin in ([site.gate_up] if site.gate_up else [site.gate, site.up])], "down": [module_path(site.down.nodes[0])]}
+    if all(all(paths) for paths in linears.values()):
+        node.metadata_props[LINEARS_KEY] = json.dumps(linears)
     old_inputs = [v for n in site.nodes for v in n.inputs]
     last = site.down.nodes[-1]
     ir.convenience.replace_nodes_and_values(graph, last, site.nodes, [node], [site.down.output], [node.outputs[0]])

@@ -23,14 +23,16 @@ that setting only governs ONNX Runtime's own DequantizeLinear→MatMul fusion.
 A GatedMLP node keeps its fused gate_up weight as one matrix: for the `trt` weight forms its
 weight inputs are fed by DequantizeLinear; otherwise (an operator form) the node is expanded
 into its standard-op body and its two MatMuls replaced (one MatMulNBits for the fused gate_up).
-Its role sites are `<mlp>.gate_proj`+`<mlp>.up_proj` (or `gate_up_proj`, `w1`+`w3`) and
-`<mlp>.down_proj` (`w2`); when gate and up are planned in different formats, the one with
+Its role sites are the module paths of the linears fuse-gated-mlp recorded on the node (else,
+by name, `<mlp>.gate_proj`+`<mlp>.up_proj` (or `gate_up_proj`, `w1`+`w3`) and `<mlp>.down_proj`
+(`w2`)); when gate and up are planned in different formats, the one with
 more bits is used. NVFP4's per-tensor scale is then shared by gate and up (one tensor).
 """
 
 from __future__ import annotations
 
 import fnmatch
+import json
 
 import numpy as np
 import onnx_ir as ir
@@ -38,6 +40,7 @@ from onnxscript import version_converter
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.fuse_gated_mlp import LINEARS_KEY
 from mlpdeploy.passes.matching import (
     LINEAR_OPS,
     STANDARD_DOMAINS,
@@ -177,7 +180,7 @@ class QuantizeWeights(RewritePass):
         tail = emitted.output
         writer = Writer(model.graph, scope, self.taken)
         if bias is not None:
-            tail = writer.node("Add", [tail, writer.constant("bias", bias)]).outputs[0]
+            tail = _typed(writer.node("Add", [tail, writer.constant("bias", bias)]).outputs[0], emitted.output, _dtype(linear), q.n)
         self._replace(model.graph, linear, emitted.nodes + writer.nodes, tail, node)
         self._record(scope, fmt, emitted, q.k, q.n, [scope])
 
@@ -186,13 +189,16 @@ class QuantizeWeights(RewritePass):
         writer = Writer(model.graph, scope, self.taken)
         form = form_for(q.format, self.target, self.fp4_form)
         if form.startswith("w4a16"):
-            return w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
-        if form == "dq":
+            emitted = w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
+        elif form == "dq":
             padded = q.k % q.block != 0
             weight = dequantized_weight(writer, q, padded)
             matmul = writer.node("MatMul", [padded_input(writer, x, q, dtype) if padded else x, weight.output])
-            return Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
-        return matmul_nbits(writer, x, q, self.level, dtype)
+            emitted = Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
+        else:
+            emitted = matmul_nbits(writer, x, q, self.level, dtype)
+        _typed(emitted.output, x, dtype, q.n)
+        return emitted
 
     def _replace(self, graph: ir.Graph, linear: Linear, nodes: list[ir.Node], output: ir.Value, template: ir.Node) -> None:
         for new in nodes:
@@ -213,9 +219,10 @@ class QuantizeWeights(RewritePass):
 
     def _gated(self, model: ir.Model, node: ir.Node) -> None:
         scope = module_path(node) or node.name
-        found = {i: self._role_format(scope, i) for i in GATED_ROLES}
+        recorded = json.loads(node.metadata_props.get(LINEARS_KEY, "{}"))
+        found = {i: self._role_format(scope, i, recorded.get("gate_up" if i == 1 else "down")) for i in GATED_ROLES}
         roles = {i: (fmt, why) for i, (fmt, why, _) in found.items()}
-        self.linears = {i: [f"{scope}.{child}" for child in family] for i, (_, _, family) in found.items()}
+        self.linears = {i: list(paths) for i, (_, _, paths) in found.items()}
         if all(fmt is None for fmt, _ in roles.values()):
             self.report.details["kept"].append(scope)
             return
@@ -238,17 +245,19 @@ class QuantizeWeights(RewritePass):
                         self._gated_matmul(model, new, fmt, f"{scope}.{'gate_up' if i == 1 else 'down'}", self.linears[i])
         self.report.details.setdefault("expanded", []).append(scope)
 
-    def _role_format(self, mlp: str, index: int) -> tuple[Format | None, str | None, tuple[str, ...]]:
+    def _role_format(self, mlp: str, index: int, recorded: list[str] | None) -> tuple[Format | None, str | None, tuple[str, ...]]:
         """The format for a GatedMLP weight (gate_up or down), why not when a plan half-names it,
-        and the torch linears it stands for (the naming family found, else the first)."""
-        for family in GATED_ROLES[index]:
-            formats = [self._format_for(f"{mlp}.{child}") for child in family]
+        and the module paths of the torch linears it stands for: those fuse-gated-mlp recorded
+        on the node, else the naming family found (else the first)."""
+        families = [tuple(recorded)] if recorded else [tuple(f"{mlp}.{child}" for child in family) for family in GATED_ROLES[index]]
+        for family in families:
+            formats = [self._format_for(path) for path in family]
             if all(f is None for f in formats):
                 continue
             if any(f is None for f in formats):
                 return None, f"the plan quantizes only part of the fused weight ({', '.join(family)}); it is kept in float", family
             return max(formats, key=lambda f: f.bits_per_weight(4096, 4096)), None, family
-        return None, None, GATED_ROLES[index][0]
+        return None, None, families[0]
 
     def _gated_weight(self, model: ir.Model, node: ir.Node, index: int, fmt: Format, scope: str) -> None:
         weight = node.inputs[index]
@@ -301,6 +310,17 @@ def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
 
 def _globs(text: str) -> list[str]:
     return [p.strip() for p in str(text).replace(";", "|").split("|") if p.strip()]
+
+
+def _typed(value: ir.Value, x: ir.Value, dtype: np.dtype, n: int) -> ir.Value:
+    """Give a new [..., N] value a type (and shape, where x's is known) when it has none: a
+    value without one (as in an expanded GatedMLP body, whose values carry no types) stops ONNX
+    shape inference at the contrib op, and convert-precision then cannot type what follows."""
+    if value.dtype is None:
+        value.dtype = x.dtype if x.dtype is not None else ir.DataType.from_numpy(dtype)
+    if value.shape is None and x.shape is not None:
+        value.shape = ir.Shape([*x.shape[:-1], n])
+    return value
 
 
 def _rows(weight: ir.Value) -> int:

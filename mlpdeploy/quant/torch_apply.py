@@ -44,7 +44,9 @@ def int8_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
     return q.reshape(*x.shape[:-1], -1)[..., :k].to(x.dtype)
 
 
-def _int8_hook(block: int):
+def int8_input_hook(block: int):
+    """A forward pre-hook giving a linear its input as int8 blocks of `block` (int8_blocks)."""
+
     def hook(_module, inputs):
         return (int8_blocks(inputs[0], block), *inputs[1:])
 
@@ -72,7 +74,7 @@ def quantized_linears(module: torch.nn.Module, sites: dict[str, Format],
                 saved[path] = linears[path].weight.detach().clone()
                 linears[path].weight.copy_(dequantized_weight(linears[path].weight, fmt, f"{path}.weight"))
         for path, block in (int8_activations or {}).items():
-            handles.append(linears[path].register_forward_pre_hook(_int8_hook(block)))
+            handles.append(linears[path].register_forward_pre_hook(int8_input_hook(block)))
         yield linears
     finally:
         for handle in handles:
@@ -95,5 +97,5 @@ def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activ
                 linear.weight.copy_(dequantized_weight(linear.weight, fmt, f"{path}.weight"))
     for path, block in (int8_activations or {}).items():
         if isinstance(modules.get(path), torch.nn.Linear):
-            modules[path].register_forward_pre_hook(_int8_hook(block))
+            modules[path].register_forward_pre_hook(int8_input_hook(block))
     return clone

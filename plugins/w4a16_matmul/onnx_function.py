@@ -65,7 +65,8 @@ def w4a16_matmul_node(x, packed, scales, extra=None, *, fmt: str, k: int, name: 
     node.attributes["block_size"] = ir.AttrInt64("block_size", block)
     set_plugin_attributes(node)
     out = node.outputs[0]
-    out.dtype = x.dtype
+    if x.dtype is not None:  # (an inlined function body's values carry no type: nor does the output then)
+        out.dtype = x.dtype
     if x.shape is not None:
         out.shape = ir.Shape([*x.shape[:-1], n])
     if name:

@@ -3,10 +3,7 @@ applies to, a hypothesis strategy for its options, the precision its result is j
 many sites it must rewrite when it runs alone, and — for an approximate pass — how to apply the
 same approximation to the torch model (the reference its output must then match exactly).
 
-A new pass joins the fuzzer with one `TARGETS` entry, e.g. (when quantize-weights is merged):
-
-    "quantize-weights": FuzzTarget(options=lambda spec: st.fixed_dictionaries({"format": st.sampled_from(["int4", "nvfp4"])}),
-                                   edit_reference=quantize_linears_in_torch),
+A new pass joins the fuzzer with one `TARGETS` entry (quantize-weights' pieces live in fuzz_quant.py).
 """
 
 from __future__ import annotations
@@ -16,6 +13,7 @@ from typing import Callable
 
 import torch
 from fuzz_families import CaseSpec
+from fuzz_quant import quant_options, quant_precision, quantize_in_torch
 from hypothesis import strategies as st
 from torch import nn
 
@@ -28,7 +26,7 @@ EditReference = Callable[[nn.Module, CaseSpec, dict, dict], "str | None"]
 class FuzzTarget:
     applies: Callable[[CaseSpec], bool] = lambda spec: True
     options: Options = lambda spec: st.just({})
-    precision: str = "fp32"  # tolerance its output is judged at
+    precision: str | Callable[[dict], str] = "fp32"  # tolerance its output is judged at (or: options → that)
     expected_sites: Callable[[CaseSpec], int | None] = lambda spec: None  # rewrites when run alone on the export (None: unchecked)
     edit_reference: EditReference | None = None  # approximate passes: the same approximation, in torch
     last: bool = False  # runs after the rewrite passes, as the build applies it (precision, ORT decoder fusions)
@@ -145,10 +143,7 @@ def sparsify_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: 
 
 
 # Registered passes the fuzzer does not drive yet, with the reason (the registry test accepts these).
-NOT_YET_FUZZED = {
-    "quantize-weights": "needs a torch reference with the same codes and MatMulNBits' int8 activation blocks per site "
-                        "(mlpdeploy.quant.torch_apply has the pieces); merged too late in this stop to wire in",
-}
+NOT_YET_FUZZED: dict[str, str] = {}
 
 TARGETS: dict[str, FuzzTarget] = {
     "fuse-gated-mlp": FuzzTarget(expected_sites=_gated_mlps),
@@ -160,4 +155,5 @@ TARGETS: dict[str, FuzzTarget] = {
                               standard_ops=False),
     "sparse-mlp": FuzzTarget(applies=lambda spec: spec.family in ("gated", "relu", "postnorm", "decoder"), options=_sparse_options,
                              edit_reference=sparsify_in_torch),
+    "quantize-weights": FuzzTarget(options=quant_options, precision=quant_precision, edit_reference=quantize_in_torch),
 }

@@ -4,13 +4,16 @@ and at the end the counts and each failure with the spec that reproduces it.
     python tests/fuzz/run.py --cases 1000 [--seed S] [--family gated --family decoder]
     python tests/fuzz/run.py --replay '{"family": "gated", ...}'    # one case, from a printed spec
 
-Unlike the `make test` budget (tests/fuzz/test_fuzz.py, which stops at the first failure and
-shrinks it), this run keeps going past failures so one run lists them all. Exit 1 if any failed.
+Long runs can go in chunks with different seeds (`--seed`); `kill PID` (SIGTERM) or Ctrl-C stops
+one with the summary of the cases that finished. Unlike the `make test` budget
+(tests/fuzz/test_fuzz.py, which stops at the first failure and shrinks it), this run keeps going
+past failures so one run lists them all. Exit 1 if any failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
@@ -36,6 +39,10 @@ def _run_one(spec: CaseSpec, index: int, results: list[CaseResult]) -> None:
         print(f"           {failure}", flush=True)
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=1000)
@@ -45,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results: list[CaseResult] = []
     start = time.perf_counter()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill PID` of a background run (which ignores SIGINT) ends it with the summary
     if args.replay:
         _run_one(CaseSpec.from_json(args.replay), 0, results)
     else:
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             generate()
-        except KeyboardInterrupt:  # Ctrl-C ends the run early; the summary covers the cases that ran
+        except KeyboardInterrupt:  # Ctrl-C (or SIGTERM) ends the run early; the summary covers the cases that ran
             print("\ninterrupted", flush=True)
     failed = [r for r in results if r.failures]
     combos = sum(r.combinations for r in results)

@@ -46,3 +46,64 @@ def test_drop_layers_finds_mlps_after_sparse_mlp():
                      "shapes": [{"batch": 2, "seq": 5}]})
     sparse, drop = result.reports["sparse-mlp:k=3,threshold=0.0 → drop-layers:mlp=1"]
     assert sparse["rewritten"] == 3 and drop["rewritten"] == 1
+
+
+def test_quantize_weights_fp4_function_form_inside_an_expanded_gated_mlp():
+    """fuse-gated-mlp → quantize-weights with fp4_form=function wrote a model that could not be
+    serialized: the W4A16MatMul replacing a MatMul of the expanded GatedMLP body (here the biased
+    one, whose input is the body's own Add) took its input's type, and an inlined body's values
+    have none (Tensor(None))."""
+    spec = {"family": "gated", "params": {"act": "silu", "bias": True, "cut": "chunk", "depth": 1, "dim": 5, "head": False, "hidden": 3,
+                                          "layout": "separate", "norm": "none", "post": False},
+            "passes": [["fuse-gated-mlp", {}], ["quantize-weights", {"format": "nvfp4", "block": 16, "accuracy_level": 0, "scope": "*",
+                                                                    "fp4_form": "function"}]],
+            "seed": 3, "shapes": [{"batch": 1, "seq": 2}]}
+    fused, quant = replay(spec).reports["fuse-gated-mlp → quantize-weights:format=nvfp4,block=16,accuracy_level=0,scope=*,fp4_form=function"]
+    assert fused["rewritten"] == 1 and set(quant["sites"]) == {"layers.0.mlp.gate_up", "layers.0.mlp.down"}
+    assert all(site["form"] == "W4A16MatMul (function)" for site in quant["sites"].values())
+
+
+def test_quantize_weights_then_fp16_types_the_bias_add_after_matmul_nbits():
+    """quantize-weights → convert-precision fp16 gave ONNX Runtime a model it refused ("Type
+    parameter (T) of Optype (Add) bound to different types (tensor(float16) and tensor(float))"):
+    the MatMulNBits output had no type, so the bias Add after it looked constant-fed and stayed fp32."""
+    replay({"family": "mixer", "params": {"depth": 1, "dim": 1, "hidden": 16, "patches": 5, "tokens_hidden": 17},
+            "passes": [["quantize-weights", {"accuracy_level": 1, "block": 16, "format": "nvfp4", "fp4_form": "nbits8", "scope": "*"}],
+                       ["convert-precision", {"precision": "fp16"}]], "seed": 276, "shapes": [{"batch": 2}]})
+
+
+def test_fuse_gated_mlp_quantize_weights_then_fp16_serializes():
+    """fuse-gated-mlp → quantize-weights → convert-precision fp16 wrote a model that could not be
+    serialized (a value typed Tensor(None)): the expanded GatedMLP body's values carry no types and
+    ONNX shape inference stopped at the untyped MatMulNBits, so convert-precision could not type them."""
+    replay({"family": "gated", "params": {"act": "gelu", "bias": False, "cut": "chunk", "depth": 1, "dim": 1, "head": False, "hidden": 1,
+                                          "layout": "separate", "norm": "rms", "post": False},
+            "passes": [["fuse-gated-mlp", {}], ["quantize-weights", {"accuracy_level": 0, "block": 32, "format": "int4", "scope": "*"}],
+                       ["convert-precision", {"precision": "fp16"}]], "seed": 5, "shapes": [{"batch": 2, "seq": 3}]})
+
+
+def test_quantize_weights_reports_the_packed_gate_up_linear_of_a_fused_mlp():
+    """After fuse-gated-mlp on a packed gate_up MLP (Phi-3's layout), quantize-weights reported its
+    gate_up weight as standing for `mlp.gate_proj` and `mlp.up_proj`, modules the model does not
+    have: a reference built from the report (compile's validation: quantized_copy) silently kept
+    that weight unquantized. fuse-gated-mlp now records the linears it fused on the node."""
+    for layout in ("packed_gate_first", "packed_up_first"):
+        spec = {"family": "gated", "params": {"act": "silu", "bias": True, "cut": "split", "depth": 1, "dim": 5, "head": False, "hidden": 3,
+                                              "layout": layout, "norm": "none", "post": False},
+                "passes": [["fuse-gated-mlp", {}], ["quantize-weights", {"accuracy_level": 0, "block": 32, "format": "int4", "scope": "*"}]],
+                "seed": 11, "shapes": [{"batch": 2, "seq": 3}]}
+        _, quant = replay(spec).reports["fuse-gated-mlp → quantize-weights:accuracy_level=0,block=32,format=int4,scope=*"]
+        assert quant["sites"]["layers.0.mlp.gate_up"]["linears"] == ["layers.0.mlp.gate_up_proj"]
+
+
+def test_fp16_keeps_int8_matmul_nbits_in_fp32():
+    """quantize-weights at accuracy level 4 → convert-precision fp16 was off by 0.48 (tolerance 0.07):
+    in this graph ONNX Runtime 1.32's CPU MatMulNBits with fp16 activations handed the bias Add after
+    it zeros (the Add gave the bias alone), right again once its output was also a graph output; a
+    lone MatMulNBits → Add did not show it. convert-precision now keeps level-4 MatMulNBits in fp32."""
+    spec = {"family": "relu", "params": {"act": "gelu", "bias": True, "depth": 3, "dim": 13, "hidden": 5, "norm": "layer", "post": True},
+            "passes": [["quantize-weights", {"accuracy_level": 4, "block": 32, "format": "mxfp4", "fp4_form": "auto", "scope": "layers.0.*"}],
+                       ["convert-precision", {"precision": "fp16"}]], "seed": 10209, "shapes": [{"batch": 1, "seq": 3}]}
+    replay(spec)
+    spec["passes"][0][1] = {"accuracy_level": 4, "block": 64, "format": "int4asym", "scope": "layers.0.*"}
+    replay(spec)
