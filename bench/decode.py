@@ -108,12 +108,13 @@ class TorchDecoder:
         return int(logits[0, -1].argmax())
 
 
-def gated_thresholds(hf: Path, sparsity: float) -> dict[str, dict]:
-    """sparse-mlp sites: each gated MLP's threshold for `sparsity` from `analyze --sparsity` (64 calibration samples)."""
+def gated_thresholds(hf: Path, sparsities: list[float]) -> dict[float, dict[str, dict]]:
+    """sparsity -> sparse-mlp sites: each gated MLP's threshold for it, from one `analyze --sparsity` (64 calibration samples)."""
     from mlpdeploy.analyze.run import AnalyzeOptions, analyze_model
 
     sites = analyze_model(str(hf), AnalyzeOptions({"sparsity": None})).analyses["sparsity"]["sites"]
-    return {scope: {"threshold": site["thresholds"][str(sparsity)]} for scope, site in sites.items() if site["kind"] == "gated"}
+    return {s: {scope: {"threshold": site["thresholds"][str(s)]} for scope, site in sites.items() if site["kind"] == "gated"}
+            for s in sparsities}
 
 
 def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float]) -> dict[str, tuple[list, dict]]:
@@ -123,8 +124,8 @@ def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float]) -> dict[st
     variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"ort_fusions": False})}
     if int4:
         variants["mlpdeploy int4"] = ([PassSpec("quantize-weights", {"format": "int4"})], {})
-    for s in sparsities:
-        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=gated_thresholds(hf, s))], {"ort_kernels": True})
+    for s, sites in (gated_thresholds(hf, sparsities) if sparsities else {}).items():
+        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"ort_kernels": True})
     return variants
 
 

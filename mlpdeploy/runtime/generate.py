@@ -98,6 +98,10 @@ class CachedGenerator:
         self.engine, self.layout = engine, engine.cache
         self.past_names = [n for layer in self.layout.layers for n in self.layout.input_names(layer)]
         self.present_names = [n for layer in self.layout.layers for n in self.layout.output_names(layer)]
+        # one-token steps write float32 logits of a fixed vocabulary into a preallocated array
+        logits = engine.session.get_outputs()[engine.output_names.index("logits")]
+        fixed = self.layout.shared_buffer and isinstance(logits.shape[-1], int) and logits.type == "tensor(float)"
+        self.step_vocab = logits.shape[-1] if fixed else None
 
     def generate(
         self,
@@ -201,22 +205,17 @@ class CachedGenerator:
         if self.layout.position_ids:
             positions = np.maximum(mask.cumsum(-1) - 1, 0)[:, -ids.shape[1]:]
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
-        preallocated = shared and ids.shape[1] == 1
+        preallocated = self.step_vocab is not None and ids.shape[1] == 1
         if preallocated and state.step_logits is None:
             import onnxruntime as ort
 
-            spec = self.engine.session.get_outputs()[self.engine.output_names.index("logits")]
-            vocab = spec.shape[-1]
-            fixed = isinstance(vocab, int) and spec.type == "tensor(float)"
-            state.step_logits = np.empty((ids.shape[0], 1, vocab), np.float32) if fixed else None
-            if state.step_logits is not None:
-                binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(state.step_logits))
+            state.step_logits = np.empty((ids.shape[0], 1, self.step_vocab), np.float32)
+            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(state.step_logits))
         for name in self.engine.output_names:
-            if name in shared or (name == "logits" and preallocated and state.step_logits is not None):
-                continue
-            binding.bind_output(name, "cpu")
+            if name not in shared and not (name == "logits" and preallocated):
+                binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
-        if preallocated and state.step_logits is not None:
+        if preallocated:
             return state.step_logits.copy()
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
         if not shared:

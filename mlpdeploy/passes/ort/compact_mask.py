@@ -42,30 +42,32 @@ def compact_attention_bias(model: ir.Model, max_positions: int) -> str | None:
         return f"the attention bias depends on {sorted(sources)}, not only on input_ids, attention_mask and position_ids"
     probes = _probes(max_positions, "position_ids" in sources)
     try:
-        original = _evaluate(model, bias.name, sources, probes)
+        (original,) = _evaluate(model, [bias.name], sources, probes)
     except Exception as exc:  # noqa: BLE001 - a subgraph that cannot run alone keeps the original
         return f"the attention bias could not be evaluated on its own ({type(exc).__name__})"
     masked = min((float(o.min()) for o in original), default=0.0)
-    dtype = original[0].dtype
-    taken = value_names(graph)
-    for unmask_empty_rows in (False, True):
-        nodes, compact = _compact_nodes(graph, inputs["input_ids"], inputs["attention_mask"], masked, dtype, unmask_empty_rows, taken)
-        for node in reversed(nodes):
-            graph.insert_before(graph.node(0), node)
-        try:
-            candidate = _evaluate(model, compact.name, sources, probes)
-        except Exception:  # noqa: BLE001
-            candidate = None
-        if candidate is not None and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(original, candidate)):
-            for node in gqas:  # the original subgraph is left dead: the caller removes unused nodes
+    nodes, candidates = _compact_nodes(graph, inputs["input_ids"], inputs["attention_mask"], masked, original[0].dtype)
+    for node in reversed(nodes):
+        graph.insert_before(graph.node(0), node)
+    try:
+        results = _evaluate(model, [c.name for c in candidates], sources, probes)
+    except Exception:  # noqa: BLE001 - candidates that cannot run match nothing
+        results = []
+    for compact, result in zip(candidates, results):
+        if all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(original, result)):
+            for node in gqas:  # the original subgraph and the other candidate are left dead: the caller removes unused nodes
                 node.replace_input_with(BIAS_INPUT, compact)
             return None
-        for node in reversed(nodes):
-            graph.remove(node, safe=True)
+    for node in reversed(nodes):
+        graph.remove(node, safe=True)
     return "the exported mask is not the plain causal + padding mask on every probe (kept as exported)"
 
 
-def _compact_nodes(graph, ids, mask, masked: float, dtype, unmask_empty_rows: bool, taken: set[str]):
+def _compact_nodes(graph, ids, mask, masked: float, dtype):
+    """The compact bias nodes and their two candidate outputs: the plain bias, and the same with rows
+    that keep no key (padding queries) attending to everything, as sdpa masks do."""
+    taken = value_names(graph)
+
     def const(name: str, array: np.ndarray) -> ir.Value:
         return add_initializer(graph, unique_name(f"compact_mask.{name}", taken), array)
 
@@ -87,18 +89,16 @@ def _compact_nodes(graph, ids, mask, masked: float, dtype, unmask_empty_rows: bo
     nodes = [ids_shape, mask_shape, seq, total, past, keys, queries, column, causal, present, rows, keep]
     zero_bias = const("zero_bias", np.array(0, dtype))
     where = node("Where", [keep.outputs[0], zero_bias, const("masked", np.array(masked, dtype))], "bias")
-    nodes.append(where)
-    out = where.outputs[0]
-    if unmask_empty_rows:  # rows with no key kept (padding queries) attend to everything, as sdpa masks do
-        kept = node("Cast", [keep.outputs[0]], "keep_int", to=ir.DataType.INT32)
-        any_kept = node("ReduceMax", [kept.outputs[0], const("last_axis", np.array([-1], np.int64))], "any_kept", keepdims=1)
-        has_key = node("Cast", [any_kept.outputs[0]], "has_key", to=ir.DataType.BOOL)
-        final = node("Where", [has_key.outputs[0], out, zero_bias], "bias_unmasked")
-        nodes += [kept, any_kept, has_key, final]
-        out = final.outputs[0]
-    out.name = unique_name("compact_attention_bias", taken)
-    out.dtype = ir.DataType.from_numpy(np.dtype(dtype))
-    return nodes, out
+    kept = node("Cast", [keep.outputs[0]], "keep_int", to=ir.DataType.INT32)
+    any_kept = node("ReduceMax", [kept.outputs[0], const("last_axis", np.array([-1], np.int64))], "any_kept", keepdims=1)
+    has_key = node("Cast", [any_kept.outputs[0]], "has_key", to=ir.DataType.BOOL)
+    unmasked = node("Where", [has_key.outputs[0], where.outputs[0], zero_bias], "bias_unmasked")
+    nodes += [where, kept, any_kept, has_key, unmasked]
+    candidates = [where.outputs[0], unmasked.outputs[0]]
+    for out, name in zip(candidates, ("compact_attention_bias", "compact_attention_bias_unmasked")):
+        out.name = unique_name(name, taken)
+        out.dtype = ir.DataType.from_numpy(np.dtype(dtype))
+    return nodes, candidates
 
 
 def _probes(max_positions: int, with_positions: bool) -> list[dict[str, np.ndarray]]:
@@ -124,13 +124,15 @@ def _probes(max_positions: int, with_positions: bool) -> list[dict[str, np.ndarr
     return probes
 
 
-def _evaluate(model: ir.Model, name: str, sources: set[str], probes: list[dict]) -> list[np.ndarray]:
+def _evaluate(model: ir.Model, names: list[str], sources: set[str], probes: list[dict]) -> list[list[np.ndarray]]:
+    """Each of `names` on every probe, from one extraction of the subgraph computing them."""
     import onnxruntime as ort
 
-    proto = onnx.shape_inference.infer_shapes(ir.to_proto(model))  # the extractor needs the output's type
-    sub = onnx.utils.Extractor(proto).extract_model(sorted(sources), [name])
+    proto = onnx.shape_inference.infer_shapes(ir.to_proto(model))  # the extractor needs the outputs' types
+    sub = onnx.utils.Extractor(proto).extract_model(sorted(sources), names)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(sub.SerializeToString(), options, providers=["CPUExecutionProvider"])
     wanted = {i.name for i in session.get_inputs()}
-    return [session.run(None, {k: v for k, v in feed.items() if k in wanted})[0] for feed in probes]
+    runs = [session.run(names, {k: v for k, v in feed.items() if k in wanted}) for feed in probes]
+    return [[run[i] for run in runs] for i in range(len(names))]
