@@ -65,7 +65,8 @@ class GenaiDecoder:
         self.model = og.Model(config)
         from mlpdeploy.runtime.latency import model_bytes
 
-        self.weight_bytes = model_bytes(directory / "model.onnx")
+        filename = json.loads((directory / "genai_config.json").read_text())["model"]["decoder"]["filename"]
+        self.weight_bytes = model_bytes(directory / filename)
 
     def prefill(self, prompt: list[int], new_tokens: int):
         params = self.og.GeneratorParams(self.model)
@@ -134,7 +135,7 @@ def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: l
     from mlpdeploy.backends import BuildOptions
     from mlpdeploy.compile import CompileOptions, compile_model
 
-    variants, notes = {}, {}
+    variants, notes, outputs = {}, {}, {}
     for name, (passes, build) in mlpdeploy_variants(hf, int4, list(sparsities)).items():
         out = work / name.replace(" ", "-").replace("%", "")
         options = CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu", **build))
@@ -142,6 +143,7 @@ def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: l
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
         variants[name] = MlpdeployDecoder(out, threads)
+        outputs[name] = out
     try:
         import onnxruntime_genai  # noqa: F401
     except ImportError:
@@ -152,6 +154,10 @@ def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: l
             subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision,
                             "-e", "cpu", "-c", str(work / "genai-cache")], check=True, capture_output=True)
             variants[f"genai {precision}"] = GenaiDecoder(out, threads)
+        # mlpdeploy's own builds driven by onnxruntime-genai's C++ generator (the genai_config.json compile writes)
+        for name in ("mlpdeploy", "mlpdeploy int4"):
+            if name in outputs:
+                variants[f"{name}, genai loop"] = GenaiDecoder(outputs[name], threads)
     variants["torch eager"] = TorchDecoder(hf, threads)
     return variants, notes
 

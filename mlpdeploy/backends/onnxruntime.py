@@ -15,9 +15,11 @@ import time
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.genai_config import CONFIG_NAME, genai_config, write_genai_config
 from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
@@ -39,7 +41,7 @@ class OnnxRuntimeBackend(Backend):
         start = time.perf_counter()
         kernels = prepare(model_path, options.extra) if options.ort_kernels else None
         manifest = find_manifest(model_path)
-        fusions = None
+        fusions, genai = None, None
         with staged_files(output) as tmp:
             source = model_path
             if options.ort_fusions:
@@ -62,12 +64,20 @@ class OnnxRuntimeBackend(Backend):
                 if fusions is not None and fusions.get("shared_cache_buffer"):
                     derived.cache = {**derived.cache, "shared_buffer": True}
                 derived.save_beside(tmp)
+                if derived.cache is not None:  # onnxruntime-genai can drive the cached decoder too
+                    built = ir.from_proto(load_onnx(tmp, load_external_data=False))
+                    genai, reason = genai_config(built, derived, output.name, config)
+                    if genai is not None:
+                        write_genai_config(tmp.parent, genai)
+                    genai = {"config": CONFIG_NAME if genai is not None else None, **({"skipped": reason} if reason else {})}
         seconds = time.perf_counter() - start
         artifacts = {"model": output, "session_options": session_options_path(output)}
         if kernels:
             artifacts["kernels"] = output.parent / kernel_file_name(output)
         if manifest is not None:
             artifacts["manifest"] = manifest_path(output)
+        if genai is not None and genai["config"]:
+            artifacts["genai_config"] = output.parent / CONFIG_NAME
         # ORT's optimized graph drops module scopes: layers are compared on the graph it was built from.
         candidate = onnx_candidate(output, config, layer_model=model_path)
         return BuildResult(
@@ -76,7 +86,8 @@ class OnnxRuntimeBackend(Backend):
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
                   "saved_at": build_config["graph_optimization_level"],
                   **({"ort_kernels": kernels.to_json()} if kernels else {}),
-                  **({"fusions": fusions} if fusions is not None else {})},
+                  **({"fusions": fusions} if fusions is not None else {}),
+                  **({"onnxruntime_genai": genai} if genai is not None else {})},
             candidate=candidate,
         )
 

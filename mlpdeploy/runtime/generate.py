@@ -78,13 +78,22 @@ class Generation:
 class DecodeState:
     """Where a generation stands: the attention mask so far and the cache (`OrtValue`s or arrays).
 
-    With a shared cache buffer the IO binding is kept from step to step (the cache is bound once),
-    and decode steps write their logits into one preallocated array."""
+    The mask lives in a buffer sized for the whole generation (`mask` is a view of its first
+    `length` columns) and the next positions are kept per row, so a step does no O(context) work in
+    Python. With a shared cache buffer the IO binding is kept from step to step (the cache is bound
+    once), and decode steps write their logits into one preallocated array."""
 
-    mask: np.ndarray
+    mask_buffer: np.ndarray  # [batch, prompt + new tokens] int64
+    length: int  # columns of mask_buffer in use
     past: dict
+    next_positions: np.ndarray | None = None  # [batch, 1] int64: each row's position for the next token
     binding: Any = None
     step_logits: np.ndarray | None = None  # [batch, 1, vocab], bound as the output of one-token steps
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The attention mask so far [batch, length] (contiguous: a view for batch 1, else a copy)."""
+        return np.ascontiguousarray(self.mask_buffer[:, : self.length])
 
 
 class CachedGenerator:
@@ -98,6 +107,8 @@ class CachedGenerator:
         self.engine, self.layout = engine, engine.cache
         self.past_names = [n for layer in self.layout.layers for n in self.layout.input_names(layer)]
         self.present_names = [n for layer in self.layout.layers for n in self.layout.output_names(layer)]
+        # present name -> past name: with a shared buffer each layer's present is its past, appended in place
+        self.shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
         # one-token steps write float32 logits of a fixed vocabulary into a preallocated array
         logits = engine.session.get_outputs()[engine.output_names.index("logits")]
         fixed = self.layout.shared_buffer and isinstance(logits.shape[-1], int) and logits.type == "tensor(float)"
@@ -145,16 +156,18 @@ class CachedGenerator:
         self.check(prompts, max_new_tokens)
         batch, longest = len(prompts), max(len(p) for p in prompts)
         ids = np.full((batch, longest), pad_token, np.int64)
-        mask = np.zeros((batch, longest), np.int64)
+        mask = np.zeros((batch, longest + max_new_tokens), np.int64)
         for row, prompt in enumerate(prompts):
             ids[row, longest - len(prompt):] = prompt
-            mask[row, longest - len(prompt):] = 1
-        state = DecodeState(mask, self._cache(batch, longest + max_new_tokens))
+            mask[row, longest - len(prompt):] = 1  # the new tokens' columns too: they are only read once in use
+        state = DecodeState(mask, longest, self._cache(batch, longest + max_new_tokens))
         return self._step(ids, state)[:, -1], state
 
     def advance(self, state: DecodeState, next_ids: np.ndarray) -> np.ndarray:
         """Feed one token per row [batch]; the next logits [batch, vocab]."""
-        state.mask = np.concatenate([state.mask, np.ones((len(next_ids), 1), np.int64)], axis=1)
+        if state.length >= state.mask_buffer.shape[1]:
+            raise MlpdeployError(f"the generation was prefilled for {state.mask_buffer.shape[1]} positions and has used them all")
+        state.length += 1
         return self._step(np.asarray(next_ids, np.int64)[:, None], state)[:, -1]
 
     def check(self, prompts, max_new_tokens: int) -> None:
@@ -183,8 +196,7 @@ class CachedGenerator:
 
     def _step(self, ids: np.ndarray, state: DecodeState) -> np.ndarray:
         """One run: this step's tokens and the whole mask in; logits out, the state's cache grown."""
-        session, mask, past = self.engine.session, state.mask, state.past
-        shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
+        session, mask, past, shared = self.engine.session, state.mask, state.past, self.shared
         binding = state.binding
         if binding is None:
             binding = session.io_binding()
@@ -203,8 +215,12 @@ class CachedGenerator:
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(ids))
         binding.bind_cpu_input("attention_mask", mask)
         if self.layout.position_ids:
-            positions = np.maximum(mask.cumsum(-1) - 1, 0)[:, -ids.shape[1]:]
-            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions))
+            if ids.shape[1] == 1 and state.next_positions is not None:
+                positions = state.next_positions
+            else:  # a prompt: positions count its tokens, pads at 0
+                positions = np.ascontiguousarray(np.maximum(mask.cumsum(-1) - 1, 0)[:, -ids.shape[1]:])
+            binding.bind_cpu_input("position_ids", positions)
+            state.next_positions = positions[:, -1:] + 1
         preallocated = self.step_vocab is not None and ids.shape[1] == 1
         if preallocated and state.step_logits is None:
             import onnxruntime as ort

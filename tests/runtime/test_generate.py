@@ -141,3 +141,56 @@ def test_torch_and_onnx_decode_functions_agree_on_shapes():
     assert stats.context == 5 and stats.repeats == 1 and stats.decode_ms_p50 > 0
     with pytest.raises(MlpdeployError, match="at least 2 new tokens"):
         measure_decode(torch_decode(bundle.module.decoder, bundle.cache), 256, context=5, new_tokens=1)
+
+
+def test_advance_past_the_prefilled_length_is_an_error(llama_small_dir):
+    generator = CachedGenerator(Engine.load(llama_small_dir / "model.ort.onnx"))
+    logits, state = generator.prefill([[5, 6, 7]], 2)
+    logits = generator.advance(state, logits.argmax(-1))
+    generator.advance(state, logits.argmax(-1))
+    with pytest.raises(MlpdeployError, match="prefilled for 5 positions and has used them all"):
+        generator.advance(state, logits.argmax(-1))
+
+
+def test_genai_config_describes_the_build(llama_small_dir):
+    import json
+
+    config = json.loads((llama_small_dir / "genai_config.json").read_text())
+    layout = Engine.load(llama_small_dir / "model.ort.onnx").cache
+    decoder = config["model"]["decoder"]
+    assert decoder["filename"] == "model.ort.onnx"
+    assert (decoder["num_hidden_layers"], decoder["num_key_value_heads"], decoder["head_size"]) == (4, layout.kv_heads, layout.head_dim)
+    assert (decoder["hidden_size"], decoder["num_attention_heads"], config["model"]["vocab_size"]) == (128, 4, 256)
+    assert decoder["inputs"]["position_ids"] == "position_ids"
+    assert config["search"]["past_present_share_buffer"] is True
+    assert config["model"]["context_length"] == layout.max_positions
+
+
+def test_onnxruntime_genai_drives_the_build_to_the_same_tokens(llama_small_dir):
+    og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai (extra: dev) not installed")
+    model = og.Model(og.Config(str(llama_small_dir)))
+    for prompt in (list(b"def "), list(b"import numpy as np\n")):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=len(prompt) + 24, do_sample=False)
+        generator = og.Generator(model, params)
+        generator.append_tokens(np.array(prompt, np.int32))
+        theirs = []
+        while not generator.is_done():
+            generator.generate_next_token()
+            theirs.append(int(generator.get_next_tokens()[0]))
+        ours = CachedGenerator(Engine.load(llama_small_dir / "model.ort.onnx")).generate([prompt], 24).tokens[0]
+        assert theirs == ours
+
+
+def test_genai_config_refused_for_a_cache_with_gaps(llama_small_dir):
+    import onnx_ir as ir
+
+    from mlpdeploy.backends.genai_config import genai_config
+    from mlpdeploy.model.manifest import find_manifest
+    from mlpdeploy.onnx_io import load_onnx
+
+    manifest = find_manifest(llama_small_dir / "model.ort.onnx")
+    manifest.cache = {**manifest.cache, "layers": [0, 2, 3]}  # as after dropping block 1's attention
+    model = ir.from_proto(load_onnx(llama_small_dir / "model.ort.onnx", load_external_data=False))
+    config, reason = genai_config(model, manifest, "model.ort.onnx", {})
+    assert config is None and "cache layers [0, 2, 3] are not 0..2" in reason
