@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,7 @@ TOLERANCE = {"fp32": 1e-4, "int8": 1e-2, "fp16": 3e-2}
 class CaseResult:
     spec: CaseSpec
     combinations: int = 0
+    subsets: int = 0  # how many combinations the case has (all subsets of its passes); more than run when capped
     checks: int = 0  # (combination, shape) pairs compared
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -54,6 +56,19 @@ def cases(draw, families=FAMILIES) -> CaseSpec:
 def combinations(passes: list[list]) -> list[list[list]]:
     """Every subset of the passes, each in the case's order (the empty one: the export alone)."""
     return [list(c) for k in range(len(passes) + 1) for c in itertools.combinations(passes, k)]
+
+
+def chosen_combinations(passes: list[list], limit: int | None, seed: int) -> list[list[list]]:
+    """All subsets, or at most `limit` of them: the export alone, each pass alone, the whole chain,
+    then a random draw (seeded by the case) from the others, kept in subset order."""
+    every = combinations(passes)
+    if limit is None or len(every) <= limit:
+        return every
+    required = [i for i, combo in enumerate(every) if len(combo) <= 1 or len(combo) == len(passes)]
+    others = [i for i in range(len(every)) if i not in set(required)]
+    rng = random.Random(seed)
+    drawn = rng.sample(others, max(0, min(len(others), limit - len(required))))
+    return [every[i] for i in sorted(required + drawn)]
 
 
 def _session(model: ir.Model, check: bool) -> ort.InferenceSession:
@@ -81,8 +96,9 @@ def _compare(name: str, got: np.ndarray, want: np.ndarray, precision: str) -> st
     return None if err <= tol else f"{name}: max error {err:.3g} > {tol:.3g} ({precision})"
 
 
-def run_case(spec: CaseSpec, workdir: Path) -> CaseResult:
-    """Every combination of the case's passes on its exported model, checked at its shapes."""
+def run_case(spec: CaseSpec, workdir: Path, max_combinations: int | None = None) -> CaseResult:
+    """Every combination of the case's passes (or `max_combinations` of them, `chosen_combinations`)
+    on its exported model, checked at its shapes."""
     start = time.perf_counter()
     result = CaseResult(spec)
     bundle = build_bundle(spec)
@@ -96,7 +112,8 @@ def run_case(spec: CaseSpec, workdir: Path) -> CaseResult:
     outputs = bundle.output_names or [o["name"] for o in exported.manifest.outputs]
     feeds = [generate_inputs(bundle.inputs, seed=spec.seed + i, dims=shape) for i, shape in enumerate(spec.shapes)]
     plain = [dict(zip(outputs, run_module(bundle.module, feed, names))) for feed in feeds]
-    for combo in combinations(spec.passes):
+    result.subsets = 2 ** len(spec.passes)
+    for combo in chosen_combinations(spec.passes, max_combinations, spec.seed):
         result.combinations += 1
         label = " → ".join(f"{n}{_opts(o)}" for n, o in combo) or "export"
         problem = _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, label)

@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from fuzz_harness import cases, run_case
+from fuzz_harness import cases, chosen_combinations, combinations, run_case
 from fuzz_targets import NOT_YET_FUZZED, TARGETS
 from hypothesis import HealthCheck, given, settings
 
@@ -37,3 +37,15 @@ def test_every_registered_pass_is_fuzzed_and_checked_for_determinism():
     assert set(TARGETS) | set(NOT_YET_FUZZED) == set(PASSES.names()), f"fuzz targets {sorted(TARGETS)} vs passes {PASSES.names()}"
     assert not set(TARGETS) & set(NOT_YET_FUZZED)
     assert set(module.CASES) == set(PASSES.names()), f"determinism cases {sorted(module.CASES)} vs passes {PASSES.names()}"
+
+
+def test_capped_combinations_keep_each_pass_alone_and_the_whole_chain():
+    passes = [[name, {}] for name in "abcdefg"]
+    assert chosen_combinations(passes, None, 0) == combinations(passes) and len(combinations(passes)) == 128
+    assert chosen_combinations(passes[:4], 16, 0) == combinations(passes[:4])  # 16 subsets: all of them
+    capped = chosen_combinations(passes, 16, seed=3)
+    assert len(capped) == 16 and capped == chosen_combinations(passes, 16, seed=3)
+    assert [] in capped and passes in capped and all([p] in capped for p in passes)
+    order = combinations(passes)
+    assert [order.index(c) for c in capped] == sorted(order.index(c) for c in capped)  # subset order kept
+    assert capped != chosen_combinations(passes, 16, seed=4)
