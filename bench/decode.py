@@ -3,7 +3,8 @@
     python bench/decode.py [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2] [--kv-heads 16]
                            [--int4] [--json PATH]
 
-Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round:
+Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round
+(every other round in reverse order, so no variant always runs right after the same one):
   * mlpdeploy: `compile --kv-cache` (ONNX Runtime, ort-decoder fusions, shared cache buffer),
     driven by mlpdeploy.runtime.CachedGenerator;
   * mlpdeploy, unfused: the same with --no-ort-fusions (the exported attention as is);
@@ -14,6 +15,8 @@ Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved 
     with `--ort-kernels` (the compiled SparseMLP kernel);
   * genai fp32 / int4: onnxruntime-genai's model builder (`-e cpu`), driven by its own
     Generator (skipped, with a note, when the `bench` extra is not installed);
+  * mlpdeploy[ int4], genai loop: mlpdeploy's build driven by onnxruntime-genai's Generator
+    through the genai_config.json every --kv-cache build writes (same graph, C++ step loop);
   * torch eager with its cache (the model's own forward with a DynamicCache).
 Decode at context C: a C-token prompt is prefilled (timed as "prefill"), then each new token is
 timed alone. Samples during which the process waited for a CPU for more than 5% of the time are
@@ -167,9 +170,10 @@ def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: i
     rng = np.random.default_rng(seed)
     prefill = {name: Sampler() for name in variants}
     decode = {name: Sampler() for name in variants}
-    for _ in range(rounds):
+    for round_index in range(rounds):
         prompt = rng.integers(2, vocab, context).tolist()
-        for name, variant in variants.items():
+        order = list(variants.items())
+        for name, variant in order if round_index % 2 == 0 else order[::-1]:  # no variant always follows the same one
             state, token = prefill[name].call(variant.prefill, prompt, new_tokens + 1)
             for _ in range(new_tokens):
                 token = decode[name].call(variant.step, state, token)
