@@ -1,5 +1,6 @@
 """Scale: a model whose weights exceed 2 GB (protobuf's limit) exports, rewrites (fuse-gated-mlp),
-builds (ONNX Runtime) and validates through ONNX external data, each stage in its own process so
+builds (ONNX Runtime) and validates through ONNX external data, then is quantized (int4
+quantize-weights on the fused graph) and built again, each stage in its own process so
 its peak RSS is measured on its own, bounded by a multiple of the weight bytes. Slow (minutes,
 ~2.2 GB of weights written several times): `make test-slow`."""
 

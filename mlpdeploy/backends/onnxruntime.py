@@ -9,6 +9,7 @@ CPU-specific layout transforms (NCHWc convolutions) when it loads the model wher
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -46,6 +47,7 @@ class OnnxRuntimeBackend(Backend):
             source = model_path
             if options.ort_fusions:
                 source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
+                gc.collect()  # the fused IR model (reference cycles) holds the weights: free them before ONNX Runtime loads its own
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
                 build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}

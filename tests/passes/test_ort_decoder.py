@@ -115,6 +115,6 @@ def test_backend_fuses_cached_decoders_by_default(exported, tmp_path):
     built = backend.build(path, tmp_path / "m.ort.onnx", BuildOptions(device="cpu"))
     assert built.info["fusions"]["fusions"]["GroupQueryAttention"] == 2
     assert "GroupQueryAttention" in {n.op_type for n in load_ir(tmp_path / "m.ort.onnx").graph}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ort.manifest.json", "m.ort.onnx", "m.ort.session.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["genai_config.json", "m.ort.manifest.json", "m.ort.onnx", "m.ort.session.json"]
     plain = backend.build(path, tmp_path / "p.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
     assert "fusions" not in plain.info and "GroupQueryAttention" not in {n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph}

@@ -7,8 +7,10 @@ import onnx_ir as ir
 
 
 def copy_model(model: ir.Model) -> ir.Model:
-    """An independent copy (fusions are tried on one, and kept only when they fully apply)."""
-    return ir.from_proto(ir.to_proto(model))
+    """An independent copy of the graph and functions (fusions are tried on one, and kept only when
+    they fully apply). Initializer tensors are shared, not copied: no rule edits a tensor's data,
+    and a serialized copy doubled a 2 GB model's memory."""
+    return model.clone()
 
 
 def adopt(model: ir.Model, other: ir.Model) -> None:
