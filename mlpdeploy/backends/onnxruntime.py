@@ -101,11 +101,11 @@ def fuse_for_ort(model_path: Path, fused: Path, manifest) -> tuple[Path, dict]:
     """The graph with ONNX Runtime's fused contrib ops, written to `fused`: a cached decoder's attention
     and norms by pass `ort-decoder`, any other graph by pass `ort-fusions` (onnxscript's ORT fusions,
     mlpdeploy's ops kept one node each). Returns its path and the pass's report (`pass` names it)."""
-    from mlpdeploy.onnx_io import load_ir, write_onnx
+    from mlpdeploy.onnx_io import write_onnx
     from mlpdeploy.passes.ort_decoder import OrtDecoder
     from mlpdeploy.passes.ort_fusions import OrtFusions
 
-    model = load_ir(model_path)
+    model = ir.load(str(model_path))  # external data stays on disk (memory-mapped) until written out
     cached = manifest is not None and manifest.cache is not None
     fusion = OrtDecoder(max_positions=manifest.cache["max_positions"]) if cached else OrtFusions()
     fusion(model)
