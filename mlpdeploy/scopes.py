@@ -21,6 +21,11 @@ def name_scopes(node: ir.Node) -> list[str]:
     return [str(s) for s in value] if isinstance(value, list) else []
 
 
+# A fused node that replaced a module's linears inside a block that holds them itself (OPT's fc1/fc2)
+# sits in the block's scope; this key names the module whose output its value is (`layers.3.fc2`).
+OUTPUT_MODULE_KEY = "mlpdeploy.output_module"
+
+
 def module_path(node: ir.Node) -> str:
     """The dotted path of the innermost module that produced `node` ('' for the root)."""
     scopes = name_scopes(node)

@@ -44,7 +44,7 @@ from mlpdeploy.passes.matching import (
 )
 from mlpdeploy.plugins.registry import DOMAIN
 from mlpdeploy.plugins.sparse_mlp.onnx_function import OP_TYPE, ensure_function, sparse_mlp_node
-from mlpdeploy.scopes import module_path
+from mlpdeploy.scopes import OUTPUT_MODULE_KEY, module_path
 
 ACTIVATION_OPS = ("Relu", "Gelu", "Mul", "Div", "Swish")
 
@@ -191,6 +191,7 @@ def _apply(model: ir.Model, site: dict, sparse: SparseSite, scope: str, taken: s
     node.outputs[0].dtype = up.dtype
     node.metadata_props.update(scoped_metadata(site["template"], common_scope(site["nodes"]), "sparse_mlp", f"{DOMAIN}::{OP_TYPE}"))
     node.metadata_props["mlpdeploy.rewritten_by"] = SparseMLPPass.name
+    node.metadata_props[OUTPUT_MODULE_KEY] = site["down_path"]  # the module whose output the MLP's value was
     old_inputs = [v for n in site["nodes"] for v in n.inputs]
     ir.convenience.replace_nodes_and_values(graph, down.nodes[-1], site["nodes"], [node], [down.output], [node.outputs[0]])
     ensure_function(model, node)

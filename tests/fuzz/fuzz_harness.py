@@ -58,13 +58,26 @@ def combinations(passes: list[list]) -> list[list[list]]:
     return [list(c) for k in range(len(passes) + 1) for c in itertools.combinations(passes, k)]
 
 
+# Pairs never checked in one combination: sparse-mlp picks neurons by rank or threshold, and in fp16
+# (convert-precision) a near-tie among the scores picks another neuron than the fp32 torch reference
+# does — a different, equally valid sparse model (found by fuzzing: errors of 0.11-0.16 against a
+# fp16 tolerance of 0.07-0.08). Each is checked alone and with every other pass.
+INCOMPARABLE = [{"sparse-mlp", "convert-precision"}]
+
+
+def comparable(combo: list[list]) -> bool:
+    names = {name for name, _ in combo}
+    return not any(pair <= names for pair in INCOMPARABLE)
+
+
 def chosen_combinations(passes: list[list], limit: int | None, seed: int) -> list[list[list]]:
     """All subsets, or at most `limit` of them: the export alone, each pass alone, the whole chain,
     then a random draw (seeded by the case) from the others, kept in subset order."""
-    every = combinations(passes)
+    every = [c for c in combinations(passes) if comparable(c)]
     if limit is None or len(every) <= limit:
         return every
-    required = [i for i, combo in enumerate(every) if len(combo) <= 1 or len(combo) == len(passes)]
+    longest = max(len(c) for c in every)
+    required = [i for i, combo in enumerate(every) if len(combo) <= 1 or len(combo) == longest]
     others = [i for i in range(len(every)) if i not in set(required)]
     rng = random.Random(seed)
     drawn = rng.sample(others, max(0, min(len(others), limit - len(required))))
@@ -112,7 +125,7 @@ def run_case(spec: CaseSpec, workdir: Path, max_combinations: int | None = None)
     outputs = bundle.output_names or [o["name"] for o in exported.manifest.outputs]
     feeds = [generate_inputs(bundle.inputs, seed=spec.seed + i, dims=shape) for i, shape in enumerate(spec.shapes)]
     plain = [dict(zip(outputs, run_module(bundle.module, feed, names))) for feed in feeds]
-    result.subsets = 2 ** len(spec.passes)
+    result.subsets = sum(1 for combo in combinations(spec.passes) if comparable(combo))
     for combo in chosen_combinations(spec.passes, max_combinations, spec.seed):
         result.combinations += 1
         label = " → ".join(f"{n}{_opts(o)}" for n, o in combo) or "export"

@@ -49,3 +49,10 @@ def test_capped_combinations_keep_each_pass_alone_and_the_whole_chain():
     order = combinations(passes)
     assert [order.index(c) for c in capped] == sorted(order.index(c) for c in capped)  # subset order kept
     assert capped != chosen_combinations(passes, 16, seed=4)
+
+
+def test_sparse_mlp_and_fp16_are_not_checked_together():
+    passes = [["fuse-gated-mlp", {}], ["sparse-mlp", {"k": 1}], ["convert-precision", {"precision": "fp16"}]]
+    chosen = chosen_combinations(passes, None, 0)
+    assert len(chosen) == 6 and all({"sparse-mlp", "convert-precision"} - {n for n, _ in c} for c in chosen)
+    assert [["sparse-mlp", {"k": 1}]] in chosen and [["convert-precision", {"precision": "fp16"}]] in chosen

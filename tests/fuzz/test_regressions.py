@@ -107,3 +107,15 @@ def test_fp16_keeps_int8_matmul_nbits_in_fp32():
     replay(spec)
     spec["passes"][0][1] = {"accuracy_level": 4, "block": 64, "format": "int4asym", "scope": "layers.0.*"}
     replay(spec)
+
+
+def test_drop_layers_drops_an_opt_mlp_after_sparse_mlp():
+    """After sparse-mlp on OPT (whose block holds fc1/fc2 itself), the SparseMLP node sat in the block's
+    own scope, so drop-layers found no MLP branch ('mlp=2, but the graph has 0 mlp site(s) left to
+    drop'). The node now names the module its value came from (fc2), the branch's site as before."""
+    spec = {"family": "decoder", "params": {"arch": "opt", "depth": 2, "head_dim": 8, "heads": 2, "hidden": 2, "kv_cache": True,
+                                            "kv_heads": 2, "vocab": 7},
+            "passes": [["sparse-mlp", {"k": 2, "threshold": 0.3}], ["drop-layers", {"mlp": 2}]], "seed": 0,
+            "shapes": [{"batch": 1, "seq": 3, "past": 2}]}
+    report = replay(spec).reports["sparse-mlp:k=2,threshold=0.3 → drop-layers:mlp=2"][1]
+    assert report["rewritten"] == 2 and not report["skipped"]

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import onnx_ir as ir
 
 from mlpdeploy.passes.matching.core import is_constant
-from mlpdeploy.scopes import inherited_scopes, natural_key
+from mlpdeploy.scopes import OUTPUT_MODULE_KEY, inherited_scopes, natural_key
 
 ATTENTION_OPS = frozenset({"Softmax", "Attention", "MultiHeadAttention", "GroupQueryAttention"})
 LAYOUT_OPS = frozenset({"Transpose", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast"})  # f(0) = 0
@@ -117,6 +117,9 @@ def _computing_scopes(branch: ir.Value, block: str, scopes: dict[ir.Node, list[s
     while node is not None and scopes.get(node, [])[-1:] == [block] and node.op_type in LAYOUT_OPS:
         node = node.inputs[0].producer() if node.inputs and node.inputs[0] is not None else None
     node_scopes = scopes.get(node, []) if node is not None else []
+    output_module = node.metadata_props.get(OUTPUT_MODULE_KEY, "") if node is not None else ""
+    if node_scopes[-1:] == [block] and output_module.startswith(block + "."):
+        return [*node_scopes, output_module]  # a fused MLP (sparse-mlp on OPT) in the block's own scope
     if block not in node_scopes or node_scopes[-1] == block:
         return None
     return node_scopes

@@ -7,10 +7,12 @@ import onnx_ir as ir
 
 
 def copy_model(model: ir.Model) -> ir.Model:
-    """An independent copy of the graph and functions (fusions are tried on one, and kept only when
-    they fully apply). Initializer tensors are shared, not copied: no rule edits a tensor's data,
-    and a serialized copy doubled a 2 GB model's memory."""
-    return model.clone()
+    """An independent copy (fusions are tried on one, and kept only when they fully apply), through
+    serialization: `Model.clone()` would share the initializer tensors, whose names live in the
+    tensors themselves, so a rule renaming one in the attempt renamed it in the original too (the
+    differential fuzzer found graphs left with dangling inputs when an attempt was undone). Weights
+    kept in external data stay references (see `fuse_for_ort`), so this copies no weight bytes."""
+    return ir.from_proto(ir.to_proto(model))
 
 
 def adopt(model: ir.Model, other: ir.Model) -> None:
