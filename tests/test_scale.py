@@ -18,7 +18,7 @@ WEIGHT_MIB = 16 * 3 * 2048 * 5632 * 4 / 2**20  # 2112 MiB (tests/fixtures/big_ml
 # Peak RSS allowed per stage, in multiples of the fp32 weight bytes. Measured (README, Reliability):
 # export 1.22x, rewrite 1.83x, build 1.19x (3.19x before the ORT fusions stopped copying the weights),
 # validate 2.16x (torch model and ONNX Runtime session together), quantize (int4) 1.56x, build of the
-# int4 model 1.25x.
+# int4 model 1.41x.
 BOUNDS = {"export": 2.0, "rewrite": 2.5, "build": 2.0, "validate": 3.0, "quantize": 2.5, "build-quantized": 2.0}
 
 

@@ -75,3 +75,27 @@ def test_external_data_model_builds_with_external_data(tmp_path, tiny_spec, monk
     get_backend("onnxruntime").build(exported.model_path, out, BuildOptions(device="cpu"))
     assert (tmp_path / "big.ort.onnx.data").exists()
     assert validate(bundle, out).passed
+
+
+def test_fusion_attempt_copies_read_external_weights_from_the_model_directory(tmp_path, monkeypatch):
+    """copy_model (the ORT fusions' attempt) keeps weights in external data as references; the copy
+    must read them from the model's directory, not the working directory (a 2 GB build failed so)."""
+    import numpy as np
+    import onnx
+    import onnx_ir as ir
+    from onnx import TensorProto, helper, numpy_helper
+
+    from mlpdeploy.passes.ort import copy_model
+
+    weight = np.arange(12, dtype=np.float32).reshape(3, 4)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], [numpy_helper.from_array(weight, "w")])
+    (tmp_path / "model").mkdir()
+    onnx.save_model(helper.make_model(graph), str(tmp_path / "model" / "m.onnx"), save_as_external_data=True,
+                    location="m.onnx.data", size_threshold=0)
+    model = ir.load(str(tmp_path / "model" / "m.onnx"))
+    assert isinstance(model.graph.initializers["w"].const_value, ir.ExternalTensor)
+    monkeypatch.chdir(tmp_path)  # elsewhere: a reference resolved against the working directory would not be found
+    copy = copy_model(model)
+    np.testing.assert_array_equal(copy.graph.initializers["w"].const_value.numpy(), weight)
