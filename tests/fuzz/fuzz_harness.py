@@ -78,7 +78,7 @@ def chosen_combinations(passes: list[list], limit: int | None, seed: int) -> lis
         return every
     longest = max(len(c) for c in every)
     required = [i for i, combo in enumerate(every) if len(combo) <= 1 or len(combo) == longest]
-    others = [i for i in range(len(every)) if i not in set(required)]
+    others = sorted(set(range(len(every))) - set(required))
     rng = random.Random(seed)
     drawn = rng.sample(others, max(0, min(len(others), limit - len(required))))
     return [every[i] for i in sorted(required + drawn)]
