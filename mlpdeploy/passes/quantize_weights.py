@@ -31,6 +31,7 @@ more bits is used. NVFP4's per-tensor scale is then shared by gate and up (one t
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 
@@ -99,7 +100,7 @@ class QuantizeWeights(RewritePass):
         self.fp4_form = _choice(self.config["fp4_form"], FP4_FORMS, "fp4_form")
         if self.fp4_form == "auto":
             self.fp4_form = "nbits8" if self.level == 4 else "function"
-        self.default = make_format(parse_format(self.config["format"]).name, int(self.config["block"]) or parse_format(self.config["format"]).block)
+        self.default = self._targeted(make_format(parse_format(self.config["format"]).name, int(self.config["block"]) or parse_format(self.config["format"]).block))
         for fmt in self._named_formats():
             self._check_target(fmt)
         self.report = PassReport(self.name, details={"target": self.target, "sites": {}, "kept": []})
@@ -125,7 +126,11 @@ class QuantizeWeights(RewritePass):
 
     def _site_format(self, settings: dict) -> Format:
         fmt = parse_format(str(settings.get("format", self.default)))
-        return make_format(fmt.name, int(settings.get("block", 0)) or fmt.block)
+        return self._targeted(make_format(fmt.name, int(settings.get("block", 0)) or fmt.block))
+
+    def _targeted(self, fmt: Format) -> Format:
+        """INT4 for TensorRT keeps its block scales positive (its ONNX parser refuses negative ones)."""
+        return dataclasses.replace(fmt, positive_scales=True) if self.target == "trt" and fmt.name == "int4" else fmt
 
     def _format_for(self, scope: str) -> Format | None:
         """The format for the linear at `scope`, or None when it is not a site."""
@@ -289,6 +294,8 @@ class QuantizeWeights(RewritePass):
     def _record(self, site: str, fmt: Format, emitted: Emitted, k: int, n: int, linears: list[str]) -> None:
         self.report.details["sites"][site] = {"format": str(fmt), "form": emitted.form, "shape": [k, n], "bytes": emitted.bytes,
                                               "format_bits_per_weight": round(fmt.bits_per_weight(k, n), 4), "linears": linears}
+        if fmt.positive_scales:
+            self.report.details["sites"][site]["positive_scales"] = True
         if emitted.form.startswith("MatMulNBits") and self.level == 4:
             self.report.details["sites"][site]["int8_activations"] = True
 
@@ -351,7 +358,7 @@ def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], dict[s
             continue
         for site in report.get("sites", {}).values():
             for path in site["linears"]:
-                linears[path] = parse_format(site["format"])
+                linears[path] = dataclasses.replace(parse_format(site["format"]), positive_scales=bool(site.get("positive_scales")))
                 if site.get("int8_activations"):
                     int8[path] = linears[path].block
     return linears, int8

@@ -9,8 +9,14 @@ rows along K, one block per column (padding rules in `packing`). Per format, exa
 * **mxfp4** (block 32, OCP MX v1.0): per-block E8M0 scale `2^e`, `e = floor(log2(block_amax)) − 2`
   (emax of E2M1), clamped to [−127, 127] (−127 for an all-zero block); elements `e2m1(w / 2^e)`,
   saturating at ±6 as the spec says; value `e2m1 · 2^e`.
-* **int4** (block 32, 64 or 128): per-block FP32 scale `block_amax / 7` (1 for a zero block),
-  codes `clip(round(w / scale), −8, 7)`; value `code · scale`.
+* **int4** (block 32, 64 or 128): per-block FP32 scale `m / d`, where m is the block's weight of
+  largest magnitude (signed; the first on ties) and d the divisor of `INT4_DIVISORS` whose codes
+  `clip(round(w / scale), −8, 7)` give the block the smallest squared error (the first on ties;
+  1 for a zero block); value `code · scale`. A negative d gives a negative scale, which puts m
+  on code −8 whatever its sign: d = −8 is ONNX Runtime's `MatMulNBitsQuantizer` rule (RTN,
+  symmetric), d = ±7 the plain `amax / 7`, the others trade clipping m for a finer grid, so a
+  block's error is never above either rule's. With `positive_scales` (TensorRT's parser refuses
+  negative scales) the divisors are `INT4_POSITIVE_DIVISORS` of |m|.
 * **int4asym** (block 32, 64 or 128): per-block range `[min(lo, 0), max(hi, 0)]`, FP32 scale
   `range / 15` (1 for a zero block), zero point `clip(round(−lo / scale), 0, 15)`, codes
   `clip(round(w / scale) + zp, 0, 15)`; value `(code − zp) · scale`.
@@ -50,6 +56,7 @@ class Format:
 
     name: str  # nvfp4 | mxfp4 | int4 | int4asym
     block: int
+    positive_scales: bool = False  # int4: only positive block scales (TensorRT's DequantizeLinear)
 
     def __str__(self) -> str:
         return self.name if self.block == DEFAULT_BLOCK[self.name] else f"{self.name}-{self.block}"
@@ -121,6 +128,11 @@ class QuantizedWeight:
 DEFAULT_BLOCK = {"nvfp4": 16, "mxfp4": 32, "int4": 32, "int4asym": 32}
 BLOCKS = {"nvfp4": (16,), "mxfp4": (32,), "int4": (32, 64, 128), "int4asym": (32, 64, 128)}
 SCALE_BYTES = {"nvfp4": 1, "mxfp4": 1, "int4": 4, "int4asym": 4}
+# int4 scale = m / d (m: the block's signed extreme). Measured on SmolLM2-135M's projections
+# (14 matrices, relative squared weight error): ONNX Runtime's d = −8 alone 0.0079, these eight
+# 0.0066, seventeen 0.0063 at twice the time; positive scales only (TensorRT) 0.0076.
+INT4_DIVISORS = (7.0, -7.0, -8.0, -7.5, -8.5, -9.0, 6.5, -6.5)
+INT4_POSITIVE_DIVISORS = (7.0, 6.5, 7.5, 8.0, 8.5, 9.0)
 
 
 def storage_bytes(fmt: Format, k: int, n: int) -> int:
@@ -174,8 +186,10 @@ def quantize(w: np.ndarray, fmt: Format, what: str = "weight") -> QuantizedWeigh
     check_finite(w, what)
     k, n = w.shape
     blocks = as_blocks(pad_rows(w, fmt.block), fmt.block)  # [B, block, N]
-    quantizer = {"nvfp4": _nvfp4, "mxfp4": _mxfp4, "int4": _int4, "int4asym": _int4asym}[fmt.name]
-    codes, scales, extra = quantizer(blocks)
+    if fmt.name == "int4":
+        codes, scales, extra = _int4(blocks, fmt.positive_scales)
+    else:
+        codes, scales, extra = {"nvfp4": _nvfp4, "mxfp4": _mxfp4, "int4asym": _int4asym}[fmt.name](blocks)
     return QuantizedWeight(fmt, k, n, codes.reshape(-1, n), scales, **extra)
 
 
@@ -204,11 +218,24 @@ def _mxfp4(blocks: np.ndarray):
     return encode_e2m1(_divide(blocks, decode_e8m0(scale_codes))), scale_codes, {}
 
 
-def _int4(blocks: np.ndarray):
-    block_amax = np.abs(blocks).max(axis=1)
-    scale = np.where(block_amax > 0, block_amax / F32(7), F32(1)).astype(F32)
-    q = np.clip(np.rint(_divide(blocks, scale)), -8, 7).astype(np.int8)
-    return (q.astype(np.uint8) & 0xF), scale, {}
+def _int4(blocks: np.ndarray, positive: bool = False):
+    peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None, :], axis=1)[:, 0]  # [B, N], signed
+    if positive:
+        peak = np.abs(peak)
+    divisors = INT4_POSITIVE_DIVISORS if positive else INT4_DIVISORS
+    best_scale = best_error = None
+    for d in divisors:
+        scale = np.where(peak != 0, peak / F32(d), F32(1)).astype(F32)
+        q = np.clip(np.rint(_divide(blocks, scale)), -8, 7)
+        # in float64: float32 squares of tiny weights underflow, and the choice must not depend on 2^k scaling
+        error = np.square(q.astype(np.float64) * scale[:, None, :] - blocks).sum(axis=1)
+        if best_scale is None:
+            best_scale, best_error = scale, error
+        else:
+            better = error < best_error
+            best_scale, best_error = np.where(better, scale, best_scale), np.where(better, error, best_error)
+    q = np.clip(np.rint(_divide(blocks, best_scale)), -8, 7).astype(np.int8)
+    return (q.astype(np.uint8) & 0xF), best_scale, {}
 
 
 def _int4asym(blocks: np.ndarray):

@@ -3,7 +3,9 @@
 `quantized_linears(module, {"layers.0.mlp.down_proj": parse_format("nvfp4"), ...})` is a context
 in which those linears compute with `dequantize(quantize(Wᵀ))ᵀ` (the [out, in] torch weight
 quantized as the [in, out] matrix ONNX multiplies by, so blocks run along the input dim), and
-get their own weights back on exit; `quantized_copy` makes a copy that keeps them. This is the
+get their own weights back on exit; `quantized_copy` makes a copy that keeps them. A weight
+tied to another module (an LM head and its token embedding) is swapped, never written into:
+the export quantizes the head's MatMul and leaves the embedding's Gather alone. This is the
 oracle a quantized graph is compared with.
 
 `int8_activations={path: block}` also emulates what ONNX Runtime's MatMulNBits does at accuracy
@@ -53,6 +55,12 @@ def int8_input_hook(block: int):
     return hook
 
 
+def _set_weight(linear: torch.nn.Linear, weight: torch.Tensor) -> None:
+    """Give `linear` a weight of its own: a tied weight (an LM head sharing the token embedding)
+    is replaced, not written into, so the module it is shared with keeps the original."""
+    linear.weight = torch.nn.Parameter(weight, requires_grad=False)
+
+
 def _linears(module: torch.nn.Module, paths) -> dict[str, torch.nn.Linear]:
     modules = dict(module.named_modules())
     missing = [p for p in paths if not isinstance(modules.get(p), torch.nn.Linear)]
@@ -69,19 +77,17 @@ def quantized_linears(module: torch.nn.Module, sites: dict[str, Format],
     linears = _linears(module, sites)
     saved, handles = {}, []
     try:
-        with torch.no_grad():
-            for path, fmt in sites.items():
-                saved[path] = linears[path].weight.detach().clone()
-                linears[path].weight.copy_(dequantized_weight(linears[path].weight, fmt, f"{path}.weight"))
+        for path, fmt in sites.items():
+            saved[path] = linears[path].weight
+            _set_weight(linears[path], dequantized_weight(saved[path], fmt, f"{path}.weight"))
         for path, block in (int8_activations or {}).items():
             handles.append(linears[path].register_forward_pre_hook(int8_input_hook(block)))
         yield linears
     finally:
         for handle in handles:
             handle.remove()
-        with torch.no_grad():
-            for path, weight in saved.items():
-                linears[path].weight.copy_(weight)
+        for path, weight in saved.items():
+            linears[path].weight = weight
 
 
 def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activations: dict[str, int] | None = None) -> torch.nn.Module:
@@ -90,11 +96,10 @@ def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activ
     fused weight's torch linears may be named differently)."""
     clone = copy.deepcopy(module)
     modules = dict(clone.named_modules())
-    with torch.no_grad():
-        for path, fmt in sites.items():
-            linear = modules.get(path)
-            if isinstance(linear, torch.nn.Linear):
-                linear.weight.copy_(dequantized_weight(linear.weight, fmt, f"{path}.weight"))
+    for path, fmt in sites.items():
+        linear = modules.get(path)
+        if isinstance(linear, torch.nn.Linear):
+            _set_weight(linear, dequantized_weight(linear.weight, fmt, f"{path}.weight"))
     for path, block in (int8_activations or {}).items():
         if isinstance(modules.get(path), torch.nn.Linear):
             modules[path].register_forward_pre_hook(int8_input_hook(block))

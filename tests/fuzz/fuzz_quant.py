@@ -29,6 +29,8 @@ Tolerance (`precision`, see fuzz_harness.TOLERANCE):
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from fuzz_families import CaseSpec
 from hypothesis import strategies as st
@@ -74,7 +76,7 @@ def quantize_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: 
         weight = torch.cat([m.weight.detach() for m in linears])  # [N, K]
         if [weight.shape[1], weight.shape[0]] != list(info["shape"]):
             return f"site {site} has shape {info['shape']} but its linears {info['linears']} hold [K, N] {[weight.shape[1], weight.shape[0]]}"
-        fmt = parse_format(info["format"])
+        fmt = dataclasses.replace(parse_format(info["format"]), positive_scales=bool(info.get("positive_scales")))
         decoded = dequantized_weight(weight, fmt, f"{site} weight")
         with torch.no_grad():
             for linear, part in zip(linears, decoded.split([m.out_features for m in linears])):

@@ -5,6 +5,8 @@ exported torch models; errors a user can hit."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -45,9 +47,11 @@ def quantize(model: ir.Model, **options) -> dict:
     return run_pipeline(model, [spec])[str(spec)]
 
 
-def reference(x: np.ndarray, w: np.ndarray, b, spec: str, level: int) -> np.ndarray:
-    """x · decode(quantize(W)) (+ b) in float64, x quantized to int8 blocks first at level 4."""
+def reference(x: np.ndarray, w: np.ndarray, b, spec: str, level: int, target: str = "ort") -> np.ndarray:
+    """x · decode(quantize(W)) (+ b) in float64, x quantized to int8 blocks first at level 4
+    (INT4 for TensorRT with positive block scales)."""
     fmt = parse_format(spec)
+    fmt = dataclasses.replace(fmt, positive_scales=True) if target == "trt" and fmt.name == "int4" else fmt
     xs = int8_blocks(torch.from_numpy(x), fmt.block).numpy() if level == 4 else x
     y = xs.astype(np.float64) @ fmt.quantize(w).dequantize().astype(np.float64)
     return y + b if b is not None else y
@@ -87,7 +91,7 @@ def test_forms_match_the_quantized_reference(spec, options, op, level, k, n, bat
     assert counts[op] >= 1 and "MatMul" not in counts or op == "DequantizeLinear"
     checked(model)
     x = np.random.default_rng(1).standard_normal((batch, k)).astype(np.float32)
-    expected = reference(x, w, b, spec, level)
+    expected = reference(x, w, b, spec, level, options.get("target", "ort"))
     actual = ort_output(model, x).astype(np.float64)
     scale = max(1.0, float(np.abs(expected).max()))
     assert np.abs(actual - expected).max() <= 2e-5 * scale * np.sqrt(k)
@@ -242,7 +246,7 @@ def test_pass_numerics_property(k, n, batch, form, magnitude, constant, seed):
     report = quantize(model, format=fmt.name, block=fmt.block, target=target, accuracy_level=level)
     assert report["rewritten"] == 1
     x = np.random.default_rng(seed + 1).standard_normal((batch, k)).astype(np.float32)
-    expected = reference(x, w, None, spec, level)
+    expected = reference(x, w, None, spec, level, target)
     actual = ort_output(model, x).astype(np.float64)
     assert np.abs(actual - expected).max() <= 2e-5 * max(1.0, float(np.abs(expected).max())) * np.sqrt(k)
 

@@ -4,6 +4,8 @@ refused; round trip against onnx.reference and the formats' error bounds."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -76,8 +78,42 @@ def test_error_bound(w, spec):
             assert np.all(np.abs(w[flushed]) <= 6 * 2.0**-10 * float(q.global_scale) * (1 + 1e-6))
             bound = np.where(flushed, np.abs(w), bound)
     else:
-        bound = scale * (0.5 + 1e-6)
+        # half a step, except where INT4 clips to its codes −8..7 (a finer grid for the block's
+        # extreme, or the far side of a mirrored grid): then the distance to the last code
+        ratio = w / np.where(scale != 0, scale, 1)
+        clipped = np.maximum(np.maximum(ratio - 7, -8 - ratio), 0.5) if fmt.name == "int4" else 0.5
+        assert fmt.name != "int4" or np.all(np.abs(ratio) <= 9 * (1 + 1e-6))  # |w| ≤ |m|, |m / scale| ≤ 9
+        bound = np.abs(scale) * clipped * (1 + 1e-6)
     assert np.all(err <= bound)
+
+
+def _rule_error(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Squared error per block [B, N] of symmetric INT4 with the given block scales."""
+    safe = np.where(scale != 0, scale, 1).astype(np.float32)
+    q = np.clip(np.rint(blocks / safe[:, None]), -8, 7)
+    return np.square(q * safe[:, None] - blocks).sum(axis=1)
+
+
+@PROPERTY
+@given(w=WEIGHTS, block=st.sampled_from([32, 64, 128]))
+def test_int4_block_error_at_most_amax7_and_onnxruntime_rules(w, block):
+    """Each block's squared error is at most that of `amax / 7` and of ONNX Runtime's
+    MatMulNBitsQuantizer rule (scale = signed extreme / −8): both are among the candidates."""
+    q = parse_format(f"int4-{block}").quantize(w)
+    padded = np.concatenate([w, np.zeros((q.codes.shape[0] - w.shape[0], w.shape[1]), np.float32)])
+    blocks = padded.reshape(-1, block, w.shape[1])
+    ours = np.square(q.values().reshape(blocks.shape) * q.block_scales()[:, None] - blocks).sum(axis=1)
+    amax = np.abs(blocks).max(axis=1)
+    peak = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=1)[:, None], axis=1)[:, 0]
+    for scale in (amax / np.float32(7), peak / np.float32(-8)):
+        assert np.all(ours <= _rule_error(blocks, scale.astype(np.float32)) * (1 + 1e-6) + 1e-37)
+
+
+@PROPERTY
+@given(w=WEIGHTS)
+def test_int4_positive_scales_for_tensorrt(w):
+    q = dataclasses.replace(parse_format("int4"), positive_scales=True).quantize(w)
+    assert np.all(q.scales > 0) and q.scales.dtype == np.float32
 
 
 @PROPERTY
