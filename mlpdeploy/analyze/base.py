@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import abc
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
 from mlpdeploy.model.bundle import ModelBundle
+
+if TYPE_CHECKING:
+    from mlpdeploy.analyze.scoring import Ledger
 
 
 @dataclass
@@ -25,10 +29,16 @@ class AnalysisContext:
     labeled: bool = False  # the batches are the task's calibration samples (the task can label them)
     calibration: Path | str | None = None  # the user's calibration file, if any
     backend: str = "onnxruntime"  # the build backend a planner plans for (what its choices cost there)
+    ledger: Ledger | None = None  # with a budget: the held-out scorer and what earlier planners spent (scoring.Ledger)
+    share: float = 1.0  # the part of what is left of the budget this planner may spend
 
     @property
     def input_names(self) -> list[str]:
         return [s.name for s in self.bundle.inputs]
+
+    def applied(self):
+        """A context with the earlier planners' edits in force on the torch model (none without a budget)."""
+        return self.ledger.applied(self.bundle.module) if self.ledger is not None else contextlib.nullcontext()
 
 
 @dataclass
@@ -75,6 +85,7 @@ class Analysis(abc.ABC):
     name: ClassVar[str]
     description: ClassVar[str]
     takes: ClassVar[str | None] = None
+    plans: ClassVar[bool] = False  # spends the budget (--max-metric-delta) when one is given
 
     def __init__(self, value: str | None = None):
         self.value = value

@@ -1,139 +1,218 @@
-"""The quantization planner: which linears to quantize, and how, within a quality budget.
+"""The quantization planner: which linears to quantize, in which format and at which MatMulNBits
+accuracy level, for the fewest bytes within a quality budget.
 
-1. Each layer's format is the cheapest — fewest bytes as `quantize-weights` stores it for the
-   plan's build target (`analyze --backend`: on ONNX Runtime INT4 is a 4-bit MatMulNBits with
-   float32 scales while FP4 formats become exact 8-bit re-encodings; on TensorRT each format
-   keeps its own bits) — whose degradation on the calibration samples, that layer alone
-   quantized, fits the budget; a layer none fits stays float.
-2. Layers are ordered least sensitive first (their degradation at that format; more weight bytes first on ties).
-3. The combined effect is re-checked on held-out samples (the task's eval split, never the
-   calibration samples): the longest prefix of that order whose held-out degradation fits the
-   budget less a 5% margin is kept (all of them if they fit, else a binary search — degradation
-   grows with the set in practice, and each probe is one evaluation). The margin covers what
-   separates this torch check from the built graph's arithmetic (float32 summation order, and
-   int8 activation codes that land on the other side of a rounding boundary).
+1. **Level, per site.** For INT4 on ONNX Runtime the faster kernel (level 4, int8 activations) is
+   chosen where the proxy says int8 activations add at most `LEVEL_TOLERANCE` to that layer's
+   own loss growth at level 0; elsewhere level 0 (float activations). Judged on the data, per site.
+2. **A path of plans.** Each linear's options (its formats, and float32) have a byte cost and a
+   proxy loss growth (`fisher`). Minimizing `bytes + λ·growth` layer by layer gives, as λ grows
+   from 0 to ∞, a path from the smallest plan (every layer in its smallest format) to the float
+   model: each step moves one layer to its next option on its lower convex hull, the cheapest
+   bytes per unit of growth first. Along the path the predicted growth (the layers' sum) falls.
+3. **Held-out checks.** The budget is judged on the held-out samples, with the quantized weights
+   (and int8 inputs at level 4, as MatMulNBits computes them) and every earlier planner's edits
+   in force. The first probe is the smallest plan the proxy predicts fits (for perplexity the
+   growth of mean log-likelihood maps to a perplexity ratio; other metrics start mid-path); each
+   probe rescales the proxy by measured / predicted and the next probe is the plan the rescaled
+   proxy says fits, bracketed by the probes so far (bisection when the proxy has nothing to say),
+   at most `MAX_PROBES` probes. The plan is the smallest probe that fit the budget less a 5%
+   margin (kept for what separates this torch check from ONNX Runtime's arithmetic).
 
-The held-out check runs the torch model with the quantized weights and, since ONNX Runtime's
-MatMulNBits computes with int8 activations at the pass's default accuracy level 4, with those
-emulated (`mlpdeploy.quant.int8_blocks`); TensorRT forms compute with float activations. The plan's pass leaves `target=auto`: compile writes
-the forms of its `--backend`.
+The plan's pass leaves `target=auto`: compile writes the forms of its `--backend`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from mlpdeploy.analyze.base import Table
-from mlpdeploy.analyze.scoring import Budget, Scorer
-from mlpdeploy.passes.quantize_weights import DEFAULT_ACCURACY_LEVEL, planned_bytes
-from mlpdeploy.quant import Format, quantized_linears
+from mlpdeploy.analyze.quant_choices import FLOAT32, Choice
+from mlpdeploy.analyze.scoring import Ledger
+from mlpdeploy.quant import quantized_linears
 
 MARGIN = 0.05  # of the budget, kept for the built graph's own arithmetic
+LEVEL_TOLERANCE = 0.10  # level 4 where int8 activations add at most this to the layer's own growth
+MAX_PROBES = 8
+
+
+@dataclass(frozen=True)
+class Option:
+    choice: Choice
+    bytes: int
+    growth: float
+
+
+def level_choice(options: list[Option]) -> list[Option]:
+    """Per format, level 4 where its growth is within LEVEL_TOLERANCE of level 0's, else level 0."""
+    by_format: dict = {}
+    for o in options:
+        by_format.setdefault(o.choice.format, []).append(o)
+    kept = []
+    for fmt, group in by_format.items():
+        levels = {o.choice.level: o for o in group}
+        if 0 in levels and 4 in levels:
+            fast, exact = levels[4], levels[0]
+            kept.append(fast if fast.growth <= exact.growth * (1 + LEVEL_TOLERANCE) else exact)
+        else:
+            kept.extend(group)
+    return kept
+
+
+def lower_hull(options: list[Option]) -> list[Option]:
+    """The options on the lower convex hull of (bytes, growth), fewest bytes first: the only ones
+    `bytes + λ·growth` picks for some λ ≥ 0."""
+    points = sorted(options, key=lambda o: (o.bytes, o.growth))
+    frontier: list[Option] = []
+    for o in points:  # drop the dominated (more bytes, no less growth)
+        if not frontier or o.growth < frontier[-1].growth:
+            frontier.append(o)
+    hull: list[Option] = []
+    for o in frontier:
+        while len(hull) >= 2 and _price(hull[-2], hull[-1]) >= _price(hull[-1], o):
+            hull.pop()
+        hull.append(o)
+    return hull
+
+
+def _price(a: Option, b: Option) -> float:
+    """Bytes paid per unit of growth removed moving from a to b (b: more bytes, less growth)."""
+    return (b.bytes - a.bytes) / (a.growth - b.growth) if a.growth > b.growth else math.inf
+
+
+def plan_path(hulls: dict[str, list[Option]]) -> list[dict[str, Option]]:
+    """The plans along λ (see the module docstring), smallest first, float last."""
+    events = sorted((_price(h[i], h[i + 1]), path, i + 1) for path, h in hulls.items() for i in range(len(h) - 1))
+    current = {path: h[0] for path, h in hulls.items()}
+    plans = [dict(current)]
+    for _, path, i in events:
+        current[path] = hulls[path][i]
+        plans.append(dict(current))
+    return plans
 
 
 @dataclass
 class QuantPlan:
     metric: str
-    budget: Budget
-    heldout_baseline: float
-    heldout_value: float
-    heldout_samples: int
-    allowed_heldout: float
-    choices: dict[str, Format]  # layer -> chosen format, least sensitive first
-    target: str = "ort"  # the build target the bytes are counted for (ort | trt)
-    kept: dict[str, str] = field(default_factory=dict)  # layer -> why it stays float
-    shapes: dict[str, list[int]] = field(default_factory=dict)
-    probes: list[dict] = field(default_factory=list)  # held-out checks: {"layers": k, "delta": ...}
-
-    @property
-    def delta(self) -> float:
-        return self.heldout_value - self.heldout_baseline
+    baseline: float  # held-out metric before this planner (earlier edits in force)
+    value: float  # held-out metric with the plan
+    samples: int
+    allowed: float  # the degradation this planner could spend, less the margin
+    choices: dict[str, Choice]  # quantized layers -> their choice
+    target: str
+    shapes: dict[str, list[int]]
+    predicted_growth: float
+    probes: list[dict] = field(default_factory=list)
+    path_length: int = 0
 
     def weight_bytes(self) -> tuple[int, int]:
         """(bytes of every linear weight after the plan, as float32 before)."""
         after = before = 0
         for path, (k, n) in self.shapes.items():
             before += 4 * k * n
-            after += planned_bytes(self.choices[path], k, n, self.target) if path in self.choices else 4 * k * n
+            after += self.choices.get(path, FLOAT32).bytes(k, n, self.target)
         return after, before
 
-    def predicted(self) -> dict:
+    def summary(self) -> dict:
         after, before = self.weight_bytes()
         weights = sum(k * n for k, n in self.shapes.values())
+        levels = [c.level for c in self.choices.values()]
         return {
-            "metric": self.metric, "reference": self.heldout_baseline, "value": self.heldout_value, "metric_delta": self.delta,
-            "relative_delta": self.delta / self.heldout_baseline if self.heldout_baseline else None,
-            "heldout_samples": self.heldout_samples, "quantized_layers": len(self.choices), "linear_layers": len(self.shapes),
-            "linear_weight_bytes": after, "float32_linear_weight_bytes": before, "compression": before / after if after else None,
-            "bits_per_weight": 8 * after / weights if weights else None, "target": self.target,
+            "quantized_layers": len(self.choices), "linear_layers": len(self.shapes), "level_4_layers": levels.count(4),
+            "level_0_layers": levels.count(0), "linear_weight_bytes": after, "float32_linear_weight_bytes": before,
+            "compression": before / after if after else None, "bits_per_weight": 8 * after / weights if weights else None,
+            "target": self.target, "value": self.value, "baseline": self.baseline,
         }
 
     def pass_entry(self) -> dict:
-        return {"name": "quantize-weights", "options": {"target": "auto", "accuracy_level": DEFAULT_ACCURACY_LEVEL},
-                "sites": {path: {"format": str(fmt)} for path, fmt in self.choices.items()}}
+        return {"name": "quantize-weights", "options": {"target": "auto"}, "sites": {p: c.site() for p, c in self.choices.items()}}
 
     def to_json(self) -> dict:
-        return {"budget": self.budget.to_json(self.metric), "allowed_heldout_delta": self.allowed_heldout,
-                "choices": {p: str(f) for p, f in self.choices.items()}, "kept": self.kept, "probes": self.probes,
-                "predicted": self.predicted()}
+        return {"allowed_degradation": self.allowed, "predicted_growth": self.predicted_growth, "path_length": self.path_length,
+                "choices": {p: str(c) for p, c in self.choices.items()}, "probes": self.probes, "summary": self.summary()}
 
     def table(self) -> Table:
-        p = self.predicted()
-        rows = [[path, str(fmt), f"{8 * planned_bytes(fmt, *self.shapes[path], self.target) / (self.shapes[path][0] * self.shapes[path][1]):.3f}"]
-                for path, fmt in self.choices.items()]
-        rows += [[path, "float32", f"32 ({why})"] for path, why in self.kept.items()]
-        rows.append(["all linears", f"{p['quantized_layers']}/{p['linear_layers']} quantized",
-                     f"{p['bits_per_weight']:.3f} (×{p['compression']:.2f} smaller: {p['linear_weight_bytes']:,} B)"])
-        unit = f"{self.budget.max_delta:.3g}" + (" relative" if self.budget.relative else f" {self.metric}")
-        title = (f"Quantization plan (budget {unit}): held-out {self.metric} {self.heldout_baseline:.4g} → {self.heldout_value:.4g} "
-                 f"({self.delta:+.4g}) on {self.heldout_samples} eval samples")
-        return Table(title, ["layer", "format", f"stored bits/weight ({self.target})"], rows)
+        s = self.summary()
+        rows = []
+        for path, (k, n) in self.shapes.items():
+            choice = self.choices.get(path, FLOAT32)
+            rows.append([path, str(choice), f"{8 * choice.bytes(k, n, self.target) / (k * n):.3f}"])
+        rows.append(["all linears", f"{s['quantized_layers']}/{s['linear_layers']} quantized ({s['level_4_layers']} at level 4)",
+                     f"{s['bits_per_weight']:.3f} (×{s['compression']:.2f} smaller: {s['linear_weight_bytes']:,} B)"])
+        title = (f"Quantization plan: held-out {self.metric} {self.baseline:.5g} → {self.value:.5g} on {self.samples} samples "
+                 f"({len(self.probes)} held-out checks along a path of {self.path_length} plans)")
+        return Table(title, ["layer", "choice", f"stored bits/weight ({self.target})"], rows)
 
 
-def plan_quantization(module: nn.Module, data: dict, formats: list[Format], budget: Budget, calibration: Scorer, heldout: Scorer,
-                      target: str = "ort") -> QuantPlan:
-    """Choose layers and formats from the sensitivity `data` (see quant_sensitivity) within `budget`."""
-    allowed_cal = calibration.allowed(budget)
-    shapes = {path: layer["shape"] for path, layer in data["layers"].items()}
-    choices: dict[str, tuple[Format, float]] = {}
-    kept: dict[str, str] = {}
-    for path, layer in data["layers"].items():
-        k, n = layer["shape"]
-        fitting = [(planned_bytes(f, k, n, target), layer["formats"][str(f)]["delta"], f) for f in formats
-                   if layer["formats"][str(f)]["delta"] <= allowed_cal]
-        if not fitting:
-            best = min(formats, key=lambda f: layer["formats"][str(f)]["delta"])
-            kept[path] = f"alone, {best} costs {layer['formats'][str(best)]['delta']:+.3g} > {allowed_cal:.3g} on calibration data"
-            continue
-        _, delta, fmt = min(fitting, key=lambda t: (t[0], t[1]))
-        choices[path] = (fmt, delta)
-    order = sorted(choices, key=lambda p: (choices[p][1], -shapes[p][0] * shapes[p][1]))
-    allowed_ho = heldout.allowed(budget) * (1 - MARGIN)
+def plan_quantization(module: nn.Module, options: dict[str, list[Option]], shapes: dict[str, list[int]], ledger: Ledger,
+                      share: float, target: str) -> QuantPlan:
+    """The smallest plan along the λ-path whose held-out degradation fits `share` of the ledger's budget."""
+    hulls = {path: lower_hull(level_choice(opts) + [Option(FLOAT32, 4 * shapes[path][0] * shapes[path][1], 0.0)])
+             for path, opts in options.items()}
+    plans = plan_path(hulls)
+    growth = [sum(o.growth for o in plan.values()) for plan in plans]
+    start = ledger.value
+    allowed = ledger.available(share) * (1 - MARGIN)
+    sign = 1.0 if ledger.metric not in ("accuracy", "cosine", "agreement") else -1.0
     probes: list[dict] = []
+    measured: dict[int, float] = {len(plans) - 1: start}  # the float plan changes nothing
 
-    def heldout_delta(count: int) -> float:
-        sites = {p: choices[p][0] for p in order[:count]}
-        int8 = {p: f.block for p, f in sites.items()} if target == "ort" and DEFAULT_ACCURACY_LEVEL == 4 else None
-        with quantized_linears(module, sites, int8):
-            value = heldout(module)
-        probes.append({"layers": count, "value": value, "delta": heldout.degradation(value)})
-        return heldout.degradation(value)
+    def fits(i: int) -> bool:
+        return sign * (measured[i] - start) <= allowed
 
-    keep = len(order)
-    if keep and heldout_delta(keep) > allowed_ho:
-        lo, hi = 0, keep  # lo fits (no layers), hi does not
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if heldout_delta(mid) <= allowed_ho:
-                lo = mid
-            else:
-                hi = mid
-        keep = lo
-        for path in order[keep:]:
-            kept[path] = "left float by the held-out check of the combined plan"
-    chosen = {p: choices[p][0] for p in order[:keep]}
-    final = next((pr for pr in reversed(probes) if pr["layers"] == keep), None)
-    value = final["value"] if final else heldout.baseline
-    return QuantPlan(heldout.metric, budget, heldout.baseline, value, heldout.samples, allowed_ho, chosen, target, kept, shapes, probes)
+    def probe(i: int) -> None:
+        chosen = _quantized(plans[i])
+        int8 = {p: c.format.block for p, c in chosen.items() if c.int8_activations}
+        measured[i] = ledger.measure(module, lambda m: quantized_linears(m, {p: c.format for p, c in chosen.items()}, int8))
+        after = sum(o.bytes for o in plans[i].values())
+        probes.append({"index": i, "quantized_layers": len(chosen), "linear_weight_bytes": after, "predicted_growth": growth[i],
+                       "value": measured[i], "degradation": sign * (measured[i] - start), "fits": fits(i)})
+
+    good, bad = len(plans) - 1, -1  # indices: good fits (measured), bad does not
+    target_growth = _growth_target(ledger.metric, start, allowed)
+    scale = 1.0
+    for _ in range(MAX_PROBES):
+        if good - bad <= 1:
+            break
+        i = _next_probe(growth, bad, good, None if target_growth is None else target_growth / scale)
+        probe(i)
+        if fits(i):
+            good = i
+        else:
+            bad = i
+        observed = _observed_growth(ledger.metric, start, measured[i])
+        if observed is not None and growth[i] > 0 and observed > 0:
+            scale = observed / growth[i]
+    chosen = _quantized(plans[good])
+    return QuantPlan(ledger.metric, start, measured[good], ledger.scorer.samples, allowed, chosen, target, shapes, growth[good],
+                     probes, len(plans))
+
+
+def _quantized(plan: dict[str, Option]) -> dict[str, Choice]:
+    return {p: o.choice for p, o in plan.items() if o.choice.format is not None}
+
+
+def _growth_target(metric: str, start: float, allowed: float) -> float | None:
+    """The mean-loss growth the budget allows: for perplexity log(1 + allowed / start); None otherwise."""
+    if metric == "perplexity" and start > 0:
+        return math.log1p(allowed / start)
+    return None
+
+
+def _observed_growth(metric: str, start: float, value: float) -> float | None:
+    if metric == "perplexity" and start > 0 and value > 0:
+        return math.log(value / start)
+    return None
+
+
+def _next_probe(growth: list[float], bad: int, good: int, target: float | None) -> int:
+    """Inside (bad, good): the first plan whose growth is within `target` (the smallest the proxy
+    says fits), else the midpoint."""
+    mid = (bad + good) // 2
+    if target is None:
+        return mid
+    guess = next((i for i in range(bad + 1, good) if growth[i] <= target), mid)
+    edge = (good - bad) // 8  # each probe cuts at least an eighth of the bracket
+    return min(max(guess, bad + 1 + edge), good - 1 - edge)

@@ -1,115 +1,116 @@
-"""`--quant FORMATS`: how much each linear layer suffers from each 4-bit format, one at a time.
+"""`--quant FORMATS`: how much each linear layer would cost the task in each format, from one
+forward and backward pass, and with a budget a quantization plan checked on held-out data.
 
-For every nn.Linear of the model (attention projections, MLP projections, the LM head) and
-every format of `--quant` (nvfp4, mxfp4, int4, int4-64, int4asym-128, ... see
-`mlpdeploy.quant.parse_format`), the layer's weight alone is replaced by what its codes decode
-to and the calibration batches are run again:
+For every nn.Linear (attention and MLP projections, the LM head) and every choice the formats
+give on the plan's backend (`quant_choices`: on ONNX Runtime INT4 at accuracy levels 0 and 4,
+FP4 as 8-bit MatMulNBits at level 4), the proxy (`fisher`) estimates on the calibration samples:
 
-* `delta` — the task metric's degradation on the calibration samples (train split: perplexity
-  up, accuracy down; for a model without a task, the relative RMS drift of its output);
-* `output_error` — the layer's own relative RMS output error ‖x·Wq − x·W‖ / ‖x·W‖ on its inputs.
+* `loss_growth` — the expected growth of the mean task loss with that layer alone quantized
+  (for perplexity: Δ log ppl, so 0.01 ≈ 1% more perplexity);
+* `output_error` — the layer's own relative RMS output error |x·Wq − x·W| / |x·W|.
 
-With a budget (`--max-metric-delta`, metric units or a percentage) the planner (`quant_planner`)
-picks the layers and formats and the plan gets a `quantize-weights` pass with those sites.
-Tables: the per-layer measurements (and a layer × format heat map of the relative delta, drawn
-in report.html), and the plan.
+The proxy reads the first `PROXY_TOKENS` calibration tokens (LM windows; every calibration
+sample for other models). With `--max-metric-delta` the planner (`quant_planner`) spends what
+the budget leaves after the other planners on the fewest bytes, checking its choice on the
+held-out samples; the plan gets a `quantize-weights` pass with per-site formats and accuracy
+levels. Tables: per layer and choice (a heat map of the loss growth in report.html), and the plan.
 """
 
 from __future__ import annotations
 
-import torch
+import time
+
 from torch import nn
 
 from mlpdeploy.analyze.base import Analysis, AnalysisContext, AnalysisResult, Table
-from mlpdeploy.analyze.quant_planner import plan_quantization
-from mlpdeploy.analyze.scoring import Budget, calibration_scorer, heldout_scorer
+from mlpdeploy.analyze.fisher import PROXY_TOKENS, estimate_changes, objective, proxy_batches
+from mlpdeploy.analyze.quant_choices import Choice, choices_for, output_changes
+from mlpdeploy.analyze.quant_planner import Option, plan_quantization
 from mlpdeploy.backends import get_backend
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.calibration import calibration_batches
-from mlpdeploy.model.hooks import first_tensor, observe
 from mlpdeploy.quant import Format, parse_format, quantized_linears
 
 
 class QuantSensitivity(Analysis):
     name = "quant"
     takes = "FORMATS"
-    description = "per linear layer and 4-bit format (nvfp4,mxfp4,int4[-64|-128],int4asym): task-metric delta and output error; with a budget, a quantization plan"
+    description = ("per linear layer and weight format (nvfp4,mxfp4,int4[-64|-128],int4asym) and accuracy level: estimated task-loss "
+                   "growth and output error; with a budget, a mixed-precision plan checked on held-out data")
+    plans = True
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         formats = _formats(self.value)
-        budget = _budget(ctx)
         backend = get_backend(ctx.backend)
         usable = [f for f in formats if f.name not in backend.refused_weight_formats]  # what the planner may choose
-        if budget is not None and not usable:
+        if ctx.ledger is not None and not usable:
             raise MlpdeployError(f"--backend {ctx.backend} builds none of --quant {','.join(map(str, formats))}; "
                                  f"plan for it with formats other than {', '.join(backend.refused_weight_formats)}")
         module = ctx.bundle.module
-        linears = [path for path, m in module.named_modules() if isinstance(m, nn.Linear) and m.weight.numel()]
+        modules = dict(module.named_modules())
+        removed = ctx.ledger.removed if ctx.ledger is not None else set()
+        linears = [path for path, m in modules.items() if isinstance(m, nn.Linear) and m.weight.numel()
+                   and not any(path == r or path.startswith(r + ".") for r in removed)]  # not inside a dropped sublayer
         if not linears:
             raise MlpdeployError(f"{ctx.bundle.source}: has no nn.Linear layers; --quant measures linear weights")
-        scorer = calibration_scorer(ctx.bundle, ctx.batches, ctx.seed, ctx.labeled)
+        target = backend.pass_target
+        choices = choices_for(formats, target)
+        batches, labeled = proxy_batches(ctx)
+        goal = objective(ctx.bundle, batches, labeled, ctx.seed)
+        start = time.perf_counter()
+        with ctx.applied():  # earlier planners' edits in force: measure what is left to quantize
+            changes = {path: output_changes(modules[path], choices, path) for path in linears}
+            stats = estimate_changes(module, goal, ctx.input_names, changes)
         layers = {}
         for path in linears:
-            weight = dict(module.named_modules())[path].weight
-            layers[path] = {"shape": [int(weight.shape[1]), int(weight.shape[0])], "formats": {}}
-            for fmt in formats:
-                value, error = self._measure(ctx, scorer, path, fmt)
-                layers[path]["formats"][str(fmt)] = {"metric": value, "delta": scorer.degradation(value), "output_error": error}
-        data = {"metric": scorer.metric, "calibration_baseline": scorer.baseline, "calibration_samples": scorer.samples,
-                "formats": [str(f) for f in formats], "layers": layers}
+            out_f, in_f = modules[path].weight.shape
+            layers[path] = {"shape": [int(in_f), int(out_f)], "choices": {
+                str(c): {**stats[path][str(c)].to_json(), "bytes": c.bytes(int(in_f), int(out_f), target)} for c in choices}}
+        data = {"metric": ctx.bundle.task.metric if ctx.bundle.task is not None else "output drift", "objective": goal.name,
+                "proxy": {"runs": len(goal.runs), "loss_terms": sum(goal.terms), "max_tokens": PROXY_TOKENS,
+                          "seconds": round(time.perf_counter() - start, 1)},
+                "formats": [str(f) for f in formats], "choices": [str(c) for c in choices], "target": target, "layers": layers}
         tables = [_sensitivity_table(data)]
-        passes, predicted = [], {}
-        if budget is not None:
-            fallback = calibration_batches(ctx.bundle, n=len(ctx.batches), batch_size=8, seed=ctx.seed + 1, path=ctx.calibration)
-            heldout = heldout_scorer(ctx.bundle, ctx.eval_samples, fallback)
-            plan = plan_quantization(module, data, usable, budget, scorer, heldout, backend.pass_target)
+        result = AnalysisResult(data=data, table=tables[0])
+        if ctx.ledger is not None:
+            planned = [c for c in choices if c.format in usable]
+            options = {path: [Option(c, layers[path]["choices"][str(c)]["bytes"], layers[path]["choices"][str(c)]["loss_growth"])
+                              for c in planned] for path in linears}
+            plan = plan_quantization(module, options, {p: layers[p]["shape"] for p in linears}, ctx.ledger, ctx.share, target)
             data["plan"] = plan.to_json()
-            passes, predicted = [plan.pass_entry()], plan.predicted()
-            tables.append(plan.table())
-        return AnalysisResult(data=data, table=tables[0], passes=passes, predicted=predicted, extra_tables=tables[1:])
+            if plan.choices:
+                result.passes = [plan.pass_entry()]
+                ctx.ledger.commit(self.name, _edit(plan.choices), plan.value)
+            else:
+                ctx.ledger.commit(self.name, None, plan.value)
+            result.predicted = {"quantization": plan.summary()}
+            result.extra_tables = [plan.table()]
+        return result
 
-    @staticmethod
-    def _measure(ctx: AnalysisContext, scorer, path: str, fmt: Format) -> tuple[float, float]:
-        """(metric with only `path` quantized, that layer's relative RMS output error)."""
-        module = ctx.bundle.module
-        linear = dict(module.named_modules())[path]
-        original = linear.weight.detach().clone()
-        sums = [0.0, 0.0]
 
-        def record(_path, inputs, output) -> None:
-            x, y = first_tensor(inputs), first_tensor(output)
-            exact = nn.functional.linear(x, original, linear.bias)
-            sums[0] += float(((y - exact).double() ** 2).sum())
-            sums[1] += float((exact.double() ** 2).sum())
-
-        with torch.no_grad(), quantized_linears(module, {path: fmt}), observe(module, [path], record):
-            value = scorer(module)
-        return value, (sums[0] / sums[1]) ** 0.5 if sums[1] else 0.0
+def _edit(choices: dict[str, Choice]):
+    sites = {p: c.format for p, c in choices.items()}
+    int8 = {p: c.format.block for p, c in choices.items() if c.int8_activations}
+    return lambda module: quantized_linears(module, sites, int8)
 
 
 def _formats(value: str | None) -> list[Format]:
     specs = [s for s in (value or "").split(",") if s.strip()]
     if not specs:
         raise MlpdeployError("--quant needs a comma-separated list of formats, e.g. --quant nvfp4,mxfp4,int4")
-    formats = list(dict.fromkeys(parse_format(s) for s in specs))
-    return formats
-
-
-def _budget(ctx: AnalysisContext) -> Budget | None:
-    return None if ctx.max_metric_delta is None else Budget(ctx.max_metric_delta, relative=ctx.relative_budget)
+    return list(dict.fromkeys(parse_format(s) for s in specs))
 
 
 def _sensitivity_table(data: dict) -> Table:
-    formats, metric = data["formats"], data["metric"]
-    base = data["calibration_baseline"]
-    columns = ["layer", "[in, out]"] + [f"Δ{metric} {f}" for f in formats] + [f"out err {f}" for f in formats]
+    choices = data["choices"]
+    columns = ["layer", "[in, out]"] + [f"loss growth {c}" for c in choices] + [f"out err {c}" for c in choices]
     rows, values = [], []
     for path, layer in data["layers"].items():
-        cells = layer["formats"]
-        rows.append([path, "×".join(map(str, layer["shape"]))] + [f"{cells[f]['delta']:+.4g}" for f in formats]
-                    + [f"{cells[f]['output_error']:.3g}" for f in formats])
-        values.append([cells[f]["delta"] / abs(base) if base else cells[f]["delta"] for f in formats])
-    heatmap = {"rows": list(data["layers"]), "columns": formats, "values": values,
-               "label": f"relative {metric} degradation with that layer alone quantized (calibration data)"}
-    title = f"Quantization sensitivity, one linear at a time ({metric} {base:.4g} on {data['calibration_samples']} calibration samples)"
+        cells = layer["choices"]
+        rows.append([path, "×".join(map(str, layer["shape"]))] + [f"{cells[c]['loss_growth']:.3g}" for c in choices]
+                    + [f"{cells[c]['output_error']:.3g}" for c in choices])
+        values.append([cells[c]["loss_growth"] for c in choices])
+    heatmap = {"rows": list(data["layers"]), "columns": choices, "values": values,
+               "label": f"estimated growth of the mean {data['objective']} loss with that layer alone quantized (calibration data)"}
+    title = (f"Quantization sensitivity, one linear at a time: second-order {data['objective']} proxy on "
+             f"{data['proxy']['loss_terms']} calibration loss terms ({data['proxy']['seconds']} s)")
     return Table(title, columns, rows, heatmap=heatmap)

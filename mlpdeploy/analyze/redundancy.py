@@ -22,10 +22,12 @@ from collections import defaultdict
 import torch
 
 from mlpdeploy.analyze.base import Analysis, AnalysisContext, AnalysisResult, Table
-from mlpdeploy.analyze.drop_planner import plan_drops
+from mlpdeploy.analyze.drop_planner import drop_estimates, plan_drops
+from mlpdeploy.analyze.fisher import proxy_batches
 from mlpdeploy.analyze.sublayers import Sublayer, find_sublayers
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.hooks import first_tensor, observe
+from mlpdeploy.model.overrides import overridden
 from mlpdeploy.model.torch_run import run_module
 
 
@@ -102,6 +104,7 @@ def _add(acc: list, item: tuple[float, int]) -> None:
 
 
 class Redundancy(Analysis):
+    plans = True
     name = "redundancy"
     description = ("LLM-Drop importance 1 − cos(X, X + F(LN(X))) of every attention sublayer, MLP sublayer and block; "
                    "with --max-metric-delta, plans drop-layers greedily within budget")
@@ -119,13 +122,23 @@ class Redundancy(Analysis):
                                     **scores[s.site]} for s in sublayers},
                 "norm": norms}
         result = AnalysisResult(data=data, table=Table("", [], []))
-        if ctx.max_metric_delta is not None:
-            planned = plan_drops(ctx, [s for s in sublayers if scores[s.site]["score"] is not None], scores)
+        if ctx.ledger is not None:
+            candidates = [s for s in sublayers if scores[s.site]["score"] is not None]
+            batches, labeled = proxy_batches(ctx)
+            estimates = drop_estimates(ctx, candidates, batches, labeled)
+            for site, estimate in estimates.items():
+                data["scores"][site]["loss_growth_estimate"] = estimate
+            planned = plan_drops(ctx, candidates, scores, estimates)
             data["planner"] = planned.to_json()
+            edit = None
             if planned.dropped:
                 sites = {s.site: {"kind": s.kind, "score": scores[s.site]["score"]} for s in planned.dropped}
                 result.passes.append({"name": "drop-layers", "options": {}, "sites": sites})
-            result.predicted = {"metric_delta": planned.degradation, "dropped_sublayers": len(planned.dropped)}
+                overrides = {k: v for part in planned.dropped for k, v in part.override.items()}
+                edit = lambda module: overridden(module, overrides)  # noqa: E731
+                ctx.ledger.removed.update(s.site for s in planned.dropped)
+            ctx.ledger.commit(self.name, edit, planned.final)
+            result.predicted = {"drops": {"dropped_sublayers": len(planned.dropped), "value": planned.final}}
         result.table = _table(sublayers, scores, data.get("planner"))
         return result
 
@@ -140,14 +153,20 @@ def _table(sublayers: list[Sublayer], scores: dict, planner: dict | None) -> Tab
         row = [s.depth, s.site, s.kind, "-" if score is None else f"{score:.4g}", rank.get(s.site, "-")]
         if planner is not None:
             step = tried.get(s.site)
-            row += ["-", "-"] if step is None else [f"{step['metric']:.5g}", "drop" if step["accepted"] else "keep"]
+            if step is None:
+                row += ["-", "-"]
+            elif not step.get("tried", True):
+                row += [f"est. +{step['estimate']:.3g} nats", "keep (estimate)"]
+            else:
+                row += [f"{step['metric']:.5g}", "drop" if step["accepted"] else "keep"]
         rows.append(row)
     columns = ["depth", "site", "kind", "1 − cos", "rank"]
     title = "Redundancy by depth: LLM-Drop score 1 − cos(X, X + F(X)), mean over calibration tokens (low = redundant)"
     chart = None
     if planner is not None:
         columns += [f"{planner['metric']} when tried", "planned"]
-        title += f"; greedy drops within {planner['budget_text']} on {planner['samples']} held-out samples"
+        title += (f"; greedy drops within its share of {planner['budget_text']} on {planner['samples']} held-out samples "
+                  "(tried where the second-order estimate allows)")
         chart = _curve(planner)
     return Table(title, columns, rows, chart=chart)
 
@@ -156,7 +175,7 @@ def _curve(planner: dict) -> dict:
     """Metric vs number of dropped parts along the greedy path: accepted steps, and the tries that broke the budget."""
     points = [[0, planner["baseline"], True]]
     count = 0
-    for step in planner["steps"]:
+    for step in (s for s in planner["steps"] if s.get("tried", True)):
         x = count + step["adds"]
         points.append([x, step["metric"], step["accepted"]])
         if step["accepted"]:

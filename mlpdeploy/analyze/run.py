@@ -1,7 +1,15 @@
-"""`analyze_model`: run analyses on calibration data and write their findings as a plan."""
+"""`analyze_model`: run analyses on calibration data and write their findings as a plan.
+
+With a budget, the planners run last, in `PLANNING_ORDER` (coarse edits first: dropped sublayers,
+then sparse MLPs, then quantization, which fills what is left layer by layer), sharing one
+`scoring.Ledger`: every planner but the last may spend half of what the earlier ones left, the
+last all of it, each measured on the same held-out samples with the earlier edits in force. The
+plan's `predicted` is the held-out metric of all the planned edits together.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +19,7 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.base import AnalysisContext
 from mlpdeploy.analyze.plan import Plan
 from mlpdeploy.analyze.registry import ANALYSES
+from mlpdeploy.analyze.scoring import Budget, Ledger, heldout_scorer
 from mlpdeploy.backends import get_backend
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
@@ -18,6 +27,8 @@ from mlpdeploy.model.calibration import calibration_batches
 from mlpdeploy.model.source import load_model
 
 CALIBRATION_BATCH = 8
+PLANNING_ORDER = ("redundancy", "sparsity", "quant")
+EARLY_SHARE = 0.5  # of what is left of the budget, for each planner but the last
 
 
 @dataclass
@@ -63,19 +74,42 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
         calibration={"source": _calibration_source(bundle, options.calibration), "samples": sum(_rows(b) for b in batches),
                      "batches": len(batches), "seed": options.seed},
     )
-    if options.max_metric_delta is not None and bundle.task is not None:
-        plan.budget = {"metric": bundle.task.metric, "max_delta": options.max_metric_delta, "relative": options.relative_budget}
-    for name, cls in classes.items():
-        if on_analysis is not None:
-            on_analysis(name)
-        result = cls(options.analyses[name]).run(ctx)
-        plan.analyses[name] = result.data
-        plan.passes.extend(result.passes)
-        plan.predicted.update(result.predicted)
-        if result.arrays:
-            plan.arrays[name if not result.passes else result.passes[0]["name"]] = result.arrays
-        plan.tables.extend(t.to_json() for t in [result.table, *result.extra_tables])
+    planners = [n for n in PLANNING_ORDER if n in classes and classes[n].plans] if options.max_metric_delta is not None else []
+    order = [n for n in classes if n not in planners] + planners
+    with _fast_attention(bundle.module):
+        if planners:
+            budget = Budget(options.max_metric_delta, options.relative_budget)
+            fallback = calibration_batches(bundle, n=len(batches), batch_size=CALIBRATION_BATCH, seed=options.seed + 1, path=options.calibration)
+            ctx.ledger = Ledger(heldout_scorer(bundle, options.eval_samples, fallback), budget)
+            plan.budget = budget.to_json(ctx.ledger.metric)
+        for name in order:
+            if on_analysis is not None:
+                on_analysis(name)
+            ctx.share = 1.0 if not planners or name == planners[-1] else EARLY_SHARE
+            result = classes[name](options.analyses[name]).run(ctx)
+            plan.analyses[name] = result.data
+            plan.passes.extend(result.passes)
+            plan.predicted.update(result.predicted)
+            if result.arrays:
+                plan.arrays[name if not result.passes else result.passes[0]["name"]] = result.arrays
+            plan.tables.extend(t.to_json() for t in [result.table, *result.extra_tables])
+    if ctx.ledger is not None:
+        plan.predicted.update(ctx.ledger.predicted())
     return plan
+
+
+@contextlib.contextmanager
+def _fast_attention(module):
+    """Hugging Face models loaded with eager attention (what export needs) run analyses with
+    PyTorch's fused attention (`sdpa`): the same function, ~1.3x faster on a CPU."""
+    configs = [m.config for m in module.modules() if getattr(getattr(m, "config", None), "_attn_implementation", None) == "eager"]
+    for config in configs:
+        config._attn_implementation = "sdpa"
+    try:
+        yield
+    finally:
+        for config in configs:
+            config._attn_implementation = "eager"
 
 
 def _rows(batch) -> int:

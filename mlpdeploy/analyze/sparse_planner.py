@@ -6,7 +6,8 @@ sparsity (each MLP's threshold is that quantile of its |act(gate)|). Levels are 
 sparsest up; each try runs the torch model with every MLP computing only its selected neurons
 (mlpdeploy.model.sparsity: the function the `sparse-mlp` graph computes, each token selecting on
 its own) on the first `eval_samples` samples of the held-out eval split, and the first that fits
-the budget is planned (sparser levels cost more quality; a level is not tried once one fits).
+this planner's share of the budget (`scoring.Ledger`) is planned (sparser levels cost more quality;
+a level is not tried once one fits). Earlier planners' edits are in force while it measures.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mlpdeploy.analyze.base import AnalysisContext
-from mlpdeploy.analyze.drop_planner import budget_limit, budget_text
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.sparsity import SparseSite, sparsified
-from mlpdeploy.model.torch_run import first_output_fn
-from mlpdeploy.validate.task import degradation
 
 # (predictor recall, gated sparsity), sparsest first.
 LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.7), (0.95, 0.6), (0.98, 0.5), (0.99, 0.4), (0.995, 0.3), (0.999, 0.2))
@@ -29,37 +27,38 @@ LEVELS: tuple[tuple[float, float], ...] = ((0.9, 0.7), (0.95, 0.6), (0.98, 0.5),
 class PlannedSparsity:
     metric: str
     baseline: float
-    budget: float
-    relative: bool
+    budget_text: str
     samples: int
     limit: float
+    allowed: float
     steps: list[dict] = field(default_factory=list)
     chosen: int | None = None  # index into LEVELS
 
+    @property
+    def final(self) -> float:
+        return self.steps[-1]["metric"] if self.chosen is not None else self.baseline
+
     def to_json(self) -> dict:
         chosen = self.steps[-1] if self.chosen is not None else None
-        return {"metric": self.metric, "baseline": self.baseline, "budget": self.budget, "relative": self.relative,
-                "budget_text": budget_text(self.budget, self.relative, self.metric), "limit": self.limit,
-                "samples": self.samples, "steps": self.steps, "chosen": chosen}
+        return {"metric": self.metric, "baseline": self.baseline, "budget_text": self.budget_text, "allowed": self.allowed,
+                "limit": self.limit, "samples": self.samples, "steps": self.steps, "chosen": chosen}
 
 
 def plan_sparsity(ctx: AnalysisContext, sites_at: Callable[[int], list[SparseSite]], computed_at: Callable[[int], float]) -> PlannedSparsity:
-    """Try LEVELS in order; `sites_at(i)` gives the sites of level i, `computed_at(i)` the mean share of neurons computed."""
-    bundle = ctx.bundle
-    task = bundle.task
-    if task is None:
+    """Try LEVELS in order within `ctx.share` of what the ledger's budget leaves; `sites_at(i)` gives
+    the sites of level i, `computed_at(i)` the mean share of neurons computed."""
+    bundle, ledger = ctx.bundle, ctx.ledger
+    if bundle.task is None or not ledger.scorer.use_task:
         raise MlpdeployError(
-            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; run --sparsity without it "
-            "for the measurements, and choose k or thresholds with `--pass sparse-mlp:...`"
+            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data, or run "
+            "--sparsity without a budget for the measurements and choose k or thresholds with `--pass sparse-mlp:...`"
         )
-    run = first_output_fn(bundle.module, ctx.input_names)
-    base = task.evaluate(run, limit=ctx.eval_samples)
-    allowed, limit = budget_limit(ctx, task.metric, base["value"])
-    plan = PlannedSparsity(task.metric, base["value"], ctx.max_metric_delta, ctx.relative_budget, base["samples"], limit)
+    start = ledger.value
+    allowed = ledger.available(ctx.share)
+    plan = PlannedSparsity(ledger.metric, start, ledger.budget.text(ledger.metric), ledger.scorer.samples, ledger.limit(ctx.share), allowed)
     for i, (recall, sparsity) in enumerate(LEVELS):
-        with sparsified(bundle.module, sites_at(i)):
-            value = task.evaluate(run, limit=ctx.eval_samples)["value"]
-        worse = degradation(task.metric, value - base["value"])
+        value = ledger.measure(bundle.module, lambda m, i=i: sparsified(m, sites_at(i)))
+        worse = ledger.scorer.degradation(value) - ledger.scorer.degradation(start)
         accepted = worse <= allowed
         plan.steps.append({"level": i, "recall": recall, "sparsity": sparsity, "computed_fraction": computed_at(i),
                            "metric": value, "degradation": worse, "accepted": accepted})

@@ -27,7 +27,7 @@ from mlpdeploy.analyze.predictor import k_for_recall, recall_curve, svd_predicto
 from mlpdeploy.analyze.sparse_planner import LEVELS, plan_sparsity
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.hooks import first_tensor, observe
-from mlpdeploy.model.sparsity import SparseSite
+from mlpdeploy.model.sparsity import SparseSite, sparsified
 from mlpdeploy.model.torch_run import run_module
 from mlpdeploy.plugins.sparse_mlp.reference import activate
 
@@ -79,6 +79,7 @@ def gate_activation(module: nn.Module, site: MLPSite) -> str:
 
 
 class Sparsity(Analysis):
+    plans = True
     name = "sparsity"
     description = ("per MLP: neurons active per token (ReLU) or |gate| thresholds for 40/50% sparsity (gated), union over "
                    "batches of 1/4/16, trained low-rank predictors with recall@k; with --max-metric-delta plans sparse-mlp")
@@ -88,7 +89,8 @@ class Sparsity(Analysis):
         sites = [s for s in find_mlps(module) if not (s.gated and len(s.ups) < 2)]  # a fused gate_up cannot be thresholded apart
         if not sites:
             raise MlpdeployError(f"{ctx.bundle.source}: found no MLPs with separate up (and gate) projections to measure sparsity on")
-        got = capture(module, sites, ctx)
+        with ctx.applied():  # earlier planners' drops in force
+            got = capture(module, sites, ctx)
         modules = dict(module.named_modules())
         data, makers, computed = {}, {}, {}
         for site in sites:
@@ -102,14 +104,18 @@ class Sparsity(Analysis):
                 data[site.scope], makers[site.scope], computed[site.scope] = self._plain(site, parts, w_up, ctx)
         result = AnalysisResult(data={"sites": data}, table=Table("", [], []))
         planner = None
-        if ctx.max_metric_delta is not None:
+        if ctx.ledger is not None:
             planner = plan_sparsity(ctx, lambda i: [makers[s](i)[0] for s in makers],
                                     lambda i: float(np.mean([computed[s](i) for s in computed])))
             result.data["planner"] = planner.to_json()
+            edit = None
             if planner.chosen is not None:
                 self._plan(result, makers, planner.chosen)
-            result.predicted = {"metric_delta": planner.steps[-1]["degradation"] if planner.chosen is not None else 0.0,
-                                "computed_fraction": planner.steps[-1]["computed_fraction"] if planner.chosen is not None else 1.0}
+                chosen_sites = [makers[s](planner.chosen)[0] for s in makers]
+                edit = lambda m: sparsified(m, chosen_sites)  # noqa: E731
+            ctx.ledger.commit(self.name, edit, planner.final)
+            result.predicted = {"sparsity": {"computed_fraction": planner.steps[-1]["computed_fraction"] if planner.chosen is not None else 1.0,
+                                             "value": planner.final}}
         result.table = _table(data, result.data.get("planner"))
         return result
 

@@ -180,19 +180,33 @@ class QuantizeWeights(RewritePass):
         except QuantError as exc:
             self.report.skipped[scope] = exc.args[0]
             return
-        emitted = self._operator(model, linear.input, q, scope, _dtype(linear))
+        level = self._level_for([scope])
+        emitted = self._operator(model, linear.input, q, scope, _dtype(linear), level)
         bias = linear.bias_array()
         tail = emitted.output
         writer = Writer(model.graph, scope, self.taken)
         if bias is not None:
             tail = _typed(writer.node("Add", [tail, writer.constant("bias", bias)]).outputs[0], emitted.output, _dtype(linear), q.n)
         self._replace(model.graph, linear, emitted.nodes + writer.nodes, tail, node)
-        self._record(scope, fmt, emitted, q.k, q.n, [scope])
+        self._record(scope, fmt, emitted, q.k, q.n, [scope], level)
 
-    def _operator(self, model: ir.Model, x: ir.Value, q, scope: str, dtype: np.dtype) -> Emitted:
+    def _level_for(self, paths: list[str]) -> int:
+        """The accuracy level of the site(s) at `paths`: a plan's per-site `accuracy_level`, else the
+        option's; a fused weight whose linears disagree takes the more exact (0)."""
+        levels = []
+        for path in paths:
+            settings = self.site_settings(path) if self.sites is not None else None
+            levels.append(int(settings["accuracy_level"]) if settings and "accuracy_level" in settings else self.level)
+        level = min(levels) if levels else self.level
+        if level not in (0, 1, 2, 3, 4):
+            raise MlpdeployError(f"pass {self.name}: accuracy_level must be 0..4 (MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {level}")
+        return level
+
+    def _operator(self, model: ir.Model, x: ir.Value, q, scope: str, dtype: np.dtype, level: int) -> Emitted:
         """x · W for the target: an operator form, or MatMul by a weight form."""
         writer = Writer(model.graph, scope, self.taken)
-        form = form_for(q.format, self.target, self.fp4_form)
+        fp4_form = self.fp4_form if self.config["fp4_form"] != "auto" else ("nbits8" if level == 4 else "function")
+        form = form_for(q.format, self.target, fp4_form)
         if form.startswith("w4a16"):
             emitted = w4a16(writer, model, x, q, plugin=form == "w4a16-plugin")
         elif form == "dq":
@@ -201,7 +215,7 @@ class QuantizeWeights(RewritePass):
             matmul = writer.node("MatMul", [padded_input(writer, x, q, dtype) if padded else x, weight.output])
             emitted = Emitted(writer.nodes, matmul.outputs[0], weight.bytes, weight.form)
         else:
-            emitted = matmul_nbits(writer, x, q, self.level, dtype)
+            emitted = matmul_nbits(writer, x, q, level, dtype)
         _typed(emitted.output, x, dtype, q.n)
         return emitted
 
@@ -285,19 +299,22 @@ class QuantizeWeights(RewritePass):
     def _gated_matmul(self, model: ir.Model, matmul: ir.Node, fmt: Format, site: str, linears: list[str]) -> None:
         linear = match_linear(matmul.outputs[0])
         q = fmt.quantize(linear.weight_array().astype(np.float32), f"{site} weight")
-        emitted = self._operator(model, linear.input, q, site, _dtype(linear))
+        level = self._level_for(linears)
+        emitted = self._operator(model, linear.input, q, site, _dtype(linear), level)
         self._replace(model.graph, linear, emitted.nodes, emitted.output, matmul)
-        self._record(site, fmt, emitted, q.k, q.n, linears)
+        self._record(site, fmt, emitted, q.k, q.n, linears, level)
 
     # ---- report
 
-    def _record(self, site: str, fmt: Format, emitted: Emitted, k: int, n: int, linears: list[str]) -> None:
+    def _record(self, site: str, fmt: Format, emitted: Emitted, k: int, n: int, linears: list[str], level: int = 0) -> None:
         self.report.details["sites"][site] = {"format": str(fmt), "form": emitted.form, "shape": [k, n], "bytes": emitted.bytes,
                                               "format_bits_per_weight": round(fmt.bits_per_weight(k, n), 4), "linears": linears}
         if fmt.positive_scales:
             self.report.details["sites"][site]["positive_scales"] = True
-        if emitted.form.startswith("MatMulNBits") and self.level == 4:
-            self.report.details["sites"][site]["int8_activations"] = True
+        if emitted.form.startswith("MatMulNBits"):
+            self.report.details["sites"][site]["accuracy_level"] = level
+            if level == 4:
+                self.report.details["sites"][site]["int8_activations"] = True
 
     def _totals(self) -> None:
         sites = self.report.details["sites"].values()
