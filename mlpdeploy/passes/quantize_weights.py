@@ -1,4 +1,4 @@
-"""quantize-weights: linear weights (MatMul/Gemm, GatedMLP) as 4-bit NVFP4, MXFP4 or INT4 codes.
+"""quantize-weights: linear weights (MatMul/Gemm, GatedMLP) as 4-bit NVFP4, MXFP4 or INT4 codes, or 8-bit INT8.
 
 Sites are linears with constant weights, keyed by their module scope (`layers.0.mlp.down_proj`,
 `lm_head`): all those matching `scope` (globs separated by `|`) and not `exclude`, or the
@@ -6,10 +6,12 @@ sites of a plan, each with its own `format` (and `block`). The weight is quantiz
 `mlpdeploy.quant` (exact rules there) and written in the form the build target reads
 (`weight_forms`):
 
-| target | int4 / int4asym | nvfp4 | mxfp4 |
-|---|---|---|---|
-| `ort` | MatMulNBits (4-bit, `accuracy_level`) | `fp4_form`: MatMulNBits 8-bit re-encoding (exact weights) or W4A16MatMul function | same as nvfp4 |
-| `trt` | DequantizeLinear(INT4) (int4 only: TensorRT takes no zero points) | two-level DequantizeLinear (FLOAT4E2M1 ← FLOAT8E4M3FN, opset 23) | W4A16MatMul plugin (datacenter TensorRT) |
+| target | int4 / int4asym | int8 | nvfp4 | mxfp4 |
+|---|---|---|---|---|
+| `ort` | MatMulNBits (4-bit, `accuracy_level`) | MatMulNBits (8-bit; fast at level 4 only) | `fp4_form`: MatMulNBits 8-bit re-encoding (exact weights) or W4A16MatMul function | same as nvfp4 |
+| `trt` | DequantizeLinear(INT4) (int4 only: TensorRT takes no zero points) | DequantizeLinear(INT8) | two-level DequantizeLinear (FLOAT4E2M1 ← FLOAT8E4M3FN, opset 23) | W4A16MatMul plugin (datacenter TensorRT) |
+
+A plan's sites may each name their own `accuracy_level` (the planner chooses 0 or 4 per site).
 
 `fp4_form=auto` picks the 8-bit MatMulNBits at accuracy level 4 and the function otherwise:
 ONNX Runtime 1.32's 8-bit MatMulNBits has a fast kernel only with int8 activations (level 4);
@@ -80,9 +82,9 @@ class QuantizeWeights(RewritePass):
     """Quantize linear weights to NVFP4, MXFP4 or INT4 in the form the build target reads."""
 
     name = "quantize-weights"
-    description = "linear/GatedMLP weights as NVFP4, MXFP4 or INT4 (MatMulNBits for ONNX Runtime, DequantizeLinear/plugin for TensorRT)"
+    description = "linear/GatedMLP weights as NVFP4, MXFP4, INT4 or INT8 (MatMulNBits for ONNX Runtime, DequantizeLinear/plugin for TensorRT)"
     options = {
-        "format": "int4",  # nvfp4 | mxfp4 | int4 | int4asym (a plan's sites name their own)
+        "format": "int4",  # nvfp4 | mxfp4 | int4 | int4asym | int8 (a plan's sites name their own)
         "block": 0,  # 0: the format's default (nvfp4 16, mxfp4 32, int4 32)
         "accuracy_level": DEFAULT_ACCURACY_LEVEL,  # MatMulNBits: 0 float32 activations, 4 int8 activations
         "target": "auto",  # ort | trt; auto: compile's --backend (tensorrt-* → trt), else ort

@@ -3,7 +3,8 @@
 Operator forms replace `x · W` by one node reading x:
 
 * `matmul_nbits` — INT4 as `com.microsoft::MatMulNBits` (bits 4, codes + 8 when symmetric,
-  packed zero points when asymmetric), and FP4 re-encoded exactly as an 8-bit MatMulNBits:
+  packed zero points when asymmetric), INT8 as an 8-bit MatMulNBits (codes + 128), and FP4
+  re-encoded exactly as an 8-bit MatMulNBits:
   every E2M1 value v is a multiple of 1/2 in [−6, 6], so `2v + 128` is a uint8 code and
   `(2v + 128 − 128) · (s / 2) = v · s` exactly (s / 2 is exact in float32 down to 2^-148);
 * `w4a16` — `mlpdeploy::W4A16MatMul` (the portable function body; with its plugin attributes
@@ -13,7 +14,7 @@ Weight forms give a value W' to multiply by, as TensorRT's ONNX parser reads qua
 
 * NVFP4: `DequantizeLinear(FLOAT4E2M1 [K, N], DequantizeLinear(FLOAT8E4M3FN [KB, N], FP32 s2), axis 0, block 16)`
   (opset 23, what TensorRT Model Optimizer writes);
-* INT4: `DequantizeLinear(INT4 [K, N], FP32 [KB, N], axis 0, block)` (opset 21).
+* INT4: `DequantizeLinear(INT4 [K, N], FP32 [KB, N], axis 0, block)` (opset 21); INT8 the same with INT8.
 
 Every form decodes to exactly `QuantizedWeight.dequantize()` (tested bit for bit).
 """
@@ -43,7 +44,7 @@ def form_for(fmt: Format, target: str, fp4_form: str) -> str:
         return "w4a16-plugin" if fmt.name == "mxfp4" else "dq"
     if fmt.fp4:
         return "nbits8" if fp4_form == "nbits8" else "w4a16-function"
-    return "nbits4"
+    return "nbits8" if fmt.bits == 8 else "nbits4"
 
 
 def stored_bytes(fmt: Format, k: int, n: int, form: str, scale_bytes: int = 4) -> int:
@@ -60,7 +61,7 @@ def stored_bytes(fmt: Format, k: int, n: int, form: str, scale_bytes: int = 4) -
         return n * kp // 2 + n * blocks * (1 if fmt.fp4 else 4) + extra
     rows = kp if k % fmt.block else k  # TensorRT forms pad to whole blocks
     scales = blocks * n * (1 if fmt.name == "nvfp4" else 4) + (4 if fmt.name == "nvfp4" else 0)
-    return -(-rows * n // 2) + scales
+    return -(-rows * n * fmt.bits // 8) + scales
 
 
 @dataclass
@@ -101,9 +102,14 @@ class Writer:
 
 
 def matmul_nbits(w: Writer, x: ir.Value, q: QuantizedWeight, accuracy_level: int, dtype: np.dtype) -> Emitted:
-    """x · W as one MatMulNBits: 4-bit for INT4, an exact 8-bit re-encoding for FP4."""
+    """x · W as one MatMulNBits: 4-bit for INT4, 8-bit for INT8, an exact 8-bit re-encoding for FP4."""
     scales = q.block_scales().T  # [N, KB]
-    if q.format.fp4:
+    if q.format.name == "int8":
+        bits = 8
+        codes = (q.values().astype(np.int16) + 128).astype(np.uint8)  # [Kp, N], zero point 128 (MatMulNBits' default)
+        blob = np.ascontiguousarray(codes.T).reshape(q.n, -1, q.block)
+        form = "MatMulNBits(8-bit)"
+    elif q.format.fp4:
         bits = 8
         codes = (2 * decode_e2m1(q.codes) + 128).astype(np.uint8)  # [Kp, N]
         blob = np.ascontiguousarray(codes.T).reshape(q.n, -1, q.block)
@@ -148,6 +154,10 @@ def dequantized_weight(w: Writer, q: QuantizedWeight, padded: bool = False) -> E
         block_scale = w.node("DequantizeLinear", [fp8, w.constant("scale_fp32", np.array(q.global_scale, np.float32))]).outputs[0]
         out = w.node("DequantizeLinear", [fp4, block_scale], axis=0, block_size=q.block).outputs[0]
         return w.done(out, "DequantizeLinear(FLOAT4E2M1) ← DequantizeLinear(FLOAT8E4M3FN)")
+    if q.format.name == "int8":
+        int8 = w.constant("weight_int8", np.ascontiguousarray(codes).view(np.int8))
+        out = w.node("DequantizeLinear", [int8, w.constant("scale", q.scales)], axis=0, block_size=q.block).outputs[0]
+        return w.done(out, "DequantizeLinear(INT8)")
     int4 = w.nibbles("weight_int4", signed_int4(codes).astype(ml_dtypes.int4))
     out = w.node("DequantizeLinear", [int4, w.constant("scale", q.scales)], axis=0, block_size=q.block).outputs[0]
     return w.done(out, "DequantizeLinear(INT4)")

@@ -1,4 +1,5 @@
-"""The 4-bit weight formats: NVFP4, MXFP4, INT4 (symmetric) and INT4 with zero points.
+"""The weight formats: 4-bit NVFP4, MXFP4, INT4 (symmetric) and INT4 with zero points, and 8-bit
+INT8 (symmetric), the mixed-precision step between INT4 and float32.
 
 A [K, N] weight (the `x @ W` orientation: K inputs, N outputs) is cut into blocks of `block`
 rows along K, one block per column (padding rules in `packing`). Per format, exactly:
@@ -17,6 +18,9 @@ rows along K, one block per column (padding rules in `packing`). Per format, exa
   symmetric), d = ±7 the plain `amax / 7`, the others trade clipping m for a finer grid, so a
   block's error is never above either rule's. With `positive_scales` (TensorRT's parser refuses
   negative scales) the divisors are `INT4_POSITIVE_DIVISORS` of |m|.
+* **int8** (block 32, 64 or 128): per-block FP32 scale `block_amax / 127` (1 for a zero block),
+  codes `clip(round(w / scale), −127, 127)` (int8, stored as their two's-complement bytes);
+  value `code · scale`.
 * **int4asym** (block 32, 64 or 128): per-block range `[min(lo, 0), max(hi, 0)]`, FP32 scale
   `range / 15` (1 for a zero block), zero point `clip(round(−lo / scale), 0, 15)`, codes
   `clip(round(w / scale) + zp, 0, 15)`; value `(code − zp) · scale`.
@@ -54,7 +58,7 @@ FP32_MIN_NORMAL = F32(np.finfo(np.float32).tiny)
 class Format:
     """A weight format and its block size; `str()` is its spec (`nvfp4`, `int4-64`)."""
 
-    name: str  # nvfp4 | mxfp4 | int4 | int4asym
+    name: str  # nvfp4 | mxfp4 | int4 | int4asym | int8
     block: int
     positive_scales: bool = False  # int4: only positive block scales (TensorRT's DequantizeLinear)
 
@@ -64,6 +68,11 @@ class Format:
     @property
     def fp4(self) -> bool:
         return self.name in ("nvfp4", "mxfp4")
+
+    @property
+    def bits(self) -> int:
+        """Bits per code."""
+        return 8 if self.name == "int8" else 4
 
     def bits_per_weight(self, k: int, n: int) -> float:
         """Stored bits per weight of a [K, N] weight (codes, scales, zero points, global scale)."""
@@ -76,9 +85,10 @@ class Format:
 
 @dataclass
 class QuantizedWeight:
-    """A quantized [K, N] weight: unpacked 4-bit `codes` [Kp, N] (Kp = K padded to whole
-    blocks), per-block `scales` [Kp / block, N] (uint8 E4M3 codes for nvfp4, uint8 E8M0 codes
-    for mxfp4, float32 for int4), `global_scale` (nvfp4) and `zero_points` (int4asym, uint8)."""
+    """A quantized [K, N] weight: unpacked `codes` [Kp, N] uint8 (Kp = K padded to whole blocks;
+    4-bit codes, or int8's two's-complement bytes), per-block `scales` [Kp / block, N] (uint8 E4M3
+    codes for nvfp4, uint8 E8M0 codes for mxfp4, float32 for int4/int8), `global_scale` (nvfp4)
+    and `zero_points` (int4asym, uint8)."""
 
     format: Format
     k: int
@@ -108,6 +118,8 @@ class QuantizedWeight:
             return decode_e2m1(self.codes)
         if name == "int4":
             return signed_int4(self.codes).astype(F32)
+        if name == "int8":
+            return self.codes.view(np.int8).astype(F32)
         zp = np.repeat(self.zero_points.astype(np.int16), self.block, axis=0)
         return (self.codes.astype(np.int16) - zp).astype(F32)
 
@@ -121,13 +133,16 @@ class QuantizedWeight:
         return storage_bytes(self.format, self.k, self.n)
 
     def packed_codes(self) -> np.ndarray:
-        """The [K, N] codes (padding dropped) packed two a byte in row-major order (ONNX's 4-bit layout)."""
+        """The [K, N] codes (padding dropped) packed two a byte in row-major order (ONNX's 4-bit layout);
+        int8's one a byte."""
+        if self.format.bits == 8:
+            return np.ascontiguousarray(self.codes[: self.k]).reshape(-1)
         return pack_nibbles(self.codes[: self.k])
 
 
-DEFAULT_BLOCK = {"nvfp4": 16, "mxfp4": 32, "int4": 32, "int4asym": 32}
-BLOCKS = {"nvfp4": (16,), "mxfp4": (32,), "int4": (32, 64, 128), "int4asym": (32, 64, 128)}
-SCALE_BYTES = {"nvfp4": 1, "mxfp4": 1, "int4": 4, "int4asym": 4}
+DEFAULT_BLOCK = {"nvfp4": 16, "mxfp4": 32, "int4": 32, "int4asym": 32, "int8": 32}
+BLOCKS = {"nvfp4": (16,), "mxfp4": (32,), "int4": (32, 64, 128), "int4asym": (32, 64, 128), "int8": (32, 64, 128)}
+SCALE_BYTES = {"nvfp4": 1, "mxfp4": 1, "int4": 4, "int4asym": 4, "int8": 4}
 # int4 scale = m / d (m: the block's signed extreme). Measured on SmolLM2-135M's projections
 # (14 matrices, relative squared weight error): ONNX Runtime's d = −8 alone 0.0079, these eight
 # 0.0066, seventeen 0.0063 at twice the time; positive scales only (TensorRT) 0.0076.
@@ -137,7 +152,7 @@ INT4_POSITIVE_DIVISORS = (7.0, 6.5, 7.5, 8.0, 8.5, 9.0)
 
 def storage_bytes(fmt: Format, k: int, n: int) -> int:
     blocks = -(-k // fmt.block) * n
-    total = -(-k * n // 2) + blocks * SCALE_BYTES[fmt.name]
+    total = -(-k * n * fmt.bits // 8) + blocks * SCALE_BYTES[fmt.name]
     if fmt.name == "int4asym":
         total += -(-blocks // 2)
     if fmt.name == "nvfp4":
@@ -150,7 +165,7 @@ def parse_format(spec: str) -> Format:
     text = spec.strip().lower()
     name, _, block_text = text.partition("-")
     if name not in DEFAULT_BLOCK:
-        raise QuantError(f"unknown weight format {spec!r}; formats are {', '.join(DEFAULT_BLOCK)} (int4/int4asym take -32, -64 or -128)")
+        raise QuantError(f"unknown weight format {spec!r}; formats are {', '.join(DEFAULT_BLOCK)} (int4/int4asym/int8 take -32, -64 or -128)")
     block = DEFAULT_BLOCK[name]
     if block_text:
         if not block_text.isdigit():
@@ -189,7 +204,7 @@ def quantize(w: np.ndarray, fmt: Format, what: str = "weight") -> QuantizedWeigh
     if fmt.name == "int4":
         codes, scales, extra = _int4(blocks, fmt.positive_scales)
     else:
-        codes, scales, extra = {"nvfp4": _nvfp4, "mxfp4": _mxfp4, "int4asym": _int4asym}[fmt.name](blocks)
+        codes, scales, extra = {"nvfp4": _nvfp4, "mxfp4": _mxfp4, "int4asym": _int4asym, "int8": _int8}[fmt.name](blocks)
     return QuantizedWeight(fmt, k, n, codes.reshape(-1, n), scales, **extra)
 
 
@@ -236,6 +251,13 @@ def _int4(blocks: np.ndarray, positive: bool = False):
             best_scale, best_error = np.where(better, scale, best_scale), np.where(better, error, best_error)
     q = np.clip(np.rint(_divide(blocks, best_scale)), -8, 7).astype(np.int8)
     return (q.astype(np.uint8) & 0xF), best_scale, {}
+
+
+def _int8(blocks: np.ndarray):
+    block_amax = np.abs(blocks).max(axis=1)
+    scale = np.where(block_amax > 0, block_amax / F32(127), F32(1)).astype(F32)
+    q = np.clip(np.rint(_divide(blocks, scale)), -127, 127).astype(np.int8)
+    return q.view(np.uint8), scale, {}
 
 
 def _int4asym(blocks: np.ndarray):

@@ -68,12 +68,15 @@ FORMS = [
     ("int4", {"accuracy_level": 4}, "MatMulNBits", 4),
     ("int4asym-64", {"accuracy_level": 0}, "MatMulNBits", 0),
     ("int4-128", {"accuracy_level": 4}, "MatMulNBits", 4),
+    ("int8", {"accuracy_level": 4}, "MatMulNBits", 4),
+    ("int8-64", {"accuracy_level": 0}, "MatMulNBits", 0),
     ("nvfp4", {"accuracy_level": 4}, "MatMulNBits", 4),  # fp4_form auto: exact 8-bit re-encoding
     ("mxfp4", {"accuracy_level": 4, "fp4_form": "nbits8"}, "MatMulNBits", 4),
     ("nvfp4", {"accuracy_level": 0}, "W4A16MatMul", 0),  # fp4_form auto at level 0: the function
     ("mxfp4", {"fp4_form": "function"}, "W4A16MatMul", 0),
     ("nvfp4", {"target": "trt"}, "DequantizeLinear", 0),
     ("int4-64", {"target": "trt"}, "DequantizeLinear", 0),
+    ("int8", {"target": "trt"}, "DequantizeLinear", 0),
     ("mxfp4", {"target": "trt"}, "W4A16MatMul", 0),
 ]
 
@@ -228,7 +231,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 PASS_FORMS = [("int4", "ort", 0), ("int4asym-128", "ort", 0), ("int4-64", "ort", 4), ("nvfp4", "ort", 4), ("mxfp4", "ort", 0),
-              ("nvfp4", "trt", 0), ("int4-128", "trt", 0), ("mxfp4", "trt", 0)]
+              ("nvfp4", "trt", 0), ("int4-128", "trt", 0), ("mxfp4", "trt", 0), ("int8", "ort", 4), ("int8-128", "trt", 0)]
 
 
 @settings(max_examples=25, deadline=None)

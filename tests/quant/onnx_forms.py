@@ -41,6 +41,9 @@ def reference_dequantize(q: QuantizedWeight) -> np.ndarray:
         scale = np.ldexp(1.0, q.scales.astype(np.int32) - 127).astype(np.float32)
         inits += [_tensor("w", codes, TensorProto.FLOAT4E2M1), numpy_helper.from_array(scale, "sb")]
         nodes.append(helper.make_node("DequantizeLinear", ["w", "sb"], ["y"], axis=0, block_size=block))
+    elif name == "int8":
+        inits += [numpy_helper.from_array(codes.view(np.int8), "w"), numpy_helper.from_array(q.scales, "sb")]
+        nodes.append(helper.make_node("DequantizeLinear", ["w", "sb"], ["y"], axis=0, block_size=block))
     elif name == "int4":
         inits += [_tensor("w", codes, TensorProto.INT4), numpy_helper.from_array(q.scales, "sb")]
         nodes.append(helper.make_node("DequantizeLinear", ["w", "sb"], ["y"], axis=0, block_size=block))
@@ -54,11 +57,18 @@ def reference_dequantize(q: QuantizedWeight) -> np.ndarray:
 
 
 def reference_quantize_int4(w: np.ndarray, q: QuantizedWeight) -> np.ndarray:
-    """onnx.reference QuantizeLinear of w with q's scales (and zero points): the codes it makes."""
+    """onnx.reference QuantizeLinear of w with q's scales (and zero points): the codes it makes
+    (INT4/UINT4; INT8 for int8, as its two's-complement bytes)."""
     k = q.k
-    symmetric = q.format.name == "int4"
+    symmetric = q.format.name in ("int4", "int8")
     inputs = [numpy_helper.from_array(np.asarray(w, np.float32), "x"), numpy_helper.from_array(q.scales, "s")]
     names = ["x", "s"]
+    if q.format.name == "int8":
+        inputs.append(numpy_helper.from_array(np.zeros(q.scales.shape, np.int8), "zp"))
+        node = helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["y"], axis=0, block_size=q.block)
+        graph = helper.make_graph([node], "q", [], [helper.make_tensor_value_info("y", TensorProto.INT8, None)], inputs)
+        out = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])).run(None, {})[0]
+        return np.asarray(out, np.int8)[:k].view(np.uint8)
     if symmetric:
         inputs.append(_tensor("zp", np.zeros(q.scales.shape, np.uint8), TensorProto.INT4))
     else:

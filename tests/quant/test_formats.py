@@ -23,7 +23,7 @@ from mlpdeploy.quant.packing import column_blobs, column_nibbles
 
 from .onnx_forms import ml_dtypes_e2m1, reference_dequantize, reference_quantize_int4
 
-FORMATS = ["nvfp4", "mxfp4", "int4", "int4-64", "int4-128", "int4asym", "int4asym-64", "int4asym-128"]
+FORMATS = ["nvfp4", "mxfp4", "int4", "int4-64", "int4-128", "int4asym", "int4asym-64", "int4asym-128", "int8", "int8-128"]
 
 
 def _every_float32_near(limit: float, count: int = 200_001) -> np.ndarray:
@@ -112,7 +112,7 @@ def test_dequantize_matches_onnx_reference_bit_for_bit(spec, shape):
     assert np.array_equal(ours.view(np.uint32), reference_dequantize(q).view(np.uint32))
 
 
-@pytest.mark.parametrize("spec", ["int4", "int4-128", "int4asym", "int4asym-64"])
+@pytest.mark.parametrize("spec", ["int4", "int4-128", "int4asym", "int4asym-64", "int8", "int8-64"])
 def test_int4_codes_match_onnx_quantize_linear(spec):
     w = np.random.default_rng(3).standard_normal((200, 9)).astype(np.float32)
     q = parse_format(spec).quantize(w)
@@ -166,12 +166,13 @@ def test_storage_bits():
     assert parse_format("int4").bits_per_weight(4096, 4096) == 5.0
     assert parse_format("int4-128").bits_per_weight(4096, 4096) == 4.25
     assert parse_format("int4asym").bits_per_weight(4096, 4096) == 5.125
+    assert parse_format("int8").bits_per_weight(4096, 4096) == 9.0 and parse_format("int8-128").bits_per_weight(4096, 4096) == 8.25
     q = parse_format("nvfp4").quantize(np.ones((20, 3), np.float32))
     assert q.nbytes() == 30 + 6 + 4
 
 
 @pytest.mark.parametrize(("spec", "message"), [
-    ("fp4", "unknown weight format 'fp4'; formats are nvfp4, mxfp4, int4, int4asym"),
+    ("fp4", "unknown weight format 'fp4'; formats are nvfp4, mxfp4, int4, int4asym, int8"),
     ("int4-48", "int4 blocks are 32 or 64 or 128 along the input dim, not 48"),
     ("nvfp4-32", "nvfp4 blocks are 16 along the input dim, not 32"),
     ("int4-x", "the block after '-' must be a number"),

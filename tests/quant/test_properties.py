@@ -19,7 +19,7 @@ from mlpdeploy.quant.minifloat import E2M1_GRID  # noqa: E402
 
 from .onnx_forms import reference_dequantize  # noqa: E402
 
-SPECS = ["nvfp4", "mxfp4", "int4", "int4-64", "int4-128", "int4asym", "int4asym-128"]
+SPECS = ["nvfp4", "mxfp4", "int4", "int4-64", "int4-128", "int4asym", "int4asym-128", "int8", "int8-64"]
 DIMS = st.sampled_from([1, 2, 3, 7, 16, 17, 31, 33, 64, 97, 131])
 PROPERTY = settings(max_examples=40, deadline=None)
 
@@ -91,7 +91,7 @@ def _rule_error(blocks: np.ndarray, scale: np.ndarray) -> np.ndarray:
     """Squared error per block [B, N] of symmetric INT4 with the given block scales."""
     safe = np.where(scale != 0, scale, 1).astype(np.float32)
     q = np.clip(np.rint(blocks / safe[:, None]), -8, 7)
-    return np.square(q * safe[:, None] - blocks).sum(axis=1)
+    return np.square(q.astype(np.float64) * safe[:, None] - blocks).sum(axis=1)
 
 
 @PROPERTY
