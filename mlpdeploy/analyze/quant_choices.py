@@ -8,7 +8,12 @@ for INT4, at both:
 | format | level 0 (float32 activations) | level 4 (int8 activations, blocks of the format's block) |
 |---|---|---|
 | int4, int4asym (4-bit MatMulNBits) | offered | offered |
+| int8 (8-bit MatMulNBits) | not offered (no fast kernel) | offered |
 | nvfp4, mxfp4 (exact 8-bit MatMulNBits re-encoding) | not offered | offered |
+
+With a budget the planner also offers `FALLBACK` (int8) at every layer, whatever `--quant` lists:
+the step between a 4-bit format and float32 that makes a tight budget reachable with a model
+still ~3.5x smaller (mixed precision).
 
 FP4 at level 0 would be the W4A16MatMul function, which ONNX Runtime folds back into a float32
 weight when the session is created: no memory or time saved, so the planner does not offer it.
@@ -30,6 +35,7 @@ from mlpdeploy.quant import Format
 from mlpdeploy.quant.torch_apply import dequantized_weight, int8_blocks
 
 FLOAT_LEVEL = 0
+FALLBACK = "int8"
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,7 @@ def choices_for(formats: list[Format], target: str) -> list[Choice]:
     for fmt in formats:
         if target != "ort":
             out.append(Choice(fmt, 0))
-        elif fmt.fp4:
+        elif fmt.fp4 or fmt.bits == 8:
             out.append(Choice(fmt, 4))
         else:
             out += [Choice(fmt, 0), Choice(fmt, 4)]

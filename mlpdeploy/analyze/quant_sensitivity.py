@@ -10,7 +10,8 @@ FP4 as 8-bit MatMulNBits at level 4), the proxy (`fisher`) estimates on the cali
 * `output_error` — the layer's own relative RMS output error |x·Wq − x·W| / |x·W|.
 
 The proxy reads the first `PROXY_TOKENS` calibration tokens (LM windows; every calibration
-sample for other models). With `--max-metric-delta` the planner (`quant_planner`) spends what
+sample for other models). With `--max-metric-delta` int8 joins the choices (the mixed-precision
+fallback, `quant_choices.FALLBACK`) and the planner (`quant_planner`) spends what
 the budget leaves after the other planners on the fewest bytes, checking its choice on the
 held-out samples; the plan gets a `quantize-weights` pass with per-site formats and accuracy
 levels. Tables: per layer and choice (a heat map of the loss growth in report.html), and the plan.
@@ -24,7 +25,7 @@ from torch import nn
 
 from mlpdeploy.analyze.base import Analysis, AnalysisContext, AnalysisResult, Table
 from mlpdeploy.analyze.fisher import PROXY_TOKENS, estimate_changes, objective, proxy_batches
-from mlpdeploy.analyze.quant_choices import Choice, choices_for, output_changes
+from mlpdeploy.analyze.quant_choices import FALLBACK, Choice, choices_for, output_changes
 from mlpdeploy.analyze.quant_planner import Option, plan_quantization
 from mlpdeploy.backends import get_backend
 from mlpdeploy.errors import MlpdeployError
@@ -53,7 +54,10 @@ class QuantSensitivity(Analysis):
         if not linears:
             raise MlpdeployError(f"{ctx.bundle.source}: has no nn.Linear layers; --quant measures linear weights")
         target = backend.pass_target
-        choices = choices_for(formats, target)
+        fallback = parse_format(FALLBACK)
+        planning = formats + ([fallback] if ctx.ledger is not None and fallback not in formats and fallback.name not in
+                              backend.refused_weight_formats else [])
+        choices = choices_for(planning, target)
         batches, labeled = proxy_batches(ctx)
         goal = objective(ctx.bundle, batches, labeled, ctx.seed)
         start = time.perf_counter()
@@ -68,11 +72,12 @@ class QuantSensitivity(Analysis):
         data = {"metric": ctx.bundle.task.metric if ctx.bundle.task is not None else "output drift", "objective": goal.name,
                 "proxy": {"runs": len(goal.runs), "loss_terms": sum(goal.terms), "max_tokens": PROXY_TOKENS,
                           "seconds": round(time.perf_counter() - start, 1)},
-                "formats": [str(f) for f in formats], "choices": [str(c) for c in choices], "target": target, "layers": layers}
+                "formats": [str(f) for f in formats], "fallback": [str(f) for f in planning if f not in formats],
+                "choices": [str(c) for c in choices], "target": target, "layers": layers}
         tables = [_sensitivity_table(data)]
         result = AnalysisResult(data=data, table=tables[0])
         if ctx.ledger is not None:
-            planned = [c for c in choices if c.format in usable]
+            planned = [c for c in choices if c.format in usable or c.format == fallback]
             options = {path: [Option(c, layers[path]["choices"][str(c)]["bytes"], layers[path]["choices"][str(c)]["loss_growth"])
                               for c in planned] for path in linears}
             plan = plan_quantization(module, options, {p: layers[p]["shape"] for p in linears}, ctx.ledger, ctx.share, target)

@@ -35,7 +35,8 @@ def test_every_linear_measured_in_every_choice(tiny_plan):
     data = plan.analyses["quant"]
     linears = [n for n, m in bundle.module.named_modules() if isinstance(m, torch.nn.Linear)]
     assert sorted(data["layers"]) == sorted(linears) and data["formats"] == ["nvfp4", "int4"]
-    assert data["choices"] == ["nvfp4/L4", "int4/L0", "int4/L4"] and data["objective"] == "cross-entropy"
+    assert data["choices"] == ["nvfp4/L4", "int4/L0", "int4/L4", "int8/L4"] and data["fallback"] == ["int8"]
+    assert data["objective"] == "cross-entropy"
     for layer in data["layers"].values():
         for cell in layer["choices"].values():
             assert 0 < cell["output_error"] < 0.5 and cell["loss_growth"] > 0 and cell["bytes"] > 0
