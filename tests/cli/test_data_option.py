@@ -105,3 +105,21 @@ def test_arrays_define_an_agreement_task(tmp_path):
     result = CliRunner().invoke(cli, ["analyze", "llama-tiny", "--layer-stats", "--data", str(path), "-o", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "p.json").read_text())["calibration"]["source"].startswith(f"data:{path}, sha256:")
+
+
+def test_bench_feeds_the_held_out_data(zoo_build, tmp_path):
+    """Latency feeds and decode prompts come from the data: the model's tokens, shaped by --seq-len / --context."""
+    data = notes(tmp_path / "notes.jsonl")
+    out = tmp_path / "latency.json"
+    result = CliRunner().invoke(cli, ["bench", str(zoo_build("llama-tiny")), "--data", str(data), "--seq-len", "24", "--batch", "3",
+                                      "--iterations", "2", "--min-seconds", "0", "--warmup", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads(out.read_text())
+    assert saved["inputs"].startswith(f"held-out data:{data}, sha256:") and saved["results"][0]["dims"] == {"batch": 3, "seq": 24}
+    out = tmp_path / "decode.json"
+    result = CliRunner().invoke(cli, ["bench", str(zoo_build("llama-tiny", kv_cache=True)), "--decode", "--data", str(data),
+                                      "--context", "16", "--new-tokens", "4", "--repeats", "1", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["inputs"].startswith("held-out data:")
+    result = CliRunner().invoke(cli, ["bench", str(zoo_build("llama-tiny")), "--data", str(data), "--dim", "seq=8"])
+    assert result.exit_code == 2 and "--dim and --data" in result.output
