@@ -110,6 +110,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         stages.records["rewrite"].update(rewritten.to_json())
         stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
+            **_tokenizer_files(bundle, work),
             "onnx": exported.model_path,
             "manifest": exported.manifest_path,
             "rewritten_onnx": rewritten.model_path,
@@ -149,6 +150,16 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def _tokenizer_files(bundle: ModelBundle, work: Path) -> dict[str, Path]:
+    """A Hugging Face source's tokenizer files (chat template, generation config) copied beside the artifact,
+    so `generate`/`serve` find them wherever the artifact goes."""
+    from mlpdeploy.runtime.tokenizer import copy_tokenizer_files
+
+    if bundle.kind != "hf" or not Path(bundle.source).is_dir():
+        return {}
+    return {f"tokenizer:{p.name}": p for p in copy_tokenizer_files(Path(bundle.source), work)}
 
 
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
