@@ -123,3 +123,22 @@ def test_bench_feeds_the_held_out_data(zoo_build, tmp_path):
     assert json.loads(out.read_text())["inputs"].startswith("held-out data:")
     result = CliRunner().invoke(cli, ["bench", str(zoo_build("llama-tiny")), "--data", str(data), "--dim", "seq=8"])
     assert result.exit_code == 2 and "--dim and --data" in result.output
+
+
+def test_validate_and_compile_judge_on_the_data(zoo_build, zoo_export, tmp_path):
+    data = notes(tmp_path / "notes.jsonl")
+    report = tmp_path / "v.json"
+    built = zoo_build("llama-tiny")
+    result = CliRunner().invoke(cli, ["validate", "--reference", "llama-tiny", "--candidate", str(built), "--data", str(data),
+                                      "--seq-len", "32", "--task-samples", "4", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    task = json.loads(report.read_text())["task"]
+    assert task["task"] == "data:notes.jsonl" and task["metric"] == "perplexity" and task["samples"] == 4 and task["agreement"] == 1.0
+    _, onnx_path = zoo_export("llama-tiny")
+    result = CliRunner().invoke(cli, ["validate", "--reference", str(onnx_path), "--candidate", str(built), "--data", str(data)])
+    assert result.exit_code == 2 and "give a MODEL as --reference" in result.output
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli, ["compile", "llama-tiny", "--data", str(data), "--seq-len", "32", "--task-samples", "4", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["validation"]["task"]["task"] == "data:notes.jsonl" and "data" in saved["stages"]
