@@ -142,3 +142,11 @@ def test_validate_and_compile_judge_on_the_data(zoo_build, zoo_export, tmp_path)
     assert result.exit_code == 0, result.output
     saved = json.loads((out / "report.json").read_text())
     assert saved["validation"]["task"]["task"] == "data:notes.jsonl" and "data" in saved["stages"]
+
+
+def test_data_or_calibration_not_both(tmp_path):
+    path = tmp_path / "ids.npz"
+    np.savez(path, input_ids=np.zeros((2, 8), np.int64))
+    result = CliRunner().invoke(cli, ["analyze", "llama-tiny", "--layer-stats", "--data", str(path), "--calibration", str(path),
+                                      "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 2 and "give --data or --calibration, not both" in result.output and not (tmp_path / "p.json").exists()
