@@ -23,6 +23,7 @@ from mlpdeploy.model.data import Batch, Task
 from mlpdeploy.model.image_preprocess import Preprocess, resolve_preprocess
 
 EVAL_EVERY = 5
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,9 +87,7 @@ class ImageTask(Task):
 
 
 def image_classes(path: Path) -> dict[str, list[Path]]:
-    """Class folder name → its image files (sorted), for the non-hidden folders that hold images."""
-    from mlpdeploy.model.tasks import IMAGE_SUFFIXES
-
+    """Class folder name → its image files (sorted, sub-folders included), for the non-hidden folders that hold images."""
     classes = {}
     for folder in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         files = sorted(f for f in folder.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
