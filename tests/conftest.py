@@ -161,6 +161,16 @@ def minilm_dir() -> Path:
     return _real_model("minilm", "minilm")
 
 
+@pytest.fixture(scope="session")
+def smollm2_small_kv(smollm2_small, tmp_path_factory) -> Path:
+    """The 4-layer SmolLM2 compiled with --kv-cache for ONNX Runtime (a compile output directory)."""
+    from mlpdeploy.compile import CompileOptions, compile_model
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-4l-kv"
+    compile_model(str(smollm2_small), out, CompileOptions(kv_cache=True, task_limit=8))
+    return out
+
+
 # ---------------------------------------------------------------- graph-test helpers (`h`)
 # onnxscript's recipe for pass tests: run the full ONNX checker, compare numerics in ONNX Runtime
 # CPU with ITS graph optimizations disabled (so its own fusions cannot hide or fake ours). Used by

@@ -28,7 +28,7 @@ ALLOWED = {
     **{name: BOTTOM | LOWER for name in LOWER},
     **{name: BOTTOM | LOWER | STAGES for name in STAGES},
     "runtime": BOTTOM | LOWER | STAGES,
-    "compile": BOTTOM | LOWER | STAGES,
+    "compile": BOTTOM | LOWER | STAGES | {"runtime"},
     "serving": BOTTOM | LOWER | {"runtime", "backends"},
     "cli": BOTTOM | LOWER | STAGES | {"runtime", "compile", "cli", "serving"},
 }
