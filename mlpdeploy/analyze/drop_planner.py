@@ -75,7 +75,7 @@ def plan_drops(ctx: AnalysisContext, candidates: list[Sublayer], scores: dict[st
     bundle, ledger = ctx.bundle, ctx.ledger
     if bundle.task is None or not ledger.scorer.use_task:
         raise MlpdeployError(
-            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge drops; give it --data, or "
+            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge drops; give it --data FILE (docs/data.md), or "
             "run --redundancy without a budget for the scores and choose sites with `--pass drop-layers:scopes=...`"
         )
     start = ledger.value

@@ -50,7 +50,7 @@ def plan_sparsity(ctx: AnalysisContext, sites_at: Callable[[int], list[SparseSit
     bundle, ledger = ctx.bundle, ctx.ledger
     if bundle.task is None or not ledger.scorer.use_task:
         raise MlpdeployError(
-            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data, or run "
+            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data FILE (docs/data.md), or run "
             "--sparsity without a budget for the measurements and choose k or thresholds with `--pass sparse-mlp:...`"
         )
     start = ledger.value
