@@ -45,6 +45,7 @@ class CompileOptions:
     opset: int = DEFAULT_OPSET
     seed: int = 0
     task_limit: int | None = 128  # eval samples for the task metric (None: the whole eval split)
+    plan_samples: bool = True  # with a plan whose prediction names its held-out samples, validate on those (not task_limit)
     max_metric_delta: float | None = None  # default: the plan's budget, if it has one
     relative_metric_delta: bool = False  # max_metric_delta is a fraction of the reference's metric
     debug: bool = False
@@ -102,7 +103,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             seed=options.seed,
             layers=True,
             task=bundle.task is not None,
-            task_limit=options.task_limit,
+            task_limit=_task_limit(options, plan),
             task_reference=bundle,
             **_budget(options, plan),
         )
@@ -147,6 +148,9 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         if plan is not None:
             report["plan"] = {"source": str(options.plan), "analyses": list(plan.analyses), "passes": [str(p) for p in plan.pass_specs()],
                               "calibration": plan.calibration, "budget": plan.budget, "predicted": plan.predicted, "tables": plan.tables}
+            check = _plan_check(plan, validation_json.get("task"))
+            if check is not None:
+                report["plan"]["check"] = check
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
@@ -174,6 +178,22 @@ def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:
 def _cache(bundle: ModelBundle, manifest) -> dict:
     """The artifact's KV cache: the built model's (drop-layers may have removed layers'), else the export's."""
     return manifest.cache if manifest is not None and manifest.cache is not None else bundle.cache.to_json()
+
+
+def _task_limit(options: CompileOptions, plan: Plan | None) -> int | None:
+    """The held-out samples validation measures the task on: the plan's prediction's, else the options'."""
+    samples = (plan.predicted or {}).get("heldout_samples") if plan is not None else None
+    return int(samples) if options.plan_samples and samples else options.task_limit
+
+
+def _plan_check(plan: Plan, task: dict | None) -> dict | None:
+    """The plan's predicted held-out metric (torch, at analyze) beside what validation measured on the built model."""
+    predicted = plan.predicted or {}
+    if not task or "value" not in predicted or task.get("metric") != predicted.get("metric"):
+        return None
+    return {"metric": task["metric"], "samples": task.get("samples"), "predicted": predicted["value"], "measured": task.get("candidate"),
+            "predicted_reference": predicted.get("reference"), "measured_reference": task.get("reference"),
+            "difference": task.get("candidate") - predicted["value"] if task.get("candidate") is not None else None}
 
 
 def _budget(options: CompileOptions, plan: Plan | None) -> dict[str, Any]:

@@ -41,7 +41,7 @@ Change = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (module input, 
 LossFn = Callable[[torch.Tensor, dict[str, np.ndarray]], torch.Tensor]  # (first output, batch) -> summed loss
 CROSS_ENTROPY_METRICS = ("perplexity", "accuracy")
 PROJECTIONS = 4  # random directions per batch for the Gauss-Newton (drift) objective
-PROXY_TOKENS = 4096  # calibration tokens the proxy reads (forward and backward) for a language model
+PROXY_TOKENS = 2048  # calibration tokens the proxy (and redundancy's scores) read for a language model
 
 
 @dataclass

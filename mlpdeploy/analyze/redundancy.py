@@ -117,14 +117,14 @@ class Redundancy(Analysis):
                 f"{ctx.bundle.source}: found no residual blocks (children of an nn.ModuleList holding an attention "
                 "module or an MLP); redundancy needs a transformer-style stack"
             )
-        scores, norms = measure_scores(module, sublayers, ctx.batches, ctx.input_names)
+        batches, labeled = proxy_batches(ctx)  # a language model's first PROXY_TOKENS calibration tokens
+        scores, norms = measure_scores(module, sublayers, batches, ctx.input_names)
         data = {"scores": {s.site: {"kind": s.kind, "block": s.block, "depth": s.depth, "output_module": s.output_module,
                                     **scores[s.site]} for s in sublayers},
                 "norm": norms}
         result = AnalysisResult(data=data, table=Table("", [], []))
         if ctx.ledger is not None:
             candidates = [s for s in sublayers if scores[s.site]["score"] is not None]
-            batches, labeled = proxy_batches(ctx)
             estimates = drop_estimates(ctx, candidates, batches, labeled)
             for site, estimate in estimates.items():
                 data["scores"][site]["loss_growth_estimate"] = estimate

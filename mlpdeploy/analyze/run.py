@@ -53,7 +53,7 @@ class AnalyzeOptions:
     seed: int = 0
     max_metric_delta: float | None = None
     relative_budget: bool = False
-    eval_samples: int | None = 128
+    eval_samples: int | None = 32
     backend: str = "onnxruntime"  # what planners count costs for
     data: DataOptions | None = None
 

@@ -34,8 +34,9 @@ def _analysis_options(fn):
 @SEED
 @click.option("--max-metric-delta", type=METRIC_DELTA,
               help="Quality budget for planners: task metric units (perplexity up, accuracy down), or a percentage of the model's metric with % (e.g. 1%).")
-@click.option("--task-samples", type=int, default=128, show_default=True,
-              help="Held-out eval samples planners judge their choices on (0: the whole eval split).")
+@click.option("--task-samples", type=int, default=32, show_default=True,
+              help="Held-out eval samples planners judge their choices on and the plan's prediction is measured on "
+                   "(compile --plan validates on the same ones; 0: the whole eval split).")
 @click.option("--backend", default="onnxruntime", show_default=True, help="The build backend the plan is for (what its choices cost there).")
 @debug_option
 def analyze(model, output, calibration, seed, max_metric_delta, task_samples, backend, debug, **kwargs) -> None:

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
@@ -36,7 +37,9 @@ def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
 
     passes, plan = PASSES.parse(kwargs)
     backend, build_options = BUILD.parse(kwargs)
+    explicit_samples = click.get_current_context().get_parameter_source("task_samples") is not ParameterSource.DEFAULT
     options = CompileOptions(passes=passes, plan=plan, backend=backend, build=build_options, opset=opset, seed=seed, debug=debug, kv_cache=kv_cache,
+                             plan_samples=not explicit_samples,
                              data=DATA.parse(kwargs), **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as progress:
         tasks = {}
@@ -50,6 +53,10 @@ def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
         report = compile_model(model, output, options, on_stage=on_stage)
     val = report["validation"]
     print_validation(console, val, f"{report['model']}: validation (atol {val['atol']:g}, rtol {val['rtol']:g})")
+    check = report.get("plan", {}).get("check")
+    if check:
+        console.print(f"plan: {check['metric']} predicted {check['predicted']:.5g} (torch, at analyze), measured {check['measured']:.5g} "
+                      f"(the built model) on {check['samples']} held-out samples", markup=False)
     console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}", markup=False)
     console.print("[green]PASS[/]" if report["passed"] else f"[red]FAIL: {escape(failure(val))}[/]")
     sys.exit(0 if report["passed"] else 1)

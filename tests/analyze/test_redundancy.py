@@ -5,12 +5,14 @@ keeps the combined drop within budget on held-out samples."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from click.testing import CliRunner
 
 from mlpdeploy.analyze import AnalyzeOptions, analyze_model
+from mlpdeploy.analyze.drop_planner import MAX_TRIES, SCREEN
 from mlpdeploy.analyze.sublayers import find_sublayers
 from mlpdeploy.cli import cli
 from mlpdeploy.model import load_model
@@ -91,9 +93,10 @@ def test_scores_equal_a_hook_computation_post_norm(hf_bert_dir):
     outs = _capture(bundle.module, [layer, f"{layer}.attention.output.dense", f"{layer}.output.dense"], feeds, inputs=False)
     attn = _one_minus_cos((x, x + y) for x, y in zip(ins[layer], outs[f"{layer}.attention.output.dense"]))
     mlp = _one_minus_cos((x, x + y) for x, y in zip(ins[f"{layer}.intermediate.dense"], outs[f"{layer}.output.dense"]))
-    assert data["scores"][f"{layer}.attention"]["score"] == pytest.approx(attn, rel=1e-9)
-    assert data["scores"][f"{layer}.output"]["score"] == pytest.approx(mlp, rel=1e-9)
-    assert data["scores"][layer]["score"] == pytest.approx(_one_minus_cos(zip(ins[layer], outs[layer])), rel=1e-9)
+    # analyses run Hugging Face attention fused (sdpa), these hooks eager: equal to float32 rounding
+    assert data["scores"][f"{layer}.attention"]["score"] == pytest.approx(attn, rel=1e-6)
+    assert data["scores"][f"{layer}.output"]["score"] == pytest.approx(mlp, rel=1e-6)
+    assert data["scores"][layer]["score"] == pytest.approx(_one_minus_cos(zip(ins[layer], outs[layer])), rel=1e-6)
 
 
 @pytest.mark.parametrize("model", ["llama-tiny", "opt-relu-tiny", "vit-tiny", pytest.param("mixer-tiny", marks=pytest.mark.slow), "hf-llama", "hf-bert"])
@@ -116,9 +119,14 @@ def test_planner_keeps_the_combined_drop_within_budget():
     plan = analyze_model("llama-small", AnalyzeOptions({"redundancy": None}, samples=8, max_metric_delta=budget, eval_samples=4))
     data = plan.analyses["redundancy"]
     planner, scores = data["planner"], data["scores"]
-    tried = [scores[s["site"]]["score"] for s in planner["steps"]]
-    assert tried == sorted(tried) and len(planner["steps"]) >= len(planner["dropped"]) >= 1
-    assert all((s["degradation"] <= budget) == s["accepted"] for s in planner["steps"])
+    order = [scores[s["site"]]["score"] for s in planner["steps"]]
+    assert order == sorted(order) and len(planner["steps"]) >= len(planner["dropped"]) >= 1
+    tried = [s for s in planner["steps"] if s["tried"]]
+    assert all((s["degradation"] <= budget) == s["accepted"] for s in tried) and len(tried) <= MAX_TRIES
+    # passed over without a held-out check only where the second-order estimate is far past the budget
+    allowed_growth = math.log1p(budget / planner["baseline"])
+    assert all(s["estimate"] > SCREEN * allowed_growth and not s["accepted"] for s in planner["steps"] if not s["tried"])
+    assert all(scores[site]["loss_growth_estimate"] > 0 for site in scores)
     assert plan.budget == {"metric": "perplexity", "max_delta": budget, "relative": False}
     assert plan.passes == [{"name": "drop-layers", "options": {},
                             "sites": {site: {"kind": scores[site]["kind"], "score": scores[site]["score"]} for site in planner["dropped"]}}]
@@ -139,7 +147,7 @@ def test_relative_budget_and_nothing_within_it():
                                                         relative_budget=True, eval_samples=2))
     planner = plan.analyses["redundancy"]["planner"]
     assert plan.passes == [] and planner["dropped"] == [] and planner["final"] == planner["baseline"]
-    assert all(not s["accepted"] and s["degradation"] > 0.001 * planner["baseline"] for s in planner["steps"])
+    assert all(not s["accepted"] and (not s["tried"] or s["degradation"] > 0.001 * planner["baseline"]) for s in planner["steps"])
     assert planner["budget_text"] == "0.100% of the perplexity" and plan.budget["relative"] is True
 
 
