@@ -21,6 +21,7 @@ Accuracy numbers do not depend on the machine; only the timing columns do.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -101,7 +102,10 @@ def bench_model(model: str, data: Path, samples: int | None, plan: Path | None, 
     from mlpdeploy.model import load_model
     from mlpdeploy.model.tasks import DataOptions, attach_task
 
-    bundle = attach_task(load_model(str(MODELS[model])), DataOptions(path=data))
+    spec = str(MODELS[model])
+    if model == "smollm2" and plan is not None:
+        spec = json.loads(plan.read_text())["model"]  # a plan names its model as analyze was given it
+    bundle = attach_task(load_model(spec), DataOptions(path=data))
     names = [s.name for s in bundle.inputs]
     source = export_model(bundle, work / f"{model}.onnx").model_path
     rows, fp32_predictions = {}, None

@@ -42,6 +42,7 @@ LossFn = Callable[[torch.Tensor, dict[str, np.ndarray]], torch.Tensor]  # (first
 CROSS_ENTROPY_METRICS = ("perplexity", "accuracy")
 PROJECTIONS = 4  # random directions per batch for the Gauss-Newton (drift) objective
 PROXY_TOKENS = 2048  # calibration tokens the proxy (and redundancy's scores) read for a language model
+RUN_TOKENS = 512  # tokens per forward/backward run of the proxy (bounds its memory)
 
 
 @dataclass
@@ -101,9 +102,22 @@ def objective(bundle: ModelBundle, batches: list[dict[str, np.ndarray]], labeled
     task = bundle.task
     if task is not None and labeled and task.metric in CROSS_ENTROPY_METRICS:
         loss = _cross_entropy(task.label_key)
-        return Objective("cross-entropy", [(b, loss) for b in labeled], [int(np.asarray(b[task.label_key]).size) for b in labeled], False)
-    runs = [(b, _projection(seed * 1000 + 10 * i + j)) for i, b in enumerate(batches) for j in range(PROJECTIONS)]
+        pieces = [p for b in labeled for p in _pieces(b)]
+        return Objective("cross-entropy", [(p, loss) for p in pieces], [int(np.asarray(p[task.label_key]).size) for p in pieces], False)
+    runs = [(p, _projection(seed * 1000 + 10 * i + j)) for i, p in enumerate(q for b in batches for q in _pieces(b)) for j in range(PROJECTIONS)]
     return Objective("drift", runs, [1] * len(runs), True)
+
+
+def _pieces(batch: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """`batch` in row slices of at most RUN_TOKENS tokens (an LM's logits over a large vocabulary,
+    their gradient and each change of the LM head are that many rows each)."""
+    first = np.asarray(next(iter(batch.values())))
+    rows = first.shape[0] if first.ndim else 1
+    per_row = int(np.prod(first.shape[1:])) if first.ndim >= 2 and first.dtype.kind in "iu" else 1
+    step = max(1, RUN_TOKENS // max(per_row, 1))
+    if step >= rows:
+        return [batch]
+    return [{k: v[i:i + step] for k, v in batch.items()} for i in range(0, rows, step)]
 
 
 def estimate_changes(module: torch.nn.Module, goal: Objective, input_names: list[str],
