@@ -1,6 +1,7 @@
-"""`TritonPythonModel`: what the `model.py` of a `package --triton-backend python` repository runs.
+"""`MlpdeployModel`: what the `model.py` of a `package --triton-backend python` repository runs.
 
-Triton's Python backend loads `REPO/<name>/<version>/model.py`, which imports this class. It reads
+Triton's Python backend loads `REPO/<name>/<version>/model.py`, whose `TritonPythonModel` makes one
+of these in `initialize(args)` and hands it every `execute` and `finalize`. It reads
 its config's parameters — `artifact` (the built model's file in the version directory) and
 `max_batch_size` — and loads the artifact with mlpdeploy's runtime (`Engine`, ONNX Runtime with
 the build's session settings, or a TensorRT engine).
@@ -28,10 +29,11 @@ from mlpdeploy.serving.triton_generate import TritonGenerate, triton_error
 from mlpdeploy.serving.triton_tensors import output_tensor, read_input
 
 
-class TritonPythonModel:
-    """The Python backend's model interface (initialize / execute / finalize) over mlpdeploy's runtime."""
+class MlpdeployModel:
+    """The Python backend's model interface (execute / finalize) over mlpdeploy's runtime, made from the
+    `args` of `TritonPythonModel.initialize`."""
 
-    def initialize(self, args: dict) -> None:
+    def __init__(self, args: dict):
         import triton_python_backend_utils as pb_utils
 
         self.pb = pb_utils

@@ -3,7 +3,7 @@
     REPO/<name>/config.pbtxt     backend "python", the model's tensors, its batching, and parameters:
                                  `artifact` (the built file below), `EXECUTION_ENV_PATH` (the Python
                                  environment with mlpdeploy installed), `max_batch_size` (decoders)
-    REPO/<name>/1/model.py       `from mlpdeploy.serving.triton_model import TritonPythonModel`
+    REPO/<name>/1/model.py       a `TritonPythonModel` handing each call to `mlpdeploy.serving.triton_model`
     REPO/<name>/1/<artifact>     the built model (copied) with what the runtime reads beside it: its
                                  manifest, session settings, external weights, custom-op libraries,
                                  tokenizer files
@@ -39,9 +39,21 @@ MODEL_PY = '''"""Triton Python-backend model written by `mlpdeploy package --tri
 
 Runs the built model that config.pbtxt's `artifact` parameter names, with mlpdeploy's runtime,
 in the Python environment of its `EXECUTION_ENV_PATH` parameter (which must have mlpdeploy).
+mlpdeploy is imported in `initialize`: the stub Triton starts to read the model's config never pays for it.
 """
 
-from mlpdeploy.serving.triton_model import TritonPythonModel  # noqa: F401
+
+class TritonPythonModel:
+    def initialize(self, args):
+        from mlpdeploy.serving.triton_model import MlpdeployModel
+
+        self.model = MlpdeployModel(args)
+
+    def execute(self, requests):
+        return self.model.execute(requests)
+
+    def finalize(self):
+        self.model.finalize()
 '''
 
 # the optional settings of a generate request: tensor name → (Triton type, dims)

@@ -123,11 +123,12 @@ def free_port() -> int:
 
 class TritonServer:
     """The bundled tritonserver on `repo`, on free loopback ports: `start()` returns once it is ready
-    (or raises with its log), `stop()` ends it; a context manager too."""
+    (or raises with its log), `stop()` ends it, giving requests in flight `exit_timeout` seconds
+    (Triton waits that long for open client connections too); a context manager too."""
 
-    def __init__(self, repo: Path | str, extra: list[str] = (), timeout: float = 120.0):
+    def __init__(self, repo: Path | str, extra: list[str] = (), timeout: float = 120.0, exit_timeout: int = 5):
         self.bundle = find_bundle()
-        self.repo, self.extra, self.timeout = Path(repo), list(extra), timeout
+        self.repo, self.extra, self.timeout = Path(repo), [f"--exit-timeout-secs={exit_timeout}", *extra], timeout
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen | None = None
         self.log_file = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)  # noqa: SIM115

@@ -1,0 +1,213 @@
+"""The real Triton Inference Server (the nvidia-pytriton wheel's tritonserver 2.51) on repositories that
+`mlpdeploy package` writes, driven by tritonclient and Triton's generate endpoints.
+
+Python backend (`--triton-backend python`, one server for the module): a zoo classifier (mixer-tiny)
+answers dynamic-batched infer requests, and a cached decoder (llama-tiny --kv-cache) answers /generate,
+/generate_stream and gRPC streams — every answer equal to `mlpdeploy.runtime`'s. Native backends
+(today's default): the bundled server has no onnxruntime or tensorrt backend, so the test asserts that
+their configs parse and only the backend is missing. A server that cannot start fails the test with its log.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.runtime.generate import CachedGenerator, Sampling
+from mlpdeploy.serving.package import package_triton
+from mlpdeploy.serving.triton_config import TritonOptions
+from mlpdeploy.serving.tritonserver import WHEEL, TritonServer
+
+http = pytest.importorskip("tritonclient.http", reason="needs tritonclient (dev extra)")
+grpc = pytest.importorskip("tritonclient.grpc", reason="needs tritonclient[grpc] (dev extra)")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+DECODER, CLASSIFIER = "llama-tiny-kv", "mixer-tiny"
+QUEUE_DELAY_US = 50_000  # long enough that requests sent together meet in the dynamic batcher on a loaded machine
+
+
+def _start(repo: Path, extra: list[str] = ()) -> TritonServer:
+    server = TritonServer(repo, extra)
+    try:
+        return server.start()  # raises with the server's log: a machine where it cannot start fails here, never skips
+    except BaseException:
+        server.remove_log()
+        raise
+
+
+@pytest.fixture(scope="module")
+def builds(zoo_build):
+    return {CLASSIFIER: zoo_build("mixer-tiny"), DECODER: zoo_build("llama-tiny", kv_cache=True)}
+
+
+@pytest.fixture(scope="module")
+def triton(builds, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    package_triton(list(builds.values()), repo, TritonOptions(max_queue_delay_us=QUEUE_DELAY_US), backend="python")
+    server = _start(repo)
+    yield server
+    server.stop()
+    server.remove_log()
+
+
+@pytest.fixture(scope="module")
+def generator(builds):
+    return CachedGenerator(Engine.load(builds[DECODER]))
+
+
+def _post(server: TritonServer, path: str, payload: dict) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://{server.url}{path}", data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _ids(value) -> list[int]:
+    """Triton's JSON writes a one-element tensor as a scalar."""
+    return value if isinstance(value, list) else [value]
+
+
+def test_the_bundled_wheel_is_the_one_make_setup_installs():
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    assert f"TRITONSERVER_WHEEL := {WHEEL}" in makefile
+
+
+def test_infer_is_dynamically_batched_and_equals_the_runtime(triton, builds):
+    engine = Engine.load(builds[CLASSIFIER])
+    rng = np.random.default_rng(0)
+    images = [rng.standard_normal((rows, 3, 32, 32)).astype(np.float32) for rows in (1, 2, 3, 1, 2, 1)]
+    client = http.InferenceServerClient(triton.url, concurrency=len(images))
+    before = client.get_inference_statistics(CLASSIFIER)["model_stats"][0]["execution_count"]
+
+    def request(x):
+        tensor = http.InferInput("pixel_values", list(x.shape), "FP32")
+        tensor.set_data_from_numpy(x)
+        return client.async_infer(CLASSIFIER, [tensor])
+
+    pending = [request(x) for x in images]
+    for x, answer in zip(images, pending):
+        logits = answer.get_result().as_numpy("logits")
+        expected = engine(pixel_values=x)["logits"]
+        np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+        assert (logits.argmax(-1) == expected.argmax(-1)).all()
+    executions = client.get_inference_statistics(CLASSIFIER)["model_stats"][0]["execution_count"] - before
+    client.close()
+    assert executions < len(images), f"{len(images)} requests sent together ran in {executions} executions: the dynamic batcher merged none"
+
+
+def test_generate_equals_the_runtime(triton, generator):
+    prompt = list(b"def __init__(self")
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate", {"input_ids": prompt, "max_tokens": 12})
+    assert status == 200, body
+    assert _ids(json.loads(body)["output_ids"]) == generator.generate([prompt], 12).tokens[0]
+    # sampling settings as the generate endpoint's parameters: the runtime's sampler with the same seed
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate",
+                         {"input_ids": prompt, "parameters": {"max_tokens": 9, "temperature": 0.8, "top_k": 20, "seed": 5}})
+    assert status == 200, body
+    assert _ids(json.loads(body)["output_ids"]) == generator.generate([prompt], 9, Sampling(temperature=0.8, top_k=20, seed=5)).tokens[0]
+
+
+def test_concurrent_generations_each_equal_their_solo_answer(triton, generator):
+    prompts = [list(b"import "), list(b"class Foo("), list(b"    return "), list(b"# ")]
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        answers = list(pool.map(lambda p: _post(triton, f"/v2/models/{DECODER}/generate", {"input_ids": p, "max_tokens": 10}), prompts))
+    for prompt, (status, body) in zip(prompts, answers):
+        assert status == 200, body
+        assert _ids(json.loads(body)["output_ids"]) == generator.generate([prompt], 10).tokens[0]
+
+
+def test_generate_stream_sends_one_event_per_token(triton, generator):
+    prompt = list(b"for ")
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate_stream", {"input_ids": prompt, "max_tokens": 8, "stream": True})
+    assert status == 200, body
+    events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+    expected = generator.generate([prompt], 8).tokens[0]
+    assert [_ids(e["output_ids"]) for e in events[:-1]] == [[t] for t in expected]
+    assert _ids(events[-1]["output_ids"]) == []  # the last response closes the stream
+
+
+def test_grpc_stream_equals_the_runtime(triton, generator):
+    prompt = list(b"while True:")
+    client = grpc.InferenceServerClient(triton.grpc_url)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    tensors = []
+    for name, value, datatype in (("input_ids", np.array(prompt, np.int64), "INT64"), ("max_tokens", np.array([7], np.int32), "INT32"),
+                                  ("stream", np.array([True]), "BOOL")):
+        tensor = grpc.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    client.async_stream_infer(DECODER, tensors, request_id="s1", enable_empty_final_response=True)
+    tokens, responses = [], 0
+    while True:
+        result, error = results.get(timeout=120)
+        assert error is None, error
+        responses += 1
+        tokens += result.as_numpy("output_ids").tolist()
+        if result.get_response().parameters["triton_final_response"].bool_param:
+            break
+    client.stop_stream()
+    client.close()
+    assert tokens == generator.generate([prompt], 7).tokens[0] and responses == len(tokens) + 1
+
+
+def test_text_follows_what_the_python_backend_can_do(triton, generator):
+    """Strings need a Python backend whose numpy path is sound: the bundled 24.10 stub's is not under
+    numpy >= 2, and the model says so once and answers token ids only; elsewhere text comes back."""
+    prompt = list(b"def ")
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate", {"input_ids": prompt, "max_tokens": 5})
+    assert status == 200, body
+    answer, expected = json.loads(body), generator.generate([prompt], 5).tokens[0]
+    if np.lib.NumpyVersion(np.__version__) >= "2.0.0":
+        assert "predates numpy-2 support" in triton.log()
+        assert "text_output" not in answer and "finish_reason" not in answer
+    else:
+        assert answer["text_output"] == bytes(expected).decode("utf-8", errors="replace") and answer["finish_reason"] == "length"
+
+
+@pytest.mark.parametrize(("payload", "message"), [
+    ({"input_ids": [1, 2], "max_tokens": 0}, "max_new_tokens must be at least 1, got 0"),
+    ({"max_tokens": 4}, "give exactly one of 'text_input'"),
+    ({"input_ids": [1] * 4096, "max_tokens": 4}, "exceeds the model's"),
+    ({"input_ids": [1, 2], "parameters": {"max_tokens": 2, "beam_width": 4}}, "unknown generate parameters ['beam_width']"),
+])
+def test_bad_generate_requests_get_one_line_errors(triton, payload, message):
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate", payload)
+    assert status == 400 and message in json.loads(body)["error"], body
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate", {"input_ids": [1, 2], "max_tokens": 2})
+    assert status == 200, body  # the model keeps answering
+
+
+def test_native_repositories_parse_and_only_their_backends_are_missing(builds, fake_engine, tmp_path):
+    """Today's default repositories (onnxruntime_onnx, tensorrt_plan) on the real server: each config parses
+    and the load stops at the missing backend library; a malformed config fails earlier, at parsing (the control)."""
+    repo = tmp_path / "repo"
+    package_triton([*builds.values(), fake_engine("tensorrt")], repo)
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nplatform: "onnxruntime_onnx"\ninput { name: "x" data_type: TYPE_NOT_A_TYPE }\n')
+    server = _start(repo, ["--model-control-mode=explicit"])
+    try:
+        client = http.InferenceServerClient(server.url)
+        for name, backend in ((CLASSIFIER, "onnxruntime"), (DECODER, "onnxruntime"), ("m", "tensorrt")):
+            with pytest.raises(InferenceServerException) as failure:
+                client.load_model(name)
+            assert f"unable to find backend library for backend '{backend}'" in str(failure.value), str(failure.value)
+        with pytest.raises(InferenceServerException, match="failed to poll from model repository"):
+            client.load_model("broken")
+        client.close()
+        log = server.log()
+        assert f"failed to read text proto from {repo.resolve()}/broken/config.pbtxt" in log
+        assert log.count("failed to read text proto") == 1 and log.count("Error parsing text-format inference.ModelConfig") == 1
+    finally:
+        server.stop()
+        server.remove_log()
