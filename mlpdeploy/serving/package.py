@@ -99,19 +99,25 @@ def package_triton(models: list[Path | str], repo: Path | str, options: TritonOp
             (stage / name / "config.pbtxt").write_text(texts[name])
         if kserve:
             gpu = any("KIND_GPU" in text for text in texts.values())
-            (stage / "inferenceservice.yaml").write_text(inference_service(repo.name, storage_uri, gpu))
+            (stage / "inferenceservice.yaml").write_text(inference_service(repo.name, storage_uri, gpu, python_backend=backend == "python"))
     return {name: repo / name for name in planned}
 
 
-def inference_service(repo_name: str, storage_uri: str | None, gpu: bool) -> str:
+def inference_service(repo_name: str, storage_uri: str | None, gpu: bool, python_backend: bool = False) -> str:
     """A KServe v1beta1 InferenceService serving the repository with Triton (KServe v2 protocol)."""
     service = re.sub(r"[^a-z0-9-]+", "-", repo_name.lower()).strip("-")[:63] or "mlpdeploy"
     uri = storage_uri or f"s3://CHANGE-ME/{repo_name}"
     resources = '          nvidia.com/gpu: "1"\n' if gpu else ""
+    python = (
+        "# Python-backend models (model.py) import mlpdeploy: Triton's stock image has no mlpdeploy. Build an image\n"
+        f"# FROM nvcr.io/nvidia/tritonserver:{TRITON_IMAGE_TAG} with `pip install mlpdeploy` in its Python, package with\n"
+        "# `--triton-python-env none`, and run it through a ServingRuntime of that image (see docs/serving.md).\n"
+    ) if python_backend else ""
     return (
         "# KServe InferenceService for a Triton model repository written by `mlpdeploy package --kserve`.\n"
         "# Upload the repository to storageUri (the parameter below, or `--storage-uri` at packaging time),\n"
         "# then: kubectl apply -f inferenceservice.yaml. Clients speak the KServe v2 protocol (tritonclient works).\n"
+        f"{python}"
         "apiVersion: serving.kserve.io/v1beta1\n"
         "kind: InferenceService\n"
         "metadata:\n"

@@ -136,8 +136,10 @@ def test_python_backend_repository(tmp_path, zoo_build):
     classifier, decoder = zoo_build("mixer-tiny"), zoo_build("llama-tiny", kv_cache=True)
     repo = tmp_path / "repo"
     result = CliRunner().invoke(cli, ["package", str(classifier), str(decoder), "--triton", str(repo), "--triton-backend", "python",
-                                      "--max-batch-size", "8", "--max-queue-delay-us", "300"])
+                                      "--max-batch-size", "8", "--max-queue-delay-us", "300", "--kserve"])
     assert result.exit_code == 0, result.output
+    manifest = (repo / "inferenceservice.yaml").read_text()
+    assert "Triton's stock image has no mlpdeploy" in manifest and yaml.safe_load(manifest)["kind"] == "InferenceService"
     config = _parse(repo / "mixer-tiny" / "config.pbtxt")
     assert config.backend == "python" and not config.platform and config.max_batch_size == 8
     assert config.dynamic_batching.max_queue_delay_microseconds == 300 and not config.model_transaction_policy.decoupled
