@@ -121,6 +121,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _log_file():
+    return tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)  # noqa: SIM115  (closed by TritonServer)
+
+
 class TritonServer:
     """The bundled tritonserver on `repo`, on free loopback ports: `start()` returns once it is ready
     (or raises with its log), `stop()` ends it, giving requests in flight `exit_timeout` seconds
@@ -131,7 +135,7 @@ class TritonServer:
         self.repo, self.extra, self.timeout = Path(repo), [f"--exit-timeout-secs={exit_timeout}", *extra], timeout
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
         self.process: subprocess.Popen | None = None
-        self.log_file = tempfile.NamedTemporaryFile(prefix="tritonserver-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log_file = _log_file()
 
     @property
     def url(self) -> str:
@@ -148,13 +152,19 @@ class TritonServer:
     def log(self) -> str:
         return Path(self.log_file.name).read_text(errors="replace")
 
-    def start(self) -> "TritonServer":
+    def start(self, attempts: int = 3) -> "TritonServer":
+        """Start, wait until ready; ports another process took between choosing and binding are chosen again."""
         import urllib.request
 
         self.process = subprocess.Popen(self.command(), env=server_environment(self.bundle), stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                if "already in use" in self.log() and attempts > 1:
+                    self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
+                    self.remove_log()
+                    self.log_file = _log_file()
+                    return self.start(attempts - 1)
                 raise MlpdeployError(f"tritonserver exited with status {self.process.returncode}; its log:\n{self.log()}")
             try:
                 with urllib.request.urlopen(f"http://{self.url}/v2/health/ready", timeout=2) as response:
@@ -177,6 +187,7 @@ class TritonServer:
         self.log_file.close()
 
     def remove_log(self) -> None:
+        self.log_file.close()
         Path(self.log_file.name).unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":

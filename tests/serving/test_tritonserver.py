@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.generate import CachedGenerator, Sampling
 from mlpdeploy.serving.package import package_triton
@@ -80,6 +81,26 @@ def _ids(value) -> list[int]:
 def test_the_bundled_wheel_is_the_one_make_setup_installs():
     makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
     assert f"TRITONSERVER_WHEEL := {WHEEL}" in makefile
+
+
+def test_a_port_taken_before_the_server_binds_it_is_chosen_again(tmp_path):
+    import socket
+
+    (tmp_path / "empty").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        server = TritonServer(tmp_path / "empty")
+        server.http_port = taken.getsockname()[1]
+        with server:
+            assert server.http_port != taken.getsockname()[1]
+            with urllib.request.urlopen(f"http://{server.url}/v2/health/ready", timeout=10) as response:
+                assert response.status == 200
+
+
+def test_a_server_that_cannot_start_fails_with_its_log(tmp_path):
+    with pytest.raises(MlpdeployError, match="(?s)tritonserver exited with status .*its log:.*failed to stat file"):
+        _start(tmp_path / "missing")
 
 
 def test_infer_is_dynamically_batched_and_equals_the_runtime(triton, builds):
