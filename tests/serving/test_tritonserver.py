@@ -232,3 +232,16 @@ def test_native_repositories_parse_and_only_their_backends_are_missing(builds, f
     finally:
         server.stop()
         server.remove_log()
+
+
+def test_without_the_wheel_the_error_names_the_install(monkeypatch, capsys):
+    import importlib.util
+
+    from mlpdeploy.serving import tritonserver
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pytriton" else real(name, *a))
+    with pytest.raises(MlpdeployError, match=r"comes with the nvidia-pytriton wheel: pip install --no-deps 'nvidia-pytriton==0.7.0'"):
+        tritonserver.find_bundle()
+    assert tritonserver.main(["some-repo"]) == 2
+    assert "pip install --no-deps" in capsys.readouterr().err
