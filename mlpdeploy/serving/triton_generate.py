@@ -3,9 +3,10 @@
 A request carries its prompt as `input_ids` (INT64 [n]) or `text_input` (BYTES [1], models with a
 tokenizer), and its settings as optional tensors (`max_tokens` INT32, `temperature` FP32, `top_k`
 INT32, `top_p` FP32, `seed` INT64, `stop_ids` INT64 [k], `stream` BOOL) or as request parameters
-(Triton's generate endpoint turns its `"parameters": {...}` object into them; `stop` there may
-name token texts too) — the meanings of `mlpdeploy serve`'s generate endpoint; a tensor wins over
-a parameter of the same name. It is checked by the same code (`parse_generate_request`).
+(Triton's generate endpoint turns its `"parameters": {...}` object into them; Triton takes scalar
+parameters only, so `stop` there is one token's text or id) — the meanings of `mlpdeploy serve`'s
+generate endpoint; a tensor wins over a parameter of the same name. It is checked by the same code
+(`parse_generate_request`).
 
 Responses: without `stream` one response with every new token (`output_ids`), `text_output` and
 `finish_reason` — what Triton's `/generate` endpoint needs; with `stream: true` one response per
@@ -80,6 +81,8 @@ class TritonGenerate:
             value = read_input(self.pb, request, tensor)
             if value is not None:
                 params[key] = value.reshape(-1).tolist() if key == "stop" else value.reshape(-1)[0].item()
+        if isinstance(params.get("stop"), str | int):  # Triton's parameters are scalars: one stop token there, more in stop_ids
+            params["stop"] = [params["stop"]]
         stream = params.pop("stream", False)
         if not isinstance(stream, bool):
             raise RequestError(400, f"'stream' must be true or false, got {stream!r}")

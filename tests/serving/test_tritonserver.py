@@ -245,3 +245,49 @@ def test_without_the_wheel_the_error_names_the_install(monkeypatch, capsys):
         tritonserver.find_bundle()
     assert tritonserver.main(["some-repo"]) == 2
     assert "pip install --no-deps" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def numpy1_env(tmp_path_factory):
+    """A Python environment whose numpy is 1.x and whose other packages are this one's (a .pth file):
+    the Python backend of the bundled 24.10 server handles strings there."""
+    import subprocess
+    import sys
+    import sysconfig
+    import venv
+
+    env = tmp_path_factory.mktemp("numpy1") / "env"
+    venv.create(env, with_pip=False)
+    site = env / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
+                          "--target", str(site), "numpy>=1.26,<2"], capture_output=True, text=True)
+    assert pip.returncode == 0, f"installing numpy<2 for the execution environment failed:\n{pip.stderr[-2000:]}"
+    (site / "zz_mlpdeploy_env.pth").write_text(f"import site; site.addsitedir({sysconfig.get_paths()['purelib']!r})\n")
+    return env
+
+
+@pytest.mark.slow
+def test_text_on_the_bundled_server_with_numpy1_in_the_execution_env(builds, generator, numpy1_env, tmp_path):
+    """text_input, text_output, finish_reason and stop strings through the real server: the string paths
+    the numpy-2 probe turns off on the bundled server, run where its Python backend handles strings."""
+    repo = tmp_path / "repo"
+    package_triton([builds[DECODER]], repo, backend="python", python_env=str(numpy1_env))
+    server = _start(repo)
+    try:
+        expected = generator.generate([list(b"def ")], 6).tokens[0]
+        status, body = _post(server, f"/v2/models/{DECODER}/generate", {"text_input": "def ", "max_tokens": 6})
+        assert status == 200, body
+        answer = json.loads(body)
+        assert _ids(answer["output_ids"]) == expected and answer["finish_reason"] == "length"
+        assert answer["text_output"] == bytes(expected).decode("utf-8", errors="replace")
+        at = next(i for i, token in enumerate(expected) if i > 0 and token < 128)  # the byte tokenizer: an ASCII character is one token
+        status, body = _post(server, f"/v2/models/{DECODER}/generate_stream",
+                             {"text_input": "def ", "max_tokens": 6, "stream": True, "parameters": {"stop": chr(expected[at])}})
+        assert status == 200, body
+        events = [json.loads(line[len("data: "):]) for line in body.splitlines() if line.startswith("data: ")]
+        assert [t for e in events for t in _ids(e["output_ids"])] == expected[:at + 1] and events[-1]["finish_reason"] == "stop"
+        assert "".join(e["text_output"] for e in events) == bytes(expected[:at + 1]).decode("utf-8", errors="replace")
+        assert "predates numpy-2 support" not in server.log()
+    finally:
+        server.stop()
+        server.remove_log()
