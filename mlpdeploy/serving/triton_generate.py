@@ -49,7 +49,7 @@ class TritonGenerate:
     """The decoupled generate side of the Triton model for one cached decoder."""
 
     def __init__(self, pb_utils, model: ServedModel, max_active: int, log):
-        self.pb, self.model, self.log = pb_utils, model, log
+        self.pb, self.model = pb_utils, model
         self.strings = numpy_path_sound(pb_utils)
         if not self.strings:
             log.log_warn("this Python backend predates numpy-2 support (pybind11 < 2.12, Triton < 24.11): token ids only, "
