@@ -82,15 +82,17 @@ class DraftLength:
 
     A row's acceptance is estimated as the fraction of drafted tokens its verify steps accepted
     (a geometric model: each draft accepted with probability α once the previous one was),
-    discounted round by round (`decay`), from a prior of `prior_rate`. With k drafts a round
+    discounted round by round (`decay`) and capped at `window` trials (so a long run of accepted
+    drafts does not outweigh the rounds after it), from a prior of `prior_rate`. With k drafts a round
     emits (1 − α^(k+1)) / (1 − α) tokens on average and costs `verify_cost(k + 1) + k · draft_cost`
     one-token steps; k = 0 (no speculation, a plain step) is chosen when nothing pays. A row that
     does not draft drifts back to the prior, so it tries again later (the drafts may pay by then).
     `fixed` turns the adaptation off (always k_max).
     """
 
-    def __init__(self, k_max: int, draft_cost: float = 0.0, prior_rate: float = 0.6, decay: float = 0.7, fixed: bool = False):
-        self.k_max, self.draft_cost, self.decay, self.fixed = k_max, draft_cost, decay, fixed
+    def __init__(self, k_max: int, draft_cost: float = 0.0, prior_rate: float = 0.6, decay: float = 0.7, window: float = 8.0,
+                 fixed: bool = False):
+        self.k_max, self.draft_cost, self.decay, self.window, self.fixed = k_max, draft_cost, decay, window, fixed
         self.prior = (prior_rate, 1.0)  # (accepted, trials) pseudo-counts
         ks = np.arange(k_max + 1)
         self._cost = np.array([verify_cost(k + 1) + k * draft_cost for k in ks])
@@ -115,3 +117,5 @@ class DraftLength:
             return
         trials = accepted + (1 if accepted < drafted else 0)
         estimate[:] = self.decay * estimate + np.array([accepted, trials], float)
+        if estimate[1] > self.window:
+            estimate *= self.window / estimate[1]
