@@ -65,9 +65,13 @@ class ServedModel:
             raise RequestError(400, str(exc)) from None
 
 
-def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str, ServedModel]:
-    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving."""
+def load_models(paths: list[Path | str], threads: int | None = None, speculative: str | None = None) -> dict[str, ServedModel]:
+    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving.
+    `speculative`: a `--speculative` mode every cached decoder generates with (its own drafter each)."""
     from mlpdeploy.runtime.generate import CachedGenerator
+    from mlpdeploy.runtime.speculative import make_drafter, parse_mode
+
+    mode = parse_mode(speculative) if speculative else None
 
     models: dict[str, ServedModel] = {}
     for path in paths:
@@ -77,7 +81,7 @@ def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str
         engine = Engine.load(path, threads=threads)
         model = ServedModel(name, engine)
         if engine.cache is not None and engine.session is not None:
-            model.generator = CachedGenerator(engine)
+            model.generator = CachedGenerator(engine, make_drafter(mode, engine, threads) if mode else None)
             model.tokenizer = _tokenizer(engine)
         models[name] = model
     return models
