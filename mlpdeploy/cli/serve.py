@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import SPECULATIVE
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -56,8 +57,9 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-body-mb", default=64, show_default=True, help="Largest request body accepted (413 beyond).")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds requests in flight may finish after SIGTERM.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@SPECULATIVE
 @debug_option
-def serve(models, host, port, threads, max_body_mb, grace, log_level, debug) -> None:
+def serve(models, host, port, threads, max_body_mb, grace, log_level, speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
@@ -67,9 +69,11 @@ def serve(models, host, port, threads, max_body_mb, grace, log_level, debug) -> 
     """
     from mlpdeploy.serving.server import Server
 
-    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace)
+    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"
+        if model.generator is not None and model.generator.drafter is not None:
+            kind += f", speculative {model.generator.drafter.describe()}"
         console.print(f"{name}: {model.engine.path} ({model.engine.runtime}; {kind})", markup=False)
     console.print(f"serving on http://{server.url}/v2 (Ctrl-C or SIGTERM to stop)", markup=False, highlight=False)
     server.run()
