@@ -17,10 +17,11 @@ import shutil
 from pathlib import Path
 
 from mlpdeploy.atomic import staged_directory
+from mlpdeploy.backends import backend_of
 from mlpdeploy.backends.onnxruntime.session import saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest
-from mlpdeploy.runtime.engine import is_engine, resolve_artifact
+from mlpdeploy.runtime.engine import resolve_artifact
 from mlpdeploy.serving.triton_config import TritonOptions, triton_config
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -66,7 +67,8 @@ def package_triton(models: list[Path | str], repo: Path | str, options: TritonOp
         name = model_name(model)
         if name in planned:
             raise MlpdeployError(f"two models are named {name!r}; Triton needs one directory per name — rename one")
-        backend = manifest.last("build").get("backend", "tensorrt") if is_engine(artifact) else None
+        backend = backend_of(manifest)
+        backend = None if backend == "onnxruntime" else backend  # an engine: Triton's TensorRT backend
         planned[name] = (artifact, manifest, backend)
     texts = {name: triton_config(name, a, m, options, b) for name, (a, m, b) in planned.items()}  # every error before writing
     with staged_directory(repo) as stage:
