@@ -5,6 +5,12 @@ pass `ort-decoder` for a cached decoder, `ort-fusions` for any other graph; `--n
 skips it). At level `all` (the default) the model is saved optimized at `extended`, which is
 portable across CPUs, and the saved session options say `all`: ONNX Runtime applies its
 CPU-specific layout transforms (NCHWc convolutions) when it loads the model where it runs.
+With `--ort-kernels` (`OrtOptions.kernels`) the compiled kernels library is copied beside the
+model and named in its saved settings, and the nodes it computes keep their function bodies
+(`kernels.restore_function_bodies`), so the artifact also runs in stock ONNX Runtime.
+
+Running: `runner` gives the backend's one runner (`runner.OrtRunner`, Polygraphy's OnnxrtRunner on
+a session made with the saved settings), which validation, `runtime.Engine`, bench and serving use.
 """
 
 from __future__ import annotations
