@@ -35,6 +35,15 @@ class OrtRunner(OnnxrtRunner):
     def output_names(self) -> list[str]:
         return [o.name for o in self.sess.get_outputs()]
 
+    def __del__(self):
+        # An Engine's runner stays active for the Engine's life and may be collected with it (in a
+        # reference cycle, before the Engine's own finalizer): free the session without a leak warning.
+        if getattr(self, "is_active", False):
+            try:
+                self.deactivate()
+            except Exception:  # interpreter shutdown
+                pass
+
 
 def ort_runner(model_path: Path | str, name: str | None = None, threads: int | None = None, config: dict | None = None) -> OrtRunner:
     """The runner for an ONNX model, with the settings its build saved (or `config`)."""

@@ -112,6 +112,13 @@ class TensorRTRunner(BaseRunner):
     def deactivate_impl(self):
         del self.trt, self.engine, self._idle, self._lock, self.input_names, self.output_names
 
+    def __del__(self):
+        if getattr(self, "is_active", False):  # collected with its Engine: release quietly (see OrtRunner.__del__)
+            try:
+                self.deactivate()
+            except Exception:
+                pass
+
 
 def trt_runner(engine_path: Path | str, backend: str, name: str | None = None, plugin_libraries: list[str] | None = None) -> TensorRTRunner:
     """The runner for an engine file built by `backend` (`tensorrt` or `tensorrt-rtx`)."""
