@@ -100,3 +100,31 @@ def build_group(option_group_class):
         return chosen, cls(**options)
 
     return option_group_class([backend, *(_click_option(n, e) for n, e in declared.items())], make)
+
+
+def options_markdown() -> str:
+    """The backends and their options as Markdown (the generated part of docs/backends.md)."""
+    from mlpdeploy.backends import BACKENDS
+
+    def rows(cls, names) -> list[str]:
+        out = ["| option | default | what |", "|---|---|---|"]
+        for field, cli in cli_fields(cls):
+            if field.name in names:
+                default = field_default(field)
+                shown = None if isinstance(default, bool) else default  # a flag: not given by default
+                flag = " / ".join(f"`{f}`" for f in flags_of(field, cli)) + (f" {cli.metavar}" if cli.metavar else "")
+                choices = f" ({', '.join(cli.choices)})" if cli.choices else ""
+                out.append(f"| {flag} | {'-' if shown in (None, {}, []) else f'`{shown}`'} | {cli.help.rstrip('.')}{choices} |")
+        return out
+
+    shared = {f.name for f, _ in cli_fields(BuildOptions)}
+    lines = ["## Options every backend takes (`BuildOptions`)", "", *rows(BuildOptions, shared), ""]
+    for name in BACKENDS.entries:
+        backend = BACKENDS.load(name)
+        own = {f.name for f, _ in cli_fields(backend.Options)} - shared
+        lines += [f"## `{name}`", "", f"{backend.description}.", "",
+                  f"Options class `{backend.Options.__module__}.{backend.Options.__name__}`; artifact suffix `{backend.suffix}`; "
+                  f"extra: {f'`{backend.extra}`' if backend.extra else 'none (installed with mlpdeploy)'}; "
+                  f"runner: `{backend.__module__}.{backend.__name__}.runner`.", ""]
+        lines += [*rows(backend.Options, own), ""] if own else ["No options of its own.", ""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -159,7 +159,8 @@ def refuse_w4a16(model) -> None:
 
 class TensorRTRTXBackend(Backend):
     name = "tensorrt-rtx"
-    description = "TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; validated through the parsed ONNX"
+    description = ("TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; run on a GPU they target, "
+                   "else validated through the parsed ONNX")
     extra = "rtx"
     suffix = ".engine"
     pass_target = "trt"
