@@ -67,20 +67,25 @@ class ServedModel:
 
 def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str, ServedModel]:
     """Load every model to serve, named as `mlpdeploy package` names them; errors before serving."""
-    from mlpdeploy.runtime.generate import CachedGenerator
-
     models: dict[str, ServedModel] = {}
     for path in paths:
         name = model_name(path)
         if name in models:
             raise MlpdeployError(f"two models are named {name!r}; serve each name once (rename a directory or file)")
-        engine = Engine.load(path, threads=threads)
-        model = ServedModel(name, engine)
-        if engine.cache is not None and engine.session is not None:
-            model.generator = CachedGenerator(engine)
-            model.tokenizer = _tokenizer(engine)
-        models[name] = model
+        models[name] = load_model(name, path, threads)
     return models
+
+
+def load_model(name: str, path: Path | str, threads: int | None = None) -> ServedModel:
+    """One model to serve under `name`: its engine, and for a cached decoder its generator and tokenizer."""
+    from mlpdeploy.runtime.generate import CachedGenerator
+
+    engine = Engine.load(path, threads=threads)
+    model = ServedModel(name, engine)
+    if engine.cache is not None and engine.session is not None:
+        model.generator = CachedGenerator(engine)
+        model.tokenizer = _tokenizer(engine)
+    return model
 
 
 def _tokenizer(engine: Engine):
