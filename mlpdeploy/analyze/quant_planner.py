@@ -15,8 +15,9 @@ accuracy level, for the fewest bytes within a quality budget.
    growth of mean log-likelihood maps to a perplexity ratio; other metrics start mid-path); each
    probe rescales the proxy by measured / predicted and the next probe is the plan the rescaled
    proxy says fits, bracketed by the probes so far (bisection when the proxy has nothing to say),
-   at most `MAX_PROBES` probes. The plan is the smallest probe that fit the budget less a 5%
-   margin (kept for what separates this torch check from ONNX Runtime's arithmetic).
+   at most `MAX_PROBES` probes, and none once the smallest plan that could still fit would save
+   less than `STOP_GAIN` of the bytes. The plan is the smallest probe that fit the budget less
+   `MARGIN` (kept for what separates this torch check from ONNX Runtime's arithmetic).
 
 The plan's pass leaves `target=auto`: compile writes the forms of its `--backend`.
 """
@@ -36,6 +37,7 @@ from mlpdeploy.quant import quantized_linears
 MARGIN = 0.05  # of the budget, kept for the built graph's own arithmetic
 LEVEL_TOLERANCE = 0.10  # level 4 where int8 activations add at most this to the layer's own growth
 MAX_PROBES = 8
+STOP_GAIN = 0.01  # no further probe when the smallest plan that could still fit saves less than this share of the bytes
 
 
 @dataclass(frozen=True)
@@ -172,9 +174,10 @@ def plan_quantization(module: nn.Module, options: dict[str, list[Option]], shape
 
     good, bad = len(plans) - 1, -1  # indices: good fits (measured), bad does not
     target_growth = _growth_target(ledger.metric, start, allowed)
+    size = [sum(o.bytes for o in plan.values()) for plan in plans]
     scale = 1.0
     for _ in range(MAX_PROBES):
-        if good - bad <= 1:
+        if good - bad <= 1 or (good < len(plans) - 1 and size[good] - size[bad + 1] < STOP_GAIN * size[good]):
             break
         i = _next_probe(growth, bad, good, None if target_growth is None else target_growth / scale)
         probe(i)
@@ -214,5 +217,5 @@ def _next_probe(growth: list[float], bad: int, good: int, target: float | None) 
     if target is None:
         return mid
     guess = next((i for i in range(bad + 1, good) if growth[i] <= target), mid)
-    edge = (good - bad) // 8  # each probe cuts at least an eighth of the bracket
+    edge = (good - bad) // 32  # each probe cuts at least 1/32 of the bracket
     return min(max(guess, bad + 1 + edge), good - 1 - edge)
