@@ -14,7 +14,8 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.plan import Plan, load_plan
 from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
-from mlpdeploy.export import DEFAULT_OPSET, export_model
+from mlpdeploy.contract import DEFAULT_OPSET
+from mlpdeploy.export import export_model
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.passes import PassSpec, rewrite_model

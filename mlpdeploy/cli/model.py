@@ -9,7 +9,7 @@ from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import KV_CACHE
-from mlpdeploy.export import DEFAULT_OPSET
+from mlpdeploy.contract import DEFAULT_OPSET
 
 
 @cli.command()

@@ -20,10 +20,9 @@ here; LLM-Drop found the deepest attention layers the most redundant). No option
 
 from __future__ import annotations
 
-import re
-
 import onnx_ir as ir
 
+from mlpdeploy.contract import CACHE_INPUT, CACHE_OUTPUT
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.overrides import IDENTITY, ZERO
 from mlpdeploy.passes.base import PassReport, RewritePass
@@ -31,8 +30,6 @@ from mlpdeploy.passes.matching import MatchFailure, check, remove_dead
 from mlpdeploy.passes.matching.residual import Block, Branch, find_blocks
 from mlpdeploy.scopes import natural_key
 
-CACHE_OUTPUT = re.compile(r"present\.(\d+)\.(key|value)")
-CACHE_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 COUNTS = {"attention": "attention", "mlp": "mlp", "blocks": "block"}  # option -> kind
 
 

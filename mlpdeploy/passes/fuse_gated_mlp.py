@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import (
     LINEAR_OPS,
@@ -58,7 +59,6 @@ from mlpdeploy.passes.matching import (
     value_names,
 )
 from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
-from mlpdeploy.plugins.registry import DOMAIN
 from mlpdeploy.scopes import module_path
 
 LINEARS_KEY = "mlpdeploy.gated_mlp.linears"  # node metadata: the torch linears fused, {"gate_up": [module paths], "down": [...]}
@@ -124,7 +124,7 @@ class FuseGatedMLP(RewritePass):
             report.rewritten += 1
             report.details["sites"][name] = {"activation": site.activation, "form": site.form, "hidden": site.hidden}
         if report.rewritten:
-            model.ir_version = max(model.ir_version or 10, 10)  # function overloads need IR v10
+            model.ir_version = max(model.ir_version or IR_VERSION, IR_VERSION)  # function overloads need IR v10
         return report
 
 

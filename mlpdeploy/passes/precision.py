@@ -33,6 +33,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass, LiftConstantsToInitializersPass, RemoveUnusedNodesPass, ShapeInferencePass
 
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.dtypes import PRECISION_DTYPES, check_precision, precision_name
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, RewritePass
@@ -114,7 +115,7 @@ def _int8_matmul_nbits(node: ir.Node) -> bool:
     after it yielded the bias alone; tests/fuzz/test_regressions.py), and its products are int8
     either way (an fp16 input cast up is exact)."""
     level = node.attributes.get("accuracy_level")
-    return node.domain == "com.microsoft" and node.op_type == "MatMulNBits" and level is not None and level.as_int() == 4
+    return node.domain == MS_DOMAIN and node.op_type == "MatMulNBits" and level is not None and level.as_int() == 4
 
 
 class _Converter:

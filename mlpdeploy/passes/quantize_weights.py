@@ -38,6 +38,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from mlpdeploy.contract import DOMAIN, ir_version_for
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.fuse_gated_mlp import LINEARS_KEY
@@ -106,7 +107,7 @@ class QuantizeWeights(RewritePass):
         self.taken, self.done = value_names(model.graph), set()
         self._raise_opset(model)
         for node in list(model.graph):
-            if node.domain == "mlpdeploy" and node.op_type == "GatedMLP":
+            if node.domain == DOMAIN and node.op_type == "GatedMLP":
                 self._gated(model, node)
         for node in list(model.graph):
             if node.op_type in LINEAR_OPS and node.domain in STANDARD_DOMAINS and id(node) not in self.done and node.graph is model.graph:
@@ -149,7 +150,7 @@ class QuantizeWeights(RewritePass):
         if need > current:
             version_converter.convert_version(model, need)
             self.report.details["opset"] = {"from": current, "to": need}
-        model.ir_version = max(model.ir_version or 10, 11 if need >= 23 else 10)
+        model.ir_version = ir_version_for(need, model.ir_version)
 
     # ---- rewriting
 

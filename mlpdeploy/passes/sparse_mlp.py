@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.sparsity import SparseSite
 from mlpdeploy.passes.base import PassReport, RewritePass
@@ -42,7 +43,6 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
-from mlpdeploy.plugins.registry import DOMAIN
 from mlpdeploy.plugins.sparse_mlp.onnx_function import OP_TYPE, ensure_function, sparse_mlp_node
 from mlpdeploy.scopes import OUTPUT_MODULE_KEY, module_path
 
@@ -84,7 +84,7 @@ class SparseMLPPass(RewritePass):
                                              **({"k": sparse.k, "rank": int(sparse.p_a.shape[1])} if sparse.mode == "topk"
                                                 else {"threshold": float(sparse.threshold[0])})}
         if report.rewritten:
-            model.ir_version = max(model.ir_version or 10, 10)
+            model.ir_version = max(model.ir_version or IR_VERSION, IR_VERSION)
         return report
 
     def _selection(self, site: dict, scope: str, settings: dict, arrays: dict) -> SparseSite:

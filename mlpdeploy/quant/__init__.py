@@ -7,11 +7,10 @@ Public API:
     encode_e2m1 / decode_e2m1, encode_e4m3 / decode_e4m3, decode_e8m0, pack_nibbles / unpack_nibbles
     quantized_linears(module, {path: Format}) — a context with those nn.Linear weights fake-quantized; quantized_copy(...) a copy
     QuantError (a MlpdeployError: NaN/inf weights, unknown formats, bad blocks)
+Formats, block sizes and code tables are facts of mlpdeploy.contract (WEIGHT_FORMATS, WEIGHT_BLOCKS, E2M1_VALUES, ...).
 """
 
 from mlpdeploy.quant.formats import (  # noqa: F401
-    BLOCKS,
-    DEFAULT_BLOCK,
     Format,
     QuantizedWeight,
     make_format,

@@ -11,7 +11,7 @@ from collections import OrderedDict
 from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.model.bundle import ModelBundle, set_eval
 from mlpdeploy.model.torch_run import run_module
 

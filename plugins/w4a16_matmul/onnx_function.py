@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.errors import OpError
 
 from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
-from ..registry import DOMAIN
 from .reference import E2M1, EXTRA_INPUT, FORMATS, INT4, check_format, e4m3_table, e8m0_table
 
 OP_TYPE = "W4A16MatMul"
@@ -161,6 +161,6 @@ def model_from_arrays(arrays: dict[str, np.ndarray], *, fmt: str, k: int, rank: 
     node = w4a16_matmul_node(x, *weights, fmt=fmt, k=k, name="w4a16_matmul")
     node.outputs[0].name = "y"
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name="w4a16_matmul")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model = ir.Model(graph, ir_version=IR_VERSION, producer_name="mlpdeploy")
     ensure_function(model, node)
     return model
