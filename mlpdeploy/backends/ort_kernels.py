@@ -19,10 +19,10 @@ from typing import Any
 import onnx_ir as ir
 
 from mlpdeploy.backends.tensorrt.cache import cache_dir
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.onnx_io import load_onnx
 from mlpdeploy.plugins.ort.library import KERNEL_OPS, build_library
-from mlpdeploy.plugins.registry import DOMAIN
 
 
 @dataclass

@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import dims_option
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -18,7 +19,7 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--decode", is_flag=True, help="Time prefill and per-token decode of a --kv-cache artifact (a MODEL is compiled with --kv-cache).")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1,), show_default=True,
               help="Size of the `batch` dim; repeatable (one row each).")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another dynamic dim (e.g. seq=128); repeatable.")
+@dims_option("Size of another dynamic dim (e.g. seq=128); repeatable.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing (latency mode).")
 @click.option("--iterations", default=50, show_default=True, help="Timed runs at least (latency mode) ...")
 @click.option("--min-seconds", default=1.0, show_default=True, help="... and at least this long (latency mode).")
@@ -41,14 +42,13 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
     from mlpdeploy.runtime.engine import Engine
     from mlpdeploy.runtime.latency import model_bytes, peak_rss_bytes
 
-    sizes = _parse_dims(dims)
     with tempfile.TemporaryDirectory(prefix="mlpdeploy-bench-") as scratch:
         artifact = Path(target) if Path(target).exists() else _compile_for_bench(target, Path(scratch) / "build", decode)
         engine = Engine.load(artifact, threads=threads)
         if decode:
             mode, rows = "decode", _bench_decode(engine, contexts, new_tokens, batches[0], repeats)
         else:
-            mode, rows = "latency", _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds)
+            mode, rows = "latency", _bench_latency(engine, batches, dims, warmup, iterations, min_seconds)
         size, peak = model_bytes(engine.path), peak_rss_bytes()
     console.print(f"model bytes: {size / 2**20:.2f} MiB   peak memory (this process): {peak / 2**20:.0f} MiB", markup=False)
     if json_path:
@@ -58,16 +58,6 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
             "runtime": engine.runtime, "intra_op_num_threads": threads_used, "model_bytes": size, "peak_rss_bytes": peak,
             "results": [r.to_json() for r in rows],
         })
-
-
-def _parse_dims(dims: tuple[str, ...]) -> dict[str, int]:
-    sizes = {}
-    for item in dims:
-        name, _, value = item.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
-            raise MlpdeployError(f"--dim {item!r}: expected NAME=SIZE with a positive integer size, e.g. --dim seq=128")
-        sizes[name] = int(value)
-    return sizes
 
 
 def _compile_for_bench(model: str, out: Path, decode: bool) -> Path:

@@ -42,14 +42,21 @@ def precision_option(default: str | None, help: str) -> OptionGroup:
 
 
 def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
-    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error."""
+    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error. Every command's `--dim`
+    goes through here. A size may be 0 (a cached decoder's `past` is 0 at prefill); whether a dim
+    may take it is the artifact's exported range, checked where the inputs are made."""
     dims = {}
     for item in values:
         name, eq, value = item.partition("=")
-        if not eq or not value.isdigit():
-            raise MlpdeployError(f"--dim {item!r} must be NAME=INT, e.g. --dim batch=3 --dim seq=17")
+        if not name or not eq or not value.isdigit():
+            raise MlpdeployError(f"--dim {item!r} must be NAME=SIZE with a size >= 0, e.g. --dim seq=17 --dim past=0")
         dims[name] = int(value)
     return dims
+
+
+def dims_option(help: str):
+    """`--dim NAME=SIZE` (repeatable), parsed by `parse_dims`: the command gets {name: size}."""
+    return click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=lambda _ctx, _param, value: parse_dims(value), help=help)
 
 
 def _build(backend, device, opt_level, no_ort_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):

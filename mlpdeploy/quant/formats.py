@@ -26,12 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mlpdeploy.contract import DEFAULT_BLOCK, WEIGHT_BLOCKS
+from mlpdeploy.contract import DEFAULT_BLOCK, E2M1_MAX, E4M3_MAX, E8M0_BIAS, WEIGHT_BLOCKS
 from mlpdeploy.quant.grid import QuantError, check_finite
 from mlpdeploy.quant.minifloat import (
-    E2M1_MAX,
-    E4M3_MAX,
-    E8M0_BIAS,
     decode_e2m1,
     decode_e4m3,
     decode_e8m0,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlpdeploy.contract import E2M1_GRID, E2M1_MAX, E2M1_VALUES, E4M3_GRID, E4M3_MAX, E4M3_VALUES, E8M0_BIAS, E8M0_VALUES  # noqa: F401
+from mlpdeploy.contract import E2M1_GRID, E2M1_VALUES, E4M3_GRID, E4M3_VALUES, E8M0_VALUES
 from mlpdeploy.quant.grid import QuantError, round_to_grid
 
 
