@@ -16,7 +16,7 @@ from mlpdeploy.contract import DEFAULT_OPSET
 @debug_option
 def zoo(debug: bool) -> None:
     """List the built-in models: parameters, task and, for trained ones, their measured metric."""
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     table = Table(title="mlpdeploy zoo (metric on the task's eval split; baseline in brackets)")
     for col in ("name", "params", "task", "metric", "description"):

@@ -19,46 +19,16 @@ meets it by defining the two methods.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
-from mlpdeploy.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, cache_input_names, cache_output_names, numpy_dtype
+from mlpdeploy.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle, share_tree
+from mlpdeploy.model.cache_layout import CacheLayout
 
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 5  # never 0 or 1: torch.export would specialize them
 TOTAL = "past+seq"  # the attention mask's length: a dim that is the sum of two others
-
-
-@dataclass
-class CacheLayout:
-    """Which layers keep a cache and its shape: [batch, kv_heads, length, head_dim] per layer."""
-
-    layers: list[int]
-    kv_heads: int
-    head_dim: int
-    max_positions: int
-    position_ids: bool = True
-    dtype: str = "float32"
-    # Set by a build whose graph reads the cache only through GroupQueryAttention: the runtime may
-    # bind one preallocated [batch, kv_heads, max length, head_dim] buffer per input as both the
-    # past and the present, and ONNX Runtime appends to it in place.
-    shared_buffer: bool = False
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "CacheLayout":
-        return cls(**data)
-
-    def input_names(self, layer: int) -> tuple[str, str]:
-        return cache_input_names(layer)
-
-    def output_names(self, layer: int) -> tuple[str, str]:
-        return cache_output_names(layer)
 
 
 def is_cached_decoder(module: torch.nn.Module) -> bool:

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.sparsity import SparseSite
+from mlpdeploy.model.sparsity import SparseSite, svd_predictor
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.fuse_gated_mlp import _match_down, match_site
 from mlpdeploy.passes.matching import (
@@ -110,8 +110,6 @@ class SparseMLPPass(RewritePass):
                 "run the plan through `--plan PLAN` (its .sparse-mlp.safetensors beside it), or set rank= for the SVD predictor"
             )
         else:
-            from mlpdeploy.analyze.predictor import svd_predictor
-
             p_a, p_b = svd_predictor(site["w_up"].T, self.config["rank"] or max(4, site["w_up"].shape[0] // 8))
         check(p_a.shape[0] == site["w_up"].shape[0] and p_b.shape[1] == h, f"the predictor's shapes {p_a.shape}, {p_b.shape} do not fit the MLP")
         return SparseSite("topk", up_path, down_path, k=int(k), p_a=p_a.astype(np.float32), p_b=p_b.astype(np.float32),

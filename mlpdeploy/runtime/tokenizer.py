@@ -41,7 +41,7 @@ class HFTokenizer:
 
 def tokenizer_for(manifest: Manifest):
     """The tokenizer of the model a manifest was exported from, or a one-line error."""
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     if manifest.source in ZOO:
         ids = next((s for s in manifest.inputs if s.name == "input_ids"), None)
