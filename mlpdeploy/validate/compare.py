@@ -132,7 +132,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     if options.task or options.max_metric_delta is not None:
         judge = options.task_reference or baseline
         if not isinstance(judge, ModelBundle) or judge.task is None:
-            raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
+            raise MlpdeployError("task metrics need a torch reference with a task: a trained zoo model (see `mlpdeploy zoo`), or --data FILE (docs/data.md)")
         task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
                             relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
