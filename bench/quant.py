@@ -162,7 +162,7 @@ def ppl_part(args) -> dict:
             stored, quantized = fp32_bytes, 0
             if spec is not None:
                 rewritten = rewrite_model(path, Path(tmp) / f"{len(rows)}.onnx", [spec])
-                report = next(iter(rewritten.passes.values()))
+                report = rewritten.passes[0]
                 stored = fp32_bytes - report["float32_bytes"] + report["bytes"]
                 quantized, path = report["weights"], rewritten.model_path
             so = ort.SessionOptions()

@@ -28,6 +28,7 @@ from mlpdeploy.model.overrides import IDENTITY, ZERO
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import MatchFailure, check, remove_dead
 from mlpdeploy.passes.matching.residual import Block, Branch, find_blocks
+from mlpdeploy.passes.options import Option
 from mlpdeploy.scopes import natural_key
 
 COUNTS = {"attention": "attention", "mlp": "mlp", "blocks": "block"}  # option -> kind
@@ -38,7 +39,14 @@ class DropLayers(RewritePass):
 
     name = "drop-layers"
     description = "remove attention/MLP sublayers or whole blocks (LLM-Drop): attention=N, mlp=N, blocks=N (deepest), scopes=A+B, or a plan's sites"
-    options = {"attention": 0, "mlp": 0, "blocks": 0, "scopes": ""}
+    options = {
+        "attention": Option(0, "drop the N deepest attention sublayers", minimum=0),
+        "mlp": Option(0, "drop the N deepest MLP sublayers", minimum=0),
+        "blocks": Option(0, "drop the N deepest whole blocks", minimum=0),
+        "scopes": Option("", "drop these sites (module paths joined by +, e.g. layers.3.mlp+layers.5)"),
+    }
+    reference = ("edited: a dropped sublayer's module gives zeros, a dropped block gives back its input (recorded in the "
+                 "manifest as module_overrides, which validation applies)")
 
     def rewrite(self, model: ir.Model) -> PassReport:
         graph = model.graph

@@ -58,6 +58,7 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
+from mlpdeploy.passes.options import Option
 from mlpdeploy.plugins.gated_mlp.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, gated_mlp_node
 from mlpdeploy.scopes import module_path
 
@@ -100,7 +101,7 @@ class FuseGatedMLP(RewritePass):
 
     name = "fuse-gated-mlp"
     description = "fuse down(act(gate(x))*up(x)) (SwiGLU/GeGLU/ReGLU/bilinear) into one mlpdeploy::GatedMLP node"
-    options = {"bilinear": True}  # also fuse products with no activation (gate(x)*up(x))
+    options = {"bilinear": Option(True, "also fuse products with no activation, down(gate(x) · up(x))")}
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"sites": {}})

@@ -34,6 +34,7 @@ from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.options import Option
 from mlpdeploy.passes.ort import adopt, copy_model
 from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
 from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
@@ -64,7 +65,8 @@ class OrtDecoder(RewritePass):
 
     name = "ort-decoder"
     description = "cached decoders for ONNX Runtime: fused RMS/skip norms, RotaryEmbedding + GroupQueryAttention per layer (exact masks and positions)"
-    options = {"max_positions": 0}  # size of the rotary tables (0: the manifest's, else 4096)
+    options = {"max_positions": Option(0, "rows of the rotary tables (0: the manifest's max positions, else 4096)", minimum=0)}
+    phase = "lowering"
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"fusions": {}})

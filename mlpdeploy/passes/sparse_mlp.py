@@ -43,6 +43,7 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
+from mlpdeploy.passes.options import Option
 from mlpdeploy.plugins.sparse_mlp.onnx_function import OP_TYPE, ensure_function, sparse_mlp_node
 from mlpdeploy.scopes import OUTPUT_MODULE_KEY, module_path
 
@@ -55,7 +56,15 @@ class SparseMLPPass(RewritePass):
     name = "sparse-mlp"
     description = ("compute only selected MLP neurons (mlpdeploy::SparseMLP): ReLU MLPs by a low-rank predictor's top-k "
                    "(k=, recall= from a plan, rank= for the SVD predictor), gated MLPs where |act(gate)| > threshold=")
-    options = {"k": 0, "recall": 0.0, "rank": 0, "threshold": -1.0, "artifact": ""}
+    options = {
+        "k": Option(0, "neurons each token keeps in a ReLU MLP (0: the plan's per-site k)", minimum=0),
+        "recall": Option(0.0, "take each planned site's k for this held-out recall (0: off; needs a plan)", minimum=0.0),
+        "rank": Option(0, "rank of the training-free SVD predictor (0: the plan's trained one, else d/8)", minimum=0),
+        "threshold": Option(-1.0, "gated MLPs: a neuron counts where |act(gate)| > T (negative: the plan's per-layer thresholds)"),
+        "artifact": Option("", "the plan's predictors file (.sparse-mlp.safetensors; --plan passes it)"),
+    }
+    reference = ("edited: each MLP computes only the neurons its site selects (recorded in the manifest as "
+                 "module_overrides, which validation applies)")
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"sites": {}})

@@ -30,13 +30,14 @@ Tolerance (`precision`, see fuzz_harness.TOLERANCE):
 from __future__ import annotations
 
 import torch
-from fuzz_families import CaseSpec
 from hypothesis import strategies as st
 from torch import nn
 
 from mlpdeploy.contract import WEIGHT_BLOCKS, WEIGHT_FORMATS
 from mlpdeploy.quant import parse_format
 from mlpdeploy.quant.torch_apply import dequantized_weight, int8_input_hook
+
+from .fuzz_families import CaseSpec
 
 SCOPES = ("*", "*", "layers.0.*", "*mlp*")  # every linear (twice as likely), the first block, the MLPs
 

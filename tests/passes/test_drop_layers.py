@@ -58,7 +58,7 @@ def exported(zoo_export):
 def _drop(path, spec: str) -> tuple[ir.Model, dict]:
     model = load_ir(path)
     parsed = parse_pass_spec(spec)
-    return model, run_pipeline(model, [parsed])[str(parsed)]
+    return model, run_pipeline(model, [parsed])[0]
 
 
 def _feeds(bundle, shapes, seed=0):
@@ -234,5 +234,5 @@ def test_plan_sites_exclude_counts(exported, tmp_path):
         rewrite_model(onnx_path, tmp_path / "x.onnx", [spec])
     assert not list(tmp_path.iterdir())
     result = rewrite_model(onnx_path, tmp_path / "y.onnx", [PassSpec("drop-layers", sites={"layers.0.mlp": {"kind": "mlp"}})])
-    assert list(result.passes["drop-layers"]["dropped"]) == ["layers.0.mlp"]
+    assert list(result.report("drop-layers")["dropped"]) == ["layers.0.mlp"]
     assert find_manifest(tmp_path / "y.onnx").module_overrides() == {"layers.0.mlp.down_proj": "zero"}
