@@ -104,8 +104,6 @@ class DropLayers(RewritePass):
 
 def _deepest(blocks: list[Block], kind: str, n: int, option: str, chosen: dict) -> dict[str, Block | Branch]:
     """The `n` deepest candidates of `kind` not chosen yet (nor inside a chosen block)."""
-    if n < 0:
-        raise MlpdeployError(f"drop-layers: {option}={n} must be 0 or more")
     if n == 0:
         return {}
     taken = {t.path for t in chosen.values() if isinstance(t, Block)} | set(chosen)

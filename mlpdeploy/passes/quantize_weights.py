@@ -41,7 +41,6 @@ from onnxscript import version_converter
 from mlpdeploy.contract import DEFAULT_BLOCK, DOMAIN, WEIGHT_BLOCKS, WEIGHT_FORMATS, ir_version_for
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, ReferenceEdit, RewritePass
-from mlpdeploy.passes.fuse_gated_mlp import LINEARS_KEY
 from mlpdeploy.passes.matching import (
     LINEAR_OPS,
     STANDARD_DOMAINS,
@@ -52,6 +51,7 @@ from mlpdeploy.passes.matching import (
     remove_dead,
     value_names,
 )
+from mlpdeploy.passes.matching.gated import LINEARS_KEY
 from mlpdeploy.passes.options import Option
 from mlpdeploy.passes.weight_forms import (
     FORM_OPSET,

@@ -29,7 +29,6 @@ from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.sparsity import SparseSite, svd_predictor
 from mlpdeploy.passes.base import PassReport, RewritePass
-from mlpdeploy.passes.fuse_gated_mlp import _match_down, match_site
 from mlpdeploy.passes.matching import (
     Linear,
     MatchFailure,
@@ -43,6 +42,7 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
+from mlpdeploy.passes.matching.gated import match_down, match_site
 from mlpdeploy.passes.options import Option
 from mlpdeploy.plugins.sparse_mlp.onnx_function import OP_TYPE, ensure_function, sparse_mlp_node
 from mlpdeploy.scopes import OUTPUT_MODULE_KEY, module_path
@@ -163,7 +163,7 @@ def _match(node: ir.Node) -> dict | None:
     if act is None or act.nodes[-1] is not node:
         return None
     up: Linear = match_linear(act.input)
-    down = _match_down(node, up.out_features)
+    down = match_down(node, up.out_features)
     nodes = [*up.nodes, *act.nodes, *down.nodes]
     return {"mode": "topk", "x": up.input, "hidden": up.out_features, "activation": act.kind, "up": up, "down": down,
             "nodes": nodes, "template": node, "w_up": up.weight_array(),
