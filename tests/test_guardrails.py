@@ -10,6 +10,7 @@ Rules (each a test below):
    (`mlpdeploy.passes` ↔ `mlpdeploy.analyze`, `mlpdeploy.passes.matching` ↔ `mlpdeploy.passes.ort`, ...).
 3. Extra fences inside a floor (`FENCES`): backends import no analyze/validate; plugins/ imports only
    errors and contract from mlpdeploy; the zoo only model/, plugins/, errors and contract.
+4. Tests patch no sys.path and import nothing from bench/.
 """
 
 from __future__ import annotations
@@ -187,6 +188,22 @@ def test_the_graph_sees_lazy_and_type_only_imports():
     lazy = [m for m, edges in graph.items() for t in edges if m.startswith("mlpdeploy.cli.") and t.startswith("mlpdeploy.compile")]
     assert lazy, "cli imports compile inside its commands; the graph lost function-level imports"
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"] and _cycle({"a": {"b"}}) is None
+
+
+def test_tests_patch_no_sys_path_and_import_nothing_from_bench():
+    """Tests import what they test from the package and their helpers as packages (tests/ mirrors
+    mlpdeploy/); a benchmark script is run as a process, as a user runs it, never imported."""
+    bad = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Attribute) and node.attr == "path" and isinstance(node.value, ast.Name) and node.value.id == "sys":
+                bad.append(f"{where} uses sys.path")
+            elif isinstance(node, ast.Import) and any(a.name.split(".")[0] == "bench" for a in node.names):
+                bad.append(f"{where} imports bench")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "bench" and not node.level:
+                bad.append(f"{where} imports from bench")
+    assert not bad, "\n".join(bad)
 
 
 def test_module_size_budget():

@@ -14,6 +14,7 @@ import click
 
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.passes.registry import PASSES as PASS_REGISTRY
 from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
@@ -159,7 +160,9 @@ def _passes(passes: tuple[str, ...], plan: Path | None):
 
 PASSES = OptionGroup(
     [
-        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]", help="A rewrite pass (repeatable; run in order, after the plan's)."),
+        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]",
+                     help=f"A rewrite pass (repeatable; run in order, after the plan's): {', '.join(PASS_REGISTRY.names())}. "
+                          "`mlpdeploy passes` lists their options."),
         click.Option(["--plan"], type=click.Path(path_type=Path), help="A plan.json from `mlpdeploy analyze`: its passes run first."),
     ],
     _passes,
