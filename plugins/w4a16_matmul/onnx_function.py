@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from mlpdeploy.contract import DOMAIN, IR_VERSION
+from mlpdeploy.contract import DEFAULT_BLOCK, DOMAIN, IR_VERSION
 from mlpdeploy.errors import OpError
 
 from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
@@ -127,7 +127,7 @@ def build_function(fmt: str, onnx_opset: int) -> ir.Function:
 def random_weights(k: int, n: int, fmt: str = "int4", block: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random storage for a [K, N] weight in `fmt`: packed codes, scales (valid codes of
     moderate size), and the global scale or zero points."""
-    block = block or (16 if fmt == "nvfp4" else 32)
+    block = block or DEFAULT_BLOCK.get(fmt, 0)
     check_format(fmt, block)
     rng = np.random.default_rng(seed)
     kb = -(-k // block)
