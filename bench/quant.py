@@ -223,7 +223,7 @@ def forms_part(args) -> dict:
         model = ir.Model(graph, ir_version=10)
         stored[name] = 4 * k * n
         if options:
-            stored[name] = next(iter(run_pipeline(model, [PassSpec("quantize-weights", dict(options))]).values()))["bytes"]
+            stored[name] = run_pipeline(model, [PassSpec("quantize-weights", dict(options))])[0]["bytes"]
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sessions[name] = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])

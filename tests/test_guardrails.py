@@ -1,5 +1,10 @@
 """Guardrails on the tree itself: the layering of DESIGN.md, no import cycles, a size budget per module, lint.
 
+Floors, top first: cli → (compile, serving) → runtime → (export, analyze, passes, backends,
+validate) → zoo → (model, quant) → (contract, errors, onnx_io, scopes, atomic, dtypes, registry,
+report, plugins). runtime sits above the stages because `Engine.load` runs an artifact through
+its backend's runner.
+
 The import graph is read from the source (every `import` and `from ... import` anywhere in a
 file: at module level, inside functions, under `if TYPE_CHECKING:`), not from what happens to be
 imported at run time, so a lazy import inside a function counts as much as one at the top.
@@ -7,7 +12,7 @@ imported at run time, so a lazy import inside a function counts as much as one a
 Rules (each a test below):
 1. Floors: a part of the package imports only parts on its own floor or below (`FLOORS`, top first).
 2. No cycles at any level: between modules, and between the packages they form at every depth
-   (`mlpdeploy.passes` ↔ `mlpdeploy.analyze`, `mlpdeploy.passes.matching` ↔ `mlpdeploy.passes.ort`, ...).
+   (`mlpdeploy.passes` ↔ `mlpdeploy.analyze`, `mlpdeploy.backends.onnxruntime` ↔ `mlpdeploy.backends.tensorrt`, ...).
 3. Extra fences inside a floor (`FENCES`): backends import no analyze/validate; plugins/ imports only
    errors and contract from mlpdeploy; the zoo only model/, plugins/, errors and contract.
 4. Tests patch no sys.path and import nothing from bench/.
@@ -31,9 +36,10 @@ SOURCES = {"mlpdeploy": "mlpdeploy", "plugins": "mlpdeploy.plugins", "models": "
 FLOORS = [
     {"cli"},
     {"compile", "serving"},
+    {"runtime"},  # above the stages: Engine.load runs an artifact through its backend's runner
     {"export", "analyze", "passes", "backends", "validate"},
     {"zoo"},  # models/: above model/, which names its models only as data (mlpdeploy.model.zoo)
-    {"model", "quant", "runtime"},
+    {"model", "quant"},
     {"onnx_io", "scopes", "errors", "contract", "atomic", "dtypes", "registry", "report", "report_bench", "plugins", ""},
 ]
 # part → the only parts it may import (besides itself), or the parts it must not import ("not": ...)

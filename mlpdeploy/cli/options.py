@@ -12,10 +12,11 @@ from typing import Any
 
 import click
 
+from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
+from mlpdeploy.contract import PAST_TEMPLATE, PRESENT_TEMPLATE
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.registry import PASSES as PASS_REGISTRY
-from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
 class OptionGroup:
@@ -172,7 +173,8 @@ SEED = click.option("--seed", default=0, show_default=True, help="Seed for gener
 
 KV_CACHE = click.option(
     "--kv-cache", is_flag=True,
-    help="Export a decoder with its key/value cache: one graph for prefill and decode (past_key_values.{i}.key|value → present.{i}.key|value).",
+    help="Export a decoder with its key/value cache: one graph for prefill and decode "
+         f"({PAST_TEMPLATE.format(layer='{i}', kind='key|value')} → {PRESENT_TEMPLATE.format(layer='{i}', kind='key|value')}).",
 )
 
 

@@ -20,10 +20,11 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mlpdeploy.backends.onnxruntime.passes.gqa import graph_inputs_of
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.passes.matching import add_initializer, unique_name, value_names
-from mlpdeploy.passes.ort.gqa import graph_inputs_of
 
-MS = "com.microsoft"
+MS = MS_DOMAIN
 BIAS_INPUT = 10  # GroupQueryAttention's attention_bias
 ALLOWED_SOURCES = {"input_ids", "attention_mask", "position_ids"}
 

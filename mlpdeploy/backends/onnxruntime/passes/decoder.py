@@ -33,13 +33,14 @@ from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embeddi
 from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
+from mlpdeploy.backends.onnxruntime.passes import adopt, copy_model
+from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shapes
+from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
+from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
+from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
+from mlpdeploy.contract import CACHE_INPUT, MS_DOMAIN
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.options import Option
-from mlpdeploy.passes.ort import adopt, copy_model
-from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
-from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
-from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
-from mlpdeploy.passes.ort.pack_qkv import pack_qkv
 
 NORM_FUSIONS = {
     "SimplifiedLayerNormalization": fuse_rms_normalization,
@@ -57,7 +58,7 @@ def _prepare(model: ir.Model) -> None:
 
 
 def _cached_layers(model: ir.Model) -> list[str]:
-    return [v.name for v in model.graph.inputs if v.name.startswith("past_key_values.") and v.name.endswith(".key")]
+    return [v.name for v in model.graph.inputs if (m := CACHE_INPUT.fullmatch(v.name or "")) and m.group(2) == "key"]
 
 
 class OrtDecoder(RewritePass):
@@ -115,5 +116,5 @@ class OrtDecoder(RewritePass):
             if left:
                 reasons.append(f"unfused {', '.join(left)} remain")
             return (0, 0), "; ".join(reasons)
-        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft")
+        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == MS_DOMAIN)
         return (rotary, gqa), None
