@@ -212,6 +212,14 @@ def test_tests_patch_no_sys_path_and_import_nothing_from_bench():
     assert not bad, "\n".join(bad)
 
 
+@pytest.mark.skipif(not (ROOT / ".git").exists(), reason="not a git checkout")
+def test_no_wheels_or_large_binaries_are_tracked():
+    """Tools come from the package's extras (ruff: dev), not from files in the repository."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split("\0")
+    bad = [f for f in tracked if f and (f.endswith(".whl") or ((ROOT / f).is_file() and (ROOT / f).stat().st_size > 5 * 2**20))]
+    assert not bad, f"tracked wheels or files over 5 MiB: {bad}"
+
+
 def test_module_size_budget():
     over = [f"{p.relative_to(ROOT)}: {n} lines" for p, _ in modules().values() if (n := len(p.read_text().splitlines())) > MAX_LINES]
     assert not over, f"split these modules (budget {MAX_LINES} lines): {over}"
