@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 
+from mlpdeploy.passes.pipeline import spec_text
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
@@ -166,17 +168,11 @@ def _settings(value) -> str:
     return str(value)
 
 
-def _spec(info: dict) -> str:
-    """A pass report's pass as `--pass` text: `quantize-weights:format=int4`."""
-    options = ",".join(f"{k}={v}" for k, v in (info.get("options") or {}).items())
-    return f"{info['pass']}:{options}" if options else info["pass"]
-
-
 def _rewrite_section(stages: dict) -> list[str]:
     """Each pass (and the backend's own fusions): the sites it rewrote, those it skipped and why,
     and the op-type counts that changed."""
     rewrite, build = stages.get("rewrite") or {}, stages.get("build") or {}
-    passes = [(_spec(info), info) for info in rewrite.get("passes") or []]  # in the order they ran
+    passes = [(spec_text(info), info) for info in rewrite.get("passes") or []]  # in the order they ran
     fusions = build.get("fusions") or {}
     if fusions.get("rewritten") or fusions.get("skipped"):  # the backend's fusion pass, when it changed or declined something
         passes.append((f"{fusions.get('pass', 'ort-decoder')} (at build)", fusions))
