@@ -26,6 +26,31 @@ compares the graph with (the task metric is always judged against the unedited m
 """
 
 
+FOOTER = """
+## Writing a pass
+
+A pass is one file in `mlpdeploy/passes/` (a backend's own lowering passes live in its package,
+e.g. `mlpdeploy/backends/onnxruntime/passes/`) and one line in `mlpdeploy/passes/registry.py`:
+
+```python
+class RemoveIdentity(RewritePass):
+    name = "remove-identity"
+    description = "drop Identity nodes; their readers read the Identity's input"
+    options = {"keep_outputs": Option(True, "leave an Identity that produces a graph output")}
+    phase = "rewrite"  # the default
+
+    def rewrite(self, model: ir.Model) -> PassReport:
+        ...  # match with mlpdeploy.passes.matching, check, rewrite; record skipped sites with their reason
+```
+
+An approximate pass also states `reference` and either records `module_overrides` in its report
+(they travel in the manifest; validation applies them) or implements
+`reference_edit(report) -> ReferenceEdit`. The tests then ask for its fuzz target
+(`tests/fuzz/fuzz_targets.py`), a determinism case (`tests/fixtures/determinism_run.py`), its
+golden op counts (`--update-golden`) and this file (`mlpdeploy passes --markdown > docs/passes.md`).
+"""
+
+
 def passes_markdown() -> str:
     """docs/passes.md: the phases, then every pass with its description and options."""
     lines = [HEADER, "## Phases", "", "| phase | passes | what runs there |", "|---|---|---|"]
@@ -42,7 +67,7 @@ def passes_markdown() -> str:
                 lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         else:
             lines += ["", "No options."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + FOOTER
 
 
 def _text(value) -> str:
