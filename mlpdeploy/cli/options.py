@@ -209,3 +209,10 @@ DATA = OptionGroup(
     ],
     _data,
 )
+
+SPECULATIVE = click.option(
+    "--speculative", metavar="MODE",
+    help="Speculative decoding (default: off): ngram[:n=3,k=8] (prompt lookup), heads[:k=N] (the artifact's draft heads), "
+         "self:PLAN (the model minus the layers PLAN's drop-layers removes), draft:ARTIFACT (a smaller --kv-cache artifact "
+         "with the same tokenizer). Greedy output is plain decoding's. See docs/decoding.md.",
+)

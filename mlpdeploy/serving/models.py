@@ -65,22 +65,30 @@ class ServedModel:
             raise RequestError(400, str(exc)) from None
 
 
-def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str, ServedModel]:
-    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving."""
-    from mlpdeploy.runtime.generate import CachedGenerator
-
+def load_models(paths: list[Path | str], threads: int | None = None, speculative: str | None = None) -> dict[str, ServedModel]:
+    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving.
+    `speculative`: a `--speculative` mode every cached decoder generates with (its own drafter each)."""
     models: dict[str, ServedModel] = {}
     for path in paths:
         name = model_name(path)
         if name in models:
             raise MlpdeployError(f"two models are named {name!r}; serve each name once (rename a directory or file)")
-        engine = Engine.load(path, threads=threads)
-        model = ServedModel(name, engine)
-        if engine.cache is not None and engine.session is not None:
-            model.generator = CachedGenerator(engine)
-            model.tokenizer = _tokenizer(engine)
-        models[name] = model
+        models[name] = load_model(name, path, threads, speculative)
     return models
+
+
+def load_model(name: str, path: Path | str, threads: int | None = None, speculative: str | None = None) -> ServedModel:
+    """One model to serve under `name`: its engine, and for a cached decoder its generator (with the
+    `speculative` mode's drafter, when given) and tokenizer."""
+    from mlpdeploy.runtime.generate import CachedGenerator
+    from mlpdeploy.runtime.speculative import make_drafter, parse_mode
+
+    engine = Engine.load(path, threads=threads)
+    model = ServedModel(name, engine)
+    if engine.cache is not None and engine.session is not None:
+        model.generator = CachedGenerator(engine, make_drafter(parse_mode(speculative), engine, threads) if speculative else None)
+        model.tokenizer = _tokenizer(engine)
+    return model
 
 
 def _tokenizer(engine: Engine):
