@@ -94,7 +94,7 @@ def test_every_mode_is_plain_greedy_on_smollm2(smollm2_small, smollm2_small_kv, 
     heads = with_draft_heads(smollm2_small_kv, tmp_path / "heads", slice_ids=np.arange(0, 49152, 3))
     self_drafter = make_drafter(f"self:{plan}", engine)
     modes = {"ngram": "ngram", "self": self_drafter, "draft": f"draft:{self_drafter.stepper.engine.path}"}
-    for name, mode in modes.items():
+    for mode in modes.values():
         drafter = make_drafter(mode, engine) if isinstance(mode, str) else mode
         for prompt in prompts:
             plain, spec = _same_as_plain(smollm2_small_kv, drafter, [prompt], 24)
