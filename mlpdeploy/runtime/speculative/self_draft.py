@@ -79,6 +79,6 @@ def _build(rewritten: Path, plan: Path, build: dict, built_entry: dict, out: Pat
     drops = [spec for spec in passes_with_plan(plan, [], rewritten) if spec.name == "drop-layers"]
     with staged_directory(out) as work:
         result = rewrite_model(rewritten, work / "draft.opt.onnx", drops)
-        if not any(report.get("rewritten") for report in result.passes.values()):
+        if not any(report.get("rewritten") for report in result.passes):
             raise MlpdeployError(f"--speculative self:{plan}: the plan's drop-layers sites were not found in {rewritten}")
         backend.build(result.model_path, work / f"draft{backend.suffix}", options)
