@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.engine import Engine, is_engine
+from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.serving.datatypes import v2_datatype
 from mlpdeploy.serving.package import model_name
 from mlpdeploy.serving.protocol import InferRequest, RequestError
@@ -27,7 +27,7 @@ class ServedModel:
 
     @property
     def platform(self) -> str:
-        return "tensorrt_plan" if is_engine(self.engine.path) else "onnxruntime_onnx"
+        return "onnxruntime_onnx" if self.engine.backend == "onnxruntime" else "tensorrt_plan"
 
     def metadata(self) -> dict:
         """KServe v2 model metadata: the manifest's tensors, -1 for every dynamic dim."""
@@ -45,7 +45,7 @@ class ServedModel:
 
     def config(self) -> dict:
         """The model's Triton config (as `mlpdeploy package` writes it), as JSON."""
-        backend = self.engine.manifest.last("build").get("backend") if self.platform == "tensorrt_plan" else None
+        backend = self.engine.backend if self.platform == "tensorrt_plan" else None
         fields, _ = model_config(self.name, self.engine.path, self.engine.manifest, TritonOptions(), backend)
         return fields
 

@@ -23,10 +23,11 @@ import shutil
 from pathlib import Path
 
 from mlpdeploy.atomic import staged_directory
+from mlpdeploy.backends import backend_of
 from mlpdeploy.backends.onnxruntime.session import saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest
-from mlpdeploy.runtime.engine import is_engine, resolve_artifact
+from mlpdeploy.runtime.engine import resolve_artifact
 from mlpdeploy.serving import triton_python
 from mlpdeploy.serving.triton_config import TritonOptions, to_pbtxt, triton_config
 
@@ -84,7 +85,8 @@ def package_triton(models: list[Path | str], repo: Path | str, options: TritonOp
         name = model_name(model)
         if name in planned:
             raise MlpdeployError(f"two models are named {name!r}; Triton needs one directory per name — rename one")
-        engine_backend = manifest.last("build").get("backend", "tensorrt") if is_engine(artifact) else None
+        built_by = backend_of(manifest)
+        engine_backend = None if built_by == "onnxruntime" else built_by  # an engine: Triton's TensorRT backend
         planned[name] = (artifact, manifest, engine_backend)
     if backend == "python":  # every error before writing
         texts = {name: to_pbtxt(*triton_python.python_config(name, a, m, options, env, engine=b is not None)) for name, (a, m, b) in planned.items()}
