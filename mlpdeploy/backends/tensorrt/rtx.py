@@ -52,6 +52,7 @@ from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
 from mlpdeploy.backends.tensorrt.fp4_weights import has_fp4_weights
 from mlpdeploy.backends.tensorrt.gpus import visible_gpus
+from mlpdeploy.backends.tensorrt.options import RTX_TARGETS as TARGETS
 from mlpdeploy.backends.tensorrt.options import RTXOptions
 from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
@@ -64,7 +65,6 @@ from mlpdeploy.onnx_io import check_onnx_path, load_ir
 from mlpdeploy.passes.precision import convert_precision
 
 PRODUCT = "TensorRT-RTX"
-TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 PORTABLE_SMS = ("sm80", "sm86", "sm89", "sm120")
 PORTABLE = f"portable (TensorRT-RTX default: {', '.join(PORTABLE_SMS)})"
 FP4_TARGETS = ("sm120", "sm121")
