@@ -85,13 +85,14 @@ def test_every_int4_block_runs_in_onnx_runtime(fmt, block, form):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt_rtx_bindings") is None, reason="the rtx extra is not installed")
 def test_tensorrt_rtx_builds_int4_at_the_smallest_block(tmp_path):
     """Block 16 (the size the codec did not allow before) parses and builds ahead of time for sm89."""
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.tensorrt.options import RTXOptions
     from mlpdeploy.onnx_io import write_onnx
 
     model, _ = linear(96, 40)
     run_pipeline(model, [PassSpec("quantize-weights", {"format": "int4", "block": 16, "target": "trt"})])
     write_onnx(model, tmp_path / "m.onnx")
-    built = get_backend("tensorrt-rtx").build(tmp_path / "m.onnx", tmp_path / "m.engine", BuildOptions(target="sm89", extra={"cache": False}))
+    built = get_backend("tensorrt-rtx").build(tmp_path / "m.onnx", tmp_path / "m.engine", RTXOptions(target="sm89", cache=False))
     assert built.info["bytes"] > 1000 and any("DequantizeLinear" in " ".join(layer["onnx_nodes"]) for layer in built.info["layers"])
 
 
