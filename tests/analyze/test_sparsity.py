@@ -127,7 +127,7 @@ def test_no_task_or_no_mlp_is_one_line_error(tmp_path):
     spec = f"{Path(__file__).parent.parent / 'fixtures' / 'tiny_mlp.py'}:build"
     plan = analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8))  # measured, no task needed
     assert plan.analyses["sparsity"]["sites"]["mlp"]["kind"] == "gated"
-    with pytest.raises(MlpdeployError, match=r"has no evaluation task, so --max-metric-delta cannot judge sparsity; run --sparsity without it"):
+    with pytest.raises(MlpdeployError, match=r"has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data FILE"):
         analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8, max_metric_delta=0.1))
     with pytest.raises(MlpdeployError, match=r"found no MLPs with separate up \(and gate\) projections"):
         analyze_model("kan-tiny", AnalyzeOptions({"sparsity": None}, samples=8))
