@@ -66,9 +66,9 @@ def _suffix(build: dict) -> str:
 
 def _build(rewritten: Path, plan: Path, build: dict, built_entry: dict, out: Path) -> None:
     """Rewrite `rewritten` with the plan's drop-layers passes and build it as the artifact was."""
+    from mlpdeploy.analyze.plan import passes_with_plan
     from mlpdeploy.atomic import staged_directory
     from mlpdeploy.backends import BuildOptions, get_backend
-    from mlpdeploy.analyze.plan import passes_with_plan
     from mlpdeploy.passes.rewrite import rewrite_model
 
     backend = get_backend(build.get("backend", "onnxruntime"))
