@@ -8,6 +8,7 @@ import click
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import SPECULATIVE
+from mlpdeploy.errors import MlpdeployError
 
 
 @cli.command()
@@ -18,19 +19,30 @@ from mlpdeploy.cli.options import SPECULATIVE
 @click.option("--max-batch-size", default=16, show_default=True, help="Triton max_batch_size for batchable models (capped at the exported batch range).")
 @click.option("--instances", default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--max-queue-delay-us", default=100, show_default=True, help="Dynamic batcher: how long a request may wait for others.")
+@click.option("--triton-backend", type=click.Choice(["native", "python"]), default="native", show_default=True,
+              help="native: Triton's onnxruntime / tensorrt backends; python: a model.py running mlpdeploy's runtime "
+                   "(decoupled streaming generate for --kv-cache decoders).")
+@click.option("--triton-python-env", metavar="PATH|none",
+              help="With --triton-backend python: the Python environment (with mlpdeploy) Triton runs model.py in, "
+                   "written as EXECUTION_ENV_PATH [default: this Python's environment; none: the server's own Python].")
 @debug_option
-def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, debug) -> None:
+def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, triton_backend, triton_python_env, debug) -> None:
     """Package built MODELS (compile directories, built .onnx or TensorRT .engine files) as a Triton model repository.
 
     Each model becomes REPO/NAME/config.pbtxt + REPO/NAME/1/model.onnx (platform onnxruntime_onnx) or
     model.plan (tensorrt_plan). Decoders compiled with --kv-cache get Triton's sequence batcher with the
-    cache as implicit state. Serve the repository with `tritonserver --model-repository REPO`.
+    cache as implicit state. With --triton-backend python each model is instead a model.py that runs the
+    build with mlpdeploy's runtime (cached decoders: decoupled generate). Serve the repository with
+    `tritonserver --model-repository REPO` (or the bundled one: `python -m mlpdeploy.serving.tritonserver REPO`).
     """
     from mlpdeploy.serving.package import package_triton
     from mlpdeploy.serving.triton_config import TritonOptions
 
+    if triton_python_env is not None and triton_backend != "python":
+        raise MlpdeployError("--triton-python-env applies to --triton-backend python only; add --triton-backend python or drop it")
     options = TritonOptions(max_batch_size=max_batch_size, instances=instances, max_queue_delay_us=max_queue_delay_us)
-    written = package_triton(list(models), repo, options, kserve=kserve, storage_uri=storage_uri)
+    written = package_triton(list(models), repo, options, kserve=kserve, storage_uri=storage_uri, backend=triton_backend,
+                             python_env=triton_python_env)
     for name, path in written.items():
         console.print(f"{name}: {path}/config.pbtxt", markup=False)
     if kserve:

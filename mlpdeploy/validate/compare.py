@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpdeploy.backends.candidate import Candidate, onnx_candidate
+from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
