@@ -53,7 +53,7 @@ def level_choice(options: list[Option]) -> list[Option]:
     for o in options:
         by_format.setdefault(o.choice.format, []).append(o)
     kept = []
-    for fmt, group in by_format.items():
+    for group in by_format.values():
         levels = {o.choice.level: o for o in group}
         if 0 in levels and 4 in levels:
             fast, exact = levels[4], levels[0]

@@ -28,6 +28,7 @@ from mlpdeploy.analyze.fisher import PROXY_TOKENS, estimate_changes, objective, 
 from mlpdeploy.analyze.quant_choices import FALLBACK, Choice, choices_for, output_changes
 from mlpdeploy.analyze.quant_planner import Option, plan_quantization
 from mlpdeploy.backends import get_backend
+from mlpdeploy.contract import WEIGHT_BLOCKS, WEIGHT_FORMATS
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.quant import Format, parse_format, quantized_linears
 
@@ -35,8 +36,9 @@ from mlpdeploy.quant import Format, parse_format, quantized_linears
 class QuantSensitivity(Analysis):
     name = "quant"
     takes = "FORMATS"
-    description = ("per linear layer and weight format (nvfp4,mxfp4,int4[-64|-128],int4asym) and accuracy level: estimated task-loss "
-                   "growth and output error; with a budget, a mixed-precision plan checked on held-out data")
+    description = (f"per linear layer and weight format ({','.join(WEIGHT_FORMATS)}; int4 and int4asym take a block "
+                   f"{'|'.join(f'-{b}' for b in WEIGHT_BLOCKS['int4'])}, int8 {'|'.join(f'-{b}' for b in WEIGHT_BLOCKS['int8'])}) "
+                   "and accuracy level: estimated task-loss growth and output error; with a budget, a mixed-precision plan checked on held-out data")
     plans = True
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:

@@ -13,8 +13,8 @@ import torch
 from click.testing import CliRunner
 
 from mlpdeploy.analyze import AnalyzeOptions, analyze_model
-from mlpdeploy.analyze.quant_planner import Option, lower_hull, plan_path
 from mlpdeploy.analyze.quant_choices import FLOAT32, Choice
+from mlpdeploy.analyze.quant_planner import Option, lower_hull, plan_path
 from mlpdeploy.cli import cli
 from mlpdeploy.model import load_model
 from mlpdeploy.model.torch_run import first_output_fn

@@ -10,7 +10,6 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mlpdeploy.onnx_io import load_ir
 from mlpdeploy.passes import PassSpec
 from mlpdeploy.passes.pipeline import run_pipeline
 
