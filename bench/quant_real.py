@@ -1,7 +1,7 @@
 """Real models: mlpdeploy's weight quantization against ONNX Runtime's own quantizer, judged on held-out text.
 
     python bench/quant_real.py [--models minilm,smollm2] [--data bench/data/mlpdeploy-notes.jsonl]
-                               [--task-samples 0] [--plan PLAN.json] [--json PATH]
+                               [--task-samples 0] [--plan PLAN.json] [--json PATH] [--update]
 
 Each model is exported once by mlpdeploy (fp32 ONNX, no KV cache) and every variant is a rewrite of
 that same graph, run in ONNX Runtime on the held-out windows `--data` defines (docs/data.md):
@@ -9,6 +9,8 @@ that same graph, run in ONNX Runtime on the held-out windows `--data` defines (d
 * `onnxruntime RTN int4 L0` — `MatMulNBitsQuantizer(block_size=32, is_symmetric=True,
   accuracy_level=0)` (RTN, what the issue compared against), and the same at level 4;
 * `mlpdeploy int4 L0/L4` — `quantize-weights:format=int4,accuracy_level=0|4` (block 32);
+* `mlpdeploy nvfp4 L0`, `mlpdeploy mxfp4 L0` — FP4 weights (block 16 / 32) in 8-bit MatMulNBits
+  (the E2M1 codes are exact there), float activations;
 * SmolLM2 also: `mlpdeploy int4asym`, `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
   from `mlpdeploy analyze` for this model) when given.
 
@@ -76,6 +78,8 @@ def variants(model: str, plan: Path | None) -> dict:
         "mlpdeploy int4 L0": ours({**INT4, "accuracy_level": 0}),
         "onnxruntime RTN int4 L4": onnxruntime_rtn(4),
         "mlpdeploy int4 L4": ours({**INT4, "accuracy_level": 4}),
+        "mlpdeploy nvfp4 L0": ours({"format": "nvfp4", "accuracy_level": 0, "fp4_form": "nbits8"}),
+        "mlpdeploy mxfp4 L0": ours({"format": "mxfp4", "accuracy_level": 0, "fp4_form": "nbits8"}),
     }
     if model == "smollm2":
         found["mlpdeploy int4asym L0"] = ours({"format": "int4asym", "accuracy_level": 0})
@@ -137,12 +141,17 @@ def main() -> None:
     parser.add_argument("--plan", type=Path, help="a plan.json for SmolLM2 to add as a variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--update", action="store_true", help="keep the other models' rows of the existing --json file")
     args = parser.parse_args()
     results = {"data": str(args.data), "task_samples": args.task_samples, "models": {}}
+    existing = args.json or ROOT / "bench/results/quant_real.json"
+    if args.update and existing.exists():
+        results["models"] = json.loads(existing.read_text())["models"]
     with tempfile.TemporaryDirectory(prefix="quant_real.") as tmp:
         for model in args.models.split(","):
             results["models"][model] = bench_model(model, args.data, args.task_samples or None, args.plan, args.threads, Path(tmp))
-    for model, found in results["models"].items():
+    for model in args.models.split(","):
+        found = results["models"][model]
         rows = found["variants"]
         theirs, mine = rows.get("onnxruntime RTN int4 L0"), rows.get("mlpdeploy int4 L0")
         if theirs and mine:

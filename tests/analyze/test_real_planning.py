@@ -1,7 +1,9 @@
 """Planners on a real model with the user's text: SmolLM2's first 4 real layers (real tokenizer)
 judged on bench/data's held-out prose. Quantization, drops and sparsity share one budget; the
 plan's prediction is the held-out metric of everything planned, re-measured here independently.
-The whole 30-layer SmolLM2 (the issue's done-means command) is the slow test at the end."""
+The quant + redundancy plan on 4 layers costs ~125 CPU-seconds (int4's scale search and the proxy
+over the 49,152-word tied head), so those tests are slow; so is the whole 30-layer SmolLM2 (the
+issue's done-means command) at the end. The zoo's planner tests (test_quant.py) run by default."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ def small_plan(smollm2_small):
     return smollm2_small, data, plan, time.perf_counter() - start
 
 
+@pytest.mark.slow
 def test_plans_on_the_data_within_one_budget(small_plan):
     directory, data, plan, _ = small_plan
     assert plan.calibration["source"].startswith(f"data:{NOTES}, sha256:")
@@ -52,6 +55,7 @@ def test_plans_on_the_data_within_one_budget(small_plan):
     assert all(site["accuracy_level"] in (0, 4) for site in plan.passes[-1]["sites"].values())
 
 
+@pytest.mark.slow
 def test_prediction_is_the_held_out_metric_of_everything_planned(small_plan):
     """Re-measured independently: the planned drops and quantized sites together, on the same held-out windows."""
     directory, data, plan, _ = small_plan
