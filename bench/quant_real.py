@@ -11,7 +11,7 @@ that same graph, run in ONNX Runtime on the held-out windows `--data` defines (d
 * `mlpdeploy int4 L0/L4` — `quantize-weights:format=int4,accuracy_level=0|4` (block 32);
 * `mlpdeploy nvfp4 L0`, `mlpdeploy mxfp4 L0` — FP4 weights (block 16 / 32) in 8-bit MatMulNBits
   (the E2M1 codes are exact there), float activations;
-* SmolLM2 also: `mlpdeploy int4asym`, `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
+* SmolLM2 also: `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
   from `mlpdeploy analyze` for this model) when given.
 
 Metric: all-MiniLM-L6-v2 — the mean cosine of the mean-pooled output against torch fp32's (the
@@ -82,7 +82,6 @@ def variants(model: str, plan: Path | None) -> dict:
         "mlpdeploy mxfp4 L0": ours({"format": "mxfp4", "accuracy_level": 0, "fp4_form": "nbits8"}),
     }
     if model == "smollm2":
-        found["mlpdeploy int4asym L0"] = ours({"format": "int4asym", "accuracy_level": 0})
         found["mlpdeploy int8 L4"] = ours({"format": "int8", "accuracy_level": 4})
         if plan is not None:
             found[f"mlpdeploy plan ({plan.name})"] = planned(plan)
