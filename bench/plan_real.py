@@ -72,8 +72,14 @@ def compile_summary(report: dict) -> dict:
     budget = (report.get("plan", {}).get("budget") or {}).get("max_delta")
     measured, reference = check.get("measured"), check.get("measured_reference")
     delta = (measured - reference) / reference if measured is not None and reference else None
+    outputs = report.get("validation", {}).get("outputs", {})
+    failed = [name for name, row in outputs.items() if not row.get("passed", True)]
     return {
         "passed": report.get("passed"), "task": task, "check": check,
+        "outputs_checked": len(outputs), "outputs_failed": failed,
+        "logits": {k: v for k, v in outputs.get("logits", {}).items() if not isinstance(v, (dict, list))},
+        "tolerance": {k: report.get("validation", {}).get(k) for k in ("atol", "rtol")},
+        "reference_edits": report.get("validation", {}).get("reference_edits"),
         "measured_relative_delta": delta, "within_budget": None if delta is None or budget is None else delta <= budget,
         "prediction_error": None if measured is None else (measured - check["predicted"]) / check["predicted"],
         "stage_seconds": {name: record.get("seconds") for name, record in report.get("stages", {}).items()},
