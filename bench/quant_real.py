@@ -1,7 +1,7 @@
 """Real models: mlpdeploy's weight quantization against ONNX Runtime's own quantizer, judged on held-out text.
 
     python bench/quant_real.py [--models minilm,smollm2] [--data bench/data/mlpdeploy-notes.jsonl]
-                               [--task-samples 0] [--plan PLAN.json] [--json PATH] [--update]
+                               [--task-samples 0] [--plan PLAN.json] [--json PATH] [--update] [--only NAMES]
 
 Each model is exported once by mlpdeploy (fp32 ONNX, no KV cache) and every variant is a rewrite of
 that same graph, run in ONNX Runtime on the held-out windows `--data` defines (docs/data.md):
@@ -11,7 +11,8 @@ that same graph, run in ONNX Runtime on the held-out windows `--data` defines (d
 * `mlpdeploy int4 L0/L4` — `quantize-weights:format=int4,accuracy_level=0|4` (block 32);
 * `mlpdeploy nvfp4 L0`, `mlpdeploy mxfp4 L0` — FP4 weights (block 16 / 32) in 8-bit MatMulNBits
   (the E2M1 codes are exact there), float activations;
-* SmolLM2 also: `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
+* SmolLM2 also: `mlpdeploy int4 L0/L4, LM head float` (the layers ONNX Runtime's quantizer
+  quantizes: it leaves the tied LM head, a transposed embedding, in float), `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
   from `mlpdeploy analyze` for this model) when given.
 
 Metric: all-MiniLM-L6-v2 — the mean cosine of the mean-pooled output against torch fp32's (the
@@ -82,6 +83,10 @@ def variants(model: str, plan: Path | None) -> dict:
         "mlpdeploy mxfp4 L0": ours({"format": "mxfp4", "accuracy_level": 0, "fp4_form": "nbits8"}),
     }
     if model == "smollm2":
+        # ONNX Runtime's quantizer leaves the tied LM head (a transposed embedding, no MatMul
+        # initializer) in float; mlpdeploy quantizes it by default. These rows quantize the same layers.
+        found["mlpdeploy int4 L0, LM head float"] = ours({**INT4, "accuracy_level": 0, "exclude": "*lm_head"})
+        found["mlpdeploy int4 L4, LM head float"] = ours({**INT4, "accuracy_level": 4, "exclude": "*lm_head"})
         found["mlpdeploy int8 L4"] = ours({"format": "int8", "accuracy_level": 4})
         if plan is not None:
             found[f"mlpdeploy plan ({plan.name})"] = planned(plan)
@@ -100,7 +105,7 @@ def evaluate(task, path: Path, names: list[str], samples: int | None, threads: i
     return {**result, "seconds": time.perf_counter() - start}
 
 
-def bench_model(model: str, data: Path, samples: int | None, plan: Path | None, threads: int, work: Path) -> dict:
+def bench_model(model: str, data: Path, samples: int | None, plan: Path | None, threads: int, work: Path, only: set[str] | None = None) -> dict:
     from mlpdeploy.export import export_model
     from mlpdeploy.model import load_model
     from mlpdeploy.model.tasks import DataOptions, attach_task
@@ -113,6 +118,8 @@ def bench_model(model: str, data: Path, samples: int | None, plan: Path | None, 
     source = export_model(bundle, work / f"{model}.onnx").model_path
     rows, fp32_predictions = {}, None
     for name, make in variants(model, plan).items():
+        if only and make is not None and name not in only:
+            continue
         out = work / f"{model}.{name.replace(' ', '_').replace('(', '').replace(')', '')}.onnx"
         path = source if make is None else make(source, out)
         result = evaluate(bundle.task, path, names, samples, threads)
@@ -140,7 +147,8 @@ def main() -> None:
     parser.add_argument("--plan", type=Path, help="a plan.json for SmolLM2 to add as a variant")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--update", action="store_true", help="keep the other models' rows of the existing --json file")
+    parser.add_argument("--update", action="store_true", help="keep the other rows of the existing --json file")
+    parser.add_argument("--only", help="comma-separated variant names to run (fp32 always runs: the top-1 baseline)")
     args = parser.parse_args()
     results = {"data": str(args.data), "task_samples": args.task_samples, "models": {}}
     existing = args.json or ROOT / "bench/results/quant_real.json"
@@ -148,11 +156,15 @@ def main() -> None:
         results["models"] = json.loads(existing.read_text())["models"]
     with tempfile.TemporaryDirectory(prefix="quant_real.") as tmp:
         for model in args.models.split(","):
-            results["models"][model] = bench_model(model, args.data, args.task_samples or None, args.plan, args.threads, Path(tmp))
+            found = bench_model(model, args.data, args.task_samples or None, args.plan, args.threads, Path(tmp),
+                                set(args.only.split(",")) if args.only else None)
+            if args.update and model in results["models"]:
+                found["variants"] = {**results["models"][model]["variants"], **found["variants"]}
+            results["models"][model] = found
     for model in args.models.split(","):
         found = results["models"][model]
         rows = found["variants"]
-        theirs, mine = rows.get("onnxruntime RTN int4 L0"), rows.get("mlpdeploy int4 L0")
+        theirs, mine = rows.get("onnxruntime RTN int4 L0"), rows.get("mlpdeploy int4 L0, LM head float", rows.get("mlpdeploy int4 L0"))
         if theirs and mine:
             better = mine["value"] >= theirs["value"] if mine["metric"] != "perplexity" else mine["value"] <= theirs["value"]
             print(f"{model}: int4 L0 {mine['metric']} mlpdeploy {mine['value']:.5f} vs ONNX Runtime's quantizer {theirs['value']:.5f} "
