@@ -95,7 +95,8 @@ BUILD = OptionGroup(
 
 TOLERANCES = OptionGroup(
     [
-        click.Option(["--atol"], type=float, help="Absolute tolerance (default per precision)."),
+        click.Option(["--atol"], type=float, help="Absolute tolerance, the same for every output (default: per precision, "
+                     "scaled by each output's RMS; docs/validation.md)."),
         click.Option(["--rtol"], type=float, help="Relative tolerance (default per precision)."),
     ],
     lambda atol, rtol: {"atol": atol, "rtol": rtol},
