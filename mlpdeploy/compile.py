@@ -17,6 +17,7 @@ from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.export import DEFAULT_OPSET, export_model
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
+from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
 from mlpdeploy.passes.pipeline import resolve_targets
 from mlpdeploy.passes.quantize_weights import quantized_sites
@@ -30,7 +31,8 @@ StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done"
 @dataclass
 class CompileOptions:
     """`plan`: a plan.json from `analyze` whose passes run before `passes`. `kv_cache`: export the
-    decoder with its KV cache (one graph for prefill and decode)."""
+    decoder with its KV cache (one graph for prefill and decode). `data`: the user's data (`--data`),
+    which defines the task validation judges the build on (default: a zoo model's own task)."""
 
     passes: list[PassSpec] = field(default_factory=list)
     plan: Path | None = None
@@ -45,6 +47,7 @@ class CompileOptions:
     max_metric_delta: float | None = None  # default: the plan's budget, if it has one
     relative_metric_delta: bool = False  # max_metric_delta is a fraction of the reference's metric
     debug: bool = False
+    data: DataOptions | None = None
 
 
 class _Stages:
@@ -76,6 +79,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     stages = _Stages(on_stage)
     with staged_directory(out_dir) as work:
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
+        if options.data is not None and options.data.path is not None:
+            bundle = stages.run("data", lambda: attach_task(bundle, options.data))
         if options.kv_cache and bundle.cache is None:
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
@@ -102,6 +107,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         stages.records["rewrite"].update(rewritten.to_json())
         stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
+            **_tokenizer_files(bundle, work),
             "onnx": exported.model_path,
             "manifest": exported.manifest_path,
             "rewritten_onnx": rewritten.model_path,
@@ -141,6 +147,16 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def _tokenizer_files(bundle: ModelBundle, work: Path) -> dict[str, Path]:
+    """A Hugging Face source's tokenizer files (chat template, generation config) copied beside the artifact,
+    so `generate`/`serve` find them wherever the artifact goes."""
+    from mlpdeploy.runtime.tokenizer import copy_tokenizer_files
+
+    if bundle.kind != "hf" or not Path(bundle.source).is_dir():
+        return {}
+    return {f"tokenizer:{p.name}": p for p in copy_tokenizer_files(Path(bundle.source), work)}
 
 
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:

@@ -150,3 +150,13 @@ def smollm2_full() -> Path:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (a real BERT sentence encoder, 90 MB)."""
     return _real_model("minilm", "minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2_small_kv(smollm2_small, tmp_path_factory) -> Path:
+    """The 4-layer SmolLM2 compiled with --kv-cache for ONNX Runtime (a compile output directory)."""
+    from mlpdeploy.compile import CompileOptions, compile_model
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-4l-kv"
+    compile_model(str(smollm2_small), out, CompileOptions(kv_cache=True, task_limit=8))
+    return out

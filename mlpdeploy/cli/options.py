@@ -165,3 +165,36 @@ KV_CACHE = click.option(
     "--kv-cache", is_flag=True,
     help="Export a decoder with its key/value cache: one graph for prefill and decode (past_key_values.{i}.key|value → present.{i}.key|value).",
 )
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise MlpdeployError(f"{option} {text!r} must be numbers separated by commas, one per channel (e.g. 0.485,0.456,0.406)") from None
+
+
+def _data(data, seq_len, samples, image_size, mean, std):
+    from mlpdeploy.model.tasks import DataOptions
+
+    return DataOptions(path=data, seq_len=seq_len, samples=samples, image_size=image_size,
+                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+
+
+DATA = OptionGroup(
+    [
+        click.Option(["--data"], type=click.Path(path_type=Path), metavar="PATH",
+                     help="Your data, which defines the task that judges the model (default: a zoo model's own task): "
+                          "text (.txt/.md/.py, .jsonl with a \"text\" field, or a folder of them; the model's tokenizer; "
+                          "split by document into calibration and held-out windows), a folder of image class folders, "
+                          "or .npz / Polygraphy inputs JSON arrays. See docs/data.md."),
+        click.Option(["--seq-len"], type=int, help="Text: tokens per window (default 256 for causal LMs, 128 for encoders, at most the model's positions)."),
+        click.Option(["--samples"], type=int, default=64, show_default=True, help="Calibration samples drawn from the data (rows, windows or images)."),
+        click.Option(["--image-size"], type=int, help="Images: side in pixels, when the model has no preprocessing config."),
+        click.Option(["--mean"], metavar="R,G,B", help="Images: per-channel mean (of 0..1 pixels) when the model has no preprocessing config (default ImageNet's)."),
+        click.Option(["--std"], metavar="R,G,B", help="Images: per-channel std when the model has no preprocessing config (default ImageNet's)."),
+    ],
+    _data,
+)

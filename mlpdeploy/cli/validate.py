@@ -9,8 +9,9 @@ import click
 from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import SEED, TOLERANCES, parse_dims, precision_option, task_options
+from mlpdeploy.cli.options import DATA, SEED, TOLERANCES, parse_dims, precision_option, task_options
 from mlpdeploy.cli.tables import failure, print_bisect, print_validation
+from mlpdeploy.errors import MlpdeployError
 
 TASK = task_options(default_samples=0)
 PRECISION = precision_option(None, "Picks default tolerances (default: the precision the candidate was built with, else fp32).")
@@ -26,7 +27,8 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @SEED
 @click.option("--dim", "dims", multiple=True, metavar="NAME=INT", help="Size of a dynamic dim of the validation inputs, e.g. --dim seq=17 (a cached decoder: --dim past=N prefill tokens, seq = decode tokens).")
 @click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
-@click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task).")
+@click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task; implied by --data).")
+@DATA
 @TASK
 @click.option("--bisect", is_flag=True, help="Report the first layer (by module scope, in graph order) whose output is over tolerance.")
 @click.option("--reduce", "reduce_path", type=click.Path(path_type=Path), metavar="OUT.onnx",
@@ -39,16 +41,20 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
     from mlpdeploy.atomic import write_json
     from mlpdeploy.backends import load_candidate
     from mlpdeploy.model import load_model
+    from mlpdeploy.model.tasks import attach_task
     from mlpdeploy.validate import ValidateOptions
     from mlpdeploy.validate import validate as run_validation
 
+    data = DATA.parse(kwargs)
+    if data.path is not None and reference.endswith(".onnx"):
+        raise MlpdeployError("--data defines a task on the torch model: give a MODEL as --reference, not an .onnx file")
     loaded = load_candidate(candidate)
     precision = PRECISION.parse(kwargs)
     if precision is None:
         precision = (loaded.manifest.last("build").get("precision") if loaded.manifest else None) or "fp32"
-    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task, bisect=bisect, reduce=reduce_path,
+    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task or data.path is not None, bisect=bisect, reduce=reduce_path,
                               **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
-    ref = Path(reference) if reference.endswith(".onnx") else load_model(reference)
+    ref = Path(reference) if reference.endswith(".onnx") else attach_task(load_model(reference), data)
     with console.status("validating"):
         report = run_validation(ref, loaded, options)
     print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference}")

@@ -67,11 +67,19 @@ class Generation:
     finish: list[str]  # "stop" | "length"
     prefill_seconds: float
     step_seconds: list[float] = field(default_factory=list)
+    total_seconds: float = 0.0  # wall time from the prefill's start to the last token
 
     @property
-    def tokens_per_second(self) -> float:
+    def tokens_per_second(self) -> float | None:
+        """Decode speed: one-token steps per second of step time (None when no step ran: one token)."""
         steps = sum(self.step_seconds)
-        return len(self.step_seconds) / steps if steps else float("nan")
+        return len(self.step_seconds) / steps if steps else None
+
+    @property
+    def overall_tokens_per_second(self) -> float | None:
+        """Generated tokens (the longest row) over prefill + decode wall time."""
+        generated = max((len(t) for t in self.tokens), default=0)
+        return generated / self.total_seconds if self.total_seconds > 0 and generated else None
 
 
 @dataclass
@@ -130,7 +138,7 @@ class CachedGenerator:
         tokens: list[list[int]] = [[] for _ in prompts]
         finish = ["length"] * batch
         done = np.zeros(batch, bool)
-        start = time.perf_counter()
+        start = began = time.perf_counter()
         logits, state = self.prefill(prompts, max_new_tokens, pad_token)
         result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
         for step in range(max_new_tokens):
@@ -148,6 +156,7 @@ class CachedGenerator:
             start = time.perf_counter()
             logits = self.advance(state, next_ids)
             result.step_seconds.append(time.perf_counter() - start)
+        result.total_seconds = time.perf_counter() - began
         return result
 
     def prefill(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, pad_token: int = 0) -> tuple[np.ndarray, DecodeState]:

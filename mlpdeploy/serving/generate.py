@@ -1,7 +1,8 @@
 """Triton's generate extension over the runtime's generate loop (`CachedGenerator`).
 
 Request (`POST .../generate` or `.../generate_stream`): `{"id"?, "text_input": str | "input_ids":
-[int], "parameters"?: {...}}`; parameters (also accepted at the top level, as Triton passes extra
+[int] | "messages": [{"role", "content"}], "parameters"?: {...}}` (`messages`: chat turns, formatted
+with the tokenizer's chat template and ended with the assistant's turn; `text_input` is sent as it is); parameters (also accepted at the top level, as Triton passes extra
 fields on): `max_tokens` (default 16), `temperature` (0: greedy), `top_k`, `top_p`, `seed`,
 `stop` (a list of token texts or ids). `text_input` needs the model's tokenizer (the zoo's byte
 models, or a Hugging Face directory's).
@@ -52,8 +53,8 @@ def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
         raise RequestError(400, f"unknown generate parameters {unknown}; known: {sorted(PARAMETERS)}")
     prompt = _prompt(payload, model)
     stops = [_stop_token(s, model) for s in params.get("stop", [])]
-    if model.tokenizer is not None and model.tokenizer.eos_token_id is not None:
-        stops.append(model.tokenizer.eos_token_id)
+    if model.tokenizer is not None:
+        stops += list(model.tokenizer.stop_token_ids)
     try:
         max_tokens = int(params.get("max_tokens", 16))
         sampling = Sampling(float(params.get("temperature", 0.0)), int(params.get("top_k", 0)), float(params.get("top_p", 1.0)), int(params.get("seed", 0)))
@@ -66,9 +67,21 @@ def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
     return GenerateRequest(None if request_id is None else str(request_id), prompt, max_tokens, sampling, stops)
 
 
+PROMPT_FIELDS = ("text_input", "input_ids", "messages")
+
+
 def _prompt(payload: dict, model: ServedModel) -> list[int]:
-    if ("text_input" in payload) == ("input_ids" in payload):
-        raise RequestError(400, "give exactly one of 'text_input' (a string) and 'input_ids' (a list of token ids)")
+    from mlpdeploy.runtime.tokenizer import check_messages
+
+    if sum(key in payload for key in PROMPT_FIELDS) != 1:
+        raise RequestError(400, "give exactly one of 'text_input' (a string), 'input_ids' (a list of token ids) and 'messages' (chat turns)")
+    if "messages" in payload:
+        if model.tokenizer is None or not model.tokenizer.has_chat_template:
+            raise RequestError(400, f"model '{model.name}' has no chat template; send 'text_input' or 'input_ids'")
+        try:
+            return model.tokenizer.encode_chat(check_messages(payload["messages"]))
+        except MlpdeployError as exc:
+            raise RequestError(400, str(exc)) from None
     if "input_ids" in payload:
         ids = payload["input_ids"]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):

@@ -87,6 +87,6 @@ def _tokenizer(engine: Engine):
     from mlpdeploy.runtime.tokenizer import tokenizer_for
 
     try:
-        return tokenizer_for(engine.manifest)
+        return tokenizer_for(engine.manifest, engine.path.parent)
     except MlpdeployError:
         return None  # generate then takes token ids ("input_ids") only

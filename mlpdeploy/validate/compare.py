@@ -139,7 +139,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     bisect = _bisect_report(reference, candidate, inputs.feeds[0], tolerance, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
         if not isinstance(judge, ModelBundle) or judge.task is None:
-            raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`, or --data)")
+            raise MlpdeployError("task metrics need a torch reference with a task: a trained zoo model (see `mlpdeploy zoo`), or --data FILE (docs/data.md)")
         task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
                             relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
