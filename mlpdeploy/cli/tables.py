@@ -15,31 +15,16 @@ def verdict(passed: bool | None) -> str:
 
 
 def validation_table(outputs: dict, title: str) -> Table:
-    """One row per output, numbered outputs of one kind (present.*.key) folded into one row naming the worst layer."""
+    """One row per output, numbered outputs of one kind (present.*.key) folded into one row with its worst layer's numbers."""
     table = Table(title=title)
-    for col in ("output", "max abs", "mean abs", "RMS(ref)", "atol", "of tol", "cosine", "verdict"):
-        table.add_column(col, justify="left" if col in ("output", "verdict") else "right")
+    for col in ("output", "worst layer", "max abs", "of tol", "cosine", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "worst layer", "verdict") else "right", no_wrap=col == "output")
     outputs = {k: (o if isinstance(o, dict) else o.to_json()) for k, o in outputs.items()}
     for row in fold_outputs(outputs):
         o = row.stats
-        verdict_cell = verdict(row.passed) if row.count == 1 or row.passed else f"{FAIL} ({row.failed} of {row.count})"
-        table.add_row(row.label, f"{o['max_abs']:.3e}", f"{o['mean_abs']:.3e}", _opt(o.get("scale")), _opt(o.get("atol")),
-                      percent(o.get("used")), f"{o['cosine']:.8f}", verdict_cell)
-    return table
-
-
-def _opt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3g}"
-
-
-def task_table(task: dict) -> Table:
-    table = Table(title=f"task {task['task']} ({task['samples']} eval samples)")
-    for col in ("metric", "reference", "candidate", "delta", "top-1 agreement", "verdict"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    table.add_row(
-        task["metric"], f"{task['reference']:.4f}", f"{task['candidate']:.4f}",
-        f"{task['delta']:+.4g} ({task['relative_delta']:+.3%})", f"{task['agreement']:.4%}", verdict(task.get("passed")),
-    )
+        verdict_cell = verdict(row.passed) if row.count == 1 or row.passed else f"{FAIL} {row.failed}/{row.count}"
+        table.add_row(row.name, f"{row.worst} of {row.count}" if row.count > 1 else "", f"{o['max_abs']:.2e}",
+                      percent(o.get("used")), f"{o['cosine']:.6f}", verdict_cell)
     return table
 
 
@@ -50,7 +35,7 @@ def layer_table(layers: dict, worst: int = 8) -> Table:
         table.add_column(col, justify="left" if col == "layer" else "right")
     ranked = sorted(layers["errors"].items(), key=lambda kv: (-(kv[1].get("used") or 0.0), -kv[1]["max_abs"]))[:worst]
     for name, e in ranked:
-        table.add_row(name, f"{e['max_abs']:.3e}", f"{e['mean_abs']:.3e}", percent(e.get("used")), f"{e['cosine']:.8f}")
+        table.add_row(name, f"{e['max_abs']:.2e}", f"{e['mean_abs']:.2e}", percent(e.get("used")), f"{e['cosine']:.6f}")
     return table
 
 
@@ -61,8 +46,6 @@ def print_validation(console, validation: dict, title: str) -> None:
     console.print(f"{PASS if summary.passed else FAIL}: {escape(summary.detail)}")
     if summary.task:
         console.print(f"task: {summary.task}", markup=False)
-    if validation.get("task"):
-        console.print(task_table(validation["task"]))
     console.print(validation_table(validation["outputs"], title))
     if validation.get("layers", {}).get("errors"):
         console.print(layer_table(validation["layers"]))

@@ -17,7 +17,7 @@ import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
-from mlpdeploy.model.kv_cache import CacheLayout
+from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
@@ -117,6 +117,8 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     options = options or ValidateOptions()
     candidate = as_candidate(candidate)
     tolerance = tolerances(options.precision, options.atol, options.rtol)
+    if isinstance(reference, ModelBundle) and reference.cache is None and candidate.manifest and candidate.manifest.cache:
+        reference = with_kv_cache(reference)  # the candidate was exported with its KV cache: so is the torch reference
     baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
     if overrides and isinstance(reference, ModelBundle):
         # An approximate rewrite (drop-layers, sparse-mlp) is exact against the torch model edited as it says:

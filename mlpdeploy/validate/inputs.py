@@ -67,10 +67,11 @@ def validation_inputs(specs: list[InputSpec], dim_ranges: dict[str, list[int]], 
     if samples is not None:
         feed = _complete(samples, specs, dims.get("seq", SEQ), seed)
         check_inputs(feed, specs, dim_ranges, "task samples")
-        return ValidationInputs([cast_to_specs(feed, specs)], [None], _task_words(task_source or task.name, feed))
+        count = len(next(iter(samples.values())))
+        return ValidationInputs([cast_to_specs(feed, specs)], [None], f"{count} held-out samples of {task_source or task.name}")
     feed = generate_inputs(specs, seed=seed, dims=dims)
     check_inputs(feed, specs, dim_ranges, "generated inputs")
-    return ValidationInputs([cast_to_specs(feed, specs)], [None], f"generated from the manifest (seed {seed}): {why_not}", generated=True)
+    return ValidationInputs([cast_to_specs(feed, specs)], [None], f"generated from the manifest (seed {seed}; {why_not})", generated=True)
 
 
 def _is_cached(specs: list[InputSpec], cache: CacheLayout) -> bool:
@@ -136,14 +137,14 @@ def _cached_inputs(specs, dim_ranges, cache: CacheLayout, run_reference: RunRefe
         if dims.get("batch"):
             ids = ids[: dims["batch"]]
         prefix = min(dims.get("past", SEQ), ids.shape[1] - step, limit - step)
-        source = _task_words(task_name, {"input_ids": ids[:, : prefix + step]})
+        source = f"{len(ids)} held-out windows of {task_name}"
         generated = False
     else:
         batch = dims.get("batch") or resolve_dims(specs).get("batch", 2)
         prefix = min(dims.get("past", SEQ), limit - step)
         low, high = int(ids_spec.low or 0), int(ids_spec.high or 2)
         ids = np.random.default_rng(seed).integers(low, high, size=(batch, prefix + step), dtype=np.int64)
-        source = f"generated token ids (seed {seed}): {why_not}"
+        source = f"{batch} windows of random token ids (seed {seed}; {why_not})"
         generated = True
     if prefix < 1:
         raise MlpdeployError(f"validation windows of {ids.shape[1]} tokens are too short for a prefill and a decode step of {step}; "
@@ -162,10 +163,5 @@ def _cached_inputs(specs, dim_ranges, cache: CacheLayout, run_reference: RunRefe
             decode[past] = np.asarray(outputs[present])
     check_inputs(decode, specs, dim_ranges, "decode inputs")
     feeds = [prefill, cast_to_specs(decode, specs)]
-    source += f"; prefill of {prefix} tokens, then a decode step of {step} on the reference's KV cache from that prefill"
+    source += f": a prefill of {prefix} tokens, then a decode step of {step} on the KV cache the reference computed in that prefill"
     return ValidationInputs(feeds, ["prefill", "decode"], source, generated=generated)
-
-
-def _task_words(task_name: str | None, feed: Feed) -> str:
-    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feed.items())
-    return f"held-out samples of {task_name} ({shapes})"

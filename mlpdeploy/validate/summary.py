@@ -23,7 +23,7 @@ class OutputRow:
     name: str
     stats: dict
     count: int = 1
-    worst: str | None = None
+    worst: str | None = None  # the worst member's index (its layer)
     failed: int = 0
 
     @property
@@ -34,7 +34,7 @@ class OutputRow:
     def label(self) -> str:
         if self.count == 1:
             return self.name
-        return f"{self.name} ({self.count}, worst: {self.worst})"
+        return f"{self.name} (×{self.count}, worst: layer {self.worst})"
 
 
 @dataclass
@@ -77,27 +77,35 @@ def fold_outputs(outputs: dict[str, dict]) -> list[OutputRow]:
             continue
         index, _, stats = max(members, key=lambda m: _badness(m[2]))
         failed = sum(1 for _, _, s in members if s.get("passed") is False)
-        rows.append(OutputRow(key, stats, count=len(members), worst=f"layer {index}", failed=failed))
+        rows.append(OutputRow(key, stats, count=len(members), worst=index, failed=failed))
     return rows
 
 
 def fold_shapes(shapes: dict[str, list[int]]) -> str:
-    """`input_ids [2, 64], past_key_values.*.key ×30 [2, 3, 64, 64], ...`: numbered inputs of one
-    kind folded (one shape when they agree)."""
-    kinds: dict[str, list[list[int]]] = {}
+    """`input_ids [2, 64], past_key_values.*.{key,value} ×30 [2, 3, 64, 64]`: numbered inputs of one
+    kind folded, and kinds of one family with the same count and shape folded together."""
+    kinds: dict[tuple[str, str], list[tuple[int, ...]]] = {}
     for name, shape in shapes.items():
         match = NUMBERED.match(name)
-        kinds.setdefault(f"{match['head']}.*.{match['tail']}" if match else name, []).append(list(shape))
+        kinds.setdefault((match["head"], match["tail"]) if match else (name, ""), []).append(tuple(shape))
+    families: dict[tuple[str, int, tuple], list[str]] = {}
+    for (head, tail), members in kinds.items():
+        distinct = set(members)
+        shape = members[0] if len(distinct) == 1 else None
+        families.setdefault((head, len(members) if tail else 0, shape), []).append(tail)
     parts = []
-    for key, members in kinds.items():
-        distinct = {tuple(s) for s in members}
-        shape = str(members[0]) if len(distinct) == 1 else "shapes vary"
-        parts.append(f"{key} {shape}" if len(members) == 1 else f"{key} ×{len(members)} {shape}")
+    for (head, count, shape), tails in families.items():
+        text = "shapes vary" if shape is None else str(list(shape))
+        if not count:
+            parts.extend(f"{head} {text}" for _ in tails)
+        else:
+            tail = tails[0] if len(tails) == 1 else "{" + ",".join(tails) + "}"
+            parts.append(f"{head}.*.{tail} ×{count} {text}")
     return ", ".join(parts)
 
 
 def describe_inputs(validation: dict) -> str:
-    """Where the inputs came from and each feed's shapes, folded."""
+    """Where the inputs came from, then each feed's shapes, folded."""
     data = validation.get("input_data") or {}
     feeds = data.get("feeds") or [{"name": None, "shapes": validation.get("inputs", {})}]
     shapes = "; ".join(f"{f['name'] + ': ' if f.get('name') else ''}{fold_shapes(f['shapes'])}" for f in feeds)
@@ -106,16 +114,19 @@ def describe_inputs(validation: dict) -> str:
 
 
 def percent(used: float | None) -> str:
-    """How much of its tolerance an output used, e.g. `0.65%`, `1.15e+03%`."""
+    """How much of its tolerance an output used, e.g. `0.652%`, `95.1%`, `1,250%`."""
     if used is None:
         return "-"
-    return "inf" if math.isinf(used) else f"{100 * used:.3g}%"
+    if math.isinf(used) or math.isnan(used):
+        return "inf"
+    return f"{100 * used:,.0f}%" if used >= 1.0 else f"{100 * used:.3g}%"
 
 
 def task_line(task: dict) -> str:
     """`perplexity 12.39 → 12.40 (+0.081%), top-1 agreement 99.61% on 64 held-out samples (budget 1%: PASS)`."""
+    agreement = "pooled-output cosine" if task["metric"] == "cosine" else "top-1 agreement"
     line = (f"{task['metric']} {task['reference']:.6g} → {task['candidate']:.6g} ({task['relative_delta']:+.3%}), "
-            f"top-1 agreement {task['agreement']:.2%} on {task['samples']} held-out samples of {task['task']}")
+            f"{agreement} {task['agreement']:.2%} on {task['samples']} held-out samples of {task['task']}")
     if "passed" in task:
         budget = f"{task['max_metric_delta']:.3%}" if task.get("relative_budget") else f"{task['max_metric_delta']:g}"
         line += f" (budget {budget}: {'PASS' if task['passed'] else 'FAIL'})"
@@ -143,7 +154,7 @@ def summarize(validation: dict) -> Summary:
     if worst is None:
         where = "no outputs"
     else:
-        name = worst.name if worst.count == 1 else f"{worst.name} at {worst.worst}"
+        name = worst.name if worst.count == 1 else f"{worst.name} at layer {worst.worst}"
         where = f"worst {name}: max abs {_num(worst.stats.get('max_abs')):.3g}, {percent(worst.stats.get('used'))} of its tolerance"
     passed = bool(validation["passed"])
     total = sum(r.count for r in rows)
