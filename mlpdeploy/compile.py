@@ -24,6 +24,7 @@ from mlpdeploy.passes.quantize_weights import quantized_sites
 from mlpdeploy.quant import quantized_copy
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
+from mlpdeploy.validate.html import validation_section
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
@@ -145,7 +146,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             report["plan"] = {"source": str(options.plan), "analyses": list(plan.analyses), "passes": [str(p) for p in plan.pass_specs()],
                               "calibration": plan.calibration, "budget": plan.budget, "predicted": plan.predicted, "tables": plan.tables}
         write_json(work / "report.json", report)
-        write_text(work / "report.html", render_html(report))
+        write_text(work / "report.html", render_html(report, validation_section(report["validation"])))
     return report
 
 

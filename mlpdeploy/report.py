@@ -164,13 +164,13 @@ def _rewrite_section(stages: dict) -> list[str]:
     return parts
 
 
-def render_html(report: dict) -> str:
-    """The compile report as one HTML page."""
-    from mlpdeploy.report_validation import validation_section  # it imports this module's helpers
+def render_html(report: dict, validation: list[str]) -> str:
+    """The compile report as one HTML page; `validation` is its validation section
+    (`mlpdeploy.validate.html.validation_section`)."""
     parts = [
         f"<h1>mlpdeploy compile: {escape(report['model'])} {badge(report['passed'])}</h1>",
         f"<p>{escape(report['kind'])} model, {report['parameters']:,} parameters.</p>",
-        *validation_section(report["validation"]),
+        *validation,
     ]
     if report.get("plan"):
         plan = report["plan"]

@@ -9,7 +9,7 @@ import re
 from rich.console import Console
 
 from mlpdeploy.cli.tables import print_validation
-from mlpdeploy.report_validation import validation_section
+from mlpdeploy.validate.html import validation_section
 from mlpdeploy.validate.summary import fold_outputs, fold_shapes, summarize
 
 LAYERS = 30

@@ -1,6 +1,6 @@
-"""The validation section of the compile report: the verdict, the task metric and top-1 agreement
-first, then the outputs folded per kind (mlpdeploy.validate.summary), the inputs in one line and
-the per-layer errors."""
+"""The validation section of the compile report, in HTML (mlpdeploy.report's helpers): the verdict,
+the task metric and top-1 agreement first, then the outputs folded per kind
+(mlpdeploy.validate.summary), the inputs in one line and the per-layer errors."""
 
 from __future__ import annotations
 
