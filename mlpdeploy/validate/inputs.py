@@ -16,7 +16,7 @@ reference computed on that prefix — the cache a real prefill produces, never r
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -40,19 +40,17 @@ class ValidationInputs:
     names: list[str | None]
     source: str
     generated: bool = False
-    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
         feeds = [{"name": name, "shapes": {k: list(v.shape) for k, v in feed.items()}} for name, feed in zip(self.names, self.feeds)]
         return {"source": self.source, "generated": self.generated, "feeds": feeds}
 
 
-def validation_inputs(specs: list[InputSpec], dim_ranges: dict[str, list[int]], *, path=None, task=None, task_source: str | None = None,
-                      cache: CacheLayout | None = None, run_reference: RunReference | None = None, dims: dict[str, int] | None = None,
-                      seed: int = 0) -> ValidationInputs:
-    """The feeds for one validation (see the module docstring). `run_reference(feed) → outputs`
-    computes the past of a cached decoder's decode step; `task_source` names where the task's data
-    came from (default: the task's name)."""
+def validation_inputs(specs: list[InputSpec], dim_ranges: dict[str, list[int]], *, path=None, task=None, cache: CacheLayout | None = None,
+                      run_reference: RunReference | None = None, dims: dict[str, int] | None = None, seed: int = 0) -> ValidationInputs:
+    """The feeds for one validation (see the module docstring): from the inputs file at `path`,
+    else `task`'s held-out samples, else generated with `seed`; `dims` sets batch, seq and (a cached
+    decoder) past. `run_reference(feed) → outputs` computes the past of a cached decoder's decode step."""
     dims = dict(dims or {})
     if path is not None:
         feeds = load_inputs(path)
@@ -62,13 +60,12 @@ def validation_inputs(specs: list[InputSpec], dim_ranges: dict[str, list[int]], 
         return ValidationInputs([cast_to_specs(f, specs) for f in feeds], names, f"inputs file {path}")
     samples, why_not = _task_samples(task, specs, dims) if task is not None else (None, "no task or --data")
     if cache is not None and _is_cached(specs, cache):
-        return _cached_inputs(specs, dim_ranges, cache, run_reference, samples, dims, seed,
-                              task_source or getattr(task, "name", None), why_not)
+        return _cached_inputs(specs, dim_ranges, cache, run_reference, samples, dims, seed, getattr(task, "name", None), why_not)
     if samples is not None:
         feed = _complete(samples, specs, dims.get("seq", SEQ), seed)
         check_inputs(feed, specs, dim_ranges, "task samples")
         count = len(next(iter(samples.values())))
-        return ValidationInputs([cast_to_specs(feed, specs)], [None], f"{count} held-out samples of {task_source or task.name}")
+        return ValidationInputs([cast_to_specs(feed, specs)], [None], f"{count} held-out samples of {task.name}")
     feed = generate_inputs(specs, seed=seed, dims=dims)
     check_inputs(feed, specs, dim_ranges, "generated inputs")
     return ValidationInputs([cast_to_specs(feed, specs)], [None], f"generated from the manifest (seed {seed}; {why_not})", generated=True)
