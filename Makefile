@@ -12,10 +12,16 @@ PYTEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
+# The real Triton Inference Server the serving tests start comes inside NVIDIA's PyTriton wheel
+# (mlpdeploy.serving.tritonserver runs its binaries). --no-deps: its metadata pins numpy<2, and
+# mlpdeploy imports none of its Python code, so it cannot be an extra of pyproject.toml.
+TRITONSERVER_WHEEL := nvidia-pytriton==0.7.0
+
 # torch is pinned through constraints.txt to the exact CPU wheel the project is tested with.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(TRITONSERVER_WHEEL)"
 	touch $(STAMP)
 
 demo: setup

@@ -125,23 +125,23 @@ def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float]) -> dict[st
     """name -> (passes, build options) of every mlpdeploy variant asked for."""
     from mlpdeploy.passes.pipeline import PassSpec
 
-    variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"ort_fusions": False})}
+    variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"fusions": False})}
     if int4:
         variants["mlpdeploy int4"] = ([PassSpec("quantize-weights", {"format": "int4"})], {})
     for s, sites in (gated_thresholds(hf, sparsities) if sparsities else {}).items():
-        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"ort_kernels": True})
+        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"kernels": True})
     return variants
 
 
 def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: list[float] = ()) -> tuple[dict, dict]:
     """Every variant that can be built here, and a note for each that cannot."""
-    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.compile import CompileOptions, compile_model
 
     variants, notes, outputs = {}, {}, {}
     for name, (passes, build) in mlpdeploy_variants(hf, int4, list(sparsities)).items():
         out = work / name.replace(" ", "-").replace("%", "")
-        options = CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu", **build))
+        options = CompileOptions(kv_cache=True, passes=passes, build=OrtOptions(device="cpu", **build))
         report = compile_model(str(hf), out, options)
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")

@@ -64,7 +64,7 @@ def op_types(path: Path) -> dict[str, int]:
 
 
 def build_decoders(hf: Path, work: Path, threads: int, fp4: bool) -> tuple[dict, dict, dict]:
-    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.compile import CompileOptions, compile_model
     from mlpdeploy.passes.pipeline import PassSpec
 
@@ -74,7 +74,7 @@ def build_decoders(hf: Path, work: Path, threads: int, fp4: bool) -> tuple[dict,
             continue
         out = work / name.replace(" ", "-")
         passes = [PassSpec("quantize-weights", dict(options))] if options else []
-        report = compile_model(str(hf), out, CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu")))
+        report = compile_model(str(hf), out, CompileOptions(kv_cache=True, passes=passes, build=OrtOptions(device="cpu")))
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
         variants[name] = MlpdeployDecoder(out, threads)

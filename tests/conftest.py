@@ -59,7 +59,8 @@ def zoo_export(tmp_path_factory):
 def zoo_build(zoo_export):
     """`get(MODEL, kv_cache=False)` → the exported model built for ONNX Runtime on the CPU
     (`<model>[-kv].ort.onnx` with its manifest and session settings), once per session."""
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
 
     done = {}
 
@@ -67,7 +68,7 @@ def zoo_build(zoo_export):
         if (model, kv_cache) not in done:
             _, exported = zoo_export(model, kv_cache)
             built = exported.parent / exported.name.replace(".onnx", ".ort.onnx")
-            get_backend("onnxruntime").build(exported, built, BuildOptions(device="cpu"))
+            get_backend("onnxruntime").build(exported, built, OrtOptions(device="cpu"))
             done[model, kv_cache] = built
         return done[model, kv_cache]
 

@@ -2,7 +2,9 @@
 
 A backend's build returns one (and `Backend.load_candidate` makes one for an artifact on
 disk), so the output, per-layer and task comparisons all run the same thing the same way:
-a Polygraphy runner made by `make_runner`, on inputs that fit `manifest`. `executed` says in
+a Polygraphy runner made by `make_runner` (the backend's own runner, as `runtime.Engine` runs it,
+or for an engine this machine cannot run, ONNX Runtime's runner on the graph it was parsed from),
+on inputs that fit `manifest`. `executed` says in
 words what actually runs; `note` says why, when that is not the artifact itself (an engine
 this machine cannot run, validated through the ONNX graph it was built from).
 """
@@ -13,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
-from mlpdeploy.model.manifest import Manifest, find_manifest
-from mlpdeploy.onnx_io import load_onnx
+from mlpdeploy.model.manifest import Manifest
 
 
 @dataclass
@@ -28,21 +28,3 @@ class Candidate:
     # An ONNX graph that carries module scopes, for the per-layer comparison (run in ONNX
     # Runtime with every layer's value marked as an output); None: per-layer is skipped.
     layer_model: Path | None = None
-
-
-def onnx_candidate(model_path: Path | str, session: dict | None = None, note: str | None = None, layer_model: Path | None = None) -> Candidate:
-    """An ONNX model run in ONNX Runtime with `session` (default: the settings saved beside it)."""
-    from polygraphy.backend.onnxrt import OnnxrtRunner
-
-    path = Path(model_path)
-    load_onnx(path, load_external_data=False)  # one-line errors for a file ONNX Runtime would refuse deep inside
-    config = session if session is not None else saved_session_config(path)
-    providers = ", ".join(p.removesuffix("ExecutionProvider") for p in config["providers"])
-    return Candidate(
-        artifact=path,
-        make_runner=lambda name: OnnxrtRunner(make_session(path, config), name=name),
-        manifest=find_manifest(path),
-        executed=f"ONNX Runtime ({providers}) on {path.name}",
-        note=note,
-        layer_model=layer_model if layer_model is not None else path,
-    )

@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import DATA
+from mlpdeploy.cli.options import DATA, SPECULATIVE
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -25,19 +25,29 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--min-seconds", default=1.0, show_default=True, help="... and at least this long (latency mode).")
 @click.option("--context", "contexts", multiple=True, type=int, default=(16, 128, 512), show_default=True,
               help="Prompt length(s) before decoding (--decode); repeatable.")
-@click.option("--new-tokens", default=32, show_default=True, help="Tokens decoded per run (--decode).")
-@click.option("--repeats", default=3, show_default=True, help="Timed runs per context after one warm-up (--decode).")
+@click.option("--new-tokens", type=int, help="Tokens decoded per run (--decode; default 32, with --prompts 96).")
+@click.option("--repeats", type=int, help="Timed runs per context (default 3) or prompt (default 1) after one warm-up (--decode).")
+@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), metavar="FILE.jsonl",
+              help="--decode on real prompts (one {\"prompt\": ...} a line) instead of random contexts: per prompt output ids, "
+                   "prefill/decode ms, tokens/s with prefill, acceptance with --speculative; and the whole set.")
+@click.option("--chat/--no-chat", default=None, help="--prompts: wrap each in the chat template (default: on when the model has one).")
+@click.option("--system", help="--prompts: a system message before each prompt (chat template only).")
+@SPECULATIVE
+@click.option("--check-plain", is_flag=True, help="--prompts --speculative: also decode each prompt plainly and report where the outputs differ.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: the build's setting).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON here.")
 @DATA
 @debug_option
-def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contexts, new_tokens, repeats, threads, json_path, debug, **kwargs) -> None:
+def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contexts, new_tokens, repeats, prompts_path, chat, system,
+          speculative, check_plain, threads, json_path, debug, **kwargs) -> None:
     """Time TARGET: a built artifact (a `compile` directory or its .onnx), or a MODEL spec, which is
     first compiled with the defaults (ONNX Runtime) into a temporary directory.
 
     Latency mode (default): p50/p90/p99 ms per run and samples/s for each --batch, with random
-    inputs at the given dim sizes. --decode: prefill ms and decode ms/token p50/p90 per context.
-    Both report the model's bytes on disk and this process's peak memory.
+    inputs at the given dim sizes. --decode: prefill ms and decode ms/token p50/p90 per context;
+    with --prompts FILE.jsonl, each prompt generated (greedy, stop tokens honoured) with
+    tokens/s including prefill, and the set's total. Both report the model's bytes on disk and
+    this process's peak memory.
 
     With --data, inputs come from the data's held-out split (the task `--data` defines for the
     model, or for an artifact the model its manifest names): latency feeds are its first samples,
@@ -51,13 +61,25 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
     data = DATA.parse(kwargs)
     if data.path is not None and sizes:
         raise MlpdeployError("--dim and --data: the data sets the input shapes (text windows: --seq-len); drop --dim")
+    if (prompts_path or speculative or chat is not None or system or check_plain) and not decode:
+        raise MlpdeployError("--prompts, --speculative, --chat, --system and --check-plain time generation: add --decode")
+    if speculative and not prompts_path:
+        raise MlpdeployError("--speculative is timed on real prompts (drafts depend on the text): add --prompts FILE.jsonl")
+    if prompts_path and data.path is not None:
+        raise MlpdeployError("--prompts and --data both give the decode prompts; choose one")
+    extra = {}
     with tempfile.TemporaryDirectory(prefix="mlpdeploy-bench-") as scratch:
         is_artifact = Path(target).exists() and not _is_model_dir(Path(target))
         artifact = Path(target) if is_artifact else _compile_for_bench(target, Path(scratch) / "build", decode, data)
         engine = Engine.load(artifact, threads=threads)
         task = _task(target if not is_artifact else engine.manifest.source, data) if data.path is not None else None
-        if decode:
-            mode, rows = "decode", _bench_decode(engine, contexts, new_tokens, batches[0], repeats, task)
+        if decode and prompts_path:
+            from mlpdeploy.cli.bench_prompts import bench_prompt_set
+
+            mode = "decode-prompts"
+            rows, extra = bench_prompt_set(engine, prompts_path, new_tokens or 96, repeats or 1, chat, system, speculative, check_plain, threads)
+        elif decode:
+            mode, rows = "decode", _bench_decode(engine, contexts, new_tokens or 32, batches[0], repeats or 3, task)
         else:
             mode, rows = "latency", _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds, task)
         size, peak = model_bytes(engine.path), peak_rss_bytes()
@@ -67,8 +89,8 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
         write_json(json_path, {
             "target": target, "artifact": str(engine.path), "mode": mode, "machine": platform.processor() or platform.machine(),
             "runtime": engine.runtime, "intra_op_num_threads": threads_used, "model_bytes": size, "peak_rss_bytes": peak,
-            "inputs": task.calibration_source().replace("data:", "held-out data:", 1) if task is not None else "random",
-            "results": [r.to_json() for r in rows],
+            "inputs": "prompts" if prompts_path else task.calibration_source().replace("data:", "held-out data:", 1) if task is not None else "random",
+            "results": [r.to_json() for r in rows], **extra,
         })
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import SPECULATIVE
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -24,19 +25,24 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--seed", default=0, show_default=True, help="Seed for sampling.")
 @click.option("--stop", "stops", multiple=True, help="Stop at this text (a single token) or token id; repeatable.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: the build's setting).")
+@SPECULATIVE
 @debug_option
-def generate(artifact, prompt, prompt_ids, chat, system, max_new_tokens, temperature, top_k, top_p, seed, stops, threads, debug) -> None:
+def generate(artifact, prompt, prompt_ids, chat, system, max_new_tokens, temperature, top_k, top_p, seed, stops, threads, speculative,
+             debug) -> None:
     """Generate text from ARTIFACT (a `compile --kv-cache` directory or its .ort.onnx), streaming tokens."""
     from mlpdeploy.runtime.engine import Engine
     from mlpdeploy.runtime.generate import CachedGenerator, Sampling
+    from mlpdeploy.runtime.speculative import make_drafter, parse_mode
     from mlpdeploy.runtime.tokenizer import chat_messages, tokenizer_for
 
     if (prompt is None) == (prompt_ids is None):
         raise MlpdeployError("give exactly one of --prompt TEXT and --prompt-ids 1,2,3")
     if prompt_ids is not None and (chat or system):
         raise MlpdeployError("--chat and --system format text; with --prompt-ids the ids are sent as they are")
+    mode = parse_mode(speculative) if speculative else None  # a bad mode fails before anything loads
+    sampling = Sampling(temperature, top_k, top_p, seed)
     engine = Engine.load(artifact, threads=threads)
-    generator = CachedGenerator(engine)
+    generator = CachedGenerator(engine, make_drafter(mode, engine, threads) if mode else None)
     tokenizer = tokenizer_for(engine.manifest, engine.path.parent) if prompt is not None else None
     if tokenizer is not None and chat is None:
         chat = tokenizer.has_chat_template
@@ -64,7 +70,7 @@ def generate(artifact, prompt, prompt_ids, chat, system, max_new_tokens, tempera
 
     if tokenizer is not None:
         console.print(prompt + ("\n" if chat else ""), end="", style="bold", markup=False, highlight=False, soft_wrap=True)
-    result = generator.generate([ids], max_new_tokens, Sampling(temperature, top_k, top_p, seed), stop_tokens, on_token=show)
+    result = generator.generate([ids], max_new_tokens, sampling, stop_tokens, on_token=show)
     console.print()
     console.print(f"[dim]{_summary(result, len(ids))}[/]")
 
@@ -77,6 +83,10 @@ def _summary(result, prompt_tokens: int) -> str:
     parts.append(f"decode {decode:.1f} tokens/s" if decode is not None else "no decode step")
     if overall is not None:
         parts.append(f"{overall:.1f} tokens/s with prefill")
+    spec = result.speculative
+    if spec is not None:
+        rate = f"{spec['acceptance']:.0%} of {spec['drafted']} drafts accepted" if spec["drafted"] else "nothing drafted"
+        parts.append(f"{spec['mode']}: {rate}, {spec['rounds']} verify steps")
     return ", ".join(parts)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import click
 
-from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
 
@@ -52,46 +51,13 @@ def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
     return dims
 
 
-def _build(backend, device, opt_level, no_ort_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):
-    from mlpdeploy.backends import BuildOptions
-    from mlpdeploy.backends.tensorrt.profile import parse_shapes
+def _build_group() -> OptionGroup:
+    from mlpdeploy.cli.build_options import build_group
 
-    extra: dict[str, Any] = {}
-    if cache_dir is not None:
-        extra["cache_dir"] = cache_dir
-    if no_cache:
-        extra["cache"] = False
-    options = BuildOptions(device=device, opt_level=opt_level, ort_fusions=not no_ort_fusions, ort_kernels=ort_kernels,
-                           precision=precision, target=target,
-                           shapes=parse_shapes(shapes), extra=extra)
-    return backend, options
+    return build_group(OptionGroup)
 
 
-BUILD = OptionGroup(
-    [
-        click.Option(["--backend"], default="onnxruntime", show_default=True, help="Build backend (onnxruntime, tensorrt-rtx, tensorrt)."),
-        click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
-        click.Option(["--opt-level"], default=DEFAULT_OPT_LEVEL, show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
-                     help="onnxruntime: graph optimization level (at `all`, the saved model is optimized at `extended`, "
-                          "portable across CPUs; ONNX Runtime applies its layout transforms when it loads it)."),
-        click.Option(["--no-ort-fusions", "--no-decoder-fusions", "no_ort_fusions"], is_flag=True,
-                     help="onnxruntime: build the graph as exported, without ORT contrib-op fusions (default: a --kv-cache "
-                          "decoder's attention and norms as GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization "
-                          "(pass ort-decoder); any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, "
-                          "SkipLayerNormalization (pass ort-fusions)). --no-decoder-fusions is the old name."),
-        click.Option(["--ort-kernels"], is_flag=True,
-                     help="onnxruntime: compile mlpdeploy's CPU kernels (GroupRational, float32) with the system C compiler and "
-                          "register them (default: the portable function bodies)."),
-        *precision_option("fp32", "Engine precision (TensorRT backends; also picks validation tolerances).").options,
-        click.Option(["--target"], default=None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable)."),
-        click.Option(["--shapes"], multiple=True, metavar="NAME=MIN:OPT:MAX",
-                     help="TensorRT optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024)."),
-        click.Option(["--cache-dir"], type=click.Path(path_type=Path),
-                     help="TensorRT engine/timing cache and compiled CPU kernels (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
-        click.Option(["--no-cache"], is_flag=True, help="Do not read or write the TensorRT cache."),
-    ],
-    _build,
-)
+BUILD = _build_group()  # --backend and each registered backend's options (cli/build_options.py)
 
 TOLERANCES = OptionGroup(
     [
@@ -197,4 +163,11 @@ DATA = OptionGroup(
         click.Option(["--std"], metavar="R,G,B", help="Images: per-channel std when the model has no preprocessing config (default ImageNet's)."),
     ],
     _data,
+)
+
+SPECULATIVE = click.option(
+    "--speculative", metavar="MODE",
+    help="Speculative decoding (default: off): ngram[:n=3,k=8] (prompt lookup), heads[:k=N] (the artifact's draft heads), "
+         "self:PLAN (the model minus the layers PLAN's drop-layers removes), draft:ARTIFACT (a smaller --kv-cache artifact "
+         "with the same tokenizer). Greedy output is plain decoding's. See docs/decoding.md.",
 )

@@ -22,6 +22,10 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @click.option("--candidate", required=True, type=click.Path(path_type=Path),
               help="What to check: an .onnx model, or an artifact `mlpdeploy build` made (e.g. an .engine).")
 @click.option("--inputs", type=click.Path(path_type=Path), help="Polygraphy inputs JSON or .npz; default: the task's held-out samples (zoo models, --data), else generated from the manifest.")
+@click.option("--candidate-outputs", type=click.Path(path_type=Path), metavar="RESULTS.json",
+              help="The candidate's outputs as `polygraphy run CANDIDATE --mlpdeploy ... --save-inputs IN.json --save-outputs "
+                   "RESULTS.json` recorded them (not run here); needs --inputs IN.json.")
+@click.option("--candidate-runner", metavar="NAME", help="Whose outputs in --candidate-outputs are the candidate's (default: the --mlpdeploy runner's).")
 @PRECISION
 @TOLERANCES
 @SEED
@@ -36,7 +40,8 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
                    "output as OUT.reference.json (Polygraphy formats: polygraphy run OUT.onnx --onnxrt --load-inputs ... --load-outputs ...).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the report as JSON here.")
 @debug_option
-def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, bisect, reduce_path, json_path, debug, **kwargs) -> None:
+def validate(reference: str, candidate: Path, inputs, candidate_outputs, candidate_runner, seed, dims, layers, task, bisect, reduce_path, json_path, debug,
+             **kwargs) -> None:
     """Compare a candidate with the reference; exit 1 when over tolerance."""
     from mlpdeploy.atomic import write_json
     from mlpdeploy.backends import load_candidate
@@ -54,6 +59,10 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
         precision = (loaded.manifest.last("build").get("precision") if loaded.manifest else None) or "fp32"
     options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task or data.path is not None, bisect=bisect, reduce=reduce_path,
                               **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
+    if candidate_outputs is not None:
+        loaded = _recorded(loaded, candidate_outputs, candidate_runner, inputs, options)
+    elif candidate_runner is not None:
+        raise MlpdeployError("--candidate-runner picks a runner in --candidate-outputs; give that file too")
     ref = Path(reference) if reference.endswith(".onnx") else attach_task(load_model(reference), data)
     with console.status("validating"):
         report = run_validation(ref, loaded, options)
@@ -64,3 +73,21 @@ def validate(reference: str, candidate: Path, inputs, seed, dims, layers, task, 
         write_json(json_path, report.to_json())
     console.print("[green]PASS[/]" if report.passed else f"[red]FAIL: {escape(failure(report.to_json()))}[/]")
     sys.exit(0 if report.passed else 1)
+
+
+def _recorded(loaded, results: Path, runner: str | None, inputs: Path | None, options):
+    """The candidate with its outputs read from a `polygraphy run --save-outputs` file, checked against the inputs it ran."""
+    from mlpdeploy.model.inputs import load_inputs
+    from mlpdeploy.validate.runners import recorded_candidate
+
+    if inputs is None:
+        raise MlpdeployError("--candidate-outputs needs the inputs those outputs were computed from: --inputs IN.json "
+                             "(polygraphy run ... --save-inputs IN.json)")
+    if options.task or options.max_metric_delta is not None:
+        raise MlpdeployError("recorded outputs answer only the recorded inputs: drop --task/--data/--max-metric-delta with --candidate-outputs")
+    replay, iterations = recorded_candidate(loaded, results, runner)
+    feeds = len(load_inputs(inputs))
+    if feeds != iterations:
+        raise MlpdeployError(f"{inputs} holds {feeds} feed(s) but {results} holds {iterations} recorded iteration(s); "
+                             "save both from one polygraphy run")
+    return replay

@@ -131,12 +131,24 @@ def _base(model: ServedModel, request: GenerateRequest) -> dict:
     return base | ({"id": request.id} if request.id is not None else {})
 
 
+def run_generation(model: ServedModel, request: GenerateRequest, on_token: Callable[[int], None] | None = None) -> tuple[list[int], str]:
+    """The one call from serving into the runtime for a generate request — `mlpdeploy serve`'s generate and
+    generate_stream and the Triton python-backend model (`triton_generate`) all come through here. Blocks
+    until the request is done; `on_token(token)` sees each new token (an exception raised in it stops the
+    generation). Returns (new tokens, finish reason "stop" | "length").
+
+    Today each request runs the runtime's generate loop at batch 1 on the calling thread; the in-flight
+    batching scheduler replaces this body (the callers, and the packaged repositories, stay as they are)."""
+    callback = None if on_token is None else (lambda _row, token: on_token(token))
+    result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens, on_token=callback)
+    return result.tokens[0], result.finish[0]
+
+
 def generate(model: ServedModel, request: GenerateRequest) -> dict:
     """Generate the whole answer (blocking; run in a worker thread)."""
-    result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens)
-    tokens = result.tokens[0]
+    tokens, finish = run_generation(model, request)
     text = model.tokenizer.decode(tokens) if model.tokenizer is not None else ""
-    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": result.finish[0]}
+    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": finish}
 
 
 class _Cancelled(Exception):
@@ -151,7 +163,7 @@ async def stream(model: ServedModel, request: GenerateRequest, on_token: Callabl
     cancelled = threading.Event()
     pieces = TextPieces(model.tokenizer)
 
-    def push(_row: int, token: int) -> None:
+    def push(token: int) -> None:
         if cancelled.is_set():
             raise _Cancelled
         if on_token is not None:
@@ -160,8 +172,8 @@ async def stream(model: ServedModel, request: GenerateRequest, on_token: Callabl
 
     def run() -> None:
         try:
-            result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens, on_token=push)
-            loop.call_soon_threadsafe(events.put_nowait, ("done", result.finish[0]))
+            _, finish = run_generation(model, request, on_token=push)
+            loop.call_soon_threadsafe(events.put_nowait, ("done", finish))
         except _Cancelled:
             pass
         except Exception as exc:  # reported to the client as an error event (the status is already 200)

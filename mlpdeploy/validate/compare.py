@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpdeploy.backends.candidate import Candidate, onnx_candidate
+from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache

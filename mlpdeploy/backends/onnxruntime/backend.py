@@ -5,6 +5,12 @@ pass `ort-decoder` for a cached decoder, `ort-fusions` for any other graph; `--n
 skips it). At level `all` (the default) the model is saved optimized at `extended`, which is
 portable across CPUs, and the saved session options say `all`: ONNX Runtime applies its
 CPU-specific layout transforms (NCHWc convolutions) when it loads the model where it runs.
+With `--ort-kernels` (`OrtOptions.kernels`) the compiled kernels library is copied beside the
+model and named in its saved settings, and the nodes it computes keep their function bodies
+(`kernels.restore_function_bodies`), so the artifact also runs in stock ONNX Runtime.
+
+Running: `runner` gives the backend's one runner (`runner.OrtRunner`, Polygraphy's OnnxrtRunner on
+a session made with the saved settings), which validation, `runtime.Engine`, bench and serving use.
 """
 
 from __future__ import annotations
@@ -19,11 +25,14 @@ import onnx
 import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
-from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
-from mlpdeploy.backends.candidate import Candidate, onnx_candidate
+from mlpdeploy.backends.base import Backend, BuildResult
+from mlpdeploy.backends.candidate import Candidate
 from mlpdeploy.backends.onnxruntime.genai_config import CONFIG_NAME, genai_config, write_genai_config
-from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare
+from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, restore_function_bodies
+from mlpdeploy.backends.onnxruntime.options import OrtOptions
+from mlpdeploy.backends.onnxruntime.runner import OrtRunner, onnx_candidate, ort_runner
 from mlpdeploy.backends.onnxruntime.session import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
+from mlpdeploy.backends.options import BuildOptions
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
@@ -33,19 +42,21 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime: offline graph optimization; CPU by default, CUDA EP when onnxruntime-gpu and a GPU are present"
     suffix = ".ort.onnx"
+    Options = OrtOptions
 
-    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
-        model_path = check_onnx_path(model_path)
+    def build(self, model_path: Path, output: Path, options: BuildOptions | None = None) -> BuildResult:
+        options, ignored = self.options(options)
+        model_path, output = check_onnx_path(model_path), Path(output)
         proto = load_onnx(model_path, load_external_data=False)  # a clear error for a file that is not ONNX
         external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
         config = session_config(options.opt_level, options.device)
         start = time.perf_counter()
-        kernels = prepare(model_path, options.extra) if options.ort_kernels else None
+        kernels = prepare(model_path, options.cache_root()) if options.kernels else None
         manifest = find_manifest(model_path)
-        fusions, genai = None, None
+        fusions, genai, restored = None, None, []
         with staged_files(output) as tmp:
             source = model_path
-            if options.ort_fusions:
+            if options.fusions:
                 source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
                 gc.collect()  # the fused IR model (reference cycles) holds the weights: free them before ONNX Runtime loads its own
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
@@ -58,6 +69,7 @@ class OnnxRuntimeBackend(Backend):
             if not tmp.exists():
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
             if kernels:  # the artifact carries its library; the saved settings name it relative to the model
+                restored = restore_function_bodies(tmp, model_path)
                 shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
                 config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")
@@ -87,11 +99,15 @@ class OnnxRuntimeBackend(Backend):
             artifacts=artifacts,
             info={"seconds": round(seconds, 3), "session": config, "bytes": output.stat().st_size,
                   "saved_at": build_config["graph_optimization_level"],
-                  **({"ort_kernels": kernels.to_json()} if kernels else {}),
+                  **({"ort_kernels": {**kernels.to_json(), "function_bodies_kept": restored}} if kernels else {}),
+                  **({"ignored_options": ignored} if ignored else {}),
                   **({"fusions": fusions} if fusions is not None else {}),
                   **({"onnxruntime_genai": genai} if genai is not None else {})},
             candidate=candidate,
         )
+
+    def runner(self, artifact: Path, name: str | None = None, threads: int | None = None) -> OrtRunner:
+        return ort_runner(check_onnx_path(artifact), name=name, threads=threads)
 
     def load_candidate(self, artifact: Path) -> Candidate:
         return onnx_candidate(check_onnx_path(artifact))

@@ -17,8 +17,6 @@ from typing import Any, Callable
 import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
-from mlpdeploy.backends.base import BuildOptions
-from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
 from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.backends.tensorrt.log import captured_log, first_error, format_parser_errors, network_layers
 from mlpdeploy.backends.tensorrt.profile import Triple
@@ -121,8 +119,3 @@ def write_artifacts(
     if manifest is not None:
         artifacts["manifest"] = manifest_path(onnx_out)
     return artifacts, validation_out, engine, built
-
-
-def ignored_options(options: BuildOptions) -> list[str]:
-    """The shared options a TensorRT backend does not use, when set away from their defaults."""
-    return [k for k, default in (("device", "auto"), ("opt_level", DEFAULT_OPT_LEVEL)) if getattr(options, k) != default]

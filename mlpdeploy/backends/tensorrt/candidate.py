@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mlpdeploy.backends.candidate import Candidate, onnx_candidate
+from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.backends.onnxruntime.session import session_config
 from mlpdeploy.errors import MlpdeployError
 

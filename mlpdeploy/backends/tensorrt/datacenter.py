@@ -3,25 +3,27 @@
 Install: `pip install 'mlpdeploy[tensorrt]'` (TensorRT from NVIDIA's package index) on a machine
 with an NVIDIA GPU. Without TensorRT every entry point raises one line naming the extra.
 
-Options read (BuildOptions):
+Options (`TensorRTOptions`):
   target     None: the GPU here; `smXY`: must be the GPU here (datacenter TensorRT tunes for the
              GPU it runs on); `ampere+`: a hardware-compatible engine (AMPERE_PLUS) for any
              Ampere or newer GPU
   precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.passes.precision` (strongly typed);
              plugin nodes are fed the low type (the GatedMLP plugin takes fp32, fp16 and bf16)
   shapes     optimization-profile overrides (`mlpdeploy.backends.tensorrt.profile`)
-  extra      cache_dir, cache (False: off): the builder timing cache is kept in
-             `<cache_dir>/tensorrt/timing-trt<version>-<sm>.cache` and grows with every build;
-             plugin_libraries: paths of other plugin libraries, for nodes of other namespaces
-  device, opt_level: do not apply; listed under `ignored_options` in info when set.
+  cache_dir, cache (False: off): the builder timing cache is kept in
+             `<cache_dir>/tensorrt/timing-trt<version>-<sm>.cache` and grows with every build
+  plugin_libraries: paths of other plugin libraries, for nodes of other namespaces
+Fields of another backend's options (device, opt_level, ...) do not apply; listed under
+`ignored_options` in info when set.
 
 Plugin nodes stay in plugin form (`plugin_namespace="mlpdeploy"`, `plugin_version="1"`), so the
 parser picks the registered plugin over the node's function body (TensorRT >= 10.7); every
-mlpdeploy plugin is registered through `plugins.trt_register.register_plugins` first.
+mlpdeploy plugin is registered first (`plugins.py`).
 
-Validation: the build's candidate (and `load_candidate` for an engine on disk) runs the engine
-itself through Polygraphy's TrtRunner (`trt_runner`) when a GPU is visible; without one, the
-parsed ONNX in ONNX Runtime (plugin nodes through their function bodies), and says so.
+Running: `runner` gives the backend's one runner (`runner.TensorRTRunner`, needs a GPU), which
+`runtime.Engine` uses; validation (the build's candidate, and `load_candidate` for an engine on
+disk) uses it too when a GPU is visible; without one, the parsed ONNX in ONNX Runtime (plugin nodes
+through their function bodies), and says so.
 
 What has run where: datacenter TensorRT cannot be installed on the machines this was written
 on, so nothing that needs `import tensorrt` has run. Everything else has: version, target and
@@ -38,15 +40,19 @@ from typing import Any
 
 import onnx_ir as ir
 
-from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.base import Backend, BuildResult
 from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.options import BuildOptions
 from mlpdeploy.backends.tensorrt import build as common
 from mlpdeploy.backends.tensorrt import cache as caches
 from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
 from mlpdeploy.backends.tensorrt.gpus import visible_gpus
+from mlpdeploy.backends.tensorrt.options import TensorRTOptions
 from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
+from mlpdeploy.backends.tensorrt.plugins import register_plugins
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
+from mlpdeploy.backends.tensorrt.runner import TensorRTRunner, trt_runner
 from mlpdeploy.dtypes import check_precision
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest
@@ -58,7 +64,7 @@ PRODUCT = "TensorRT"
 HARDWARE_COMPATIBLE = "ampere+"
 NO_GPU_NOTE = (
     "no GPU is visible, so the ONNX graph the engine was parsed from ran in ONNX Runtime (plugin nodes through "
-    "their function bodies), not the engine; on a GPU, the engine itself runs through Polygraphy's TrtRunner"
+    "their function bodies), not the engine; on a GPU, the engine itself runs through the backend's runner"
 )
 NO_GPU_HINT = "; datacenter TensorRT builds on the GPU it targets: run on a machine with an NVIDIA GPU, or use --backend tensorrt-rtx to build without one"
 
@@ -95,18 +101,6 @@ def prepare_graph(model_path: Path, precision: str, libraries: list[str]) -> tup
     return model, report.to_json(), dict(counts)
 
 
-def register_plugins(trt, libraries: list[str]) -> list[str]:
-    """TensorRT's own plugins, every mlpdeploy plugin, and any extra libraries; returns what mlpdeploy registered."""
-    from mlpdeploy.plugins.trt_register import register_plugins as register_mlpdeploy
-
-    trt.init_libnvinfer_plugins(trt_log.logger_for(trt), "")
-    registry = trt.get_plugin_registry()
-    for library in libraries:
-        if registry.load_library(str(library)) is None:
-            raise MlpdeployError(f"TensorRT could not load plugin library {library}; check the path and its TensorRT version")
-    return register_mlpdeploy(trt)
-
-
 class TensorRTBackend(Backend):
     name = "tensorrt"
     description = "Datacenter TensorRT (>= 10.9) with the mlpdeploy plugins; builds on the GPU it targets"
@@ -114,23 +108,25 @@ class TensorRTBackend(Backend):
     suffix = ".engine"
     pass_target = "trt"
     refused_weight_formats = ("int4asym",)  # DequantizeLinear(INT4) without zero points only
+    Options = TensorRTOptions
 
-    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
+    def build(self, model_path: Path, output: Path, options: BuildOptions | None = None) -> BuildResult:
         model_path = check_onnx_path(model_path)
         check_precision(options.precision)
         trt = load_trt()
         return self.build_with(trt, model_path, Path(output), options, visible_gpus())
 
-    def build_with(self, trt, model_path: Path, output: Path, options: BuildOptions, gpus: list[dict[str, str]]) -> BuildResult:
+    def build_with(self, trt, model_path: Path, output: Path, options: BuildOptions | None, gpus: list[dict[str, str]]) -> BuildResult:
         """The build, on a given TensorRT module and GPU list (`build` passes `tensorrt` and this machine's)."""
+        options, ignored = self.options(options)
         target, hardware_compatible = resolve_target(options.target, gpus)
-        libraries = [str(p) for p in options.extra.get("plugin_libraries", [])]
+        libraries = [str(p) for p in options.plugin_libraries]
         start = time.perf_counter()
         model, precision_report, plugins = prepare_graph(model_path, options.precision, libraries)
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
         registered = register_plugins(trt, libraries)
-        timing = caches.TimingCache(caches.cache_dir(options.extra), "tensorrt", f"trt{trt.__version__}-{gpus[0]['sm']}")
+        timing = caches.TimingCache(options.cache_root(), "tensorrt", f"trt{trt.__version__}-{gpus[0]['sm']}")
 
         def configure(config, builder) -> None:
             if hardware_compatible:
@@ -172,25 +168,28 @@ class TensorRTBackend(Backend):
             "bytes": len(engine),
             "tensorrt": trt.__version__,
         }
-        if common.ignored_options(options):
-            info["ignored_options"] = common.ignored_options(options)
+        if ignored:
+            info["ignored_options"] = ignored
         return BuildResult(self.name, artifacts, info, candidate=self.engine_candidate(output, validation_model, layer_model=model_path))
+
+    def runner(self, artifact: Path, name: str | None = None, threads: int | None = None) -> TensorRTRunner:
+        """The engine itself (needs TensorRT and a GPU; plugins registered when it is activated)."""
+        return trt_runner(artifact, self.name, name=name)
 
     def load_candidate(self, artifact: Path) -> Candidate:
         engine = check_engine_path(artifact, self.name)
         return self.engine_candidate(engine, parsed_graph_path(engine))
 
-    @staticmethod
-    def engine_candidate(engine: Path, parsed_graph: Path, layer_model: Path | None = None) -> Candidate:
-        """The engine itself through Polygraphy's TrtRunner when a GPU is visible, else the graph it was parsed from."""
+    def engine_candidate(self, engine: Path, parsed_graph: Path, layer_model: Path | None = None) -> Candidate:
+        """The engine itself through the backend's runner when a GPU is visible, else the graph it was parsed from."""
         gpus = visible_gpus()
         if not gpus:
             return parsed_graph_candidate(engine, parsed_graph, NO_GPU_NOTE, layer_model)
         return Candidate(
             artifact=engine,
-            make_runner=lambda name: trt_runner(engine, name),
+            make_runner=lambda name: self.runner(engine, name=name),
             manifest=find_manifest(engine),
-            executed=f"the {PRODUCT} engine {engine.name} through Polygraphy's TrtRunner on {gpus[0]['name']}",
+            executed=f"the {PRODUCT} engine {engine.name} through mlpdeploy's TensorRT runner on {gpus[0]['name']}",
             layer_model=layer_model,
         )
 
@@ -205,15 +204,3 @@ def engine_layers(trt, engine: bytes, log: list[tuple[str, str]]) -> list[dict[s
     except Exception:  # no CUDA context here: the log has the same listing
         pass
     return trt_log.engine_layers_from_log(log)
-
-
-def trt_runner(engine_path: Path | str, name: str | None = None, libraries: list[str] | None = None):
-    """A Polygraphy TrtRunner for a built engine, with the mlpdeploy plugins registered first."""
-    from polygraphy.backend.trt import EngineFromBytes, TrtRunner
-
-    trt = load_trt()
-    register_plugins(trt, libraries or [])
-    path = Path(engine_path)
-    if not path.is_file():
-        raise MlpdeployError(f"engine {path} does not exist; build it with `mlpdeploy build MODEL.onnx --backend tensorrt`")
-    return TrtRunner(EngineFromBytes(path.read_bytes()), name=name or f"candidate:{PRODUCT.lower()}")

@@ -45,6 +45,6 @@ def count_plugin_nodes(model: ir.Model, libraries: list[str]) -> Counter:
         if namespace != PLUGIN_NAMESPACE and not libraries:
             raise MlpdeployError(
                 f"node {node.name!r} asks for plugin {namespace or '(no namespace)'}::{node.op_type}, which mlpdeploy "
-                "does not provide; pass its library in BuildOptions.extra['plugin_libraries']"
+                "does not provide; pass its library with --plugin-library (TensorRTOptions.plugin_libraries)"
             )
     return counts

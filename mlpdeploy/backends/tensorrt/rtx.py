@@ -1,15 +1,21 @@
 """Backend `tensorrt-rtx`: TensorRT for RTX engines, built ahead of time on any machine (no GPU needed).
 
-Options read (BuildOptions):
+Options (`RTXOptions`):
   target     sm75 | sm80 | sm86 | sm89 | sm120 | sm121; None builds TensorRT-RTX's default
              portable engine (runs on sm80, sm86, sm89 and sm120 GPUs). sm75 (Turing) has no
              fp32 GEMM: build it with precision fp16. FP4 weights build for sm120/sm121 only
              (a clear error otherwise; the portable engine accepts them but needs Blackwell to run)
   precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.passes.precision` (strongly typed)
   shapes     optimization-profile overrides (`mlpdeploy.backends.tensorrt.profile`)
-  extra      cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
-  device, opt_level: do not apply (the build runs on the CPU; TensorRT-RTX compiles kernels
-             when the engine is loaded); listed under `ignored_options` in info when set.
+  cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
+Fields of another backend's options (device, opt_level, ...) do not apply (the build runs on the
+CPU; TensorRT-RTX compiles kernels when the engine is loaded); listed under `ignored_options` in
+info when set.
+
+Running: `runner` gives the backend's one runner (`runner.TensorRTRunner` over
+`tensorrt_rtx_bindings`, needs a GPU), which `runtime.Engine` uses, and validation too when a GPU
+the engine targets is visible; otherwise validation runs the parsed graph in ONNX Runtime and
+says why.
 
 Steps: the graph is put in function-body form (plugins/forms.py) and refused if any node
 would still resolve to a TensorRT plugin (TensorRT-RTX has no plugin layer and aborts the
@@ -37,16 +43,19 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.base import Backend, BuildResult
 from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.options import BuildOptions
 from mlpdeploy.backends.tensorrt import build as common
 from mlpdeploy.backends.tensorrt import cache as caches
 from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
 from mlpdeploy.backends.tensorrt.fp4_weights import has_fp4_weights
 from mlpdeploy.backends.tensorrt.gpus import visible_gpus
+from mlpdeploy.backends.tensorrt.options import RTXOptions
 from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
+from mlpdeploy.backends.tensorrt.runner import TensorRTRunner, trt_runner
 from mlpdeploy.dtypes import check_precision
 from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.model.manifest import find_manifest
@@ -55,7 +64,8 @@ from mlpdeploy.passes.precision import convert_precision
 
 PRODUCT = "TensorRT-RTX"
 TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
-PORTABLE = "portable (TensorRT-RTX default: sm80, sm86, sm89, sm120)"
+PORTABLE_SMS = ("sm80", "sm86", "sm89", "sm120")
+PORTABLE = f"portable (TensorRT-RTX default: {', '.join(PORTABLE_SMS)})"
 FP4_TARGETS = ("sm120", "sm121")
 
 
@@ -125,7 +135,18 @@ def validation_note(target: str | None, precision: str, fp4: bool = False) -> st
     here = ", ".join(f"{g['name']} ({g['sm']})" for g in gpus)
     if target is not None and all(g["sm"] != target for g in gpus):
         return f"the {PRODUCT} engine itself was not run: it targets {target} and the GPU here is {here}; {graph}"
-    return f"the {PRODUCT} engine itself was not run: mlpdeploy has no {PRODUCT} runner yet (GPU here: {here}); {graph}"
+    if target is None and all(g["sm"] not in PORTABLE_SMS for g in gpus):
+        return f"the {PRODUCT} engine itself was not run: the portable engine runs on {', '.join(PORTABLE_SMS)} and the GPU here is {here}; {graph}"
+    return f"the {PRODUCT} engine itself was not run: TensorRT-RTX's runtime is not installed (pip install 'mlpdeploy[rtx]'); {graph}"
+
+
+def runnable_on(target: str | None) -> dict[str, str] | None:
+    """The visible GPU an engine built for `target` (None: portable) runs on, if any, with the runtime installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt_rtx_bindings") is None:
+        return None
+    return next((g for g in visible_gpus() if g["sm"] == target or (target is None and g["sm"] in PORTABLE_SMS)), None)
 
 
 def refuse_w4a16(model) -> None:
@@ -138,13 +159,16 @@ def refuse_w4a16(model) -> None:
 
 class TensorRTRTXBackend(Backend):
     name = "tensorrt-rtx"
-    description = "TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; validated through the parsed ONNX"
+    description = ("TensorRT for RTX: engines for sm75-sm121 GPUs built ahead of time, no GPU needed; run on a GPU they target, "
+                   "else validated through the parsed ONNX")
     extra = "rtx"
     suffix = ".engine"
     pass_target = "trt"
     refused_weight_formats = ("int4asym", "mxfp4")  # no INT4 zero points; no MXFP4 form, no mlpdeploy plugins
+    Options = RTXOptions
 
-    def build(self, model_path: Path, output: Path, options: BuildOptions) -> BuildResult:
+    def build(self, model_path: Path, output: Path, options: BuildOptions | None = None) -> BuildResult:
+        options, ignored = self.options(options)
         model_path, output = check_onnx_path(model_path), Path(output)
         target = check_target(options.target)
         check_precision(options.precision)
@@ -154,7 +178,7 @@ class TensorRTRTXBackend(Backend):
         refuse_w4a16(model)
         manifest = find_manifest(model_path)
         profile = derive_profile(model, manifest, options.shapes)
-        cache = caches.EngineCache(caches.cache_dir(options.extra), "tensorrt-rtx")
+        cache = caches.EngineCache(options.cache_root(), "tensorrt-rtx")
         state = {"cache": "off" if cache.dir is None else "miss"}
 
         def make_engine(onnx_path: Path) -> tuple[bytes, dict]:
@@ -197,19 +221,32 @@ class TensorRTRTXBackend(Backend):
             "bytes": len(engine),
             "tensorrt_rtx": trt.__version__,
         }
-        if common.ignored_options(options):
-            info["ignored_options"] = common.ignored_options(options)
-        note = validation_note(target, options.precision, has_fp4_weights(model))
-        candidate = parsed_graph_candidate(output, validation_model, note, layer_model=model_path)
+        if ignored:
+            info["ignored_options"] = ignored
+        candidate = self.engine_candidate(output, validation_model, target, options.precision, has_fp4_weights(model), model_path)
         return BuildResult(backend=self.name, artifacts=artifacts, info=info, candidate=candidate)
+
+    def runner(self, artifact: Path, name: str | None = None, threads: int | None = None) -> TensorRTRunner:
+        """The engine itself (needs TensorRT-RTX's runtime and a GPU it was built for)."""
+        return trt_runner(artifact, self.name, name=name)
 
     def load_candidate(self, artifact: Path) -> Candidate:
         engine = check_engine_path(artifact, self.name)
         manifest = find_manifest(engine)
         build = manifest.last("build") if manifest else {}
-        note = validation_note(None if build.get("target") == "portable" else build.get("target"), build.get("precision", "fp32"),
-                               has_fp4_weights(load_ir(engine.parent / f"{engine.name}.onnx")))
-        return parsed_graph_candidate(engine, parsed_graph_path(engine), note)
+        target = None if build.get("target") == "portable" else build.get("target")
+        fp4 = has_fp4_weights(load_ir(engine.parent / f"{engine.name}.onnx"))
+        return self.engine_candidate(engine, parsed_graph_path(engine), target, build.get("precision", "fp32"), fp4)
+
+    def engine_candidate(self, engine: Path, parsed_graph: Path, target: str | None, precision: str, fp4: bool,
+                         layer_model: Path | None = None) -> Candidate:
+        """The engine through the backend's runner on a GPU it targets, else the graph it was parsed from (and why)."""
+        gpu = runnable_on(target)
+        if gpu is None:
+            return parsed_graph_candidate(engine, parsed_graph, validation_note(target, precision, fp4), layer_model)
+        return Candidate(artifact=engine, make_runner=lambda name: self.runner(engine, name=name), manifest=find_manifest(engine),
+                         executed=f"the {PRODUCT} engine {engine.name} through mlpdeploy's TensorRT runner on {gpu['name']}",
+                         layer_model=layer_model)
 
     @staticmethod
     def _configure(trt, config, target: str | None) -> None:

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.backends import get_backend
+from mlpdeploy.backends.onnxruntime import OrtOptions
 from mlpdeploy.backends.onnxruntime.session import session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import load_manifest
@@ -17,7 +18,7 @@ from mlpdeploy.validate import ValidateOptions, validate
 @pytest.mark.parametrize("level", ["basic", "extended", "all"])
 def test_build_writes_model_session_and_manifest(tiny_export, tiny_spec, tmp_path, level):
     out = tmp_path / "m.ort.onnx"
-    result = get_backend("onnxruntime").build(tiny_export.model_path, out, BuildOptions(opt_level=level, device="cpu"))
+    result = get_backend("onnxruntime").build(tiny_export.model_path, out, OrtOptions(opt_level=level, device="cpu"))
     assert set(result.artifacts) == {"model", "session_options", "manifest"}
     session = json.loads(result.artifacts["session_options"].read_text())
     assert session["providers"] == ["CPUExecutionProvider"]
@@ -37,10 +38,10 @@ def test_default_level_all_saves_a_portable_model_and_runs_at_all(tmp_path):
     from mlpdeploy.backends.onnxruntime.session import make_session
     from mlpdeploy.export import export_model
 
-    assert BuildOptions().opt_level == "all"
+    assert OrtOptions().opt_level == "all"
     exported = export_model(load_model("vit-tiny"), tmp_path / "vit.onnx").model_path  # patch embedding: a Conv
     out = tmp_path / "m.ort.onnx"
-    result = get_backend("onnxruntime").build(exported, out, BuildOptions(device="cpu"))
+    result = get_backend("onnxruntime").build(exported, out, OrtOptions(device="cpu"))
     session = json.loads(result.artifacts["session_options"].read_text())
     assert session["graph_optimization_level"] == "ORT_ENABLE_ALL"
     assert not [n.op_type for n in onnx.load(out).graph.node if n.domain == "com.microsoft.nchwc"]
@@ -72,7 +73,7 @@ def test_external_data_model_builds_with_external_data(tmp_path, tiny_spec, monk
     bundle = load_model(tiny_spec)
     exported = export_model(bundle, tmp_path / "big.onnx")
     out = tmp_path / "big.ort.onnx"
-    get_backend("onnxruntime").build(exported.model_path, out, BuildOptions(device="cpu"))
+    get_backend("onnxruntime").build(exported.model_path, out, OrtOptions(device="cpu"))
     assert (tmp_path / "big.ort.onnx.data").exists()
     assert validate(bundle, out).passed
 

@@ -11,6 +11,7 @@ import onnx_ir as ir
 import pytest
 
 from mlpdeploy.backends import BuildOptions, get_backend, load_candidate
+from mlpdeploy.backends.onnxruntime import OrtOptions
 from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.plugins.group_rational.onnx_function import make_model
@@ -25,7 +26,7 @@ def write(model: ir.Model, path):
 
 
 def options(tmp_path, **kw) -> BuildOptions:
-    return BuildOptions(device="cpu", ort_kernels=True, extra={"cache_dir": tmp_path / "cache"}, **kw)
+    return OrtOptions(device="cpu", kernels=True, cache_dir=tmp_path / "cache", **kw)
 
 
 def test_artifact_carries_and_registers_the_library(tmp_path):
@@ -40,7 +41,7 @@ def test_artifact_carries_and_registers_the_library(tmp_path):
     shutil.move(str(out.parent), moved)
     x = np.random.default_rng(0).uniform(-5, 5, (2, 3, 24)).astype(np.float32)
     kernel = make_session(moved / "gr.ort.onnx", saved_session_config(moved / "gr.ort.onnx")).run(None, {"x": x})[0]
-    portable = get_backend("onnxruntime").build(model, tmp_path / "p.ort.onnx", BuildOptions(device="cpu"))
+    portable = get_backend("onnxruntime").build(model, tmp_path / "p.ort.onnx", OrtOptions(device="cpu"))
     body = make_session(portable.artifacts["model"], saved_session_config(portable.artifacts["model"])).run(None, {"x": x})[0]
     np.testing.assert_allclose(kernel, body, rtol=1e-6, atol=1e-6)
     assert "custom_ops_libraries" not in saved_session_config(portable.artifacts["model"])

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend
-from mlpdeploy.backends.tensorrt.datacenter import prepare_graph, resolve_target, trt_runner
+from mlpdeploy.backends.tensorrt import RTXOptions
+from mlpdeploy.backends.tensorrt.datacenter import prepare_graph, resolve_target
 from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
 from mlpdeploy.errors import MissingExtraError, MlpdeployError
 from mlpdeploy.plugins.trt_plugin_base import check_tensorrt_version
@@ -77,7 +78,7 @@ def test_plugin_nodes_are_counted_and_checked():
     assert count_plugin_nodes(_gated_mlp(), []) == {"mlpdeploy::GatedMLP": 1}
     with pytest.raises(MlpdeployError, match=r"^node 'gated_mlp' asks for plugin mlpdeploy::FusedKAN, but mlpdeploy has no such plugin; its plugins are .*GatedMLP"):
         count_plugin_nodes(_gated_mlp(op_type="FusedKAN"), [])
-    with pytest.raises(MlpdeployError, match=r"asks for plugin acme::GatedMLP, which mlpdeploy does not provide; pass its library in BuildOptions.extra\['plugin_libraries'\]$"):
+    with pytest.raises(MlpdeployError, match=r"asks for plugin acme::GatedMLP, which mlpdeploy does not provide; pass its library with --plugin-library \(TensorRTOptions.plugin_libraries\)$"):
         count_plugin_nodes(_gated_mlp(namespace="acme"), [])
     assert count_plugin_nodes(_gated_mlp(namespace="acme"), ["libacme.so"]) == {"acme::GatedMLP": 1}
 
@@ -97,8 +98,10 @@ def test_without_tensorrt_every_entry_point_says_which_extra(tmp_path, tiny_expo
     with pytest.raises(MissingExtraError, match=message):
         get_backend("tensorrt").build(tiny_export.model_path, tmp_path / "out" / "m.engine", BuildOptions())
     assert not (tmp_path / "out").exists()
-    with pytest.raises(MissingExtraError, match=message):
-        trt_runner(tmp_path / "m.engine")
+    runner = get_backend("tensorrt").runner(tmp_path / "m.engine")  # lazy, as Polygraphy's runners: loads when activated
+    with pytest.raises(MissingExtraError, match=r"^tensorrt is not installed for running tensorrt engines: pip install 'mlpdeploy\[tensorrt\]'"):
+        runner.activate()
+    assert not runner.is_active
 
 
 BUILD_SCRIPT = textwrap.dedent(
@@ -106,11 +109,12 @@ BUILD_SCRIPT = textwrap.dedent(
     import json, sys, warnings
     from pathlib import Path
     import tensorrt_rtx_bindings as trt
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.tensorrt import TensorRTOptions
     warnings.simplefilter("ignore")  # TensorRT-RTX deprecates its (no-op) timing cache
     model, out, cache = sys.argv[1:4]
     gpus = [{"name": "NVIDIA GeForce RTX 4090", "sm": "sm89"}]
-    options = BuildOptions(precision="fp16", extra={"cache_dir": cache})
+    options = TensorRTOptions(precision="fp16", cache_dir=cache)
     backend = get_backend("tensorrt")
     first = backend.build_with(trt, Path(model), Path(out) / "a.engine", options, gpus)
     second = backend.build_with(trt, Path(model), Path(out) / "b.engine", options, gpus)
@@ -137,7 +141,7 @@ def test_build_path_runs_against_tensorrt_rtx_bindings(tmp_path, tiny_export):
     assert Path(info["timing_cache"]["path"]).is_file() and str(tmp_path / "cache" / "tensorrt") in info["timing_cache"]["path"]
     assert set(first["artifacts"]) == {"engine", "onnx", "log", "manifest"}
     # no GPU here: the candidate is the parsed graph in ONNX Runtime, and says so
-    assert first["executed"] == "ONNX Runtime (CPU) on a.engine.onnx" and "Polygraphy's TrtRunner" in first["note"]
+    assert first["executed"] == "ONNX Runtime (CPU) on a.engine.onnx" and "the backend's runner" in first["note"]
 
 
 @pytest.mark.skipif(not HAVE_RTX, reason="the rtx extra is not installed")
@@ -151,7 +155,7 @@ def test_engine_candidate_runs_through_its_own_runner(tmp_path, tiny_export, tin
     from mlpdeploy.model import find_manifest, load_model
     from mlpdeploy.validate import ValidateOptions, validate
 
-    built = get_backend("tensorrt-rtx").build(tiny_export.model_path, tmp_path / "m.engine", BuildOptions(target="sm89", extra={"cache": False}))
+    built = get_backend("tensorrt-rtx").build(tiny_export.model_path, tmp_path / "m.engine", RTXOptions(target="sm89", cache=False))
     engine = built.artifacts["engine"]
     stand_in = Candidate(
         artifact=engine,

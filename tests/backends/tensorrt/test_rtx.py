@@ -14,7 +14,9 @@ import pytest
 
 pytest.importorskip("tensorrt_rtx_bindings", reason="the rtx extra is not installed")
 
-from mlpdeploy.backends import BuildOptions, available_backends, get_backend  # noqa: E402
+from mlpdeploy.backends import available_backends, get_backend  # noqa: E402
+from mlpdeploy.backends.onnxruntime import OrtOptions  # noqa: E402
+from mlpdeploy.backends.tensorrt import RTXOptions  # noqa: E402
 from mlpdeploy.backends.tensorrt.gpus import visible_gpus  # noqa: E402
 from mlpdeploy.backends.tensorrt.profile import parse_shapes  # noqa: E402
 from mlpdeploy.backends.tensorrt.rtx import TARGETS, check_target, validation_note  # noqa: E402
@@ -24,13 +26,12 @@ from mlpdeploy.passes.pipeline import available_passes  # noqa: E402
 from mlpdeploy.validate import ValidateOptions, validate  # noqa: E402
 from mlpdeploy.zoo import ZOO  # noqa: E402
 
-NO_CACHE = {"cache": False}
 REPO = Path(__file__).resolve().parents[2]
 
 
 def build(model_path, out, **options):
-    options.setdefault("extra", dict(NO_CACHE))
-    return get_backend("tensorrt-rtx").build(Path(model_path), Path(out), BuildOptions(**options))
+    options.setdefault("cache", "cache_dir" in options)  # off unless a test gives it a directory
+    return get_backend("tensorrt-rtx").build(Path(model_path), Path(out), RTXOptions(**options))
 
 
 def leftovers(directory: Path) -> list[str]:
@@ -203,10 +204,11 @@ PLUGIN_SCRIPT = textwrap.dedent(
         parser = trt.OnnxParser(trt.Builder(logger).create_network(0), logger)
         print("parsed", parser.parse_from_file(out + "/in.onnx"))
         sys.exit(0)
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.tensorrt import RTXOptions
     from mlpdeploy.errors import MlpdeployError
     try:
-        result = get_backend("tensorrt-rtx").build(out + "/in.onnx", out + "/out/m.engine", BuildOptions(target="sm89", extra={"cache": False}))
+        result = get_backend("tensorrt-rtx").build(out + "/in.onnx", out + "/out/m.engine", RTXOptions(target="sm89", cache=False))
     except MlpdeployError as exc:
         print("ERROR", exc)
         sys.exit(2)
@@ -264,9 +266,9 @@ def test_targets(tmp_path, tiny_export):
 
 def test_engine_cache(tmp_path, tiny_export):
     cache = tmp_path / "cache"
-    first = build(tiny_export.model_path, tmp_path / "a.engine", target="sm89", extra={"cache_dir": str(cache)})
-    second = build(tiny_export.model_path, tmp_path / "b.engine", target="sm89", extra={"cache_dir": str(cache)})
-    other = build(tiny_export.model_path, tmp_path / "c.engine", target="sm120", extra={"cache_dir": str(cache)})
+    first = build(tiny_export.model_path, tmp_path / "a.engine", target="sm89", cache_dir=str(cache))
+    second = build(tiny_export.model_path, tmp_path / "b.engine", target="sm89", cache_dir=str(cache))
+    other = build(tiny_export.model_path, tmp_path / "c.engine", target="sm120", cache_dir=str(cache))
     assert (first.info["cache"], second.info["cache"], other.info["cache"]) == ("miss", "hit", "miss")
     assert first.artifacts["engine"].read_bytes() == second.artifacts["engine"].read_bytes()
     assert second.info["layers"] == first.info["layers"] and second.artifacts["log"].read_text() == first.artifacts["log"].read_text()
@@ -284,19 +286,26 @@ def test_shapes_reach_the_engine_profile(tmp_path, tiny_export):
 
 
 def test_artifacts_info_and_note(tmp_path, tiny_export):
-    result = build(tiny_export.model_path, tmp_path / "m.engine", target="sm89", device="cuda")
+    result = build(tiny_export.model_path, tmp_path / "m.engine", target="sm89")
     assert {k: v.name for k, v in result.artifacts.items()} == {
         "engine": "m.engine", "onnx": "m.engine.onnx", "log": "m.engine.log", "manifest": "m.engine.manifest.json",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(v.name for v in result.artifacts.values())
     assert result.candidate.artifact == result.artifacts["engine"] and result.candidate.executed == "ONNX Runtime (CPU) on m.engine.onnx"
     info = result.info
-    assert info["seconds"] >= info["build_seconds"] > 0 and info["ignored_options"] == ["device"]
+    assert info["seconds"] >= info["build_seconds"] > 0 and "ignored_options" not in info
     assert any("Engine generation completed" in line for line in info["log"])
     assert any(layer["type"] == "gemm" for layer in info["layers"])
     assert json.loads(json.dumps(result.to_json()))["backend"] == "tensorrt-rtx"
     expected = "no GPU is present" if not visible_gpus() else "GPU here"
     assert expected in result.candidate.note == validation_note("sm89", "fp32")
+
+
+def test_options_of_another_backend_are_reported_not_applied(tmp_path, tiny_export):
+    options = OrtOptions(device="cuda", opt_level="basic", precision="fp16", cache=False)
+    info = get_backend("tensorrt-rtx").build(tiny_export.model_path, tmp_path / "m.engine", options).info
+    assert info["ignored_options"] == ["device", "opt_level"] and info["precision"] == "fp16" and info["cache"] == "off"
+    assert info["target"].startswith("portable")
 
 
 def test_missing_extra_is_one_line(tmp_path, tiny_export, monkeypatch):
@@ -308,7 +317,7 @@ def test_missing_extra_is_one_line(tmp_path, tiny_export, monkeypatch):
 def test_compile_end_to_end(tmp_path):
     from mlpdeploy.compile import CompileOptions, compile_model
 
-    options = CompileOptions(backend="tensorrt-rtx", build=BuildOptions(target="sm120", extra=dict(NO_CACHE)))
+    options = CompileOptions(backend="tensorrt-rtx", build=RTXOptions(target="sm120", cache=False))
     report = compile_model("llama-tiny", tmp_path / "out", options)
     assert report["passed"] and Path(report["artifacts"]["build_engine"]).stat().st_size > 10_000
     assert report["validation"]["note"].startswith("the TensorRT-RTX engine itself was not run")

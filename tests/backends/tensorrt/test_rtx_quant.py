@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("tensorrt_rtx_bindings", reason="the rtx extra is not installed")
 
 from mlpdeploy.analyze import AnalyzeOptions, analyze_model  # noqa: E402
-from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
+from mlpdeploy.backends import get_backend  # noqa: E402
+from mlpdeploy.backends.tensorrt import RTXOptions  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
 from mlpdeploy.passes.pipeline import PassSpec  # noqa: E402
 from mlpdeploy.passes.quantize_weights import quantized_sites  # noqa: E402
@@ -28,7 +29,7 @@ def quantized(zoo_export, tmp_path: Path, fmt: str):
 
 
 def build(path: Path, out: Path):
-    return get_backend("tensorrt-rtx").build(path, out, BuildOptions(target="sm120", extra={"cache": False}))
+    return get_backend("tensorrt-rtx").build(path, out, RTXOptions(target="sm120", cache=False))
 
 
 def test_nvfp4_llama_builds_for_sm120_and_validates(zoo_export, tmp_path):

@@ -11,7 +11,8 @@ import onnx_ir as ir
 import onnxruntime as ort
 import pytest
 
-from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.backends import get_backend
+from mlpdeploy.backends.onnxruntime import OrtOptions
 from mlpdeploy.export import export_model
 from mlpdeploy.model import load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
@@ -112,9 +113,9 @@ def test_graph_without_a_cache_is_left_with_norms_only(tmp_path):
 def test_backend_fuses_cached_decoders_by_default(exported, tmp_path):
     path = exported("llama-tiny").model_path
     backend = get_backend("onnxruntime")
-    built = backend.build(path, tmp_path / "m.ort.onnx", BuildOptions(device="cpu"))
+    built = backend.build(path, tmp_path / "m.ort.onnx", OrtOptions(device="cpu"))
     assert built.info["fusions"]["fusions"]["GroupQueryAttention"] == 2
     assert "GroupQueryAttention" in {n.op_type for n in load_ir(tmp_path / "m.ort.onnx").graph}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["genai_config.json", "m.ort.manifest.json", "m.ort.onnx", "m.ort.session.json"]
-    plain = backend.build(path, tmp_path / "p.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
+    plain = backend.build(path, tmp_path / "p.ort.onnx", OrtOptions(device="cpu", fusions=False))
     assert "fusions" not in plain.info and "GroupQueryAttention" not in {n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph}

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.backends import get_backend
+from mlpdeploy.backends.onnxruntime import OrtOptions
 from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN
 from mlpdeploy.export import export_model
 from mlpdeploy.model import generate_inputs, load_model
@@ -142,7 +143,7 @@ def test_backend_fuses_every_graph_and_lists_it(zoo, tmp_path):
     path = tmp_path / "vit.onnx"
     ir.save(exported, path)
     backend = get_backend("onnxruntime")
-    built = backend.build(path, tmp_path / "m.ort.onnx", BuildOptions(device="cpu"))
+    built = backend.build(path, tmp_path / "m.ort.onnx", OrtOptions(device="cpu"))
     fusions = built.info["fusions"]
     assert fusions["pass"] == "ort-fusions" and fusions["fusions"] == EXPECTED["vit-tiny"]
     ops = {n.op_type for n in load_ir(tmp_path / "m.ort.onnx").graph}
@@ -150,7 +151,7 @@ def test_backend_fuses_every_graph_and_lists_it(zoo, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.ort.onnx", "m.ort.session.json", "vit.onnx"]
     html = "".join(_rewrite_section({"build": built.info}))
     assert "ort-fusions (at build): 4 rewritten" in html and "BiasGelu&#x27;: 2" in html
-    plain = backend.build(path, tmp_path / "p.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
+    plain = backend.build(path, tmp_path / "p.ort.onnx", OrtOptions(device="cpu", fusions=False))
     plain_ops = collections.Counter(n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph)
     assert "fusions" not in plain.info and "Attention" not in plain_ops and plain_ops["Softmax"] == 2  # ORT alone fuses no attention
 
