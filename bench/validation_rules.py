@@ -106,15 +106,19 @@ def main() -> None:
                 for kind, (inputs, references) in feeds.items():
                     outputs = [{k: np.asarray(v, np.float64) for k, v in runner.infer(feed).items()} for feed in inputs.feeds]
                     for rule, judge in rules.items():
-                        worst = max(((judge(out[name], ref[name].astype(np.float64)), f"{name} ({feed})", float(np.abs(out[name] - ref[name]).max()))
-                                     for feed, out, ref in zip(inputs.names, outputs, references) for name in ref), key=lambda w: w[0])
+                        judged = [(judge(out[name], ref[name].astype(np.float64)), f"{name} ({feed})", float(np.abs(out[name] - ref[name]).max()))
+                                  for feed, out, ref in zip(inputs.names, outputs, references) for name in ref]
+                        worst = max(judged, key=lambda w: w[0])
+                        logits = max((j for j in judged if j[1].startswith("logits ")), key=lambda w: w[0], default=None)
                         results.setdefault(kind, {}).setdefault(rule, {})[build] = {
-                            "passed": worst[0] <= 1.0, "worst_share": worst[0], "worst_output": worst[1], "max_abs": worst[2]}
+                            "passed": worst[0] <= 1.0, "worst_share": worst[0], "worst_output": worst[1], "max_abs": worst[2],
+                            **({"logits_share": logits[0], "logits_max_abs": logits[2]} if logits else {})}
     for kind, (inputs, _) in feeds.items():
         print(f"{args.model_dir.name}, {kind}: {inputs.source}")
         for rule, by_build in results[kind].items():
             cells = "; ".join(f"{build}: {'PASS' if r['passed'] else 'FAIL'} ({percent(r['worst_share'])} on {r['worst_output']}, "
-                              f"max abs {r['max_abs']:.3g})" for build, r in by_build.items())
+                              f"max abs {r['max_abs']:.3g}" + (f"; logits {percent(r['logits_share'])}, max abs {r['logits_max_abs']:.3g}"
+                                                              if "logits_share" in r else "") + ")" for build, r in by_build.items())
             print(f"  {rule}: {cells}")
     out = write_results(f"validation_rules-{args.model_dir.name}", {"model": str(args.model_dir), "data": str(args.data), "layer": layer,
                                                                      "inputs": {k: v[0].source for k, v in feeds.items()}, "rules": results},
