@@ -76,7 +76,7 @@ BUILD = OptionGroup(
                           "portable across CPUs; ONNX Runtime applies its layout transforms when it loads it)."),
         click.Option(["--no-ort-fusions", "--no-decoder-fusions", "no_ort_fusions"], is_flag=True,
                      help="onnxruntime: build the graph as exported, without ORT contrib-op fusions (default: a --kv-cache "
-                          "decoder's attention and norms as GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization "
+                          "decoder's attention and norms as GroupQueryAttention (rotary inside), SkipSimplifiedLayerNormalization "
                           "(pass ort-decoder); any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, "
                           "SkipLayerNormalization (pass ort-fusions)). --no-decoder-fusions is the old name."),
         click.Option(["--ort-kernels"], is_flag=True,

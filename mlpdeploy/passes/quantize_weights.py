@@ -339,18 +339,22 @@ def planned_bytes(fmt: Format, k: int, n: int, target: str, accuracy_level: int 
     return stored_bytes(fmt, k, n, form_for(fmt, target, fp4_form))
 
 
+WEIGHT_PASSES = (QuantizeWeights.name, "quantize-embedding")  # passes whose report's sites list the torch modules they quantized
+
+
 def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], dict[str, int]]:
-    """From a pipeline's pass reports: the torch linears (module paths) quantize-weights rewrote,
+    """From a pipeline's pass reports: the torch linears (module paths) quantize-weights rewrote
+    (and the embeddings quantize-embedding gave codes of their own),
     with their formats, and those that now compute with int8 activations (accuracy level 4),
     with the block their inputs are quantized in. This is what the torch reference of the
     quantized model emulates (`mlpdeploy.quant.quantized_copy`)."""
     linears: dict[str, Format] = {}
     int8: dict[str, int] = {}
     for spec, report in reports.items():
-        if spec.split(":", 1)[0] != QuantizeWeights.name:
+        if spec.split(":", 1)[0] not in WEIGHT_PASSES:
             continue
         for site in report.get("sites", {}).values():
-            for path in site["linears"]:
+            for path in site.get("linears", []):
                 linears[path] = parse_format(site["format"])
                 if site.get("int8_activations"):
                     int8[path] = linears[path].block

@@ -13,4 +13,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "ort-fusions": "ort_fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
     "quantize-weights": "quantize_weights:QuantizeWeights",
+    "quantize-embedding": "quantize_embedding:QuantizeEmbedding",
 })

@@ -1,4 +1,4 @@
-"""ort-decoder: a --kv-cache decoder's attention as RotaryEmbedding + GroupQueryAttention with the
+"""ort-decoder: a --kv-cache decoder's attention as one GroupQueryAttention (rotary inside) with the
 model's own positions and mask, norms fused, q/k/v packed — equal to the exported graph on every
 real (non-padding) position, for prefill, decode and left-padded batches."""
 
@@ -63,7 +63,11 @@ def test_fused_graph_equals_the_export(exported, tmp_path, name, rotary, mlp_lin
     layers = len(result.manifest.cache["layers"])
     counts = collections.Counter(n.op_type for n in fused.graph)
     assert report["skipped"] == {} and report["fusions"]["GroupQueryAttention"] == counts["GroupQueryAttention"] == layers
-    assert report["fusions"]["packed QKV"] == layers and counts["RotaryEmbedding"] == (2 * layers if rotary else 0)
+    assert report["fusions"]["packed QKV"] == layers and counts["RotaryEmbedding"] == 0 and counts["Split"] == 0
+    assert report["fusions"]["rotary inside GroupQueryAttention"] == (layers if rotary else 0)
+    gqas = [n for n in fused.graph if n.op_type == "GroupQueryAttention"]
+    assert all(n.inputs[1] is None and n.inputs[2] is None for n in gqas)  # packed q, k, v as the query
+    assert {n.attributes.get_int("do_rotary", 0) for n in gqas} == {int(rotary)}
     assert report["fusions"]["compact attention mask"] == 1  # the exported mask subgraph proved plain causal + padding
     assert report["shared_cache_buffer"]  # only GroupQueryAttention reads the cache: it may be one buffer
     assert {u.node.op_type for v in fused.graph.inputs if v.name.startswith("past_") for u in v.uses()} == {"GroupQueryAttention"}
