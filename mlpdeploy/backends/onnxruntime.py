@@ -22,6 +22,7 @@ from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
 from mlpdeploy.backends.genai_config import CONFIG_NAME, genai_config, write_genai_config
 from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
+from mlpdeploy.backends.ort_views import restore_views, shared_views
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
@@ -51,7 +52,9 @@ class OnnxRuntimeBackend(Backend):
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
                 build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}
+            views = shared_views(source)  # e.g. an int4 embedding reading the tied lm_head's codes
             make_session(source, build_config, optimized_output=tmp, external_data=external)
+            restore_views(tmp, views)  # not a second copy of those initializers on disk
             if source != model_path:
                 for leftover in source.parent.glob(f"{source.name}*"):
                     leftover.unlink()

@@ -42,7 +42,7 @@ class QuantizeEmbedding(RewritePass):
     description = "token embedding tables as INT4 GatherBlockQuantized (ONNX Runtime), sharing a tied 4-bit lm_head's codes"
     options = {
         "format": "int4",  # symmetric INT4 (quantize-weights' int4)
-        "block": 32,  # values per scale along the embedding dim (a power of 2, at least 16)
+        "block": 32,  # values per scale along the embedding dim (32, 64 or 128, as quantize-weights' int4)
         "scope": "*",  # module-path globs of the embeddings to quantize, separated by |
         "target": "auto",  # ort (auto: compile's --backend family); TensorRT has no GatherBlockQuantized
     }
@@ -51,12 +51,13 @@ class QuantizeEmbedding(RewritePass):
         fmt_name, block = str(self.config["format"]), int(self.config["block"])
         if fmt_name not in FORMATS:
             raise MlpdeployError(f"pass {self.name}: format={fmt_name!r}; choose one of {', '.join(FORMATS)}")
-        if block < 16 or block & (block - 1):
-            raise MlpdeployError(f"pass {self.name}: block={block}; GatherBlockQuantized takes a power of 2 of at least 16")
         if self.config["target"] not in ("auto", "ort"):
             raise MlpdeployError(f"pass {self.name}: target={self.config['target']!r}: GatherBlockQuantized runs in ONNX Runtime only; "
                                  "build with --backend onnxruntime or leave the embedding in float")
-        self.format = make_format(fmt_name, block)
+        try:
+            self.format = make_format(fmt_name, block)
+        except QuantError as exc:
+            raise MlpdeployError(f"pass {self.name}: {exc.args[0]}") from None
         self.report = PassReport(self.name, details={"sites": {}, "kept": []})
         self.taken = value_names(model.graph)
         for node in list(model.graph):
@@ -122,9 +123,8 @@ class QuantizeEmbedding(RewritePass):
         site = {"format": str(self.format), "form": "GatherBlockQuantized(4-bit)", "shape": [vocab, dim], "bytes": stored,
                 "float_bytes": int(table.nbytes)}
         if source is not None:
-            site["shares_codes_with"] = source  # the tied lm_head: its site in quantize-weights quantizes the torch weight
-        else:
-            site["linears"] = [scope]  # the torch reference quantizes this module's weight (quantized_sites)
+            site["shares_codes_with"] = source  # the tied lm_head's MatMulNBits
+        site["linears"] = [scope]  # the torch reference quantizes this module's weight (quantized_sites)
         self.report.details["sites"][scope] = site
 
     def _wanted(self, scope: str) -> bool:

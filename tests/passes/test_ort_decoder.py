@@ -42,18 +42,25 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _feed(session, batch, seq, past, pad, rng):
+def _feed(session, batch, seq, past, pad, rng, positions="counted"):
+    """Inputs for one run; positions "counted" (from the mask, as generation does), "offset" (each row
+    continues from its own later start) or "scattered" (increasing, with gaps: any position_ids)."""
     kv = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
     mask = np.ones((batch, past + seq), np.int64)
     mask[0, :pad] = 0
-    feed = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64), "attention_mask": mask,
-            "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)[:, -seq:]}
+    position_ids = np.maximum(mask.cumsum(-1) - 1, 0)[:, -seq:]
+    if positions == "offset":
+        position_ids = position_ids + rng.integers(1, 60, (batch, 1))
+    elif positions == "scattered":
+        position_ids = np.sort(rng.choice(120, (batch, seq), replace=True), axis=-1)
+    feed = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64), "attention_mask": mask, "position_ids": position_ids}
     for spec in kv:
         feed[spec.name] = rng.standard_normal((batch, spec.shape[1], past, spec.shape[3])).astype(np.float32)
     return feed
 
 
 CASES = [(1, 7, 0, 0), (1, 1, 9, 0), (3, 4, 5, 0), (3, 6, 0, 2), (2, 1, 8, 3), (2, 3, 4, 1)]  # batch, seq, past, left pad of row 0
+POSITIONS = ["counted", "offset", "scattered"]
 
 
 @pytest.mark.parametrize("name, rotary, mlp_linears", [("llama-tiny", True, 3), ("opt-relu-tiny", False, 2)])
@@ -75,8 +82,8 @@ def test_fused_graph_equals_the_export(exported, tmp_path, name, rotary, mlp_lin
     assert counts["Softmax"] == 0 and counts["MatMul"] == layers * (2 + mlp_linears) + 1  # qkv, o and the MLP's per layer, lm head
     plain, ours = _session(result.model_path), _session(tmp_path / "fused.onnx")
     rng = np.random.default_rng(0)
-    for batch, seq, past, pad in CASES:
-        feed = _feed(plain, batch, seq, past, pad, rng)
+    for (batch, seq, past, pad), positions in [(case, p) for case in CASES for p in POSITIONS]:
+        feed = _feed(plain, batch, seq, past, pad, rng, positions)
         want, got = plain.run(None, feed), ours.run(None, feed)
         # what padding tokens compute (their logits, and the cache entries of later layers, which
         # depend on earlier layers' fully masked rows) is unspecified: compare real tokens only

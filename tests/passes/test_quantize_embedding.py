@@ -1,0 +1,164 @@
+"""quantize-embedding: a token embedding as INT4 GatherBlockQuantized computes, in ONNX Runtime CPU,
+what the torch reference does with the table decoded from the same codes (`quantized_copy` fed by
+the passes' reports); a tied 4-bit lm_head's codes are shared (no bytes of its own); tables that
+cannot or should not be quantized are left with a reason; bad options are one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+from mlpdeploy.passes.quantize_weights import quantized_sites
+from mlpdeploy.quant import make_format, quantized_copy
+
+from .conftest import checked, export, op_counts, run
+
+
+class TinyLM(nn.Module):
+    """ids → embedding → tanh → lm_head, the lm_head's weight tied to the table or not."""
+
+    def __init__(self, vocab: int, dim: int, tied: bool, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Embedding(vocab, dim)
+        self.lm_head = nn.Linear(dim, vocab, bias=False)
+        if tied:
+            self.lm_head.weight = self.embed.weight
+
+    def forward(self, ids):
+        return self.lm_head(torch.tanh(self.embed(ids)))
+
+
+def _passes(model: ir.Model, *specs: PassSpec) -> dict:
+    return run_pipeline(model, list(specs))
+
+
+def _ids(vocab: int, batch: int, seq: int, seed: int = 1) -> np.ndarray:
+    ids = np.random.default_rng(seed).integers(0, vocab, (batch, seq)).astype(np.int64)
+    ids[0, 0], ids[-1, -1] = 0, vocab - 1  # the first and last rows of the table
+    return ids
+
+
+def _reference(module: nn.Module, reports: dict, ids: np.ndarray) -> np.ndarray:
+    sites, int8 = quantized_sites(reports)
+    with torch.no_grad():
+        return quantized_copy(module, sites, int8)(torch.from_numpy(ids)).numpy()
+
+
+def _initializer_bytes(model: ir.Model) -> int:
+    return sum(v.const_value.nbytes for v in model.graph.initializers.values())
+
+
+@pytest.mark.parametrize("vocab, dim, batch, seq", [(97, 64, 1, 1), (300, 96, 3, 5)])
+def test_tied_lm_head_shares_its_codes(vocab, dim, batch, seq):
+    module = TinyLM(vocab, dim, tied=True)
+    ids = _ids(vocab, batch, seq)
+    model = export(module, (torch.from_numpy(ids),))
+    reports = _passes(model, PassSpec("quantize-weights", {"format": "int4"}), PassSpec("quantize-embedding"))
+    site = next(iter(reports["quantize-embedding"]["sites"].values()))
+    assert site["bytes"] == 0 and "shares_codes_with" in site and site["linears"] == ["embed"]
+    counts = op_counts(model)
+    assert counts["GatherBlockQuantized"] == 1 and counts["Gather"] == 0 and counts["MatMulNBits"] == 1
+    gbq = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
+    nbits = next(n for n in model.graph if n.op_type == "MatMulNBits")
+    assert gbq.inputs[0].producer().inputs[0] is nbits.inputs[1] and gbq.inputs[2] is nbits.inputs[2]  # the same initializers
+    assert not any(v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size >= vocab * dim for v in model.graph.initializers.values())
+    checked(model)
+    # the torch reference quantizes the lm_head and the embedding (each its own copy of the tied weight) alike
+    np.testing.assert_allclose(run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("block", [32, 64, 128])
+def test_untied_table_gets_its_own_codes(block):
+    vocab, dim = 130, 128
+    module = TinyLM(vocab, dim, tied=False)
+    ids = _ids(vocab, 2, 7)
+    model = export(module, (torch.from_numpy(ids),))
+    before = _initializer_bytes(model)
+    reports = _passes(model, PassSpec("quantize-embedding", {"block": block}))
+    site = reports[f"quantize-embedding:block={block}"]["sites"]["embed"]
+    fmt = make_format("int4", block)
+    assert site["linears"] == ["embed"] and site["bytes"] == vocab * dim // 2 + vocab * (dim // block) * 4
+    assert _initializer_bytes(model) == before - vocab * dim * 4 + site["bytes"]
+    assert op_counts(model)["GatherBlockQuantized"] == 1 and op_counts(model)["MatMul"] == 1  # the untied head stays float
+    checked(model)
+    np.testing.assert_allclose(run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
+    # and the reference is the table decoded from the codes (not the float table)
+    table = module.embed.weight.detach().numpy()
+    decoded = fmt.quantize(np.ascontiguousarray(table.T)).dequantize().T
+    assert not np.array_equal(decoded, table)
+
+
+@settings(max_examples=12, deadline=None)
+@given(vocab=st.integers(1, 70), blocks=st.integers(1, 4), block=st.sampled_from([32, 64, 128]), seq=st.integers(1, 4),
+       scale=st.sampled_from([1e-3, 1.0, 40.0]), seed=st.integers(0, 2**16))
+def test_rows_are_the_decoded_codes(vocab, blocks, block, seq, scale, seed):
+    """GatherBlockQuantized's rows equal quant's decode of the table, bit for bit, whatever the sizes."""
+    dim = blocks * block
+    rng = np.random.default_rng(seed)
+    table = (rng.standard_normal((vocab, dim)) * scale).astype(np.float32)
+    model = _table_graph(table, tied_head=False)
+    _passes(model, PassSpec("quantize-embedding", {"block": block}))
+    ids = rng.integers(0, vocab, (2, seq)).astype(np.int64)
+    decoded = make_format("int4", block).quantize(np.ascontiguousarray(table.T)).dequantize().T
+    np.testing.assert_array_equal(run(model, {"ids": ids})[0], decoded[ids])
+
+
+def _table_graph(table: np.ndarray, tied_head: bool) -> ir.Model:
+    """Gather(table, ids) (→ MatMul(rows, Transpose(table)) when `tied_head`: one initializer, as
+    exports of large tied tables keep it)."""
+    ids = ir.Value(name="ids", shape=ir.Shape(["batch", "seq"]), type=ir.TensorType(ir.DataType.INT64))
+    weight = ir.Value(name="table", shape=ir.Shape(table.shape), type=ir.TensorType(ir.DataType.FLOAT), const_value=ir.tensor(table, name="table"))
+    nodes = [ir.node("Gather", [weight, ids], {"axis": 0}, name="embed")]
+    out = nodes[-1].outputs[0]
+    out.dtype, out.shape = ir.DataType.FLOAT, ir.Shape(["batch", "seq", table.shape[1]])
+    if tied_head:
+        nodes.append(ir.node("Transpose", [weight], {"perm": [1, 0]}, name="lm_head_t"))
+        nodes.append(ir.node("MatMul", [out, nodes[-1].outputs[0]], name="lm_head"))
+        out = nodes[-1].outputs[0]
+        out.dtype = ir.DataType.FLOAT
+    out.name = "out"
+    graph = ir.Graph([ids], [out], nodes=nodes, initializers=[weight], opset_imports={"": 20}, name="g")
+    return ir.Model(graph, ir_version=10)
+
+
+def test_tied_head_left_in_float_keeps_the_table():
+    model = _table_graph(np.ones((64, 32), np.float32), tied_head=True)
+    report = _passes(model, PassSpec("quantize-embedding"))["quantize-embedding"]
+    assert report["rewritten"] == 0 and report["skipped"]["embed"] == (
+        "the table is also read as float by Transpose (a tied lm_head left in float?); quantize that first (quantize-weights) or keep the table")
+    assert op_counts(model)["GatherBlockQuantized"] == 0 and op_counts(model)["Gather"] == 1
+
+
+def test_dim_not_a_whole_number_of_blocks_is_skipped():
+    module = TinyLM(50, 40, tied=False)
+    model = export(module, (torch.from_numpy(_ids(50, 1, 2)),))
+    report = _passes(model, PassSpec("quantize-embedding"))["quantize-embedding"]
+    assert report["skipped"] == {"embed": "embedding dim 40 is not a multiple of the block 32"}
+
+
+def test_scope_leaves_other_embeddings():
+    module = TinyLM(50, 32, tied=False)
+    model = export(module, (torch.from_numpy(_ids(50, 1, 2)),))
+    report = _passes(model, PassSpec("quantize-embedding", {"scope": "other.*"}))["quantize-embedding:scope=other.*"]
+    assert report["rewritten"] == 0 and report["kept"] == ["embed"]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"format": "nvfp4"}, "pass quantize-embedding: format='nvfp4'; choose one of int4"),
+    ({"block": "24"}, "pass quantize-embedding: int4 blocks are 32 or 64 or 128 along the input dim, not 24"),
+    ({"target": "trt"}, "pass quantize-embedding: target='trt': GatherBlockQuantized runs in ONNX Runtime only; "
+                        "build with --backend onnxruntime or leave the embedding in float"),
+])
+def test_bad_options_are_one_line(options, message):
+    model = export(TinyLM(50, 32, tied=False), (torch.from_numpy(_ids(50, 1, 2)),))
+    with pytest.raises(MlpdeployError) as err:
+        _passes(model, PassSpec("quantize-embedding", options))
+    assert str(err.value) == message
