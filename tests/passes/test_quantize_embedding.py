@@ -162,3 +162,19 @@ def test_bad_options_are_one_line(options, message):
     with pytest.raises(MlpdeployError) as err:
         _passes(model, PassSpec("quantize-embedding", options))
     assert str(err.value) == message
+
+
+def test_tied_lm_head_quantized_alone_keeps_the_reference_embedding_in_float():
+    """quantize-weights on a tied lm_head leaves the graph's embedding float; so does the torch
+    reference (each quantized site gets a weight of its own, the tie is not followed)."""
+    module = TinyLM(200, 64, tied=True)
+    ids = _ids(200, 2, 5)
+    model = export(module, (torch.from_numpy(ids),))
+    reports = _passes(model, PassSpec("quantize-weights", {"format": "int4"}))
+    assert op_counts(model)["Gather"] == 1 and op_counts(model)["MatMulNBits"] == 1
+    sites, int8 = quantized_sites(reports)
+    reference = quantized_copy(module, sites, int8)
+    assert torch.equal(reference.embed.weight, module.embed.weight) and not torch.equal(reference.lm_head.weight, module.lm_head.weight)
+    with torch.no_grad():
+        want = reference(torch.from_numpy(ids)).numpy()
+    np.testing.assert_allclose(run(model, {"ids": ids})[0], want, atol=3e-5, rtol=1e-4)
