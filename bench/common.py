@@ -48,8 +48,8 @@ def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
 def artifact_session(artifact: Path, threads: int):
     """An ONNX Runtime session for a model mlpdeploy built, with the settings its build saved (as
     `Engine.load` makes it), on `threads` intra-op threads, without spinning (NO_SPINNING)."""
+    from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
     from mlpdeploy.runtime.engine import resolve_artifact
-    from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
     model = resolve_artifact(artifact)
     config = dict(saved_session_config(model))

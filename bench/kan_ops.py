@@ -132,9 +132,9 @@ def op_benchmark(args, kernels: Path | None) -> dict:
 
 def kat_benchmark(args, kernels: Path | None, workdir: Path) -> dict:
     from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
     from mlpdeploy.export import export_model
     from mlpdeploy.model import load_model
-    from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
     bundle = load_model("kat-tiny")
     exported = export_model(bundle, workdir / "kat.onnx")

@@ -11,15 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult  # noqa: F401
+from mlpdeploy.backends.candidate import Candidate, onnx_candidate  # noqa: F401
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.registry import Registry
-from mlpdeploy.runtime.candidate import Candidate
 
 BACKENDS = Registry("backend", "backends", "mlpdeploy.backends", {
-    "onnxruntime": "onnxruntime:OnnxRuntimeBackend",
-    "tensorrt-rtx": "tensorrt_rtx:TensorRTRTXBackend",
-    "tensorrt": "tensorrt_datacenter:TensorRTBackend",
+    "onnxruntime": "onnxruntime.backend:OnnxRuntimeBackend",
+    "tensorrt-rtx": "tensorrt.rtx:TensorRTRTXBackend",
+    "tensorrt": "tensorrt.datacenter:TensorRTBackend",
 })
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from mlpdeploy.runtime.candidate import Candidate
-from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
+from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Any
 
 import click
 
+from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
 class OptionGroup:

@@ -34,7 +34,7 @@ EVAL_EVERY = 5
 @dataclass(frozen=True)
 class TextData:
     """Documents read from `path` (deduplicated, in reading order), the files they came from and
-    the SHA-256 of those files (paths relative to `path` and contents)."""
+    their SHA-256: a file's own, or for a folder one over its text files' relative paths and digests."""
 
     path: Path
     documents: tuple[str, ...]
@@ -90,7 +90,10 @@ def read_text_data(path: Path | str) -> TextData:
     docs: list[str] = []
     for file in files:
         raw = file.read_bytes()
-        digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode() + b"\0" + hashlib.sha256(raw).digest())
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0" + hashlib.sha256(raw).digest())
+        else:
+            digest.update(raw)  # a file's digest is what sha256sum prints
         text = _decode(file, raw)
         docs.extend(_jsonl_documents(file, text) if file.suffix.lower() == JSONL_SUFFIX else [text])
     docs = list(dict.fromkeys(d for d in docs if d.strip()))

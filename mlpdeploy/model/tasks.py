@@ -25,9 +25,9 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.data import Task
 from mlpdeploy.model.documents import JSONL_SUFFIX, TEXT_SUFFIXES, text_files
+from mlpdeploy.model.image_task import IMAGE_SUFFIXES, image_classes, image_task
 
 ARRAY_SUFFIXES = (".npz", ".json")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".tif", ".tiff")
 DEFAULT_SEQ_LEN = {"causal-lm": 256, "encoder": 128}
 MAX_REFERENCE_EVAL = 256  # held-out samples whose torch reference an encoder task computes up front
 
@@ -74,10 +74,9 @@ def data_kind(path: Path) -> str:
             raise MlpdeployError(f"--data {path} is a single image; give a folder of class folders (ImageFolder layout: DATA/CLASS/IMAGE)")
         raise MlpdeployError(f"--data {path}: unsupported file type {suffix or '(no suffix)'}; "
                              "--data takes .txt/.md/.py/.jsonl text, .npz/.json arrays, or a folder")
-    children = [c for c in sorted(path.iterdir()) if not c.name.startswith(".")]
-    if any(c.is_dir() and any(_is_image(f) for f in c.iterdir()) for c in children):
+    if image_classes(path):
         return "images"
-    if any(_is_image(c) for c in children):
+    if any(_is_image(c) for c in path.iterdir()):
         raise MlpdeployError(f"--data {path} holds images but no class folders; put each class's images in its own folder "
                              "(ImageFolder layout: DATA/CLASS/IMAGE)")
     if text_files(path):
@@ -124,8 +123,6 @@ def resolve_task(bundle: ModelBundle, data: DataOptions | None = None) -> Task |
     if model != "image":
         raise MlpdeployError(f"--data {path} is an image folder, but {bundle.source} is not an image model (it takes "
                              f"{_inputs_text(bundle)}); give it text or .npz arrays")
-    from mlpdeploy.model.image_task import image_task
-
     return image_task(bundle, path, data, data_source(path, data_sha256(path)))
 
 

@@ -51,6 +51,7 @@ def hf_tokenizer(directory: Path) -> TextTokenizer:
         tok = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except Exception as exc:
         raise MlpdeployError(f"cannot load the tokenizer in {directory}: {first_line(exc)}; save it there with tokenizer.save_pretrained") from None
+    tok.model_max_length = 1 << 62  # whole documents are tokenized, then cut into windows: no "longer than" warning
     plain = tok("a", add_special_tokens=False)["input_ids"]
     full = tok("a")["input_ids"]
     at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)

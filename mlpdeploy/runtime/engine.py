@@ -3,7 +3,7 @@
 `Engine.load(path)` takes an artifact file (`model.ort.onnx`, any `.onnx`, a TensorRT or
 TensorRT-RTX `.engine` / `.plan`) or a `compile` output directory (it picks the built model from
 `report.json`). ONNX Runtime runs an ONNX model with the session settings saved beside it at build
-time; an engine runs in the TensorRT runtime its manifest names (`mlpdeploy.runtime.tensorrt`),
+time; an engine runs in the TensorRT runtime its manifest names (`mlpdeploy.backends.tensorrt.runtime`),
 which needs that runtime installed and a GPU, else one line naming what is missing.
 
 `engine(**inputs) -> {output: array}` checks every call against the manifest (names, dtypes,
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs
 from mlpdeploy.model.kv_cache import CacheLayout
 from mlpdeploy.model.manifest import Manifest, find_manifest
-from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
 ENGINE_SUFFIXES = (".engine", ".plan")
 
@@ -83,7 +83,7 @@ class Engine:
         if manifest is None:
             raise MlpdeployError(f"no manifest beside {model}; the runtime needs the one `mlpdeploy build` writes")
         if is_engine(model):
-            from mlpdeploy.runtime.tensorrt import TensorRTSession
+            from mlpdeploy.backends.tensorrt.runtime import TensorRTSession
 
             return cls(model, manifest, TensorRTSession.load(model, manifest.last("build").get("backend", "tensorrt")))
         config = dict(saved_session_config(model))

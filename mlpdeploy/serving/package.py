@@ -17,10 +17,10 @@ import shutil
 from pathlib import Path
 
 from mlpdeploy.atomic import staged_directory
+from mlpdeploy.backends.onnxruntime.session import saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.runtime.engine import is_engine, resolve_artifact
-from mlpdeploy.runtime.onnxruntime import saved_session_config
 from mlpdeploy.serving.triton_config import TritonOptions, triton_config
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

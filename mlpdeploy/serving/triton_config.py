@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlpdeploy.backends.onnxruntime.session import saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.kv_cache import CacheLayout
 from mlpdeploy.model.manifest import Manifest
-from mlpdeploy.runtime.onnxruntime import saved_session_config
 from mlpdeploy.serving.datatypes import config_datatype
 
 # mlpdeploy's ONNX Runtime optimization level → Triton ORT backend `optimization.graph.level`

@@ -13,12 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from mlpdeploy.backends.candidate import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
-from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
 from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats, tolerances

@@ -1,6 +1,6 @@
 """The reference side of a comparison as a Polygraphy runner: a torch module on the CPU.
 
-(The candidate side comes from its backend: `mlpdeploy.runtime.Candidate.make_runner`.)
+(The candidate side comes from its backend: `mlpdeploy.backends.Candidate.make_runner`.)
 """
 
 from __future__ import annotations

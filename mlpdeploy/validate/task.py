@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpdeploy.backends.candidate import Candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.kv_cache import CacheLayout, prefill_feed
-from mlpdeploy.runtime.candidate import Candidate
 from mlpdeploy.validate.outputs import quiet_polygraphy
 from mlpdeploy.validate.runners import TorchRunner
 

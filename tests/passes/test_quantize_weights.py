@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
 from mlpdeploy.passes.quantize_weights import quantized_sites
 from mlpdeploy.quant import parse_format, quantized_copy
 from mlpdeploy.quant.torch_apply import int8_blocks
-from mlpdeploy.runtime.fp4_weights import decode_fp4_weights
 
-from .conftest import GraphBuilder, checked, export, op_counts, run
+from ..conftest import checked, export, op_counts, run
+from .conftest import GraphBuilder
 
 SCOPE = ["", "proj", "linear"]
 

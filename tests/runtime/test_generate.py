@@ -185,7 +185,7 @@ def test_onnxruntime_genai_drives_the_build_to_the_same_tokens(llama_small_dir):
 def test_genai_config_refused_for_a_cache_with_gaps(llama_small_dir):
     import onnx_ir as ir
 
-    from mlpdeploy.backends.genai_config import genai_config
+    from mlpdeploy.backends.onnxruntime.genai_config import genai_config
     from mlpdeploy.model.manifest import find_manifest
     from mlpdeploy.onnx_io import load_onnx
 

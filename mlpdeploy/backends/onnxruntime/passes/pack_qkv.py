@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.backends.onnxruntime.passes.pack_nbits import match_nbits, packable, packed_node
 from mlpdeploy.passes.matching import MatchFailure, add_initializer, match_linear, remove_dead, unique_name, value_names
-from mlpdeploy.passes.ort.pack_nbits import match_nbits, packable, packed_node
 
 MS = "com.microsoft"
 

@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from polygraphy.backend.base import BaseRunner
 
 from mlpdeploy.backends import BACKENDS, Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.candidate import Candidate
 from mlpdeploy.compile import CompileOptions, compile_model
 from mlpdeploy.model import find_manifest
-from mlpdeploy.runtime import Candidate
 
 
 class ReferenceRunner(BaseRunner):

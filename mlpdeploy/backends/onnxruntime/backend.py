@@ -20,14 +20,14 @@ import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
-from mlpdeploy.backends.genai_config import CONFIG_NAME, genai_config, write_genai_config
-from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
-from mlpdeploy.backends.ort_views import restore_views, shared_views
+from mlpdeploy.backends.candidate import Candidate, onnx_candidate
+from mlpdeploy.backends.onnxruntime.genai_config import CONFIG_NAME, genai_config, write_genai_config
+from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare
+from mlpdeploy.backends.onnxruntime.session import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
+from mlpdeploy.backends.onnxruntime.views import restore_views, shared_views
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
-from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
-from mlpdeploy.runtime.onnxruntime import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
 
 
 class OnnxRuntimeBackend(Backend):
@@ -104,9 +104,9 @@ def fuse_for_ort(model_path: Path, fused: Path, manifest) -> tuple[Path, dict]:
     """The graph with ONNX Runtime's fused contrib ops, written to `fused`: a cached decoder's attention
     and norms by pass `ort-decoder`, any other graph by pass `ort-fusions` (onnxscript's ORT fusions,
     mlpdeploy's ops kept one node each). Returns its path and the pass's report (`pass` names it)."""
+    from mlpdeploy.backends.onnxruntime.passes.decoder import OrtDecoder
+    from mlpdeploy.backends.onnxruntime.passes.fusions import OrtFusions
     from mlpdeploy.onnx_io import write_onnx
-    from mlpdeploy.passes.ort_decoder import OrtDecoder
-    from mlpdeploy.passes.ort_fusions import OrtFusions
 
     model = ir.load(str(model_path))  # external data stays on disk (memory-mapped) until written out
     cached = manifest is not None and manifest.cache is not None

@@ -18,14 +18,14 @@ import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import BuildOptions
+from mlpdeploy.backends.onnxruntime.session import DEFAULT_OPT_LEVEL
+from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.backends.tensorrt.log import captured_log, first_error, format_parser_errors, network_layers
 from mlpdeploy.backends.tensorrt.profile import Triple
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import load_ir, write_onnx
 from mlpdeploy.passes.precision import emulate_in_fp32
-from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
-from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
 
 
 @dataclass

@@ -34,12 +34,12 @@ from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embeddi
 from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_normalization, fuse_skip_rms_normalization
 
+from mlpdeploy.backends.onnxruntime.passes import adopt, copy_model
+from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shapes
+from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
+from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
+from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
 from mlpdeploy.passes.base import PassReport, RewritePass
-from mlpdeploy.passes.ort import adopt, copy_model
-from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
-from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
-from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
-from mlpdeploy.passes.ort.pack_qkv import pack_qkv
 
 NORM_FUSIONS = {
     "SimplifiedLayerNormalization": fuse_rms_normalization,

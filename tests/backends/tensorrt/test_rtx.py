@@ -15,12 +15,12 @@ import pytest
 pytest.importorskip("tensorrt_rtx_bindings", reason="the rtx extra is not installed")
 
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend  # noqa: E402
+from mlpdeploy.backends.tensorrt.gpus import visible_gpus  # noqa: E402
 from mlpdeploy.backends.tensorrt.profile import parse_shapes  # noqa: E402
-from mlpdeploy.backends.tensorrt_rtx import TARGETS, check_target, validation_note  # noqa: E402
+from mlpdeploy.backends.tensorrt.rtx import TARGETS, check_target, validation_note  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
 from mlpdeploy.model.manifest import load_manifest  # noqa: E402
 from mlpdeploy.passes.pipeline import available_passes  # noqa: E402
-from mlpdeploy.runtime.gpus import visible_gpus  # noqa: E402
 from mlpdeploy.validate import ValidateOptions, validate  # noqa: E402
 from mlpdeploy.zoo import ZOO  # noqa: E402
 

@@ -11,9 +11,9 @@ import onnx_ir as ir
 import pytest
 
 from mlpdeploy.backends import BuildOptions, get_backend, load_candidate
+from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.plugins.group_rational.onnx_function import make_model
-from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 from mlpdeploy.validate import ValidateOptions, validate
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")

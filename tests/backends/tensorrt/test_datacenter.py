@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from mlpdeploy.backends import BuildOptions, available_backends, get_backend
+from mlpdeploy.backends.tensorrt.datacenter import prepare_graph, resolve_target, trt_runner
 from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
-from mlpdeploy.backends.tensorrt_datacenter import prepare_graph, resolve_target, trt_runner
 from mlpdeploy.errors import MissingExtraError, MlpdeployError
 from mlpdeploy.plugins.trt_plugin_base import check_tensorrt_version
 
@@ -147,8 +147,8 @@ def test_engine_candidate_runs_through_its_own_runner(tmp_path, tiny_export, tin
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
 
     from mlpdeploy.backends import load_candidate
+    from mlpdeploy.backends.candidate import Candidate
     from mlpdeploy.model import find_manifest, load_model
-    from mlpdeploy.runtime import Candidate
     from mlpdeploy.validate import ValidateOptions, validate
 
     built = get_backend("tensorrt-rtx").build(tiny_export.model_path, tmp_path / "m.engine", BuildOptions(target="sm89", extra={"cache": False}))

@@ -19,12 +19,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mlpdeploy.backends import BuildOptions, get_backend
+from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN
 from mlpdeploy.export import export_model
 from mlpdeploy.model import generate_inputs, load_model
 from mlpdeploy.model.torch_run import run_module
 from mlpdeploy.onnx_io import load_ir
 from mlpdeploy.passes import PassSpec, run_pipeline
-from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN
 from mlpdeploy.report import _rewrite_section
 
 # zoo model → the fused ops onnxscript's rules give it (measured on these exports)

@@ -20,8 +20,8 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mlpdeploy.backends.onnxruntime.passes.gqa import graph_inputs_of
 from mlpdeploy.passes.matching import add_initializer, unique_name, value_names
-from mlpdeploy.passes.ort.gqa import graph_inputs_of
 
 MS = "com.microsoft"
 BIAS_INPUT = 10  # GroupQueryAttention's attention_bias

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
+from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
 
 MIN = float(np.finfo(np.float32).min)
 

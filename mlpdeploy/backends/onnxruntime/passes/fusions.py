@@ -52,9 +52,9 @@ from onnxscript.rewriter.ort_fusions.sdpa_via_mha import replace_sdpa_by_mha
 from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_rms_normalization
 from onnxscript.rewriter.rules.common import _gemm_to_matmul_add
 
+from mlpdeploy.backends.onnxruntime.passes import adopt, copy_model
+from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN
 from mlpdeploy.passes.base import PassReport, RewritePass
-from mlpdeploy.passes.ort import adopt, copy_model
-from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN
 
 # onnxscript's fusions in optimize_for_ort's order (fuse_xformers), by the name its counts use;
 # the attention ones may leave intermediate ops and are undone together when they do.

@@ -9,7 +9,7 @@ Options read (BuildOptions):
              Ampere or newer GPU
   precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.passes.precision` (strongly typed);
              plugin nodes are fed the low type (the GatedMLP plugin takes fp32, fp16 and bf16)
-  shapes     optimization-profile overrides (`mlpdeploy.backends.trt_shapes`)
+  shapes     optimization-profile overrides (`mlpdeploy.backends.tensorrt.profile`)
   extra      cache_dir, cache (False: off): the builder timing cache is kept in
              `<cache_dir>/tensorrt/timing-trt<version>-<sm>.cache` and grows with every build;
              plugin_libraries: paths of other plugin libraries, for nodes of other namespaces
@@ -39,10 +39,12 @@ from typing import Any
 import onnx_ir as ir
 
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.tensorrt import build as common
 from mlpdeploy.backends.tensorrt import cache as caches
-from mlpdeploy.backends.tensorrt import engine as common
 from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
+from mlpdeploy.backends.tensorrt.gpus import visible_gpus
 from mlpdeploy.backends.tensorrt.plugin_nodes import count_plugin_nodes
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
 from mlpdeploy.dtypes import check_precision
@@ -51,8 +53,6 @@ from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.onnx_io import check_onnx_path, load_ir
 from mlpdeploy.passes.precision import convert_precision
 from mlpdeploy.plugins.trt_plugin_base import import_tensorrt
-from mlpdeploy.runtime.candidate import Candidate
-from mlpdeploy.runtime.gpus import visible_gpus
 
 PRODUCT = "TensorRT"
 HARDWARE_COMPATIBLE = "ampere+"

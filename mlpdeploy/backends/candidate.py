@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlpdeploy.backends.onnxruntime.session import make_session, saved_session_config
 from mlpdeploy.model.manifest import Manifest, find_manifest
 from mlpdeploy.onnx_io import load_onnx
-from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
 
 @dataclass

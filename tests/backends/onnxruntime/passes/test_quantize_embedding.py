@@ -18,8 +18,6 @@ from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
 from mlpdeploy.passes.quantize_weights import quantized_sites
 from mlpdeploy.quant import make_format, quantized_copy
 
-from .conftest import checked, export, op_counts, run
-
 
 class TinyLM(nn.Module):
     """ids → embedding → tanh → lm_head, the lm_head's weight tied to the table or not."""
@@ -57,39 +55,39 @@ def _initializer_bytes(model: ir.Model) -> int:
 
 
 @pytest.mark.parametrize("vocab, dim, batch, seq", [(97, 64, 1, 1), (300, 96, 3, 5)])
-def test_tied_lm_head_shares_its_codes(vocab, dim, batch, seq):
+def test_tied_lm_head_shares_its_codes(h, vocab, dim, batch, seq):
     module = TinyLM(vocab, dim, tied=True)
     ids = _ids(vocab, batch, seq)
-    model = export(module, (torch.from_numpy(ids),))
+    model = h.export(module, (torch.from_numpy(ids),))
     reports = _passes(model, PassSpec("quantize-weights", {"format": "int4"}), PassSpec("quantize-embedding"))
     site = next(iter(reports["quantize-embedding"]["sites"].values()))
     assert site["bytes"] == 0 and "shares_codes_with" in site and site["linears"] == ["embed"]
-    counts = op_counts(model)
+    counts = h.op_counts(model)
     assert counts["GatherBlockQuantized"] == 1 and counts["Gather"] == 0 and counts["MatMulNBits"] == 1
     gbq = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
     nbits = next(n for n in model.graph if n.op_type == "MatMulNBits")
     assert gbq.inputs[0].producer().inputs[0] is nbits.inputs[1] and gbq.inputs[2] is nbits.inputs[2]  # the same initializers
     assert not any(v.const_value.dtype == ir.DataType.FLOAT and v.const_value.size >= vocab * dim for v in model.graph.initializers.values())
-    checked(model)
+    h.checked(model)
     # the torch reference quantizes the lm_head and the embedding (each its own copy of the tied weight) alike
-    np.testing.assert_allclose(run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
+    np.testing.assert_allclose(h.run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("block", [32, 64, 128])
-def test_untied_table_gets_its_own_codes(block):
+def test_untied_table_gets_its_own_codes(h, block):
     vocab, dim = 130, 128
     module = TinyLM(vocab, dim, tied=False)
     ids = _ids(vocab, 2, 7)
-    model = export(module, (torch.from_numpy(ids),))
+    model = h.export(module, (torch.from_numpy(ids),))
     before = _initializer_bytes(model)
     reports = _passes(model, PassSpec("quantize-embedding", {"block": block}))
     site = reports[f"quantize-embedding:block={block}"]["sites"]["embed"]
     fmt = make_format("int4", block)
     assert site["linears"] == ["embed"] and site["bytes"] == vocab * dim // 2 + vocab * (dim // block) * 4
     assert _initializer_bytes(model) == before - vocab * dim * 4 + site["bytes"]
-    assert op_counts(model)["GatherBlockQuantized"] == 1 and op_counts(model)["MatMul"] == 1  # the untied head stays float
-    checked(model)
-    np.testing.assert_allclose(run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
+    assert h.op_counts(model)["GatherBlockQuantized"] == 1 and h.op_counts(model)["MatMul"] == 1  # the untied head stays float
+    h.checked(model)
+    np.testing.assert_allclose(h.run(model, {"ids": ids})[0], _reference(module, reports, ids), atol=3e-5, rtol=1e-4)
     # and the reference is the table decoded from the codes (not the float table)
     table = module.embed.weight.detach().numpy()
     decoded = fmt.quantize(np.ascontiguousarray(table.T)).dequantize().T
@@ -99,7 +97,7 @@ def test_untied_table_gets_its_own_codes(block):
 @settings(max_examples=12, deadline=None)
 @given(vocab=st.integers(1, 70), blocks=st.integers(1, 4), block=st.sampled_from([32, 64, 128]), seq=st.integers(1, 4),
        scale=st.sampled_from([1e-3, 1.0, 40.0]), seed=st.integers(0, 2**16))
-def test_rows_are_the_decoded_codes(vocab, blocks, block, seq, scale, seed):
+def test_rows_are_the_decoded_codes(h, vocab, blocks, block, seq, scale, seed):
     """GatherBlockQuantized's rows equal quant's decode of the table, bit for bit, whatever the sizes."""
     dim = blocks * block
     rng = np.random.default_rng(seed)
@@ -108,7 +106,7 @@ def test_rows_are_the_decoded_codes(vocab, blocks, block, seq, scale, seed):
     _passes(model, PassSpec("quantize-embedding", {"block": block}))
     ids = rng.integers(0, vocab, (2, seq)).astype(np.int64)
     decoded = make_format("int4", block).quantize(np.ascontiguousarray(table.T)).dequantize().T
-    np.testing.assert_array_equal(run(model, {"ids": ids})[0], decoded[ids])
+    np.testing.assert_array_equal(h.run(model, {"ids": ids})[0], decoded[ids])
 
 
 def _table_graph(table: np.ndarray, tied_head: bool) -> ir.Model:
@@ -129,24 +127,24 @@ def _table_graph(table: np.ndarray, tied_head: bool) -> ir.Model:
     return ir.Model(graph, ir_version=10)
 
 
-def test_tied_head_left_in_float_keeps_the_table():
+def test_tied_head_left_in_float_keeps_the_table(h):
     model = _table_graph(np.ones((64, 32), np.float32), tied_head=True)
     report = _passes(model, PassSpec("quantize-embedding"))["quantize-embedding"]
     assert report["rewritten"] == 0 and report["skipped"]["embed"] == (
         "the table is also read as float by Transpose (a tied lm_head left in float?); quantize that first (quantize-weights) or keep the table")
-    assert op_counts(model)["GatherBlockQuantized"] == 0 and op_counts(model)["Gather"] == 1
+    assert h.op_counts(model)["GatherBlockQuantized"] == 0 and h.op_counts(model)["Gather"] == 1
 
 
-def test_dim_not_a_whole_number_of_blocks_is_skipped():
+def test_dim_not_a_whole_number_of_blocks_is_skipped(h):
     module = TinyLM(50, 40, tied=False)
-    model = export(module, (torch.from_numpy(_ids(50, 1, 2)),))
+    model = h.export(module, (torch.from_numpy(_ids(50, 1, 2)),))
     report = _passes(model, PassSpec("quantize-embedding"))["quantize-embedding"]
     assert report["skipped"] == {"embed": "embedding dim 40 is not a multiple of the block 32"}
 
 
-def test_scope_leaves_other_embeddings():
+def test_scope_leaves_other_embeddings(h):
     module = TinyLM(50, 32, tied=False)
-    model = export(module, (torch.from_numpy(_ids(50, 1, 2)),))
+    model = h.export(module, (torch.from_numpy(_ids(50, 1, 2)),))
     report = _passes(model, PassSpec("quantize-embedding", {"scope": "other.*"}))["quantize-embedding:scope=other.*"]
     assert report["rewritten"] == 0 and report["kept"] == ["embed"]
 
@@ -157,24 +155,24 @@ def test_scope_leaves_other_embeddings():
     ({"target": "trt"}, "pass quantize-embedding: target='trt': GatherBlockQuantized runs in ONNX Runtime only; "
                         "build with --backend onnxruntime or leave the embedding in float"),
 ])
-def test_bad_options_are_one_line(options, message):
-    model = export(TinyLM(50, 32, tied=False), (torch.from_numpy(_ids(50, 1, 2)),))
+def test_bad_options_are_one_line(h, options, message):
+    model = h.export(TinyLM(50, 32, tied=False), (torch.from_numpy(_ids(50, 1, 2)),))
     with pytest.raises(MlpdeployError) as err:
         _passes(model, PassSpec("quantize-embedding", options))
     assert str(err.value) == message
 
 
-def test_tied_lm_head_quantized_alone_keeps_the_reference_embedding_in_float():
+def test_tied_lm_head_quantized_alone_keeps_the_reference_embedding_in_float(h):
     """quantize-weights on a tied lm_head leaves the graph's embedding float; so does the torch
     reference (each quantized site gets a weight of its own, the tie is not followed)."""
     module = TinyLM(200, 64, tied=True)
     ids = _ids(200, 2, 5)
-    model = export(module, (torch.from_numpy(ids),))
+    model = h.export(module, (torch.from_numpy(ids),))
     reports = _passes(model, PassSpec("quantize-weights", {"format": "int4"}))
-    assert op_counts(model)["Gather"] == 1 and op_counts(model)["MatMulNBits"] == 1
+    assert h.op_counts(model)["Gather"] == 1 and h.op_counts(model)["MatMulNBits"] == 1
     sites, int8 = quantized_sites(reports)
     reference = quantized_copy(module, sites, int8)
     assert torch.equal(reference.embed.weight, module.embed.weight) and not torch.equal(reference.lm_head.weight, module.lm_head.weight)
     with torch.no_grad():
         want = reference(torch.from_numpy(ids)).numpy()
-    np.testing.assert_allclose(run(model, {"ids": ids})[0], want, atol=3e-5, rtol=1e-4)
+    np.testing.assert_allclose(h.run(model, {"ids": ids})[0], want, atol=3e-5, rtol=1e-4)

@@ -6,7 +6,7 @@ Options read (BuildOptions):
              fp32 GEMM: build it with precision fp16. FP4 weights build for sm120/sm121 only
              (a clear error otherwise; the portable engine accepts them but needs Blackwell to run)
   precision  fp32 | fp16 | bf16, applied to the graph by `mlpdeploy.passes.precision` (strongly typed)
-  shapes     optimization-profile overrides (`mlpdeploy.backends.trt_shapes`)
+  shapes     optimization-profile overrides (`mlpdeploy.backends.tensorrt.profile`)
   extra      cache_dir (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy), cache (False: off)
   device, opt_level: do not apply (the build runs on the CPU; TensorRT-RTX compiles kernels
              when the engine is loaded); listed under `ignored_options` in info when set.
@@ -38,10 +38,13 @@ from pathlib import Path
 import onnx_ir as ir
 
 from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
+from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.tensorrt import build as common
 from mlpdeploy.backends.tensorrt import cache as caches
-from mlpdeploy.backends.tensorrt import engine as common
 from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
+from mlpdeploy.backends.tensorrt.fp4_weights import has_fp4_weights
+from mlpdeploy.backends.tensorrt.gpus import visible_gpus
 from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
 from mlpdeploy.dtypes import check_precision
@@ -49,9 +52,6 @@ from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.onnx_io import check_onnx_path, load_ir
 from mlpdeploy.passes.precision import convert_precision
-from mlpdeploy.runtime.candidate import Candidate
-from mlpdeploy.runtime.fp4_weights import has_fp4_weights
-from mlpdeploy.runtime.gpus import visible_gpus
 
 PRODUCT = "TensorRT-RTX"
 TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mlpdeploy.backends import BuildOptions, get_backend
-from mlpdeploy.backends.onnxruntime import session_config
+from mlpdeploy.backends.onnxruntime.session import session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import load_manifest
 from mlpdeploy.model.source import load_model
@@ -34,8 +34,8 @@ def test_default_level_all_saves_a_portable_model_and_runs_at_all(tmp_path):
     optimized at `extended` and the session options say `all`, so those are made where it is loaded."""
     import onnx
 
+    from mlpdeploy.backends.onnxruntime.session import make_session
     from mlpdeploy.export import export_model
-    from mlpdeploy.runtime.onnxruntime import make_session
 
     assert BuildOptions().opt_level == "all"
     exported = export_model(load_model("vit-tiny"), tmp_path / "vit.onnx").model_path  # patch embedding: a Conv
@@ -85,7 +85,7 @@ def test_fusion_attempt_copies_read_external_weights_from_the_model_directory(tm
     import onnx_ir as ir
     from onnx import TensorProto, helper, numpy_helper
 
-    from mlpdeploy.passes.ort import copy_model
+    from mlpdeploy.backends.onnxruntime.passes import copy_model
 
     weight = np.arange(12, dtype=np.float32).reshape(3, 4)
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",

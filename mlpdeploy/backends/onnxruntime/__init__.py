@@ -1,0 +1,3 @@
+"""Backend `onnxruntime`: build (`backend`), sessions and their saved settings (`session`), the graph
+passes that fuse ONNX Runtime contrib ops (`passes/`), the compiled CPU kernels library (`kernels`),
+and onnxruntime-genai's config for cached decoders (`genai_config`)."""
