@@ -13,7 +13,8 @@ repeat-KV → attention → Transpose/Reshape into one `com.microsoft::GroupQuer
 rotates q and k itself at the graph's own `position_ids` (`do_rotary=1` with cos/sin tables),
 appends to the cache and attends with the model's own additive mask as `attention_bias`; then
 packs the q, k and v projections into one MatMul whose output is the attention's packed query
-(no Split), and makes the cache's length come from
+(no Split), packs 4-bit siblings (a quantized MLP's gate and up: `pack_siblings.py`) into one
+MatMulNBits and a Split, and makes the cache's length come from
 `attention_mask` (`cache_shapes.py`), so the cache may be one preallocated buffer per layer that
 ONNX Runtime appends to in place (`shared_cache_buffer` in the report). Exact for any padding
 (left-padded batches included), since positions and mask are the model's, not derived.
@@ -39,6 +40,7 @@ from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shap
 from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
 from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
+from mlpdeploy.backends.onnxruntime.passes.pack_siblings import pack_sibling_nbits
 from mlpdeploy.passes.base import PassReport, RewritePass
 
 NORM_FUSIONS = {
@@ -93,6 +95,7 @@ class OrtDecoder(RewritePass):
                     report.skipped["compact attention mask"] = why_not_compact
             else:
                 report.skipped["attention"] = why
+        fusions["packed MatMulNBits siblings"] = pack_sibling_nbits(model)  # a gated MLP's gate and up, once quantized
         RemoveUnusedNodesPass()(model)
         RemoveUnusedOpsetsPass()(model)
         report.rewritten = sum(fusions.values())

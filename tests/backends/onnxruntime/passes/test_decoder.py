@@ -129,3 +129,23 @@ def test_backend_fuses_cached_decoders_by_default(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["genai_config.json", "m.ort.manifest.json", "m.ort.onnx", "m.ort.session.json"]
     plain = backend.build(path, tmp_path / "p.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
     assert "fusions" not in plain.info and "GroupQueryAttention" not in {n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph}
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_quantized_decoder_packs_gate_and_up(exported, tmp_path, level):
+    """After quantize-weights, each layer keeps one MatMulNBits for q/k/v, o, gate+up and down; the
+    packed graph computes what the quantized export does (same codes, same int8 input blocks)."""
+    model = load_ir(exported("llama-tiny").model_path)
+    run_pipeline(model, [PassSpec("quantize-weights", {"format": "int4", "accuracy_level": str(level)})])
+    save_onnx(model, tmp_path / "q.onnx")
+    fused, report = _fuse(tmp_path / "q.onnx", tmp_path / "q.fused.onnx")
+    layers = 2
+    counts = collections.Counter(n.op_type for n in fused.graph)
+    assert report["fusions"]["packed MatMulNBits siblings"] == layers
+    assert counts["MatMulNBits"] == 4 * layers + 1 and counts["Split"] == layers  # + lm head; a Split per gate/up
+    plain, ours = _session(tmp_path / "q.onnx"), _session(tmp_path / "q.fused.onnx")
+    rng = np.random.default_rng(3)
+    for batch, seq, past, pad in CASES:
+        feed = _feed(plain, batch, seq, past, pad, rng)
+        keep = feed["attention_mask"].astype(bool)[:, -seq:]
+        np.testing.assert_allclose(ours.run(None, feed)[0][keep], plain.run(None, feed)[0][keep], atol=2e-5, rtol=1e-4)
