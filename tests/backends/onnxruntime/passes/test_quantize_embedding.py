@@ -176,3 +176,25 @@ def test_tied_lm_head_quantized_alone_keeps_the_reference_embedding_in_float(h):
     with torch.no_grad():
         want = reference(torch.from_numpy(ids)).numpy()
     np.testing.assert_allclose(h.run(model, {"ids": ids})[0], want, atol=3e-5, rtol=1e-4)
+
+
+def test_built_model_keeps_one_copy_of_the_shared_codes(h, tmp_path):
+    """ONNX Runtime folds the embedding's Reshape view into a second copy of the codes when it saves
+    the optimized model; the build puts the view back (one copy on disk), and the model computes the same."""
+    import onnx
+
+    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.onnx_io import save_onnx
+
+    module = TinyLM(300, 96, tied=True)
+    ids = _ids(300, 2, 4)
+    model = h.export(module, (torch.from_numpy(ids),))
+    _passes(model, PassSpec("quantize-weights", {"format": "int4"}), PassSpec("quantize-embedding"))
+    want = h.run(model, {"ids": ids})[0]
+    save_onnx(model, tmp_path / "q.onnx")
+    get_backend("onnxruntime").build(tmp_path / "q.onnx", tmp_path / "q.ort.onnx", BuildOptions(device="cpu"))
+    built = onnx.load(str(tmp_path / "q.ort.onnx"))
+    codes = [t for t in built.graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.raw_data) == 300 * 96 // 2]
+    assert len(codes) == 1  # the lm_head's codes, read by MatMulNBits and (through a Reshape) by GatherBlockQuantized
+    assert any(n.op_type == "Reshape" and n.input[0] == codes[0].name for n in built.graph.node)
+    np.testing.assert_allclose(h.session(built).run(None, {"ids": ids})[0], want, atol=1e-5, rtol=1e-5)
