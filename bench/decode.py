@@ -258,6 +258,7 @@ def main() -> None:
     fp32 = args.fp32 if args.fp32 is not None else args.model is None
     contexts = [int(c) for c in args.contexts.split(",")]
     roofline = measure_roofline(args.threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         work = Path(args.keep) if args.keep else Path(tmp)
         sparsities = [float(s) for s in args.gated_sparsity.split(",") if s]
