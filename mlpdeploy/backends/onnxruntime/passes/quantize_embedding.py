@@ -1,6 +1,9 @@
-"""quantize-embedding: a token embedding table as 4-bit codes, read by `com.microsoft::GatherBlockQuantized`.
+"""quantize-embedding: an embedding table as 4-bit codes, read by `com.microsoft::GatherBlockQuantized`.
 
-A `Gather(table [V, D], ids)` on a constant float table becomes
+An embedding lookup — a `Gather(table [V, D], ids)` on a constant float table that torch's
+exporter made from `aten.embedding` (an nn.Embedding: token tables, learned position tables; not
+a rotary cos/sin cache gathered by position), or in a graph without torch's metadata one indexed
+by a graph input — becomes
 `GatherBlockQuantized(codes, ids, scales, bits=4, block_size=B, quantize_axis=1)`: each row is
 cut into blocks of B along D and stored as INT4 (symmetric, `mlpdeploy.quant`'s `int4` rules,
 the same as `quantize-weights` applies to an [in=D, out=V] linear), two codes a byte, one scale
@@ -72,6 +75,8 @@ class QuantizeEmbedding(RewritePass):
         table = constant(table_value) if table_value is not None and table_value.is_initializer() else None
         if table is None or table.ndim != 2 or table.dtype not in (np.float32, np.float16) or node.attributes.get_int("axis", 0) != 0:
             return  # not a lookup in a constant float table (shape glue, index gathers)
+        if not _embedding_lookup(node):
+            return  # a float table gathered by something else than an embedding (a rotary cos/sin cache)
         scope = module_path(node) or node.name or "(unnamed)"
         if not self._wanted(scope):
             self.report.details["kept"].append(scope)
@@ -131,6 +136,18 @@ class QuantizeEmbedding(RewritePass):
         if self.sites is not None:
             return self.site_settings(scope) is not None
         return any(fnmatch.fnmatchcase(scope, p.strip()) for p in str(self.config["scope"]).split("|") if p.strip())
+
+
+TORCH_OP_KEYS = ("pkg.torch.onnx.class_hierarchy", "pkg.torch.onnx.fx_node")
+
+
+def _embedding_lookup(node: ir.Node) -> bool:
+    """Whether the Gather is an embedding lookup: exported from torch's `aten.embedding` (an
+    nn.Embedding), or — in a graph without torch's metadata — indexed by a graph input (the ids)."""
+    recorded = [node.metadata_props.get(key) for key in TORCH_OP_KEYS if node.metadata_props.get(key)]
+    if recorded:
+        return any("aten.embedding" in text for text in recorded)
+    return node.inputs[1] is not None and node.inputs[1].is_graph_input()
 
 
 def _tied_nbits(graph: ir.Graph, blob: np.ndarray, scales: np.ndarray) -> ir.Node | None:

@@ -198,3 +198,27 @@ def test_built_model_keeps_one_copy_of_the_shared_codes(h, tmp_path):
     assert len(codes) == 1  # the lm_head's codes, read by MatMulNBits and (through a Reshape) by GatherBlockQuantized
     assert any(n.op_type == "Reshape" and n.input[0] == codes[0].name for n in built.graph.node)
     np.testing.assert_allclose(h.session(built).run(None, {"ids": ids})[0], want, atol=1e-5, rtol=1e-5)
+
+
+class WithPositionTable(nn.Module):
+    """A token embedding plus a float table gathered by position (as some exports read a rotary cache)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed = nn.Embedding(64, 32)
+        self.register_buffer("angles", torch.randn(40, 32))
+
+    def forward(self, ids, positions):
+        angles = torch.index_select(self.angles, 0, positions.reshape(-1)).reshape(*positions.shape, -1)  # a Gather
+        return self.embed(ids) * torch.cos(angles)
+
+
+def test_only_embedding_lookups_are_quantized(h):
+    ids = _ids(64, 2, 3)
+    positions = np.arange(6, dtype=np.int64).reshape(2, 3)
+    model = h.export(WithPositionTable(), (torch.from_numpy(ids), torch.from_numpy(positions)))
+    gathers = [n for n in model.graph if n.op_type == "Gather"]
+    assert len(gathers) == 2
+    report = _passes(model, PassSpec("quantize-embedding"))["quantize-embedding"]
+    assert list(report["sites"]) == ["embed"] and h.op_counts(model)["Gather"] == 1  # the angle table stays float
