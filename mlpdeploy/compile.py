@@ -16,6 +16,7 @@ from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.export import DEFAULT_OPSET, export_model
 from mlpdeploy.model import ModelBundle, load_model
+from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
@@ -91,7 +92,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
         quantized, int8 = quantized_sites(rewritten.passes)
-        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized, int8)) if quantized else bundle
+        reference = heads_reference(bundle, (built.candidate.manifest and built.candidate.manifest.draft_heads), None)
+        reference = dataclasses.replace(reference, module=quantized_copy(reference.module, quantized, int8)) if quantized else reference
         atol, rtol = options.atol, options.rtol
         if int8 and atol is None and rtol is None:
             atol, rtol = INT8_ACTIVATIONS

@@ -16,6 +16,7 @@ import numpy as np
 from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
@@ -113,6 +114,9 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     candidate = as_candidate(candidate)
     atol, rtol = tolerances(options.precision, options.atol, options.rtol)
     baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
+    if isinstance(reference, ModelBundle) and candidate.manifest is not None and candidate.manifest.draft_heads:
+        # draft heads built in (pass draft-heads): the reference computes the torch heads too
+        reference = heads_reference(reference, candidate.manifest.draft_heads, Path(candidate.artifact).parent)
     if overrides and isinstance(reference, ModelBundle):
         # An approximate rewrite (drop-layers, sparse-mlp) is exact against the torch model edited as it says:
         # outputs and layers are compared with that; the task metric with the unedited model.
