@@ -13,7 +13,8 @@ Options after the count (defaults in `SETTINGS`, chosen by measurement: docs/dec
 `vocab` (slice size: the V most frequent tokens of the rollouts and the text; 0 = the whole
 vocabulary), `style` (chat | text | mix prompts, `draft_data.PROMPT_STYLES`), `prompts` (training
 prompts), `eval` (held-out prompts), `new` (tokens generated per prompt), `passage` (tokens of
-text per prompt), `epochs`, `loss` (soft | hard), `lr`, `batch` (rollouts generated at once).
+text per prompt), `epochs`, `loss` (soft | hard), `lr`, `batch` (rollouts generated at once),
+`threads` (torch threads; 0: torch's own, which OMP_NUM_THREADS sets — one for small models).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from mlpdeploy.model.kv_cache import is_cached_decoder
 
 MAX_HEADS = 16
 SETTINGS = {"vocab": 4096, "style": "chat", "prompts": 128, "eval": 16, "new": 128, "passage": 128, "epochs": 4, "loss": "soft",
-            "lr": 2e-3, "batch": 16}
+            "lr": 2e-3, "batch": 16, "threads": 0}
+SMALL = 256  # hidden sizes below this run on one thread: OpenMP's barriers cost more than a second thread gains
 TOP = 5
 
 
@@ -56,7 +58,7 @@ def parse_value(value: str | None) -> tuple[int, dict]:
             settings[key] = kind(raw)
         except ValueError:
             raise MlpdeployError(f"--draft-heads {text!r}: {key}={raw!r} is not a valid {kind.__name__}") from None
-        if kind in (int, float) and settings[key] < (0 if key == "vocab" else 1e-9):
+        if kind in (int, float) and settings[key] < (0 if key in ("vocab", "threads") else 1e-9):
             raise MlpdeployError(f"--draft-heads {text!r}: {key} must be positive")
     if settings["style"] not in PROMPT_STYLES or settings["loss"] not in LOSSES:
         raise MlpdeployError(f"--draft-heads {text!r}: style is one of {', '.join(PROMPT_STYLES)}, loss one of {', '.join(LOSSES)}")
@@ -71,17 +73,26 @@ class DraftHeadsAnalysis(Analysis):
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         heads_count, settings = parse_value(self.value)
+        threads = torch.get_num_threads()
+        try:
+            return self._run(ctx, heads_count, settings)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, ctx: AnalysisContext, heads_count: int, settings: dict) -> AnalysisResult:
         bundle = ctx.bundle
-        task = bundle.task
-        if task is None or not hasattr(task, "calibration_tokens") or getattr(task, "kind", "") != "lm":
-            raise MlpdeployError(f"--draft-heads trains on text: give {bundle.source} --data FILE (.txt/.md/.jsonl, docs/data.md)")
         module = bundle.module
         decoder = getattr(module, "decoder", module)  # a --kv-cache bundle wraps the decoder
         if not is_cached_decoder(decoder):
             raise MlpdeployError(f"{bundle.source} is not a causal LM mlpdeploy can generate with (no cache_layout/forward_cached); "
                                  "draft heads need a zoo decoder or a Hugging Face causal LM")
-        vocab = next(int(s.high) for s in bundle.inputs if s.name == "input_ids")
+        vocab = next((int(s.high) for s in bundle.inputs if s.name == "input_ids" and s.high is not None), None)
         lm_path, lm_head = find_lm_head(decoder, vocab)
+        task = bundle.task
+        if task is None or not hasattr(task, "calibration_tokens") or getattr(task, "kind", "") != "lm":
+            raise MlpdeployError(f"--draft-heads trains on text: give {bundle.source} --data FILE (.txt/.md/.jsonl, docs/data.md)")
+        if settings["threads"] or lm_head.in_features < SMALL:
+            torch.set_num_threads(settings["threads"] or 1)
         start = time.perf_counter()
         rng = np.random.default_rng(ctx.seed)
         style, chat = _style(bundle, settings["style"])
@@ -93,13 +104,15 @@ class DraftHeadsAnalysis(Analysis):
         rows = lm_rows(lm_head, token_ids)
         torch.manual_seed(ctx.seed)
         heads = DraftHeads(heads_count, torch.from_numpy(rows), token_ids)
+        untrained = head_accuracy(heads, held_out, vocab, TOP)  # every head repeats the lm_head's own guess
         stats = train_heads(heads, train, vocab, TrainSettings(heads_count, epochs=settings["epochs"], lr=settings["lr"], loss=settings["loss"],
                                                               seed=ctx.seed))
         accuracy = head_accuracy(heads, held_out, vocab, TOP)
         data = {"heads": heads_count, "hidden": heads.hidden, "vocab": vocab, "slice": int(len(token_ids)), "lm_head": lm_path,
                 "settings": settings, "prompt_style": style,
                 "rollouts": {"train": _describe(train), "held_out": _describe(held_out), "seconds": round(generated, 1)},
-                "training": stats, "held_out": accuracy}
+                "training": stats, "held_out": accuracy,
+                "untrained": {k: untrained.get(k) for k in ("top1", "accepted")}}
         return AnalysisResult(data=data, table=_table(accuracy, heads_count), passes=[{"name": "draft-heads", "options": {}}],
                               arrays=heads.to_file(rows_sha256(rows)).arrays())
 
