@@ -30,6 +30,7 @@ from mlpdeploy.analyze.draft_train import LOSSES, TrainSettings, choose_slice, h
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.draft_heads import DraftHeads, find_lm_head, lm_rows, rows_sha256
 from mlpdeploy.model.kv_cache import is_cached_decoder
+from mlpdeploy.model.tokenize import ChatEncoder, chat_encoder
 
 MAX_HEADS = 16
 SETTINGS = {"vocab": 4096, "style": "chat", "prompts": 128, "eval": 16, "new": 128, "passage": 128, "epochs": 4, "loss": "soft",
@@ -96,8 +97,8 @@ class DraftHeadsAnalysis(Analysis):
         start = time.perf_counter()
         rng = np.random.default_rng(ctx.seed)
         style, chat = _style(bundle, settings["style"])
-        train = _rollouts(decoder, lm_head, bundle, task.calibration_tokens, settings["prompts"], settings, style, chat, rng)
-        held_out = _rollouts(decoder, lm_head, bundle, task.eval_tokens, settings["eval"], settings, style, chat, np.random.default_rng(ctx.seed + 1))
+        train = _rollouts(decoder, lm_head, task.calibration_tokens, settings["prompts"], settings, style, chat, rng)
+        held_out = _rollouts(decoder, lm_head, task.eval_tokens, settings["eval"], settings, style, chat, np.random.default_rng(ctx.seed + 1))
         generated = time.perf_counter() - start
         counts = np.bincount(train.tokens.numpy(), minlength=vocab) * len(task.calibration_tokens) + np.bincount(task.calibration_tokens, minlength=vocab)
         token_ids = choose_slice(counts[:vocab], vocab, settings["vocab"] or None)
@@ -117,34 +118,22 @@ class DraftHeadsAnalysis(Analysis):
                               arrays=heads.to_file(rows_sha256(rows)).arrays())
 
 
-def _style(bundle, style: str):
+def _style(bundle, style: str) -> tuple[str, ChatEncoder | None]:
     """The prompt style to use and the chat encoder (None without a chat template: text only)."""
-    from mlpdeploy.model.tokenize import model_directory
-
-    directory = model_directory(bundle)
-    chat = None
-    if directory is not None:
-        from mlpdeploy.runtime.tokenizer import HFTokenizer, chat_messages
-
-        tokenizer = HFTokenizer(directory)
-        if tokenizer.has_chat_template:
-            chat = (tokenizer, lambda text: tokenizer.encode_chat(chat_messages(text)))
+    chat = chat_encoder(bundle)
     if chat is None and style != "text":
         style = "text"  # a model without a chat template (the zoo's byte models) is served without one
     return style, chat
 
 
-def _rollouts(decoder, lm_head, bundle, stream: np.ndarray, count: int, settings: dict, style: str, chat, rng) -> Rollouts:
+def _rollouts(decoder, lm_head, stream: np.ndarray, count: int, settings: dict, style: str, chat: ChatEncoder | None, rng) -> Rollouts:
     passages = passage_prompts(stream, count, settings["passage"], rng)
-    prompts, stop = [], ()
-    if chat is not None:
-        tokenizer, encode_chat = chat
-        stop = tuple(tokenizer.stop_token_ids)
+    prompts = []
     for i, passage in enumerate(passages):
-        as_chat = style == "chat" or (style == "mix" and i % 2 == 0)
-        prompts.append(chat_prompt_ids([passage], tokenizer.decode, encode_chat, rng)[0] if as_chat else [int(t) for t in passage])
-    pad = getattr(getattr(chat[0], "tokenizer", None), "pad_token_id", None) if chat else None
-    return greedy_rollouts(decoder, lm_head, prompts, settings["new"], stop, batch=settings["batch"], pad=int(pad or 0))
+        as_chat = chat is not None and (style == "chat" or (style == "mix" and i % 2 == 0))
+        prompts.append(chat_prompt_ids([passage], chat.decode, chat.encode, rng)[0] if as_chat else [int(t) for t in passage])
+    return greedy_rollouts(decoder, lm_head, prompts, settings["new"], chat.stop_ids if chat else (), batch=settings["batch"],
+                           pad=chat.pad if chat else 0)
 
 
 def _describe(rollouts: Rollouts) -> dict:

@@ -26,6 +26,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.draft_heads import MODULE, OUTPUT_PREFIX, HeadsFile, output_names
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import MatchFailure, add_initializer, match_linear, rank, scoped_metadata, unique_name, value_names
+from mlpdeploy.passes.options import Option
 from mlpdeploy.scopes import module_path
 
 
@@ -34,13 +35,15 @@ class DraftHeadsPass(RewritePass):
 
     name = "draft-heads"
     description = "build a plan's Medusa draft heads (analyze --draft-heads N) into a causal LM as outputs draft_logits.{j}"
-    options = {"artifact": ""}  # the plan's .draft-heads.safetensors (--plan passes it)
+    options = {"artifact": Option("", "the plan's heads file (.draft-heads.safetensors; --plan passes it)")}
+    reference = ("exact: the graph computes the torch model and its torch draft heads (outputs draft_logits.{j}), which "
+                 "validation attaches from the manifest's draft_heads entry and the heads file beside the artifact")
 
     def rewrite(self, model: ir.Model) -> PassReport:
         path = self.config["artifact"]
         if not path:
-            raise MlpdeployError("pass draft-heads needs artifact=FILE: the .draft-heads.safetensors of a plan from "
-                                 "`mlpdeploy analyze MODEL --data FILE --draft-heads N` (compile --plan passes it)")
+            return PassReport(self.name, skipped={"graph": "needs artifact=FILE: the .draft-heads.safetensors of a plan from "
+                                                           "`mlpdeploy analyze MODEL --data FILE --draft-heads N` (compile --plan passes it)"})
         file = HeadsFile.read(path)
         graph = model.graph
         logits = next((v for v in graph.outputs if v.name == "logits"), None)

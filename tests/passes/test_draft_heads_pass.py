@@ -4,7 +4,7 @@ model, validated; heads for another model and misuse refused in one line."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 
 import numpy as np
 import pytest
@@ -16,7 +16,7 @@ from mlpdeploy.model.draft_heads import DraftHeads, HeadsFile, attach_draft_head
 from mlpdeploy.model.kv_cache import prefill_feed
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.model.torch_run import run_module
-from mlpdeploy.passes import PassSpec, rewrite_model
+from mlpdeploy.passes import PassSpec, reference_edits, rewrite_model
 from mlpdeploy.validate import ValidateOptions, validate
 
 SLICE = np.arange(3, 256, 2)[:101]  # an odd slice of the byte vocabulary
@@ -57,7 +57,7 @@ def test_outputs_equal_the_torch_heads(llama_kv, tmp_path, h, heads, token_ids):
     bundle, path = llama_kv
     file = heads_file(bundle, tmp_path / "plan.draft-heads.safetensors", heads, token_ids)
     result = rewrite_model(path, tmp_path / "heads.onnx", [PassSpec("draft-heads", {"artifact": str(file)})])
-    report = next(iter(result.passes.values()))
+    report = result.report("draft-heads")
     assert report["rewritten"] == 1 and report["outputs"] == [f"draft_logits.{j}" for j in range(heads)]
     manifest = find_manifest(result.model_path)
     assert manifest.draft_heads["heads"] == heads and manifest.outputs[-1]["shape"] == ["batch", "seq", len(token_ids)]
@@ -82,14 +82,11 @@ def test_quantized_with_the_model_and_validated(llama_kv, tmp_path):
     file = heads_file(bundle, tmp_path / "plan.draft-heads.safetensors")
     passes = [PassSpec("draft-heads", {"artifact": str(file)}), PassSpec("quantize-weights", {"format": "int4"})]
     result = rewrite_model(path, tmp_path / "q.onnx", passes)
-    sites = result.passes[str(passes[1])]["sites"]
+    sites = result.report("quantize-weights")["sites"]
     assert {"draft_heads.proj", "draft_heads.lm_head"} <= set(sites)
-    from mlpdeploy.passes.quantize_weights import quantized_sites
-    from mlpdeploy.quant import quantized_copy
-
-    quantized, int8 = quantized_sites(result.passes)
     reference = attach_draft_heads(bundle, HeadsFile.read(file), str(file))
-    reference = __import__("dataclasses").replace(reference, module=quantized_copy(reference.module, quantized, int8))
+    for edit in reference_edits(result.passes):  # the quantized linears, heads' included, as their codes decode (int8 inputs)
+        reference = dataclasses.replace(reference, module=edit.apply(reference.module))
     for dims in ({"batch": 1, "seq": 1, "past": 4}, {"batch": 2, "seq": 5, "past": 3}):
         val = validate(reference, result.model_path, ValidateOptions(dims=dims, atol=0.1, rtol=0.1))
         assert val.passed and {f"draft_logits.{j}" for j in range(3)} <= set(val.outputs), val.outputs
@@ -129,7 +126,6 @@ def test_misuse_is_one_line(llama_kv, tmp_path):
     file = heads_file(bundle, tmp_path / "h.safetensors")
     out = tmp_path / "x.onnx"
     cases = [
-        ([PassSpec("draft-heads")], "needs artifact=FILE"),
         ([PassSpec("draft-heads", {"artifact": str(tmp_path / "missing.safetensors")})], "do not exist"),
         ([PassSpec("draft-heads", {"artifact": str(path)})], "is not a safetensors file"),
         ([PassSpec("quantize-weights"), PassSpec("draft-heads", {"artifact": str(file)})], "run draft-heads before passes that rewrite the lm_head"),
@@ -140,4 +136,6 @@ def test_misuse_is_one_line(llama_kv, tmp_path):
             rewrite_model(path, out, passes)
         assert "\n" not in str(err.value)
         assert not out.exists()
-    json.dumps(HeadsFile.read(file).arrays()["token_ids"].tolist())  # the slice is plain ids
+    nothing = rewrite_model(path, out, [PassSpec("draft-heads")])  # no heads file: nothing to build in, and why
+    assert nothing.report("draft-heads")["rewritten"] == 0 and "needs artifact=FILE" in nothing.report("draft-heads")["skipped"]["graph"]
+    assert nothing.op_counts_after == nothing.op_counts_before
