@@ -194,6 +194,9 @@ class AttentionToGQA(pattern.RewriteRuleClassBase):
         if mask.dtype not in (None, ir.DataType.FLOAT) or (mask.shape is not None and len(mask.shape) != 4):
             return result.fail("the mask is not an additive float [batch, 1, seq, total] tensor")
         tables = None
+        if q_rot is not None and head_dim % 16:  # the CPU kernel refuses do_rotary=1 at run time ("head_size shall be a multiple of 16")
+            self.inputs.why = f"head size {head_dim} is not a multiple of 16, which ONNX Runtime's GroupQueryAttention needs to rotate inside"
+            return result.fail(self.inputs.why)
         if q_rot is not None:
             rq, rk = q_rot.producer(), k_rot.producer()
             if rq.inputs[1:] != rk.inputs[1:]:
