@@ -158,6 +158,7 @@ class Scheduler:
             if request.cancelled:
                 self._waiting.popleft()
                 request.end("cancelled")
+                self._notify(request)
                 continue
             rows = self.slots.active + len(self._admitted) + (self._prefill is not None)
             if rows >= self.options.max_batch or self._reserved + request.reserved > self.budget:
@@ -247,6 +248,9 @@ class Scheduler:
         with self._cond:
             self._reserved -= request.reserved
         request.end(finish)
+        self._notify(request)
+
+    def _notify(self, request: Request) -> None:
         for observer in self.observers:
             observer.finished(request)
 
@@ -268,3 +272,4 @@ class Scheduler:
             self.drafting.reset()
         for request in failed:
             request.end(error=message)
+            self._notify(request)
