@@ -79,7 +79,7 @@ class Scheduler:
         if len(prompt) == 0:
             raise MlpdeployError("every prompt needs at least one token")
         if max_tokens < 1:
-            raise MlpdeployError(f"max_tokens must be at least 1, got {max_tokens}")
+            raise MlpdeployError(f"max_new_tokens must be at least 1, got {max_tokens}")
         context = self.stepper.layout.max_positions
         if len(prompt) + max_tokens > context:
             raise MlpdeployError(f"a prompt of {len(prompt)} tokens plus {max_tokens} new ones exceeds the model's {context} positions; "
