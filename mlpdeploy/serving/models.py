@@ -9,13 +9,18 @@ from pathlib import Path
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.model.manifest import find_manifest
+from mlpdeploy.runtime.engine import Engine, resolve_artifact
 from mlpdeploy.serving.datatypes import v2_datatype
 from mlpdeploy.serving.package import model_name
 from mlpdeploy.serving.protocol import InferRequest, RequestError
 from mlpdeploy.serving.triton_config import TritonOptions, model_config
 
 VERSION = "1"
+# A decoder's session runs without spin-waiting threads: between its steps the scheduler and the
+# server's event loop need the cores (measured: SmolLM2 int4 on 2 cores, 1 and 8 closed-loop
+# clients in-process, about twice the tokens/s without spinning).
+NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
 
 @dataclass
@@ -87,7 +92,8 @@ def load_model(name: str, path: Path | str, threads: int | None = None, speculat
     from mlpdeploy.runtime.scheduler import make_scheduler
     from mlpdeploy.runtime.speculative import make_drafter, parse_mode
 
-    engine = Engine.load(path, threads=threads)
+    decoder = (manifest := find_manifest(resolve_artifact(path))) is not None and manifest.cache is not None
+    engine = Engine.load(path, threads=threads, session_entries=NO_SPINNING if decoder else None)
     model = ServedModel(name, engine)
     if engine.cache is not None and engine.session is not None:
         drafter = make_drafter(parse_mode(speculative), engine, threads) if speculative else None

@@ -57,7 +57,7 @@ class Scheduler:
         self.budget = self.options.budget(context)
         self.columns = min(context, self.budget)  # one row holds a whole budget's sequence at most
         self.slots = Slots(self.stepper, self.options.max_batch, self.columns)
-        self.chunks = ChunkPolicy(self.options.prefill_stall, self.options.prefill_chunk)
+        self.chunks = ChunkPolicy(self.options.prefill_stall, self.options.prefill_chunk, self.options.smallest_chunk)
         self.drafting = None
         if drafter is not None:
             from mlpdeploy.runtime.scheduler.drafting import SoloDrafting
@@ -188,8 +188,7 @@ class Scheduler:
                 return
             with self._cond:
                 request = self._admitted.popleft()
-            row = self.slots.active
-            self._prefill = Prefill(self.stepper, request, self.slots.row_state(row), row)
+            self._prefill = Prefill(self.stepper, request)
         job = self._prefill
         if job.request.cancelled:
             self._prefill = None
@@ -207,7 +206,7 @@ class Scheduler:
         if request.emit(token):
             self._release(request)
             return
-        self.slots.join(request, job.row, len(request.prompt), token)
+        self.slots.join(request, job.buffers, len(request.prompt), token)
 
     def _decode_step(self) -> None:
         state = self.slots.state()

@@ -1,12 +1,12 @@
 """Prefill: a joining request's prompt run into its cache row, whole or in chunks.
 
-A prompt is prefilled by its own steps on a one-row state over the row it will decode in
-(`Slots.row_state`), never inside the batch's decode step: a step runs [rows, width] tokens, so
-a chunk fed beside one-token rows would cost every row the chunk's width. While no other sequence
-decodes, the prompt runs in one step — exactly the solo prefill. While others decode, the
-scheduler alternates their decode step with one chunk, sized so that the chunk takes about
-`prefill_stall` of their decode steps (`ChunkPolicy`): the others' next token is delayed by
-that much, not by the whole prompt.
+A prompt is prefilled by its own steps on a one-row state with buffers of the prompt's length,
+never inside the batch's decode step (a step runs [rows, width] tokens, so a chunk fed beside
+one-token rows would cost every row the chunk's width); once done its cache is copied into the
+batch's next free row (`Slots.join`). While no other sequence decodes, the prompt runs in one
+step — exactly the solo prefill. While others decode, the scheduler alternates their decode step
+with one chunk, sized so that the chunk takes about `prefill_stall` of their decode steps
+(`ChunkPolicy`): the others' next token is delayed by that much, not by the whole prompt.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ DECAY = 0.8  # weight of the past in the running estimates
 
 
 class Prefill:
-    """One request's prompt going into buffer row `row`."""
+    """One request's prompt going into a cache of its own (`buffers`)."""
 
-    def __init__(self, stepper: Stepper, request: Request, state: StepState, row: int):
-        self.stepper, self.request, self.state, self.row = stepper, request, state, row
+    def __init__(self, stepper: Stepper, request: Request):
+        self.stepper, self.request = stepper, request
+        self.buffers = stepper.cache_buffers(1, len(request.prompt))
+        self.state: StepState = stepper.rows_state(self.buffers, [0])
         self.done = 0  # prompt tokens in the cache so far
         self.logits: np.ndarray | None = None  # the last prompt token's logits, once done
 
@@ -49,11 +51,15 @@ class ChunkPolicy:
 
     Estimates, updated after every step: a decode step's time per batch size, and a chunk's time
     as `base + per_token · (tokens − 1)` (base: what one token costs, about a one-row decode step;
-    per_token: what each further token adds). A chunk then gets the tokens whose estimated time
-    is `stall` decode steps of the current batch. With nothing decoding, the whole prompt."""
+    per_token: what each further token adds). A chunk gets the tokens whose estimated time is
+    `stall` decode steps of the current batch, but at least `smallest`: a chunk pays one read of
+    every weight, so small chunks cost more per token (SmolLM2-135M int4, 2 threads: 4 tokens cost
+    1.9 one-token steps, 16 tokens 4.0, 64 tokens ~14) — and a prompt prefilled in one-token steps
+    would take the decode kernels, whose last bits differ. A remainder smaller than `smallest` goes
+    with the chunk before it. With nothing decoding, the whole prompt in one step."""
 
-    def __init__(self, stall: float, fixed: int | None = None):
-        self.stall, self.fixed = stall, fixed
+    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 16):
+        self.stall, self.fixed, self.smallest = stall, fixed, smallest
         self.step_seconds: dict[int, float] = {}
         self.base: float | None = None
         self.per_token: float | None = None
@@ -63,12 +69,13 @@ class ChunkPolicy:
             return min(self.fixed, remaining)
         if rows == 0:
             return remaining
+        tokens = self.smallest
         step = self._step(rows)
-        if step is None or self.base is None:
-            return min(remaining, 16)  # nothing measured yet: a small first chunk measures the costs
-        per_token = self.per_token if self.per_token is not None else self.base / 4
-        tokens = 1 + int(max(0.0, self.stall * step - self.base) / per_token)
-        return max(1, min(tokens, remaining))
+        if step is not None and self.base is not None:
+            # floored: a noisy chunk timed at or under `base` must not make tokens look free
+            per_token = max(self.per_token if self.per_token is not None else self.base / 4, self.base / 32)
+            tokens = max(tokens, 1 + int(max(0.0, self.stall * step - self.base) / per_token))
+        return remaining if remaining - tokens < self.smallest else tokens
 
     def observe_step(self, rows: int, seconds: float) -> None:
         self.step_seconds[rows] = _blend(self.step_seconds.get(rows), seconds)

@@ -3,9 +3,11 @@
 Every past input has one array [max_batch, kv_heads, columns, head_dim]; row r holds sequence
 r's tokens in columns 0..length-1 (the step function's row-lengths layout). The sequences in the
 batch occupy rows 0..active-1 and a decode step binds exactly those rows — contiguous leading-row
-views of the arrays, so no row is copied to run. A sequence that leaves hands its row to the last
-one (its columns copied, the only copy a leave costs); a joining sequence is prefilled straight
-into the next free row. The arrays are zeroed once: the OS maps their pages as rows write them.
+views of the arrays, so no row is copied to run. A joining sequence's prompt, prefilled in buffers
+of its own, is copied into the next free row; a sequence that leaves hands its row to the last one
+(its columns copied). The arrays are zeroed once and the OS maps their pages as rows write them,
+so memory follows the tokens held. (Prefilling straight into a row would not: ONNX Runtime's
+GroupQueryAttention writes a first prompt's whole cache buffer, every column of it.)
 """
 
 from __future__ import annotations
@@ -38,17 +40,14 @@ class Slots:
             self._state = self.stepper.rows_state(views, self.lengths[: self.active])
         return self._state
 
-    def row_state(self, row: int) -> StepState:
-        """A one-row state over buffer row `row`, empty: a prefill writes the row's prompt there."""
-        return self.stepper.rows_state({name: buffer[row:row + 1] for name, buffer in self.buffers.items()}, [0])
-
-    def join(self, request: Request, row: int, length: int, pending: int) -> None:
-        """Add `request`, whose `length` tokens were written into buffer row `row`, as the next active row."""
+    def join(self, request: Request, prefilled: dict[str, np.ndarray], length: int, pending: int) -> None:
+        """Add `request` as the next active row: its `length` prompt tokens copied from `prefilled`
+        (one-row cache arrays, as `Stepper.cache_buffers(1, …)` makes them), `pending` its next token."""
         self._sync()
-        target = self.active
-        if row != target:
-            self._copy(row, target, length)
-        self.lengths[target] = length
+        row = self.active
+        for name, buffer in self.buffers.items():
+            buffer[row, :, :length] = prefilled[name][0, :, :length]
+        self.lengths[row] = length
         self.requests.append(request)
         self.pending.append(pending)
         self._state = None
