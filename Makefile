@@ -53,7 +53,7 @@ FUZZ_SEED ?= 0
 FUZZ_MAX_COMBINATIONS ?= 16
 
 fuzz: setup
-	$(PY) tests/fuzz/run.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) $(if $(FUZZ_MAX_COMBINATIONS),--max-combinations $(FUZZ_MAX_COMBINATIONS))
+	$(PY) -m tests.fuzz.run --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) $(if $(FUZZ_MAX_COMBINATIONS),--max-combinations $(FUZZ_MAX_COMBINATIONS))
 
 BENCH_STAMP := $(VENV)/.mlpdeploy-bench-installed
 

@@ -162,7 +162,7 @@ def ppl_part(args) -> dict:
             stored, quantized = fp32_bytes, 0
             if spec is not None:
                 rewritten = rewrite_model(path, Path(tmp) / f"{len(rows)}.onnx", [spec])
-                report = next(iter(rewritten.passes.values()))
+                report = rewritten.passes[0]
                 stored = fp32_bytes - report["float32_bytes"] + report["bytes"]
                 quantized, path = report["weights"], rewritten.model_path
             so = ort.SessionOptions()
@@ -223,7 +223,7 @@ def forms_part(args) -> dict:
         model = ir.Model(graph, ir_version=10)
         stored[name] = 4 * k * n
         if options:
-            stored[name] = next(iter(run_pipeline(model, [PassSpec("quantize-weights", dict(options))]).values()))["bytes"]
+            stored[name] = run_pipeline(model, [PassSpec("quantize-weights", dict(options))])[0]["bytes"]
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sessions[name] = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -14,17 +14,15 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.plan import Plan, load_plan
 from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
-from mlpdeploy.export import DEFAULT_OPSET, export_model
+from mlpdeploy.contract import DEFAULT_OPSET
+from mlpdeploy.export import export_model
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
-from mlpdeploy.passes.pipeline import resolve_targets
-from mlpdeploy.passes.quantize_weights import quantized_sites
-from mlpdeploy.quant import quantized_copy
+from mlpdeploy.passes.pipeline import check_pipeline, reference_edits, resolve_targets
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
-from mlpdeploy.validate.metrics import INT8_ACTIVATIONS
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
@@ -86,15 +84,19 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
         passes = resolve_targets((plan.pass_specs(Path(options.plan).parent) if plan else []) + options.passes, backend.pass_target)
+        check_pipeline(passes)  # before the export: a bad option or order fails fast
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
-        quantized, int8 = quantized_sites(rewritten.passes)
-        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized, int8)) if quantized else bundle
+        edits = reference_edits(rewritten.passes)  # what the approximate passes imply for the torch reference
+        reference = bundle
+        for edit in edits:
+            reference = dataclasses.replace(reference, module=edit.apply(reference.module))
         atol, rtol = options.atol, options.rtol
-        if int8 and atol is None and rtol is None:
-            atol, rtol = INT8_ACTIVATIONS
+        loosest = max((e.tolerance for e in edits if e.tolerance), default=None)
+        if loosest and atol is None and rtol is None:
+            atol, rtol = loosest
         validate_options = ValidateOptions(
             precision=options.build.precision,
             atol=atol,
@@ -125,12 +127,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
                 shutil.copyfile(Path(options.plan).parent / file, work / file)
         validation_json = validation.to_json()
         validation_json["candidate"] = _final(validation.candidate, work, out_dir)
-        if quantized:
-            validation_json["reference_weights"] = (
-                f"outputs and layers compared with the torch model whose {len(quantized)} quantized linears hold the weights their "
-                "codes decode to" + (f" ({len(int8)} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
-                + "; the task metric with the original weights"
-            )
+        if edits:
+            validation_json["reference_edits"] = [edit.note for edit in edits]
         if validation.layers and validation.layers["model"]:
             validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)
         report = {

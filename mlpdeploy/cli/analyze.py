@@ -8,6 +8,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.analyze.registry import ANALYSES
+from mlpdeploy.backends import BACKENDS
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import DATA, METRIC_DELTA, SEED, metric_delta
 
@@ -36,7 +37,8 @@ def _analysis_options(fn):
               help="Quality budget for planners: task metric units (perplexity up, accuracy down), or a percentage of the model's metric with % (e.g. 1%).")
 @click.option("--task-samples", type=int, default=128, show_default=True,
               help="Held-out eval samples planners judge their choices on (0: the whole eval split).")
-@click.option("--backend", default="onnxruntime", show_default=True, help="The build backend the plan is for (what its choices cost there).")
+@click.option("--backend", default="onnxruntime", show_default=True,
+              help=f"The build backend the plan is for, what its choices cost there ({', '.join(BACKENDS.names())}).")
 @debug_option
 def analyze(model, output, calibration, seed, max_metric_delta, task_samples, backend, debug, **kwargs) -> None:
     """Measure MODEL on calibration data and write the findings (and any planned rewrites) to plan.json."""

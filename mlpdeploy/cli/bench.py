@@ -10,7 +10,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import DATA, SPECULATIVE
+from mlpdeploy.cli.options import DATA, SPECULATIVE, dims_option
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -19,7 +19,7 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--decode", is_flag=True, help="Time prefill and per-token decode of a --kv-cache artifact (a MODEL is compiled with --kv-cache).")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1,), show_default=True,
               help="Size of the `batch` dim; repeatable (one row each).")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another dynamic dim (e.g. seq=128); repeatable.")
+@dims_option("Size of another dynamic dim (e.g. seq=128); repeatable.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing (latency mode).")
 @click.option("--iterations", default=50, show_default=True, help="Timed runs at least (latency mode) ...")
 @click.option("--min-seconds", default=1.0, show_default=True, help="... and at least this long (latency mode).")
@@ -57,9 +57,8 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
     from mlpdeploy.runtime.engine import Engine
     from mlpdeploy.runtime.latency import model_bytes, peak_rss_bytes
 
-    sizes = _parse_dims(dims)
     data = DATA.parse(kwargs)
-    if data.path is not None and sizes:
+    if data.path is not None and dims:
         raise MlpdeployError("--dim and --data: the data sets the input shapes (text windows: --seq-len); drop --dim")
     if (prompts_path or speculative or chat is not None or system or check_plain) and not decode:
         raise MlpdeployError("--prompts, --speculative, --chat, --system and --check-plain time generation: add --decode")
@@ -81,7 +80,7 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
         elif decode:
             mode, rows = "decode", _bench_decode(engine, contexts, new_tokens or 32, batches[0], repeats or 3, task)
         else:
-            mode, rows = "latency", _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds, task)
+            mode, rows = "latency", _bench_latency(engine, batches, dims, warmup, iterations, min_seconds, task)
         size, peak = model_bytes(engine.path), peak_rss_bytes()
     console.print(f"model bytes: {size / 2**20:.2f} MiB   peak memory (this process): {peak / 2**20:.0f} MiB", markup=False)
     if json_path:
@@ -92,16 +91,6 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
             "inputs": "prompts" if prompts_path else task.calibration_source().replace("data:", "held-out data:", 1) if task is not None else "random",
             "results": [r.to_json() for r in rows], **extra,
         })
-
-
-def _parse_dims(dims: tuple[str, ...]) -> dict[str, int]:
-    sizes = {}
-    for item in dims:
-        name, _, value = item.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
-            raise MlpdeployError(f"--dim {item!r}: expected NAME=SIZE with a positive integer size, e.g. --dim seq=128")
-        sizes[name] = int(value)
-    return sizes
 
 
 def _is_model_dir(path: Path) -> bool:

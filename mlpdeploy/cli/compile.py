@@ -11,7 +11,7 @@ from rich.markup import escape
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import BUILD, DATA, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
 from mlpdeploy.cli.tables import failure, print_validation
-from mlpdeploy.export import DEFAULT_OPSET
+from mlpdeploy.contract import DEFAULT_OPSET
 
 TASK = task_options(default_samples=128)
 

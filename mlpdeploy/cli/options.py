@@ -12,8 +12,10 @@ from typing import Any
 
 import click
 
+from mlpdeploy.contract import PAST_TEMPLATE, PRESENT_TEMPLATE
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.passes.registry import PASSES as PASS_REGISTRY
 
 
 class OptionGroup:
@@ -41,14 +43,21 @@ def precision_option(default: str | None, help: str) -> OptionGroup:
 
 
 def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
-    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error."""
+    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error. Every command's `--dim`
+    goes through here. A size may be 0 (a cached decoder's `past` is 0 at prefill); whether a dim
+    may take it is the artifact's exported range, checked where the inputs are made."""
     dims = {}
     for item in values:
         name, eq, value = item.partition("=")
-        if not eq or not value.isdigit():
-            raise MlpdeployError(f"--dim {item!r} must be NAME=INT, e.g. --dim batch=3 --dim seq=17")
+        if not name or not eq or not value.isdigit():
+            raise MlpdeployError(f"--dim {item!r} must be NAME=SIZE with a size >= 0, e.g. --dim seq=17 --dim past=0")
         dims[name] = int(value)
     return dims
+
+
+def dims_option(help: str):
+    """`--dim NAME=SIZE` (repeatable), parsed by `parse_dims`: the command gets {name: size}."""
+    return click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=lambda _ctx, _param, value: parse_dims(value), help=help)
 
 
 def _build_group() -> OptionGroup:
@@ -118,7 +127,9 @@ def _passes(passes: tuple[str, ...], plan: Path | None):
 
 PASSES = OptionGroup(
     [
-        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]", help="A rewrite pass (repeatable; run in order, after the plan's)."),
+        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]",
+                     help=f"A rewrite pass (repeatable; run in order, after the plan's): {', '.join(PASS_REGISTRY.names())}. "
+                          "`mlpdeploy passes` lists their options."),
         click.Option(["--plan"], type=click.Path(path_type=Path), help="A plan.json from `mlpdeploy analyze`: its passes run first."),
     ],
     _passes,
@@ -128,7 +139,8 @@ SEED = click.option("--seed", default=0, show_default=True, help="Seed for gener
 
 KV_CACHE = click.option(
     "--kv-cache", is_flag=True,
-    help="Export a decoder with its key/value cache: one graph for prefill and decode (past_key_values.{i}.key|value → present.{i}.key|value).",
+    help="Export a decoder with its key/value cache: one graph for prefill and decode "
+         f"({PAST_TEMPLATE.format(layer='{i}', kind='key|value')} → {PRESENT_TEMPLATE.format(layer='{i}', kind='key|value')}).",
 )
 
 
@@ -164,8 +176,17 @@ DATA = OptionGroup(
     _data,
 )
 
+def _speculative(ctx, param, value):
+    """Parse the mode before anything else is checked or loaded (eager): a bad mode is the first error."""
+    if value is not None:
+        from mlpdeploy.runtime.speculative import parse_mode
+
+        parse_mode(value)
+    return value
+
+
 SPECULATIVE = click.option(
-    "--speculative", metavar="MODE",
+    "--speculative", metavar="MODE", is_eager=True, callback=_speculative,
     help="Speculative decoding (default: off): ngram[:n=3,k=8] (prompt lookup), heads[:k=N] (the artifact's draft heads), "
          "self:PLAN (the model minus the layers PLAN's drop-layers removes), draft:ARTIFACT (a smaller --kv-cache artifact "
          "with the same tokenizer). Greedy output is plain decoding's. See docs/decoding.md.",

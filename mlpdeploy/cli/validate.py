@@ -9,7 +9,7 @@ import click
 from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import DATA, SEED, TOLERANCES, parse_dims, precision_option, task_options
+from mlpdeploy.cli.options import DATA, SEED, TOLERANCES, dims_option, precision_option, task_options
 from mlpdeploy.cli.tables import failure, print_bisect, print_validation
 from mlpdeploy.errors import MlpdeployError
 
@@ -29,7 +29,7 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @PRECISION
 @TOLERANCES
 @SEED
-@click.option("--dim", "dims", multiple=True, metavar="NAME=INT", help="Size of a dynamic dim for generated inputs, e.g. --dim seq=17.")
+@dims_option("Size of a dynamic dim for generated inputs, e.g. --dim seq=17; repeatable.")
 @click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
 @click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task; implied by --data).")
 @DATA
@@ -57,7 +57,7 @@ def validate(reference: str, candidate: Path, inputs, candidate_outputs, candida
     precision = PRECISION.parse(kwargs)
     if precision is None:
         precision = (loaded.manifest.last("build").get("precision") if loaded.manifest else None) or "fp32"
-    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=parse_dims(dims), layers=layers, task=task or data.path is not None, bisect=bisect, reduce=reduce_path,
+    options = ValidateOptions(inputs=inputs, precision=precision, seed=seed, dims=dims, layers=layers, task=task or data.path is not None, bisect=bisect, reduce=reduce_path,
                               **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
     if candidate_outputs is not None:
         loaded = _recorded(loaded, candidate_outputs, candidate_runner, inputs, options)

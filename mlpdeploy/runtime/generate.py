@@ -11,67 +11,36 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.runtime.generation import Generation
 from mlpdeploy.runtime.sampling import Sampling
 from mlpdeploy.runtime.step import Stepper, StepState
-from mlpdeploy.runtime.ties import DEFAULT_MARGIN, NearTie, TieRecorder
+from mlpdeploy.runtime.ties import TieRecorder, default_margin
 
 DecodeState = StepState  # the name callers used before the step function had its own module
 
 __all__ = ["CachedGenerator", "DecodeState", "Generation", "Sampling"]
 
 
-@dataclass
-class Generation:
-    """New tokens per prompt (a stop token included when one ended it), and the timings.
-    `step_seconds`: one entry per decode step (a verify round, with a drafter); `near_ties`: per
-    row, the greedy tokens picked with a top-2 gap under the margin; `speculative`: the drafter's
-    acceptance statistics (None for plain decoding)."""
-
-    tokens: list[list[int]]
-    finish: list[str]  # "stop" | "length"
-    prefill_seconds: float
-    step_seconds: list[float] = field(default_factory=list)
-    total_seconds: float = 0.0  # wall time from the prefill's start to the last token
-    near_ties: list[list[NearTie]] = field(default_factory=list)
-    speculative: dict | None = None
-
-    @property
-    def decode_seconds(self) -> float:
-        return sum(self.step_seconds)
-
-    @property
-    def tokens_per_second(self) -> float | None:
-        """Decode speed: tokens after the first (the longest row) per second of step time (None when no step ran)."""
-        steps = self.decode_seconds
-        generated = max((len(t) for t in self.tokens), default=0)
-        return (generated - 1) / steps if steps and generated > 1 else None
-
-    @property
-    def overall_tokens_per_second(self) -> float | None:
-        """Generated tokens (the longest row) over prefill + decode wall time."""
-        generated = max((len(t) for t in self.tokens), default=0)
-        return generated / self.total_seconds if self.total_seconds > 0 and generated else None
-
-
 class CachedGenerator:
     """Generates with an `Engine` whose artifact carries a KV cache; with `drafter` (a
     `runtime.speculative.Drafter`, or a mode string such as "ngram:k=8") by speculative decoding.
-    `tie_margin`: greedy tokens picked with a top-2 logit gap under it are recorded (0: none)."""
+    `tie_margin`: greedy tokens picked with a top-2 logit gap under it are recorded (0: none;
+    default: `runtime.ties.default_margin` of the artifact)."""
 
-    def __init__(self, engine: Engine, drafter=None, tie_margin: float = DEFAULT_MARGIN):
+    def __init__(self, engine: Engine, drafter=None, tie_margin: float | None = None):
         self.stepper = Stepper(engine)
         self.engine, self.layout = engine, self.stepper.layout
         if isinstance(drafter, str):
             from mlpdeploy.runtime.speculative import make_drafter
 
             drafter = make_drafter(drafter, engine)
-        self.drafter, self.tie_margin = drafter, tie_margin
+        self.drafter = drafter
+        self.tie_margin = default_margin(engine.manifest) if tie_margin is None else tie_margin
 
     def generate(
         self,

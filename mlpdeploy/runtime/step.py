@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 

@@ -111,7 +111,7 @@ def has_tokenizer_files(directory: Path) -> bool:
 def tokenizer_for(manifest: Manifest, artifact_dir: Path | None = None):
     """The tokenizer of the model a manifest was exported from — the copy beside the artifact
     first, else the source directory — or a one-line error."""
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     if manifest.source in ZOO:
         ids = next((s for s in manifest.inputs if s.name == "input_ids"), None)

@@ -15,7 +15,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from mlpdeploy.backends import Candidate
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle, set_eval
 from mlpdeploy.model.torch_run import run_module

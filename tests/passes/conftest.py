@@ -16,7 +16,7 @@ from mlpdeploy.scopes import SCOPES_KEY
 def fuse(model: ir.Model, **options) -> dict:
     """Run fuse-gated-mlp through the pipeline (so cleanup runs too); returns its report."""
     spec = PassSpec("fuse-gated-mlp", options)
-    return run_pipeline(model, [spec])[str(spec)]
+    return run_pipeline(model, [spec])[0]
 
 
 def _array(data) -> np.ndarray:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_TEMPLATE, POSITION_IDS, PRESENT_TEMPLATE, cache_printf
 from mlpdeploy.model.manifest import Manifest
 
 CONFIG_NAME = "genai_config.json"
@@ -31,9 +32,9 @@ def genai_config(model: ir.Model, manifest: Manifest, model_file: str, session: 
     if layers != list(range(len(layers))):
         return None, f"cache layers {layers} are not 0..{len(layers) - 1}: onnxruntime-genai numbers cache inputs without gaps"
     names = {v.name for v in model.graph.inputs}
-    if not {"input_ids", "attention_mask"} <= names:
+    if not {INPUT_IDS, ATTENTION_MASK} <= names:
         return None, "the graph lacks input_ids or attention_mask"
-    logits = next((v for v in model.graph.outputs if v.name == "logits"), None)
+    logits = next((v for v in model.graph.outputs if v.name == LOGITS), None)
     vocab = logits.shape[-1] if logits is not None and logits.shape is not None else None
     if not isinstance(vocab, int):
         return None, "the logits output has no fixed vocabulary size"
@@ -41,10 +42,10 @@ def genai_config(model: ir.Model, manifest: Manifest, model_file: str, session: 
     hidden = _hidden_size(model)
     heads = _attention_heads(model) or (hidden // head_dim if hidden else kv_heads)
     tokens = _token_ids(manifest)
-    inputs = {"input_ids": "input_ids", "attention_mask": "attention_mask",
-              "past_key_names": "past_key_values.%d.key", "past_value_names": "past_key_values.%d.value"}
-    if "position_ids" in names:
-        inputs["position_ids"] = "position_ids"
+    inputs = {"input_ids": INPUT_IDS, "attention_mask": ATTENTION_MASK,
+              "past_key_names": cache_printf(PAST_TEMPLATE, "key"), "past_value_names": cache_printf(PAST_TEMPLATE, "value")}
+    if POSITION_IDS in names:
+        inputs["position_ids"] = POSITION_IDS
     session_options = {"log_id": "onnxruntime-genai", "provider_options": [],
                        "graph_optimization_level": session.get("graph_optimization_level", "ORT_ENABLE_ALL")}
     if session.get("intra_op_num_threads"):
@@ -60,7 +61,7 @@ def genai_config(model: ir.Model, manifest: Manifest, model_file: str, session: 
         "num_key_value_heads": kv_heads,
         "num_hidden_layers": len(layers),
         "inputs": inputs,
-        "outputs": {"logits": "logits", "present_key_names": "present.%d.key", "present_value_names": "present.%d.value"},
+        "outputs": {"logits": LOGITS, "present_key_names": cache_printf(PRESENT_TEMPLATE, "key"), "present_value_names": cache_printf(PRESENT_TEMPLATE, "value")},
     }
     config = {
         "model": {"type": "llama", "context_length": layout["max_positions"], "vocab_size": vocab, **tokens, "decoder": decoder},
@@ -85,7 +86,7 @@ def _attention_heads(model: ir.Model) -> int | None:
 
 def _hidden_size(model: ir.Model) -> int | None:
     """The width of the token embedding: the table a Gather reads with input_ids."""
-    ids = next((v for v in model.graph.inputs if v.name == "input_ids"), None)
+    ids = next((v for v in model.graph.inputs if v.name == INPUT_IDS), None)
     for use, index in ids.uses() if ids is not None else ():
         if use.op_type == "Gather" and index == 1:
             table = use.inputs[0]

@@ -18,10 +18,10 @@ from pathlib import Path
 import onnx
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.onnx_io import load_onnx
 from mlpdeploy.plugins.ort.library import KERNEL_OPS, build_library
-from mlpdeploy.plugins.registry import DOMAIN
 
 
 @dataclass

@@ -8,6 +8,7 @@ from pathlib import Path
 from mlpdeploy.backends.options import BuildOptions, option
 from mlpdeploy.backends.tensorrt.profile import Triple, parse_shapes
 
+RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")  # what TensorRT-RTX compiles for
 SHAPES_HELP = "optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024); see backends/tensorrt/profile.py."
 
 
@@ -19,7 +20,7 @@ def _shapes(values) -> dict[str, Triple]:
 class RTXOptions(BuildOptions):
     """Options of `tensorrt-rtx` (builds ahead of time, no GPU needed)."""
 
-    target: str | None = option(None, help="target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable).")
+    target: str | None = option(None, help=f"target GPU: {', '.join(RTX_TARGETS)} (default: portable).")
     shapes: dict[str, Triple] = option(factory=dict, multiple=True, parse=_shapes, metavar="NAME=MIN:OPT:MAX", help=SHAPES_HELP)
 
 

@@ -11,10 +11,10 @@ from collections import Counter
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import PLUGIN_NAMESPACE, STANDARD_DOMAINS
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.onnx_io import STANDARD_DOMAINS
 from mlpdeploy.plugins.forms import all_nodes, names_plugin, plugin_nodes
-from mlpdeploy.plugins.registry import OPS, PLUGIN_ATTRIBUTES, PLUGIN_NAMESPACE
+from mlpdeploy.plugins.registry import OPS, PLUGIN_ATTRIBUTES
 
 
 def plugin_resolving_nodes(model: ir.Model) -> list[str]:

@@ -52,10 +52,12 @@ from mlpdeploy.backends.tensorrt import log as trt_log
 from mlpdeploy.backends.tensorrt.candidate import check_engine_path, parsed_graph_candidate, parsed_graph_path
 from mlpdeploy.backends.tensorrt.fp4_weights import has_fp4_weights
 from mlpdeploy.backends.tensorrt.gpus import visible_gpus
+from mlpdeploy.backends.tensorrt.options import RTX_TARGETS as TARGETS
 from mlpdeploy.backends.tensorrt.options import RTXOptions
 from mlpdeploy.backends.tensorrt.plugin_nodes import plugin_resolving_nodes
 from mlpdeploy.backends.tensorrt.profile import derive_profile, profile_to_json
 from mlpdeploy.backends.tensorrt.runner import TensorRTRunner, trt_runner
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.dtypes import check_precision
 from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.model.manifest import find_manifest
@@ -63,7 +65,6 @@ from mlpdeploy.onnx_io import check_onnx_path, load_ir
 from mlpdeploy.passes.precision import convert_precision
 
 PRODUCT = "TensorRT-RTX"
-TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 PORTABLE_SMS = ("sm80", "sm86", "sm89", "sm120")
 PORTABLE = f"portable (TensorRT-RTX default: {', '.join(PORTABLE_SMS)})"
 FP4_TARGETS = ("sm120", "sm121")
@@ -152,7 +153,7 @@ def runnable_on(target: str | None) -> dict[str, str] | None:
 def refuse_w4a16(model) -> None:
     """MXFP4 weights reach TensorRT as mlpdeploy::W4A16MatMul, which only datacenter TensorRT's plugin runs."""
     ops = [(n.domain, n.op_type) for n in model.graph] + [(domain, name) for domain, name, _ in model.functions]
-    if any(domain == "mlpdeploy" and op.startswith("W4A16MatMul") for domain, op in ops):
+    if any(domain == DOMAIN and op.startswith("W4A16MatMul") for domain, op in ops):
         raise MlpdeployError(f"{PRODUCT} cannot build MXFP4 weights (its ONNX parser reads E8M0 scales only for MXFP8, and it runs no "
                              "mlpdeploy plugins): quantize those layers as nvfp4 or int4, or build with --backend tensorrt (W4A16 plugin)")
 

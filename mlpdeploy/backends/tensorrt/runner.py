@@ -25,11 +25,8 @@ from polygraphy.common import TensorMetadata
 from polygraphy.datatype import DataType
 
 from mlpdeploy.backends.tensorrt.loader import EngineFromArtifact
+from mlpdeploy.contract import TRT_DTYPES, tensor_to_numpy
 from mlpdeploy.errors import MlpdeployError
-
-# TensorRT DataType name → torch / numpy dtype name
-DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "UINT8": "uint8",
-          "INT32": "int32", "INT64": "int64", "BOOL": "bool"}
 
 
 class _Context:
@@ -69,7 +66,7 @@ class TensorRTRunner(BaseRunner):
         meta = TensorMetadata()
         for name in self.input_names:
             shape = [d if d >= 0 else None for d in self.engine.get_tensor_shape(name)]
-            dtype = DTYPES[self.engine.get_tensor_dtype(name).name]
+            dtype = TRT_DTYPES[self.engine.get_tensor_dtype(name).name]
             meta.add(name, dtype=getattr(DataType, {"float32": "FLOAT32", "float16": "FLOAT16", "bfloat16": "BFLOAT16"}.get(dtype, dtype.upper())),
                      shape=shape)
         return meta
@@ -97,7 +94,7 @@ class TensorRTRunner(BaseRunner):
                 outputs = {}
                 for name in self.output_names:
                     shape = tuple(ctx.context.get_tensor_shape(name))
-                    dtype = getattr(torch, DTYPES[self.engine.get_tensor_dtype(name).name])
+                    dtype = getattr(torch, TRT_DTYPES[self.engine.get_tensor_dtype(name).name])
                     outputs[name] = ctx.buffer(torch, name, shape, dtype)
                     ctx.context.set_tensor_address(name, outputs[name].data_ptr())
                 if not ctx.context.execute_async_v3(ctx.stream.cuda_stream):
@@ -107,7 +104,7 @@ class TensorRTRunner(BaseRunner):
         finally:
             self._idle.put(ctx)
         self.inference_time = time.perf_counter() - start
-        return OrderedDict((name, _to_numpy(t)) for name, t in result.items())
+        return OrderedDict((name, tensor_to_numpy(t)) for name, t in result.items())
 
     def deactivate_impl(self):
         del self.trt, self.engine, self._idle, self._lock, self.input_names, self.output_names
@@ -123,13 +120,3 @@ class TensorRTRunner(BaseRunner):
 def trt_runner(engine_path: Path | str, backend: str, name: str | None = None, plugin_libraries: list[str] | None = None) -> TensorRTRunner:
     """The runner for an engine file built by `backend` (`tensorrt` or `tensorrt-rtx`)."""
     return TensorRTRunner(EngineFromArtifact(engine_path, backend, plugin_libraries), name=name, runtime=backend)
-
-
-def _to_numpy(tensor) -> np.ndarray:
-    import torch
-
-    if tensor.dtype == torch.bfloat16:
-        import ml_dtypes
-
-        return tensor.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-    return tensor.numpy()

@@ -7,7 +7,7 @@ Public API:
     NgramDrafter, HeadsDrafter, ModelDrafter         the drafters (ngram.py, heads.py, model.py; self_draft.py builds self:PLAN's)
 """
 
-from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, DraftRun, Verified  # noqa: F401
+from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, DraftRun, Drafts, Verified  # noqa: F401
 from mlpdeploy.runtime.speculative.heads import HeadsDrafter  # noqa: F401
 from mlpdeploy.runtime.speculative.loop import speculative_generate  # noqa: F401
 from mlpdeploy.runtime.speculative.model import ModelDrafter  # noqa: F401

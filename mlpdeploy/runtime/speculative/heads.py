@@ -16,7 +16,7 @@ import numpy as np
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.sampling import draw
-from mlpdeploy.runtime.speculative.base import Drafter, Drafts, DraftRun, Verified
+from mlpdeploy.runtime.speculative.base import Drafter, DraftRun, Drafts, Verified
 from mlpdeploy.runtime.step import DRAFT_OUTPUT
 
 

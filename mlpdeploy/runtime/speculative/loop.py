@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 
+from mlpdeploy.runtime.generation import Generation
 from mlpdeploy.runtime.sampling import Sampling, accept_greedy, accept_sampled
 from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, Verified
 from mlpdeploy.runtime.step import Stepper
@@ -56,8 +57,6 @@ def speculative_generate(stepper: Stepper, drafter: Drafter, prompts, max_new_to
                          on_token=None, pad_token: int = 0, tie_margin: float | None = None):
     """Generate with drafts verified by `stepper`'s model (module docstring); a `Generation`
     whose `speculative` field holds the acceptance statistics."""
-    from mlpdeploy.runtime.generate import Generation
-
     rng = np.random.default_rng(sampling.seed)
     batch, longest = len(prompts), max(len(p) for p in prompts)
     slack = 0 if batch == 1 else 2 * (drafter.k_max + 1)  # rows keep different counts: the holes need room

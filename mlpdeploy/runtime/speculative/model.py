@@ -15,7 +15,7 @@ import numpy as np
 
 from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.sampling import draw
-from mlpdeploy.runtime.speculative.base import Drafter, Drafts, DraftRun, Verified
+from mlpdeploy.runtime.speculative.base import Drafter, DraftRun, Drafts, Verified
 from mlpdeploy.runtime.step import Stepper
 
 

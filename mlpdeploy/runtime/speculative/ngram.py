@@ -5,7 +5,7 @@ nothing to draft, pays when the answer copies from the prompt (quotes, edits, co
 
 from __future__ import annotations
 
-from mlpdeploy.runtime.speculative.base import Drafter, Drafts, DraftRun, Verified
+from mlpdeploy.runtime.speculative.base import Drafter, DraftRun, Drafts, Verified
 
 
 class NgramDrafter(Drafter):

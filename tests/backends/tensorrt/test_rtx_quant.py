@@ -15,10 +15,9 @@ from mlpdeploy.analyze import AnalyzeOptions, analyze_model  # noqa: E402
 from mlpdeploy.backends import get_backend  # noqa: E402
 from mlpdeploy.backends.tensorrt import RTXOptions  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
-from mlpdeploy.passes.pipeline import PassSpec  # noqa: E402
+from mlpdeploy.passes.pipeline import PassSpec, reference_edits  # noqa: E402
 from mlpdeploy.passes.quantize_weights import quantized_sites  # noqa: E402
 from mlpdeploy.passes.rewrite import rewrite_model  # noqa: E402
-from mlpdeploy.quant import quantized_copy  # noqa: E402
 from mlpdeploy.validate import ValidateOptions, validate  # noqa: E402
 
 
@@ -41,9 +40,9 @@ def test_nvfp4_llama_builds_for_sm120_and_validates(zoo_export, tmp_path):
     fp8 = [i for i in parsed.graph.initializer if i.data_type == onnx.TensorProto.FLOAT8E4M3FN]
     assert len(fp4) == len(fp8) == 15  # every linear: 4 attention + 3 MLP projections × 2 layers, and lm_head
     assert "FP4 weights decoded" in result.candidate.note or "FP4 weights decoded exactly" in result.candidate.note
-    sites, int8 = quantized_sites(rewritten.passes)
-    assert len(sites) == 15 and not int8
-    reference = bundle.__class__(**{**bundle.__dict__, "module": quantized_copy(bundle.module, sites)})
+    (edit,) = reference_edits(rewritten.passes)  # what compile validates against
+    assert len(quantized_sites(rewritten.report("quantize-weights"))) == 15 and edit.tolerance is None  # no int8 activations
+    reference = bundle.__class__(**{**bundle.__dict__, "module": edit.apply(bundle.module)})
     report = validate(reference, result.candidate, ValidateOptions())
     assert report.passed, {k: v.max_abs for k, v in report.outputs.items()}
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import ATTENTION_MASK, CACHE_INPUT, INPUT_IDS, MS_DOMAIN
 from mlpdeploy.passes.matching import add_initializer, unique_name, value_names
 
 
@@ -22,11 +23,11 @@ def detach_cache_shapes(model: ir.Model) -> str | None:
     """
     graph = model.graph
     inputs = {v.name: v for v in graph.inputs}
-    pasts = [v for name, v in inputs.items() if name.startswith("past_key_values.")]
-    mask, ids = inputs.get("attention_mask"), inputs.get("input_ids")
+    pasts = [v for name, v in inputs.items() if CACHE_INPUT.fullmatch(name)]
+    mask, ids = inputs.get(ATTENTION_MASK), inputs.get(INPUT_IDS)
     if not pasts or mask is None or ids is None:
         return "the graph has no cache, attention_mask or input_ids inputs"
-    readers = {(u.node.op_type, u.node.domain) for v in pasts for u in v.uses()} - {("GroupQueryAttention", "com.microsoft"), ("Shape", "")}
+    readers = {(u.node.op_type, u.node.domain) for v in pasts for u in v.uses()} - {("GroupQueryAttention", MS_DOMAIN), ("Shape", "")}
     if readers:
         return f"the cache is read by {', '.join(sorted(op for op, _ in readers))}, not only by GroupQueryAttention"
     taken = value_names(graph)

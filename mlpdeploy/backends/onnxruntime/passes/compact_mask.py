@@ -21,9 +21,10 @@ import onnx
 import onnx_ir as ir
 
 from mlpdeploy.backends.onnxruntime.passes.gqa import graph_inputs_of
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.passes.matching import add_initializer, unique_name, value_names
 
-MS = "com.microsoft"
+MS = MS_DOMAIN
 BIAS_INPUT = 10  # GroupQueryAttention's attention_bias
 ALLOWED_SOURCES = {"input_ids", "attention_mask", "position_ids"}
 

@@ -38,7 +38,9 @@ from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shap
 from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
 from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
+from mlpdeploy.contract import CACHE_INPUT, MS_DOMAIN
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.options import Option
 
 NORM_FUSIONS = {
     "SimplifiedLayerNormalization": fuse_rms_normalization,
@@ -56,7 +58,7 @@ def _prepare(model: ir.Model) -> None:
 
 
 def _cached_layers(model: ir.Model) -> list[str]:
-    return [v.name for v in model.graph.inputs if v.name.startswith("past_key_values.") and v.name.endswith(".key")]
+    return [v.name for v in model.graph.inputs if (m := CACHE_INPUT.fullmatch(v.name or "")) and m.group(2) == "key"]
 
 
 class OrtDecoder(RewritePass):
@@ -64,7 +66,8 @@ class OrtDecoder(RewritePass):
 
     name = "ort-decoder"
     description = "cached decoders for ONNX Runtime: fused RMS/skip norms, RotaryEmbedding + GroupQueryAttention per layer (exact masks and positions)"
-    options = {"max_positions": 0}  # size of the rotary tables (0: the manifest's, else 4096)
+    options = {"max_positions": Option(0, "rows of the rotary tables (0: the manifest's max positions, else 4096)", minimum=0)}
+    phase = "lowering"
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"fusions": {}})
@@ -113,5 +116,5 @@ class OrtDecoder(RewritePass):
             if left:
                 reasons.append(f"unfused {', '.join(left)} remain")
             return (0, 0), "; ".join(reasons)
-        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == "com.microsoft")
+        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == MS_DOMAIN)
         return (rotary, gqa), None

@@ -135,6 +135,7 @@ class OrtFusions(RewritePass):
     name = "ort-fusions"
     description = ("onnxscript's ONNX Runtime fusions (Gelu/FastGelu/BiasGelu, RMS/SkipRMS norm, rotary, "
                    "MultiHeadAttention/Attention, FusedMatMul) without inlining mlpdeploy's ops")
+    phase = "lowering"
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"fusions": {}})

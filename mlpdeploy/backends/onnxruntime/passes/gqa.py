@@ -30,8 +30,10 @@ import onnx
 import onnx_ir as ir
 from onnxscript.rewriter import _ir_utils, pattern
 
+from mlpdeploy.contract import MS_DOMAIN
+
 INTERMEDIATE_DOMAIN = "ai.onnxruntime._fusion"
-MS = "com.microsoft"
+MS = MS_DOMAIN
 ANY = pattern.ANY_VALUE
 
 

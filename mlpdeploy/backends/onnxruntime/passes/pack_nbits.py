@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.passes.matching import constant, is_constant
 
-MS = "com.microsoft"
+MS = MS_DOMAIN
 SHARED = ("K", "bits", "block_size", "accuracy_level")
 
 

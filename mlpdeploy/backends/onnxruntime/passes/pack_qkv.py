@@ -13,9 +13,10 @@ import numpy as np
 import onnx_ir as ir
 
 from mlpdeploy.backends.onnxruntime.passes.pack_nbits import match_nbits, packable, packed_node
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.passes.matching import MatchFailure, add_initializer, match_linear, remove_dead, unique_name, value_names
 
-MS = "com.microsoft"
+MS = MS_DOMAIN
 
 
 def _source(value: ir.Value) -> ir.Value:

@@ -34,7 +34,7 @@ def exported(tmp_path_factory):
 
 def _fuse(path, out):
     model = load_ir(path)
-    report = run_pipeline(model, [PassSpec("ort-decoder", {"max_positions": 128})])["ort-decoder:max_positions=128"]
+    report = run_pipeline(model, [PassSpec("ort-decoder", {"max_positions": 128})])[0]
     save_onnx(model, out)
     return model, report
 
