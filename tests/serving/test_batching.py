@@ -69,11 +69,15 @@ def _wait_idle(scheduler: Scheduler, timeout: float = 30) -> None:
 
 def _fill_batch(scheduler: Scheduler, gate: Gate) -> list:
     """Two long generations in the batch of 2, the loop then held after a step of both."""
-    gate.rows = 2
+    gate.rows = 1
     gate.open.clear()
     holders = [scheduler.submit(list(b"abc"), 100)]
-    _until(lambda: scheduler.stats()["waiting"] == 0)
+    assert gate.held.wait(30)  # held after the first one's first step: it cannot finish before the second joins
     holders.append(scheduler.submit(list(b"xyz"), 100))
+    gate.rows = 2
+    gate.held.clear()
+    gate.open.set()  # releases the held step (Event.wait returns once set) ...
+    gate.open.clear()  # ... and holds again after the first step of both
     assert gate.held.wait(30)
     return holders
 
