@@ -143,3 +143,28 @@ def test_row_lengths_errors(builds):
         stepper.step(state, np.zeros((2, 9), np.int64))
     with pytest.raises(MlpdeployError, match="built without per-row cache lengths"):
         Stepper(builds["plain"]).new_state(1, 8, row_lengths=True)
+
+
+def test_lazy_zeros_map_only_the_pages_written():
+    """Cache buffers take memory for the tokens written, not for 2 MB huge pages per row and head
+    (numpy's np.zeros would: 20 × 3 × 2 MB here)."""
+    from pathlib import Path
+
+    from mlpdeploy.runtime.step import lazy_zeros
+
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("needs Linux /proc")
+
+    def resident() -> int:
+        return int(statm.read_text().split()[1]) * 4096
+
+    small = lazy_zeros((2, 3), np.float32)
+    assert small.shape == (2, 3) and not small.any()
+    buffers = [lazy_zeros((4, 3, 8192, 64), np.float32) for _ in range(20)]
+    assert buffers[0].dtype == np.float32 and buffers[0].flags.writeable and not buffers[0][1].any()
+    before = resident()
+    for buffer in buffers:
+        buffer[1, :, :40] = 1.0
+    assert resident() - before < 16 << 20
+    assert all(float(b.sum()) == 3 * 40 * 64 for b in buffers)
