@@ -109,12 +109,14 @@ def stall(host: str, port: int, model: str, prompts: list[list[int]], long: list
                for k in range(others)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
     deadline = time.perf_counter() + 60
-    while time.perf_counter() < deadline:  # wait until every other client has its first tokens (steady decoding)
-        time.sleep(0.5)
-        if _metric(host, port, "mlpdeploy_batch_occupancy_count") > 20 * others:
+    steps, rows = occupancy(host, port)
+    while time.perf_counter() < deadline:  # wait until every other client decodes (the last steps all had `others` rows)
+        time.sleep(0.3)
+        steps_now, rows_now = occupancy(host, port)
+        if steps_now - steps >= 3 and (rows_now - rows) == others * (steps_now - steps):
             break
+        steps, rows = steps_now, rows_now
     arrival = stream_request(host, port, model, long, 4)
     for t in threads:
         t.join()
