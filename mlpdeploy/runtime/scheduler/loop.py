@@ -194,7 +194,7 @@ class Scheduler:
             self._prefill = None
             self._release(job.request, "cancelled")
             return
-        tokens = self.chunks.size(job.remaining, self.slots.active)
+        tokens = self.chunks.size(job.remaining, self.slots.active, job.last)
         seconds = job.run(tokens)
         if self.slots.active:
             self.chunks.observe_chunk(tokens, seconds)

@@ -30,6 +30,7 @@ class Prefill:
         self.state: StepState = stepper.rows_state(self.buffers, [0])
         self.done = 0  # prompt tokens in the cache so far
         self.logits: np.ndarray | None = None  # the last prompt token's logits, once done
+        self.last: tuple[int, float] | None = None  # (tokens, seconds) of its latest chunk
 
     @property
     def remaining(self) -> int:
@@ -43,7 +44,9 @@ class Prefill:
         self.done += chunk.shape[1]
         if self.remaining == 0:
             self.logits = logits[0, -1]
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        self.last = (chunk.shape[1], seconds)
+        return seconds
 
 
 class ChunkPolicy:
@@ -64,7 +67,10 @@ class ChunkPolicy:
         self.base: float | None = None
         self.per_token: float | None = None
 
-    def size(self, remaining: int, rows: int) -> int:
+    def size(self, remaining: int, rows: int, last: tuple[int, float] | None = None) -> int:
+        """Tokens for the next chunk of a prompt with `remaining` tokens left; `last`: (tokens, seconds)
+        of this prompt's previous chunk: its per-token cost, where higher than the running estimate,
+        is used (a chunk's attention grows with the prompt tokens before it)."""
         if self.fixed is not None:
             return min(self.fixed, remaining)
         if rows == 0:
@@ -72,8 +78,10 @@ class ChunkPolicy:
         tokens = self.smallest
         step = self._step(rows)
         if step is not None and self.base is not None:
-            # floored: a noisy chunk timed at or under `base` must not make tokens look free
-            per_token = max(self.per_token if self.per_token is not None else self.base / 4, self.base / 32)
+            per_token = self.per_token if self.per_token is not None else self.base / 4
+            if last is not None and last[0] > 1:
+                per_token = max(per_token, max(last[1] - self.base, 0.0) / (last[0] - 1))  # the larger: chunks err small
+            per_token = max(per_token, self.base / 32)  # a noisy chunk timed at or under `base` must not make tokens look free
             tokens = max(tokens, 1 + int(max(0.0, self.stall * step - self.base) / per_token))
         return remaining if remaining - tokens < self.smallest else tokens
 
