@@ -133,6 +133,8 @@ def stall(host: str, port: int, model: str, prompts: list[list[int]], long: list
     return {"others": others, "long_prompt_tokens": len(long), "long_ttft_ms": round((first - start) * 1e3, 1) if first else None,
             "others_itl_p50_before_ms": round(step * 1e3, 1) if step else None,
             "others_max_itl_during_ms": round(worst * 1e3, 1) if worst else None,
+            "others_itl_p50_during_ms": round(float(np.median(during)) * 1e3, 1) if during else None,
+            "others_itl_p90_during_ms": round(float(np.percentile(during, 90)) * 1e3, 1) if during else None,
             "others_gaps_during": len(during),
             "delay_in_steps": round((worst - step) / step, 2) if step and worst else None,
             "long_tokens": arrival["tokens"], "errors": [r["error"] for r in results + [arrival] if r["error"]]}

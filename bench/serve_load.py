@@ -245,7 +245,8 @@ def batching(args) -> int:
             s = results["stall"] = bl.stall(host, port, name, prompts, long, args.stall_clients, 6 * args.max_tokens)
             s["long_answer_is_solo"] = s.pop("long_tokens") == long_solo.tokens[0]
             print(f"long prompt ({len(long)} tokens) with {args.stall_clients} decoding: TTFT {s['long_ttft_ms']} ms; others' ITL p50 before "
-                  f"{s['others_itl_p50_before_ms']} ms, worst during its prefill {s['others_max_itl_during_ms']} ms "
+                  f"{s['others_itl_p50_before_ms']} ms, during its prefill p50 {s['others_itl_p50_during_ms']} p90 {s['others_itl_p90_during_ms']} "
+                  f"worst {s['others_max_itl_during_ms']} ms "
                   f"(+{s['delay_in_steps']} steps); its answer = solo: {s['long_answer_is_solo']}", flush=True)
     finally:
         proc.terminate()
