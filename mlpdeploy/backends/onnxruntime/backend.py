@@ -32,6 +32,7 @@ from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, re
 from mlpdeploy.backends.onnxruntime.options import OrtOptions
 from mlpdeploy.backends.onnxruntime.runner import OrtRunner, onnx_candidate, ort_runner
 from mlpdeploy.backends.onnxruntime.session import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
+from mlpdeploy.backends.onnxruntime.views import restore_views, shared_views
 from mlpdeploy.backends.options import BuildOptions
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
@@ -62,7 +63,9 @@ class OnnxRuntimeBackend(Backend):
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
                 build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}
+            views = shared_views(source)  # e.g. an int4 embedding reading the tied lm_head's codes
             make_session(source, build_config, optimized_output=tmp, external_data=external)
+            restore_views(tmp, views)  # not a second copy of those initializers on disk
             if source != model_path:
                 for leftover in source.parent.glob(f"{source.name}*"):
                     leftover.unlink()
@@ -76,7 +79,8 @@ class OnnxRuntimeBackend(Backend):
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
                 if fusions is not None and fusions.get("shared_cache_buffer"):
-                    derived.cache = {**derived.cache, "shared_buffer": True}
+                    # GroupQueryAttention reads each row's length from the mask (passes/gqa.py): rows may hold different lengths
+                    derived.cache = {**derived.cache, "shared_buffer": True, "row_lengths": True}
                 derived.save_beside(tmp)
                 if derived.cache is not None:  # onnxruntime-genai can drive the cached decoder too
                     built = ir.from_proto(load_onnx(tmp, load_external_data=False))
