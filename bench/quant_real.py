@@ -11,7 +11,7 @@ that same graph, run in ONNX Runtime on the held-out windows `--data` defines (d
 * `mlpdeploy int4 L0/L4` — `quantize-weights:format=int4,accuracy_level=0|4` (block 32);
 * `mlpdeploy nvfp4 L0`, `mlpdeploy mxfp4 L0` — FP4 weights (block 16 / 32) in 8-bit MatMulNBits
   (the E2M1 codes are exact there), float activations;
-* SmolLM2 also: `mlpdeploy int4 L0/L4, LM head float` (the layers ONNX Runtime's quantizer
+* SmolLM2 also: `mlpdeploy int4 L0/L4 (LM head float)` (the layers ONNX Runtime's quantizer
   quantizes: it leaves the tied LM head, a transposed embedding, in float), `mlpdeploy int8 L4`, and the plan of `--plan` (a plan.json
   from `mlpdeploy analyze` for this model) when given.
 
@@ -85,8 +85,8 @@ def variants(model: str, plan: Path | None) -> dict:
     if model == "smollm2":
         # ONNX Runtime's quantizer leaves the tied LM head (a transposed embedding, no MatMul
         # initializer) in float; mlpdeploy quantizes it by default. These rows quantize the same layers.
-        found["mlpdeploy int4 L0, LM head float"] = ours({**INT4, "accuracy_level": 0, "exclude": "*lm_head"})
-        found["mlpdeploy int4 L4, LM head float"] = ours({**INT4, "accuracy_level": 4, "exclude": "*lm_head"})
+        found["mlpdeploy int4 L0 (LM head float)"] = ours({**INT4, "accuracy_level": 0, "exclude": "*lm_head"})
+        found["mlpdeploy int4 L4 (LM head float)"] = ours({**INT4, "accuracy_level": 4, "exclude": "*lm_head"})
         found["mlpdeploy int8 L4"] = ours({"format": "int8", "accuracy_level": 4})
         if plan is not None:
             found[f"mlpdeploy plan ({plan.name})"] = planned(plan)
@@ -164,7 +164,7 @@ def main() -> None:
     for model in args.models.split(","):
         found = results["models"][model]
         rows = found["variants"]
-        theirs, mine = rows.get("onnxruntime RTN int4 L0"), rows.get("mlpdeploy int4 L0, LM head float", rows.get("mlpdeploy int4 L0"))
+        theirs, mine = rows.get("onnxruntime RTN int4 L0"), rows.get("mlpdeploy int4 L0 (LM head float)", rows.get("mlpdeploy int4 L0"))
         if theirs and mine:
             better = mine["value"] >= theirs["value"] if mine["metric"] != "perplexity" else mine["value"] <= theirs["value"]
             print(f"{model}: int4 L0 {mine['metric']} mlpdeploy {mine['value']:.5f} vs ONNX Runtime's quantizer {theirs['value']:.5f} "
