@@ -27,7 +27,6 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass, ShapeInferencePass
 from onnxscript import optimizer
-from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
 from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
 from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
@@ -37,7 +36,7 @@ from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.ort import adopt, copy_model
 from mlpdeploy.passes.ort.cache_shapes import detach_cache_shapes
 from mlpdeploy.passes.ort.compact_mask import compact_attention_bias
-from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
+from mlpdeploy.passes.ort.gqa import INTERMEDIATE_DOMAIN, GQAInputs, attention_rules
 from mlpdeploy.passes.ort.pack_qkv import pack_qkv
 
 NORM_FUSIONS = {
@@ -102,8 +101,7 @@ class OrtDecoder(RewritePass):
         fuse_rotary_embedding(model)
         fuse_sdpa(model)
         inputs = GQAInputs.add_to(model, self.config["max_positions"] or 4096)
-        rules = pattern.RewriteRuleSet([AttentionToGQA.rule(inputs, rotary=True), AttentionToGQA.rule(inputs, rotary=False)])
-        gqa = rules.apply_to_model(model) if inputs.ok else 0
+        gqa = attention_rules(inputs).apply_to_model(model) if inputs.ok else 0
         RemoveUnusedNodesPass()(model)
         left = sorted({n.op_type for n in model.graph if n.domain == INTERMEDIATE_DOMAIN})
         if gqa != layers or left:
