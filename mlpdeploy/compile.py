@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,12 +14,14 @@ from mlpdeploy.analyze.plan import Plan, load_plan
 from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.export import DEFAULT_OPSET, export_model
+from mlpdeploy.memory import MemoryTracker, release_memory, tracking
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
+from mlpdeploy.model.paging import release_weights
 from mlpdeploy.passes import PassSpec, rewrite_model
 from mlpdeploy.passes.pipeline import resolve_targets
 from mlpdeploy.passes.quantize_weights import quantized_sites
-from mlpdeploy.quant import quantized_copy
+from mlpdeploy.quant import quantized_view
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
 from mlpdeploy.validate.metrics import INT8_ACTIVATIONS
@@ -49,19 +50,21 @@ class CompileOptions:
 
 
 class _Stages:
-    """Times each stage and tells the hook when it starts and ends."""
+    """Times each stage, measures its peak resident memory (and its steps', `mlpdeploy.memory`),
+    and tells the hook when it starts and ends."""
 
     def __init__(self, hook: StageHook | None):
         self.hook = hook or (lambda *_: None)
         self.records: dict[str, dict[str, Any]] = {}
+        self.tracker = MemoryTracker()
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         self.hook(name, "start", None)
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        self.records[name] = {"seconds": round(seconds, 3)}
-        self.hook(name, "done", seconds)
+        with self.tracker.stage(name) as record:
+            result = fn()
+            release_memory()  # what the stage freed goes back to the system before the next one starts
+        self.records[name] = record.to_json()
+        self.hook(name, "done", record.seconds)
         return result
 
 
@@ -75,18 +78,19 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     out_dir = Path(out_dir)
     backend = get_backend(options.backend)  # fail fast on a bad backend name
     stages = _Stages(on_stage)
-    with staged_directory(out_dir) as work:
+    with staged_directory(out_dir) as work, tracking(stages.tracker):
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
         if options.kv_cache and bundle.cache is None:
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
         passes = resolve_targets((plan.pass_specs(Path(options.plan).parent) if plan else []) + options.passes, backend.pass_target)
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
+        release_weights(bundle.module)  # the torch weights export read leave memory until validation runs them
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
         quantized, int8 = quantized_sites(rewritten.passes)
-        reference = dataclasses.replace(bundle, module=quantized_copy(bundle.module, quantized, int8)) if quantized else bundle
+        reference = dataclasses.replace(bundle, module=quantized_view(bundle.module, quantized, int8)) if quantized else bundle
         atol, rtol = options.atol, options.rtol
         if int8 and atol is None and rtol is None:
             atol, rtol = INT8_ACTIVATIONS
@@ -134,6 +138,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             **({"kv_cache": _cache(bundle, built.candidate.manifest)} if bundle.cache is not None else {}),
             "passed": validation.passed,
             "stages": stages.records,
+            "memory": memory_summary(stages.records, weight_bytes(bundle.module)),
             "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},
             "validation": validation_json,
             "environment": _environment(),
@@ -144,6 +149,24 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report))
     return report
+
+
+def weight_bytes(module) -> int:
+    """Bytes of the module's parameters and buffers (each tensor once: tied weights count once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def memory_summary(stages: dict[str, dict], weights: int) -> dict[str, Any]:
+    """The run's peak resident memory, the stage it was reached in, and its ratio to the weight bytes."""
+    peaks = {name: record["peak_rss_mib"] for name, record in stages.items() if "peak_rss_mib" in record}
+    worst = max(peaks, key=peaks.get) if peaks else None
+    summary = {"peak_rss_mib": peaks.get(worst), "peak_stage": worst, "weights_mib": round(weights / 2**20, 1)}
+    if worst is not None and weights:
+        summary["peak_over_weights"] = round(peaks[worst] * 2**20 / weights, 2)
+    if any(record.get("peak_is_process_peak") for record in stages.values()):
+        summary["note"] = "this system cannot reset the peak between stages: each stage's peak is the process's so far"
+    return summary
 
 
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:

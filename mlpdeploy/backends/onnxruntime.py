@@ -23,6 +23,7 @@ from mlpdeploy.backends.base import Backend, BuildOptions, BuildResult
 from mlpdeploy.backends.genai_config import CONFIG_NAME, genai_config, write_genai_config
 from mlpdeploy.backends.ort_kernels import kernel_file_name, prepare
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import step
 from mlpdeploy.model.manifest import find_manifest, manifest_path
 from mlpdeploy.onnx_io import check_onnx_path, load_onnx
 from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
@@ -46,12 +47,14 @@ class OnnxRuntimeBackend(Backend):
         with staged_files(output) as tmp:
             source = model_path
             if options.ort_fusions:
-                source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
-                gc.collect()  # the fused IR model (reference cycles) holds the weights: free them before ONNX Runtime loads its own
+                with step("ort fusions"):
+                    source, fusions = fuse_for_ort(model_path, tmp.parent / f".{tmp.name}.fused.onnx", manifest)
+                    gc.collect()  # the fused IR model (reference cycles) holds the weights: free them before ONNX Runtime loads its own
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
                 build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}
-            make_session(source, build_config, optimized_output=tmp, external_data=external)
+            with step("onnxruntime optimize"):
+                make_session(source, build_config, optimized_output=tmp, external_data=external)
             if source != model_path:
                 for leftover in source.parent.glob(f"{source.name}*"):
                     leftover.unlink()

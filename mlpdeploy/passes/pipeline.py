@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import step
 from mlpdeploy.passes.base import RewritePass
 from mlpdeploy.passes.registry import PASSES
 
@@ -86,7 +87,8 @@ def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> dict[str, dict]:
     reports: dict[str, dict] = {}
     for spec in specs:
         p = pass_class(spec.name)(sites=spec.sites, **spec.options)
-        p(model)
+        with step(str(spec)):
+            p(model)
         reports[str(spec)] = p.report.to_json()
     for cleanup in (RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
         cleanup(model)

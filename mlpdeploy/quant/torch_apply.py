@@ -3,7 +3,8 @@
 `quantized_linears(module, {"layers.0.mlp.down_proj": parse_format("nvfp4"), ...})` is a context
 in which those linears compute with `dequantize(quantize(Wᵀ))ᵀ` (the [out, in] torch weight
 quantized as the [in, out] matrix ONNX multiplies by, so blocks run along the input dim), and
-get their own weights back on exit; `quantized_copy` makes a copy that keeps them. This is the
+get their own weights back on exit; `quantized_copy` makes a copy that keeps them, and
+`quantized_view` one that shares every other weight with the model. This is the
 oracle a quantized graph is compared with.
 
 `int8_activations={path: block}` also emulates what ONNX Runtime's MatMulNBits does at accuracy
@@ -98,4 +99,24 @@ def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activ
     for path, block in (int8_activations or {}).items():
         if isinstance(modules.get(path), torch.nn.Linear):
             modules[path].register_forward_pre_hook(int8_input_hook(block))
+    return clone
+
+
+def quantized_view(module: torch.nn.Module, sites: dict[str, Format], int8_activations: dict[str, int] | None = None) -> torch.nn.Module:
+    """What `quantized_copy` computes, for the cost of the quantized weights alone: a copy of
+    `module`'s structure that shares every parameter and buffer with it except the quantized
+    linears' weights (so writing to the view's other weights writes to `module`'s). A weight tied
+    to another module (an LM head tied to the embedding) is untied: only the linear computes with
+    the quantized values, as in the exported graph, where the embedding reads its own table."""
+    clone = copy.deepcopy(module, {id(t): t for t in (*module.parameters(), *module.buffers())})
+    copies = dict(clone.named_modules())
+    with torch.no_grad():
+        for path, fmt in sites.items():
+            linear = copies.get(path)
+            if isinstance(linear, torch.nn.Linear):
+                decoded = dequantized_weight(linear.weight, fmt, f"{path}.weight")
+                linear.weight = torch.nn.Parameter(decoded, requires_grad=linear.weight.requires_grad)
+    for path, block in (int8_activations or {}).items():
+        if isinstance(copies.get(path), torch.nn.Linear):
+            copies[path].register_forward_pre_hook(int8_input_hook(block))
     return clone

@@ -9,6 +9,7 @@ this machine cannot run, validated through the ONNX graph it was built from).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,9 @@ def onnx_candidate(model_path: Path | str, session: dict | None = None, note: st
     providers = ", ".join(p.removesuffix("ExecutionProvider") for p in config["providers"])
     return Candidate(
         artifact=path,
-        make_runner=lambda name: OnnxrtRunner(make_session(path, config), name=name),
+        # The session is made when the runner activates and dropped when it deactivates (Polygraphy
+        # calls a loader lazily), so a comparison never holds it beside the torch reference.
+        make_runner=lambda name: OnnxrtRunner(functools.partial(make_session, path, config), name=name),
         manifest=find_manifest(path),
         executed=f"ONNX Runtime ({providers}) on {path.name}",
         note=note,

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import step
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
@@ -124,17 +125,20 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         ref_side = onnx_candidate(reference)
         ref_runner, ref_manifest = ref_side.make_runner("reference:onnxruntime"), ref_side.manifest
     feeds = _feeds(options, candidate, reference, ref_manifest)
-    outputs = compare_outputs(candidate.make_runner("candidate"), ref_runner, feeds, atol, rtol)
+    with step("outputs"):
+        outputs = compare_outputs(candidate.make_runner("candidate"), ref_runner, feeds, atol, rtol)
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
-        layers = _layer_report(reference, candidate, feeds[0])
+        with step("layers"):
+            layers = _layer_report(reference, candidate, feeds[0])
     bisect = _bisect_report(reference, candidate, feeds[0], atol, rtol, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
         judge = options.task_reference or baseline
         if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
-        task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
-                            relative=options.relative_metric_delta)
+        with step("task"):
+            task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
+                                relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),

@@ -13,6 +13,7 @@ from polygraphy.common import TensorMetadata
 
 from mlpdeploy.dtypes import numpy_dtype
 from mlpdeploy.model.bundle import ModelBundle, set_eval
+from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.torch_run import run_module
 
 
@@ -40,4 +41,4 @@ class TorchRunner(BaseRunner):
         return OrderedDict(zip(self.bundle.resolved_output_names(len(outputs)), outputs))
 
     def deactivate_impl(self):
-        pass
+        release_weights(self.bundle.module)  # memory-mapped weights leave memory until the next run
