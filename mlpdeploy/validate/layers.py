@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.memory import release_memory
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.hooks import capture_outputs
 from mlpdeploy.model.paging import release_weights
@@ -85,7 +86,10 @@ def run_values(model: ir.Model, values: list[ir.Value], feed: dict[str, np.ndarr
     session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = list(dict.fromkeys(v.name for v in values))
     wanted = {i.name for i in session.get_inputs()}
-    return dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
+    results = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
+    del session
+    release_memory()  # what the session freed goes back to the system now, not when glibc sees fit
+    return results
 
 
 def layer_arrays(bundle: ModelBundle, model: ir.Model, values: dict[str, ir.Value], feed: dict[str, np.ndarray],

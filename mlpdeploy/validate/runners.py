@@ -12,6 +12,7 @@ from polygraphy.backend.base import BaseRunner
 from polygraphy.common import TensorMetadata
 
 from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.memory import release_memory
 from mlpdeploy.model.bundle import ModelBundle, set_eval
 from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.torch_run import run_module
@@ -42,3 +43,4 @@ class TorchRunner(BaseRunner):
 
     def deactivate_impl(self):
         release_weights(self.bundle.module)  # memory-mapped weights leave memory until the next run
+        release_memory()
