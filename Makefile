@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.mlpdeploy-installed
-EXTRAS := dev,hf,triton,rtx,serve,real
+EXTRAS := dev,hf,triton,rtx,serve,real,images
 REAL_DIR := .cache/real
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
@@ -12,10 +12,16 @@ PYTEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
+# The real Triton Inference Server the serving tests start comes inside NVIDIA's PyTriton wheel
+# (mlpdeploy.serving.tritonserver runs its binaries). --no-deps: its metadata pins numpy<2, and
+# mlpdeploy imports none of its Python code, so it cannot be an extra of pyproject.toml.
+TRITONSERVER_WHEEL := nvidia-pytriton==0.7.0
+
 # torch is pinned through constraints.txt to the exact CPU wheel the project is tested with.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps "$(TRITONSERVER_WHEEL)"
 	touch $(STAMP)
 
 demo: setup
@@ -47,7 +53,7 @@ FUZZ_SEED ?= 0
 FUZZ_MAX_COMBINATIONS ?= 16
 
 fuzz: setup
-	$(PY) tests/fuzz/run.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) $(if $(FUZZ_MAX_COMBINATIONS),--max-combinations $(FUZZ_MAX_COMBINATIONS))
+	$(PY) -m tests.fuzz.run --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) $(if $(FUZZ_MAX_COMBINATIONS),--max-combinations $(FUZZ_MAX_COMBINATIONS))
 
 BENCH_STAMP := $(VENV)/.mlpdeploy-bench-installed
 

@@ -48,14 +48,10 @@ def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
 def artifact_session(artifact: Path, threads: int):
     """An ONNX Runtime session for a model mlpdeploy built, with the settings its build saved (as
     `Engine.load` makes it), on `threads` intra-op threads, without spinning (NO_SPINNING)."""
+    from mlpdeploy.backends.onnxruntime.loader import session_from_artifact
     from mlpdeploy.runtime.engine import resolve_artifact
-    from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
-    model = resolve_artifact(artifact)
-    config = dict(saved_session_config(model))
-    config["intra_op_num_threads"] = threads
-    config["config_entries"] = {**config.get("config_entries", {}), **NO_SPINNING}
-    return make_session(model, config)
+    return session_from_artifact(resolve_artifact(artifact), threads=threads, config_entries=NO_SPINNING)
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, repeats: int = 20) -> float:

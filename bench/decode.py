@@ -2,6 +2,7 @@
 
     python bench/decode.py [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2] [--kv-heads 16]
                            [--int4] [--json PATH]
+    python bench/decode.py --prompts --artifact DIR [...]   (real prompts: bench/decode_prompts.py)
 
 Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round
 (every other round in reverse order, so no variant always runs right after the same one):
@@ -125,23 +126,23 @@ def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float]) -> dict[st
     """name -> (passes, build options) of every mlpdeploy variant asked for."""
     from mlpdeploy.passes.pipeline import PassSpec
 
-    variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"ort_fusions": False})}
+    variants = {"mlpdeploy": ([], {}), "mlpdeploy unfused": ([], {"fusions": False})}
     if int4:
         variants["mlpdeploy int4"] = ([PassSpec("quantize-weights", {"format": "int4"})], {})
     for s, sites in (gated_thresholds(hf, sparsities) if sparsities else {}).items():
-        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"ort_kernels": True})
+        variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"kernels": True})
     return variants
 
 
 def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: list[float] = ()) -> tuple[dict, dict]:
     """Every variant that can be built here, and a note for each that cannot."""
-    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.compile import CompileOptions, compile_model
 
     variants, notes, outputs = {}, {}, {}
     for name, (passes, build) in mlpdeploy_variants(hf, int4, list(sparsities)).items():
         out = work / name.replace(" ", "-").replace("%", "")
-        options = CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu", **build))
+        options = CompileOptions(kv_cache=True, passes=passes, build=OrtOptions(device="cpu", **build))
         report = compile_model(str(hf), out, options)
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
@@ -181,6 +182,10 @@ def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: i
 
 
 def main() -> None:
+    if "--prompts" in sys.argv[1:]:  # real prompts, every decoding mode vs genai plain and n-gram (bench/decode_prompts.py)
+        from decode_prompts import main as prompts_main
+
+        return prompts_main([a for a in sys.argv[1:] if a != "--prompts"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="16,128,512")
     parser.add_argument("--new-tokens", type=int, default=32)

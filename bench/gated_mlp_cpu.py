@@ -123,7 +123,7 @@ def main() -> None:
     export_s = time.perf_counter() - start
     fused = ir.from_proto(ir.to_proto(unfused))
     start = time.perf_counter()
-    report = run_pipeline(fused, [PassSpec("fuse-gated-mlp")])["fuse-gated-mlp"]
+    report = run_pipeline(fused, [PassSpec("fuse-gated-mlp")])[0]
     rewrite_s = time.perf_counter() - start
     if report["rewritten"] != args.layers:
         raise SystemExit(f"fuse-gated-mlp fused {report['rewritten']} of {args.layers} MLPs: {report['skipped']}")

@@ -131,24 +131,23 @@ def op_benchmark(args, kernels: Path | None) -> dict:
 
 
 def kat_benchmark(args, kernels: Path | None, workdir: Path) -> dict:
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
+    from mlpdeploy.backends.onnxruntime.loader import session_from_artifact
     from mlpdeploy.export import export_model
     from mlpdeploy.model import load_model
-    from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
 
     bundle = load_model("kat-tiny")
     exported = export_model(bundle, workdir / "kat.onnx")
     backend = get_backend("onnxruntime")
-    built = {"body": backend.build(exported.model_path, workdir / "kat.ort.onnx", BuildOptions(device="cpu"))}
+    built = {"body": backend.build(exported.model_path, workdir / "kat.ort.onnx", OrtOptions(device="cpu"))}
     if kernels is not None:
-        opts = BuildOptions(device="cpu", ort_kernels=True, extra={"cache_dir": workdir / "cache"})
+        opts = OrtOptions(device="cpu", kernels=True, cache_dir=workdir / "cache")
         built["kernel"] = backend.build(exported.model_path, workdir / "kernel" / "kat.ort.onnx", opts)
     x = np.random.default_rng(1).uniform(-1, 1, (args.kat_batch, 1, 8, 8)).astype(np.float32)
     sessions = {}
     for name, result in built.items():
-        path = result.artifacts["model"]
-        config = dict(saved_session_config(path), intra_op_num_threads=args.threads)
-        sessions[name] = make_session(path, config)
+        sessions[name] = session_from_artifact(result.artifacts["model"], threads=args.threads)
     fns = {name: (lambda s=s: s.run(None, {"pixel_values": x})) for name, s in sessions.items()}
     xt = torch.from_numpy(x)
 

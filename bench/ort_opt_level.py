@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, artifact_session, machine, write_results  # noqa: E402
 from suite import time_variants, workload_arguments  # noqa: E402
 
-from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
+from mlpdeploy.backends import get_backend  # noqa: E402
+from mlpdeploy.backends.onnxruntime import OrtOptions  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
 from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
 
@@ -34,7 +35,7 @@ def build_engines(name: str, work: Path, threads: int) -> dict:
         for level in LEVELS:
             label = f"{level}{'' if fusions else ' no-fusions'}"
             out = work / f"{label.replace(' ', '_')}.ort.onnx"
-            backend.build(exported, out, BuildOptions(device="cpu", opt_level=level, ort_fusions=fusions))
+            backend.build(exported, out, OrtOptions(device="cpu", opt_level=level, fusions=fusions))
             session = artifact_session(out, threads)
             engines[label] = lambda feed, s=session: s.run(None, feed)
     return engines

@@ -15,7 +15,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, median_ms, write_results  # noqa: E402
 
-from mlpdeploy.backends import BuildOptions, get_backend  # noqa: E402
+from mlpdeploy.backends import get_backend  # noqa: E402
+from mlpdeploy.backends.onnxruntime import OrtOptions  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
 from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
 from mlpdeploy.zoo import ZOO  # noqa: E402
@@ -24,7 +25,7 @@ from mlpdeploy.zoo import ZOO  # noqa: E402
 def bench_model(name: str, threads: int, workdir: Path) -> dict:
     bundle = load_model(name)
     exported = export_model(bundle, workdir / f"{name}.onnx")
-    built = get_backend("onnxruntime").build(exported.model_path, workdir / f"{name}.ort.onnx", BuildOptions(device="cpu"))
+    built = get_backend("onnxruntime").build(exported.model_path, workdir / f"{name}.ort.onnx", OrtOptions(device="cpu"))
     feed = generate_inputs(bundle.inputs)
     args = [torch.from_numpy(feed[s.name]) for s in bundle.inputs]
     runner = built.candidate.make_runner("ort")

@@ -64,7 +64,7 @@ def op_types(path: Path) -> dict[str, int]:
 
 
 def build_decoders(hf: Path, work: Path, threads: int, fp4: bool) -> tuple[dict, dict, dict]:
-    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.compile import CompileOptions, compile_model
     from mlpdeploy.passes.pipeline import PassSpec
 
@@ -74,7 +74,7 @@ def build_decoders(hf: Path, work: Path, threads: int, fp4: bool) -> tuple[dict,
             continue
         out = work / name.replace(" ", "-")
         passes = [PassSpec("quantize-weights", dict(options))] if options else []
-        report = compile_model(str(hf), out, CompileOptions(kv_cache=True, passes=passes, build=BuildOptions(device="cpu")))
+        report = compile_model(str(hf), out, CompileOptions(kv_cache=True, passes=passes, build=OrtOptions(device="cpu")))
         if not report["passed"]:
             raise SystemExit(f"{name}: validation failed: {report['validation']['outputs']}")
         variants[name] = MlpdeployDecoder(out, threads)
@@ -162,7 +162,7 @@ def ppl_part(args) -> dict:
             stored, quantized = fp32_bytes, 0
             if spec is not None:
                 rewritten = rewrite_model(path, Path(tmp) / f"{len(rows)}.onnx", [spec])
-                report = next(iter(rewritten.passes.values()))
+                report = rewritten.passes[0]
                 stored = fp32_bytes - report["float32_bytes"] + report["bytes"]
                 quantized, path = report["weights"], rewritten.model_path
             so = ort.SessionOptions()
@@ -223,7 +223,7 @@ def forms_part(args) -> dict:
         model = ir.Model(graph, ir_version=10)
         stored[name] = 4 * k * n
         if options:
-            stored[name] = next(iter(run_pipeline(model, [PassSpec("quantize-weights", dict(options))]).values()))["bytes"]
+            stored[name] = run_pipeline(model, [PassSpec("quantize-weights", dict(options))])[0]["bytes"]
         so = ort.SessionOptions()
         so.intra_op_num_threads = args.threads
         sessions[name] = ort.InferenceSession(ir.to_proto(model).SerializeToString(), so, providers=["CPUExecutionProvider"])

@@ -36,7 +36,7 @@ from common import RESULTS, Sampler, artifact_session, cpu_session, machine, wri
 from peak_memory import peak_mib  # noqa: E402
 from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
-from mlpdeploy.backends import BuildOptions  # noqa: E402
+from mlpdeploy.backends.onnxruntime import OrtOptions  # noqa: E402
 from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.export import export_model  # noqa: E402
 from mlpdeploy.model import generate_inputs, load_model  # noqa: E402
@@ -50,7 +50,7 @@ WORKLOADS: dict[str, dict[str, dict]] = {
     "opt-relu-small": {},
     "vit-small": {},
     "mixer-small": {},
-    "kat-tiny": {"mlpdeploy --ort-kernels": {"ort_kernels": True}},
+    "kat-tiny": {"mlpdeploy --ort-kernels": {"kernels": True}},
 }
 
 
@@ -67,7 +67,7 @@ def onnxscript_fused(exported: Path) -> bytes:
 
 def compile_variant(name: str, out: Path, threads: int, passes=(), ort_kernels: bool = False) -> tuple[object, dict]:
     options = CompileOptions(passes=[parse_pass_spec(p) for p in passes],
-                             build=BuildOptions(device="cpu", ort_kernels=ort_kernels), task_limit=64)
+                             build=OrtOptions(device="cpu", kernels=ort_kernels), task_limit=64)
     report = compile_model(name, out, options)
     if not report["passed"]:
         raise SystemExit(f"{name} {passes}: mlpdeploy's validation failed: {report['validation'].get('outputs')}")

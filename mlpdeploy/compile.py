@@ -13,18 +13,17 @@ from mlpdeploy import __version__
 from mlpdeploy.analyze.plan import Plan, load_plan
 from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
-from mlpdeploy.export import DEFAULT_OPSET, export_model
+from mlpdeploy.contract import DEFAULT_OPSET
+from mlpdeploy.export import export_model
 from mlpdeploy.memory import MemoryTracker, release_memory, tracking
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.model.paging import release_weights
+from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
-from mlpdeploy.passes.pipeline import resolve_targets
-from mlpdeploy.passes.quantize_weights import quantized_sites
-from mlpdeploy.quant import quantized_view
+from mlpdeploy.passes.pipeline import check_pipeline, reference_edits, resolve_targets
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
-from mlpdeploy.validate.metrics import INT8_ACTIVATIONS
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
@@ -32,7 +31,8 @@ StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done"
 @dataclass
 class CompileOptions:
     """`plan`: a plan.json from `analyze` whose passes run before `passes`. `kv_cache`: export the
-    decoder with its KV cache (one graph for prefill and decode)."""
+    decoder with its KV cache (one graph for prefill and decode). `data`: the user's data (`--data`),
+    which defines the task validation judges the build on (default: a zoo model's own task)."""
 
     passes: list[PassSpec] = field(default_factory=list)
     plan: Path | None = None
@@ -47,6 +47,7 @@ class CompileOptions:
     max_metric_delta: float | None = None  # default: the plan's budget, if it has one
     relative_metric_delta: bool = False  # max_metric_delta is a fraction of the reference's metric
     debug: bool = False
+    data: DataOptions | None = None
 
 
 class _Stages:
@@ -80,20 +81,26 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     stages = _Stages(on_stage)
     with staged_directory(out_dir) as work, tracking(stages.tracker):
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
+        if options.data is not None and options.data.path is not None:
+            bundle = stages.run("data", lambda: attach_task(bundle, options.data))
         if options.kv_cache and bundle.cache is None:
             bundle = with_kv_cache(bundle)
         plan = _plan_for(options.plan, bundle)
         passes = resolve_targets((plan.pass_specs(Path(options.plan).parent) if plan else []) + options.passes, backend.pass_target)
+        check_pipeline(passes)  # before the export: a bad option or order fails fast
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
         release_weights(bundle.module)  # the torch weights export read leave memory until validation runs them
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
-        quantized, int8 = quantized_sites(rewritten.passes)
-        reference = dataclasses.replace(bundle, module=quantized_view(bundle.module, quantized, int8)) if quantized else bundle
+        edits = reference_edits(rewritten.passes)  # what the approximate passes imply for the torch reference
+        reference = bundle
+        for edit in edits:
+            reference = dataclasses.replace(reference, module=edit.apply(reference.module))
         atol, rtol = options.atol, options.rtol
-        if int8 and atol is None and rtol is None:
-            atol, rtol = INT8_ACTIVATIONS
+        loosest = max((e.tolerance for e in edits if e.tolerance), default=None)
+        if loosest and atol is None and rtol is None:
+            atol, rtol = loosest
         validate_options = ValidateOptions(
             precision=options.build.precision,
             atol=atol,
@@ -109,6 +116,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         stages.records["rewrite"].update(rewritten.to_json())
         stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
+            **_tokenizer_files(bundle, work),
             "onnx": exported.model_path,
             "manifest": exported.manifest_path,
             "rewritten_onnx": rewritten.model_path,
@@ -123,12 +131,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
                 shutil.copyfile(Path(options.plan).parent / file, work / file)
         validation_json = validation.to_json()
         validation_json["candidate"] = _final(validation.candidate, work, out_dir)
-        if quantized:
-            validation_json["reference_weights"] = (
-                f"outputs and layers compared with the torch model whose {len(quantized)} quantized linears hold the weights their "
-                "codes decode to" + (f" ({len(int8)} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
-                + "; the task metric with the original weights"
-            )
+        if edits:
+            validation_json["reference_edits"] = [edit.note for edit in edits]
         if validation.layers and validation.layers["model"]:
             validation_json["layers"]["model"] = _final(validation.layers["model"], work, out_dir)
         report = {
@@ -167,6 +171,16 @@ def memory_summary(stages: dict[str, dict], weights: int) -> dict[str, Any]:
     if any(record.get("peak_is_process_peak") for record in stages.values()):
         summary["note"] = "this system cannot reset the peak between stages: each stage's peak is the process's so far"
     return summary
+
+
+def _tokenizer_files(bundle: ModelBundle, work: Path) -> dict[str, Path]:
+    """A Hugging Face source's tokenizer files (chat template, generation config) copied beside the artifact,
+    so `generate`/`serve` find them wherever the artifact goes."""
+    from mlpdeploy.runtime.tokenizer import copy_tokenizer_files
+
+    if bundle.kind != "hf" or not Path(bundle.source).is_dir():
+        return {}
+    return {f"tokenizer:{p.name}": p for p in copy_tokenizer_files(Path(bundle.source), work)}
 
 
 def _plan_for(path: Path | None, bundle: ModelBundle) -> Plan | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from mlpdeploy.errors import MlpdeployError
@@ -40,12 +39,3 @@ _TORCH_TO_NUMPY = {
 def numpy_dtype_name(dtype) -> str:
     """The numpy dtype name of a torch dtype (bfloat16 via ml_dtypes)."""
     return _TORCH_TO_NUMPY[str(dtype).removeprefix("torch.")]
-
-
-def numpy_dtype(name: str) -> np.dtype:
-    """The numpy dtype called `name` (bfloat16 through ml_dtypes)."""
-    if name == "bfloat16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)

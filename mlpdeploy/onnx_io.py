@@ -8,13 +8,12 @@ import onnx
 import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
+from mlpdeploy.contract import DOMAIN, MS_DOMAIN, STANDARD_DOMAINS
 from mlpdeploy.errors import MlpdeployError, first_line
 
-# The domains of standard ONNX ops ("ai.onnx" is the default domain spelled out).
-STANDARD_DOMAINS = ("", "ai.onnx")
 # Domains whose ops some backend here implements: standard ONNX and ONNX-ML, ONNX Runtime's contrib ops
 # (and the layouts of its optimized graphs), onnxruntime-extensions, and mlpdeploy's own ops.
-KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc", "ai.onnx.contrib", "mlpdeploy")
+KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", MS_DOMAIN, f"{MS_DOMAIN}.nchwc", "com.ms.internal.nhwc", "ai.onnx.contrib", DOMAIN)
 MIN_OPSET = 7  # the oldest ONNX Runtime runs
 
 # Past this many bytes of weights, a model is written with its weights in an external data file

@@ -1,5 +1,6 @@
 """Name → class registries for passes, backends and analyses: one line registers a thing,
-by "module:Class" inside its package, imported only when it is asked for."""
+by "module:Class" inside its package (or an absolute "mlpdeploy.x.y:Class"), imported only when it
+is asked for."""
 
 from __future__ import annotations
 
@@ -34,4 +35,5 @@ class Registry:
         if isinstance(entry, type):
             return entry
         module, cls = entry.split(":")
-        return getattr(importlib.import_module(f"{self.package}.{module}"), cls)
+        module = module if module.startswith("mlpdeploy.") else f"{self.package}.{module}"  # absolute: another package's
+        return getattr(importlib.import_module(module), cls)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 
+from mlpdeploy.passes.pipeline import spec_text
+
 CSS = """
 body{font-family:system-ui,sans-serif;margin:2rem;max-width:72rem;color:#222}
 h1{font-size:1.5rem}h2{font-size:1.15rem;margin-top:2rem}
@@ -180,14 +182,14 @@ def _rewrite_section(stages: dict) -> list[str]:
     """Each pass (and the backend's own fusions): the sites it rewrote, those it skipped and why,
     and the op-type counts that changed."""
     rewrite, build = stages.get("rewrite") or {}, stages.get("build") or {}
-    passes = dict(rewrite.get("passes") or {})
+    passes = [(spec_text(info), info) for info in rewrite.get("passes") or []]  # in the order they ran
     fusions = build.get("fusions") or {}
     if fusions.get("rewritten") or fusions.get("skipped"):  # the backend's fusion pass, when it changed or declined something
-        passes[f"{fusions.get('pass', 'ort-decoder')} (at build)"] = fusions
+        passes.append((f"{fusions.get('pass', 'ort-decoder')} (at build)", fusions))
     parts = ["<h2>Rewrite</h2>"]
     if not passes:
         parts.append("<p>No rewrite pass ran: the built graph is the export (plus the backend's own optimizations).</p>")
-    for name, info in passes.items():
+    for name, info in passes:
         sites = info.get("sites") or info.get("dropped") or {}
         extra = {k: v for k, v in info.items() if k in ("fusions", "shared_cache_buffer", "module_overrides")}
         parts.append(f"<h3>{escape(name)}: {info.get('rewritten', len(sites))} rewritten, {len(info.get('skipped') or {})} skipped</h3>")
@@ -226,6 +228,8 @@ def render_html(report: dict) -> str:
         edits = ", ".join(f"{k} → {v}" for k, v in val["reference_overrides"].items())
         parts.append(f"<p><b>Reference edited as the approximate rewrite computes:</b> {escape(edits)} (outputs and layers compared with "
                      "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the approximation).</p>")
+    for note in val.get("reference_edits") or []:  # what a pass declared its rewrite implies for the reference
+        parts.append(f"<p><b>Reference:</b> {escape(note)}.</p>")
     if val.get("task"):
         task = val["task"]
         verdict = _badge(task["passed"]) if "passed" in task else "no budget"

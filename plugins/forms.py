@@ -15,9 +15,10 @@ from collections.abc import Iterator
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.errors import OpError
 
-from .registry import DOMAIN, PLUGIN_ATTRIBUTES
+from .registry import PLUGIN_ATTRIBUTES
 
 
 def all_nodes(model: ir.Model) -> Iterator[tuple[ir.Function | None, ir.Node]]:

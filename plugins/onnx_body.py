@@ -7,9 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_OPSET, DOMAIN, IR_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from mlpdeploy.errors import OpError
-
-from .registry import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 INT64_MAX = np.iinfo(np.int64).max
 
@@ -93,10 +92,10 @@ def add_function(model: ir.Model, node: ir.Node, op_type: str, opset_version: in
     if existing is not None and existing != opset_version:
         raise OpError(f"model imports domain {DOMAIN!r} at version {existing}, {op_type} needs {opset_version}")
     model.opset_imports[DOMAIN] = opset_version
-    model.ir_version = max(model.ir_version or 10, 10)
+    model.ir_version = max(model.ir_version or IR_VERSION, IR_VERSION)
     if (DOMAIN, op_type, overload) in model.functions:
         return
-    onnx_opset = model.opset_imports.setdefault("", 20)
+    onnx_opset = model.opset_imports.setdefault("", DEFAULT_OPSET)
     function = build(onnx_opset)
     model.functions[function.identifier()] = function
 
@@ -123,4 +122,4 @@ def standalone_model(build_node, arrays: dict[str, np.ndarray], last_dim: int, *
     node = build_node(x, *weights, name=name, **attributes)
     node.outputs[0].name = "y"
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name=name)
-    return ir.Model(graph, ir_version=10, producer_name="mlpdeploy"), node
+    return ir.Model(graph, ir_version=IR_VERSION, producer_name="mlpdeploy"), node

@@ -5,9 +5,6 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 
-DOMAIN = "mlpdeploy"
-PLUGIN_NAMESPACE = "mlpdeploy"
-PLUGIN_VERSION = "1"
 # The node attributes that make TensorRT's ONNX parser pick a registered plugin (TensorRT >= 10.7).
 PLUGIN_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 

@@ -20,9 +20,10 @@ from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.errors import OpError
 
-from .registry import DOMAIN, OPS
+from .registry import OPS
 
 TENSOR_TYPES = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 

@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from mlpdeploy.contract import BFLOAT16_BITS, PLUGIN_NAMESPACE, PLUGIN_VERSION, TRT_DTYPES, numpy_dtype
 from mlpdeploy.errors import MlpdeployError, OpError, require
 
-from .registry import PLUGIN_NAMESPACE, PLUGIN_VERSION
-
-# TensorRT DataType member name -> torch dtype name (getattr(torch, name)).
-TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
-ITEMSIZE = {"FLOAT": 4, "HALF": 2, "BF16": 2}
+# The TensorRT types mlpdeploy's plugins compute in → torch dtype name, and its size in bytes.
+TORCH_DTYPES = {name: TRT_DTYPES[name] for name in ("FLOAT", "HALF", "BF16")}
+ITEMSIZE = {name: numpy_dtype(dtype).itemsize for name, dtype in TORCH_DTYPES.items()}
 _TYPESTR = {"uint8": "|u1", "float32": "<f4", "float16": "<f2", "int16": "<i2", "int32": "<i4", "int64": "<i8", "int8": "|i1"}
 
 
@@ -99,8 +98,8 @@ def device_tensor(ptr: int, shape: Iterable[int], dtype: str):
     import torch
 
     shape = tuple(int(s) for s in shape)
-    if dtype == "bfloat16":  # __cuda_array_interface__ has no bfloat16 typestr: view int16 bits
-        return device_tensor(ptr, shape, "int16").view(torch.bfloat16)
+    if dtype == "bfloat16":  # __cuda_array_interface__ has no bfloat16 typestr: view its 16 bits
+        return device_tensor(ptr, shape, BFLOAT16_BITS).view(torch.bfloat16)
     if volume(shape) == 0:
         return torch.empty(shape, dtype=getattr(torch, dtype), device="cuda")
     return torch.as_tensor(_CudaArray(ptr, shape, _TYPESTR[dtype]), device="cuda")

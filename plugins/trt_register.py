@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from mlpdeploy.contract import PLUGIN_NAMESPACE
+
 from . import trt_plugin_base
-from .registry import OPS, PLUGIN_NAMESPACE
+from .registry import OPS
 
 # Creators must outlive the registry's use of them: TensorRT keeps only a raw pointer.
 _REGISTERED: dict[tuple[int, str], object] = {}

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import io
+import logging
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
+import onnx
+import onnx_ir as ir
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -50,7 +59,8 @@ def zoo_export(tmp_path_factory):
 def zoo_build(zoo_export):
     """`get(MODEL, kv_cache=False)` → the exported model built for ONNX Runtime on the CPU
     (`<model>[-kv].ort.onnx` with its manifest and session settings), once per session."""
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
 
     done = {}
 
@@ -58,7 +68,7 @@ def zoo_build(zoo_export):
         if (model, kv_cache) not in done:
             _, exported = zoo_export(model, kv_cache)
             built = exported.parent / exported.name.replace(".onnx", ".ort.onnx")
-            get_backend("onnxruntime").build(exported, built, BuildOptions(device="cpu"))
+            get_backend("onnxruntime").build(exported, built, OrtOptions(device="cpu"))
             done[model, kv_cache] = built
         return done[model, kv_cache]
 
@@ -150,3 +160,81 @@ def smollm2_full() -> Path:
 def minilm_dir() -> Path:
     """all-MiniLM-L6-v2 (a real BERT sentence encoder, 90 MB)."""
     return _real_model("minilm", "minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2_small_kv(smollm2_small, tmp_path_factory) -> Path:
+    """The 4-layer SmolLM2 compiled with --kv-cache for ONNX Runtime (a compile output directory)."""
+    from mlpdeploy.compile import CompileOptions, compile_model
+
+    out = tmp_path_factory.mktemp("smollm2") / "smollm2-4l-kv"
+    compile_model(str(smollm2_small), out, CompileOptions(kv_cache=True, task_limit=8))
+    return out
+
+
+# ---------------------------------------------------------------- graph-test helpers (`h`)
+# onnxscript's recipe for pass tests: run the full ONNX checker, compare numerics in ONNX Runtime
+# CPU with ITS graph optimizations disabled (so its own fusions cannot hide or fake ours). Used by
+# tests/passes/ and by the backends' own graph passes (tests/backends/onnxruntime/passes/).
+
+# max |error| allowed, relative to max(1, max |reference|)
+TOLERANCE = {np.dtype("float32"): 2e-5, np.dtype("float16"): 1e-2}
+
+
+def session(model: ir.Model | onnx.ModelProto):
+    import onnxruntime as ort
+
+    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    return session(model).run(None, feeds)
+
+
+def checked(model: ir.Model) -> onnx.ModelProto:
+    """The model as a proto that passed onnx.checker's full check (with strict shape inference)."""
+    proto = ir.to_proto(model)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def op_counts(model: ir.Model) -> collections.Counter:
+    return collections.Counter(n.op_type for n in model.graph)
+
+
+def assert_close(actual: np.ndarray, reference: np.ndarray, what: str = "") -> float:
+    actual, reference = np.asarray(actual), np.asarray(reference)
+    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
+    assert np.isfinite(actual).all(), f"{what}: non-finite output"
+    scale = max(1.0, float(np.abs(reference.astype(np.float32)).max(initial=0.0)))
+    err = float(np.abs(actual.astype(np.float32) - reference.astype(np.float32)).max(initial=0.0))
+    tol = TOLERANCE[actual.dtype] * scale
+    assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g} ({actual.dtype})"
+    return err
+
+
+def export(module, example: tuple, *, optimize: bool = True, opset: int = 20, dynamic: bool = True) -> ir.Model:
+    """torch.onnx.export(dynamo=True) with dynamic batch/seq on every 3-D input, quietly."""
+    import torch
+
+    shapes = None
+    if dynamic:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
+        shapes = tuple({0: batch, 1: seq} if t.dim() == 3 else {0: batch} for t in example)
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, example, dynamo=True, optimize=optimize, opset_version=opset, dynamic_shapes=shapes, verbose=False
+        )
+    return program.model
+
+
+@pytest.fixture(scope="session")
+def h():
+    """The helpers above, for test modules (pytest imports them with --import-mode=importlib)."""
+    return SimpleNamespace(session=session, run=run, checked=checked, op_counts=op_counts, assert_close=assert_close, export=export)

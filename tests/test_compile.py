@@ -38,9 +38,9 @@ def test_stage_hook_sees_every_stage(tiny_spec, tmp_path):
 
 
 def test_failed_stage_leaves_no_output(tmp_path, tiny_spec):
-    from mlpdeploy.backends import BuildOptions
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.errors import MlpdeployError
 
     with pytest.raises(MlpdeployError, match="unknown ONNX Runtime optimization level"):
-        compile_model(tiny_spec, tmp_path / "out", CompileOptions(build=BuildOptions(opt_level="max")))
+        compile_model(tiny_spec, tmp_path / "out", CompileOptions(build=OrtOptions(opt_level="max")))
     assert list(tmp_path.iterdir()) == []

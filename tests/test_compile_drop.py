@@ -13,7 +13,7 @@ from mlpdeploy.analyze import AnalyzeOptions, analyze_model
 from mlpdeploy.analyze.plan import passes_with_plan
 from mlpdeploy.cli import cli
 from mlpdeploy.compile import CompileOptions, compile_model
-from mlpdeploy.passes import parse_pass_spec, rewrite_model
+from mlpdeploy.passes import parse_pass_spec, pass_report, rewrite_model
 from mlpdeploy.validate import ValidateOptions, validate
 
 
@@ -49,7 +49,7 @@ def test_plan_passes_compose_in_order(tmp_path, zoo_export, order):
     plan.passes = [fuse, drop] if order == "fuse-then-drop" else [drop, fuse]
     specs = passes_with_plan(plan.save(tmp_path / "plan.json"), [], onnx_path)
     result = rewrite_model(onnx_path, tmp_path / "model.opt.onnx", specs)
-    assert list(result.passes) == [p["name"] for p in plan.passes]
+    assert [r["pass"] for r in result.passes] == [p["name"] for p in plan.passes]
     assert result.op_counts_after["mlpdeploy::GatedMLP"] == 1  # one MLP left to fuse, or one fused MLP left
     report = validate(bundle, result.model_path, ValidateOptions(layers=True))
     assert report.passed, report.to_json()
@@ -70,7 +70,7 @@ def test_budget_from_the_plan_and_report_html(tmp_path):
     assert dropped == ["blocks.2.mlp", "blocks.3", "blocks.1"]  # on 32 samples; blocks.3 replaced its two sublayers
     # what the planner kept in torch fits the same held-out samples again, run in ONNX Runtime
     assert task["passed"] and report["passed"] and task["candidate"] == pytest.approx(plan.analyses["redundancy"]["planner"]["final"])
-    assert list(report["stages"]["rewrite"]["passes"]["drop-layers"]["dropped"]) == dropped
+    assert list(pass_report(report["stages"]["rewrite"]["passes"], "drop-layers")["dropped"]) == dropped
     page = (tmp_path / "out" / "report.html").read_text()
     assert "Redundancy by depth" in page and 'aria-label="accuracy vs sublayers dropped' in page and "Budget: 0.05 accuracy" in page
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from .fixtures.determinism_run import CASES
+
 FIXTURES = Path(__file__).parent / "fixtures"
-sys.path.insert(0, str(FIXTURES))
-from determinism_run import CASES  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -206,7 +206,7 @@ def test_disk_full_during_a_write(tmp_path, tiny_spec, monkeypatch):
 def test_ctrl_c_during_compile_leaves_only_complete_artifacts(tmp_path, tiny_spec, monkeypatch):
     """Ctrl-C in the build stage (after export and rewrite wrote their files into the staging
     directory): a new output directory is not created; an existing one keeps exactly what it held."""
-    from mlpdeploy.backends.onnxruntime import OnnxRuntimeBackend
+    from mlpdeploy.backends.onnxruntime.backend import OnnxRuntimeBackend
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

@@ -61,7 +61,7 @@ def plan_drops(ctx: AnalysisContext, candidates: list[Sublayer], scores: dict[st
     task = bundle.task
     if task is None:
         raise MlpdeployError(
-            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge drops; "
+            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge drops; give it --data FILE (docs/data.md), or "
             "run --redundancy without it for the scores, and choose sites with `--pass drop-layers:scopes=...`"
         )
     run = first_output_fn(bundle.module, ctx.input_names)

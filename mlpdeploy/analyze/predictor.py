@@ -14,13 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-
-def svd_predictor(w_up: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P_a [d, r], P_b [r, h]) with P_a·P_b the best rank-r approximation of W_upᵀ (w_up: [h, d])."""
-    u, s, vt = np.linalg.svd(np.asarray(w_up, dtype=np.float64).T, full_matrices=False)
-    r = max(1, min(rank, len(s)))
-    root = np.sqrt(s[:r])
-    return (u[:, :r] * root).astype(np.float32), (root[:, None] * vt[:r]).astype(np.float32)
+from mlpdeploy.model.sparsity import svd_predictor  # the training-free start, shared with pass sparse-mlp
 
 
 def train_predictor(x: torch.Tensor, active: torch.Tensor, w_up: np.ndarray, rank: int, *, steps: int = 150,

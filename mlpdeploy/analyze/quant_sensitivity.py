@@ -24,6 +24,7 @@ from mlpdeploy.analyze.base import Analysis, AnalysisContext, AnalysisResult, Ta
 from mlpdeploy.analyze.quant_planner import plan_quantization
 from mlpdeploy.analyze.scoring import Budget, calibration_scorer, heldout_scorer
 from mlpdeploy.backends import get_backend
+from mlpdeploy.contract import WEIGHT_BLOCKS, WEIGHT_FORMATS
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.calibration import calibration_batches
 from mlpdeploy.model.hooks import first_tensor, observe
@@ -33,7 +34,8 @@ from mlpdeploy.quant import Format, parse_format, quantized_linears
 class QuantSensitivity(Analysis):
     name = "quant"
     takes = "FORMATS"
-    description = "per linear layer and 4-bit format (nvfp4,mxfp4,int4[-64|-128],int4asym): task-metric delta and output error; with a budget, a quantization plan"
+    description = (f"per linear layer and 4-bit format ({','.join(WEIGHT_FORMATS)}; int4 and int4asym take a block "
+                   f"{'|'.join(f'-{b}' for b in WEIGHT_BLOCKS['int4'])}): task-metric delta and output error; with a budget, a quantization plan")
 
     def run(self, ctx: AnalysisContext) -> AnalysisResult:
         formats = _formats(self.value)

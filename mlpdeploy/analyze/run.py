@@ -16,6 +16,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.calibration import calibration_batches
 from mlpdeploy.model.source import load_model
+from mlpdeploy.model.tasks import DataOptions, attach_task
 
 CALIBRATION_BATCH = 8
 
@@ -24,8 +25,11 @@ CALIBRATION_BATCH = 8
 class AnalyzeOptions:
     """Which analyses (name → the value of its flag, None for plain flags) and on what data.
 
-    `calibration`: a `.npz` / Polygraphy inputs JSON (default: the model's task train split,
-    else inputs generated from its specs); `samples` rows in batches of 8, shuffled by `seed`.
+    `data`: the user's data (`--data`), which defines the task (`mlpdeploy.model.tasks.resolve_task`):
+    calibration comes from its calibration split and planners judge on its held-out split.
+    `calibration`: a `.npz` / Polygraphy inputs JSON used for calibration only (default: the
+    task's calibration split, else inputs generated from its specs); `samples` rows in batches of
+    8, shuffled by `seed`.
     `max_metric_delta`: the quality budget planners spend, in the task metric's units (perplexity
     points, accuracy fraction), or with `relative_budget` a fraction of the model's own metric
     (0.01 = 1% worse); planners judge it on the first `eval_samples` held-out eval samples.
@@ -40,6 +44,7 @@ class AnalyzeOptions:
     relative_budget: bool = False
     eval_samples: int | None = 128
     backend: str = "onnxruntime"  # what planners count costs for
+    data: DataOptions | None = None
 
 
 def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis: Callable[[str], None] | None = None) -> Plan:
@@ -50,7 +55,10 @@ def analyze_model(model: str | ModelBundle, options: AnalyzeOptions, on_analysis
         raise MlpdeployError(f"--samples must be at least 1, got {options.samples}")
     classes = {name: ANALYSES.load(name) for name in options.analyses}  # unknown names fail before any work
     get_backend(options.backend)
+    if options.calibration is not None and options.data is not None and options.data.path is not None:
+        raise MlpdeployError("give --data or --calibration, not both (--data FILE.npz calibrates on arrays too)")
     bundle = model if isinstance(model, ModelBundle) else load_model(model)
+    bundle = attach_task(bundle, options.data)
     batches = calibration_batches(bundle, n=math.ceil(options.samples / CALIBRATION_BATCH), batch_size=CALIBRATION_BATCH,
                                   seed=options.seed, path=options.calibration)
     ctx = AnalysisContext(bundle, batches, seed=options.seed, max_metric_delta=options.max_metric_delta,
@@ -86,7 +94,7 @@ def _rows(batch) -> int:
 def _calibration_source(bundle: ModelBundle, path: Path | str | None) -> str:
     if path is not None:
         return f"{'npz' if str(path).endswith('.npz') else 'polygraphy-json'}:{path}"
-    return f"task:{bundle.task.name}:train" if bundle.task is not None else "generated"
+    return bundle.task.calibration_source() if bundle.task is not None else "generated"
 
 
 def _versions() -> dict[str, str]:

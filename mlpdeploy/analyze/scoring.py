@@ -18,7 +18,7 @@ import torch
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.torch_run import first_output_fn, run_module
 
-WORSE_WHEN = {"perplexity": 1.0, "accuracy": -1.0, "output drift": 1.0}
+WORSE_WHEN = {"perplexity": 1.0, "accuracy": -1.0, "agreement": -1.0, "cosine": -1.0, "output drift": 1.0}
 DRIFT = "output drift"  # relative RMS error of the first output against the original model's
 
 

@@ -49,7 +49,7 @@ def plan_sparsity(ctx: AnalysisContext, sites_at: Callable[[int], list[SparseSit
     task = bundle.task
     if task is None:
         raise MlpdeployError(
-            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; run --sparsity without it "
+            f"{bundle.source} has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data FILE (docs/data.md), or run --sparsity without it "
             "for the measurements, and choose k or thresholds with `--pass sparse-mlp:...`"
         )
     run = first_output_fn(bundle.module, ctx.input_names)

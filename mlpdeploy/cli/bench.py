@@ -10,6 +10,7 @@ import click
 from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import DATA, SPECULATIVE, dims_option
 from mlpdeploy.errors import MlpdeployError
 
 
@@ -18,37 +19,68 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--decode", is_flag=True, help="Time prefill and per-token decode of a --kv-cache artifact (a MODEL is compiled with --kv-cache).")
 @click.option("--batch", "batches", multiple=True, type=int, default=(1,), show_default=True,
               help="Size of the `batch` dim; repeatable (one row each).")
-@click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", help="Size of another dynamic dim (e.g. seq=128); repeatable.")
+@dims_option("Size of another dynamic dim (e.g. seq=128); repeatable.")
 @click.option("--warmup", default=5, show_default=True, help="Untimed runs before timing (latency mode).")
 @click.option("--iterations", default=50, show_default=True, help="Timed runs at least (latency mode) ...")
 @click.option("--min-seconds", default=1.0, show_default=True, help="... and at least this long (latency mode).")
 @click.option("--context", "contexts", multiple=True, type=int, default=(16, 128, 512), show_default=True,
               help="Prompt length(s) before decoding (--decode); repeatable.")
-@click.option("--new-tokens", default=32, show_default=True, help="Tokens decoded per run (--decode).")
-@click.option("--repeats", default=3, show_default=True, help="Timed runs per context after one warm-up (--decode).")
+@click.option("--new-tokens", type=int, help="Tokens decoded per run (--decode; default 32, with --prompts 96).")
+@click.option("--repeats", type=int, help="Timed runs per context (default 3) or prompt (default 1) after one warm-up (--decode).")
+@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), metavar="FILE.jsonl",
+              help="--decode on real prompts (one {\"prompt\": ...} a line) instead of random contexts: per prompt output ids, "
+                   "prefill/decode ms, tokens/s with prefill, acceptance with --speculative; and the whole set.")
+@click.option("--chat/--no-chat", default=None, help="--prompts: wrap each in the chat template (default: on when the model has one).")
+@click.option("--system", help="--prompts: a system message before each prompt (chat template only).")
+@SPECULATIVE
+@click.option("--check-plain", is_flag=True, help="--prompts --speculative: also decode each prompt plainly and report where the outputs differ.")
 @click.option("--threads", type=int, help="ONNX Runtime intra-op threads (default: the build's setting).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the results as JSON here.")
+@DATA
 @debug_option
-def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contexts, new_tokens, repeats, threads, json_path, debug) -> None:
+def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contexts, new_tokens, repeats, prompts_path, chat, system,
+          speculative, check_plain, threads, json_path, debug, **kwargs) -> None:
     """Time TARGET: a built artifact (a `compile` directory or its .onnx), or a MODEL spec, which is
     first compiled with the defaults (ONNX Runtime) into a temporary directory.
 
     Latency mode (default): p50/p90/p99 ms per run and samples/s for each --batch, with random
-    inputs at the given dim sizes. --decode: prefill ms and decode ms/token p50/p90 per context.
-    Both report the model's bytes on disk and this process's peak memory.
+    inputs at the given dim sizes. --decode: prefill ms and decode ms/token p50/p90 per context;
+    with --prompts FILE.jsonl, each prompt generated (greedy, stop tokens honoured) with
+    tokens/s including prefill, and the set's total. Both report the model's bytes on disk and
+    this process's peak memory.
+
+    With --data, inputs come from the data's held-out split (the task `--data` defines for the
+    model, or for an artifact the model its manifest names): latency feeds are its first samples,
+    decode prompts windows of its text; a MODEL is compiled and validated on it.
     """
     from mlpdeploy.atomic import write_json
     from mlpdeploy.runtime.engine import Engine
     from mlpdeploy.runtime.latency import model_bytes, peak_rss_bytes
 
-    sizes = _parse_dims(dims)
+    data = DATA.parse(kwargs)
+    if data.path is not None and dims:
+        raise MlpdeployError("--dim and --data: the data sets the input shapes (text windows: --seq-len); drop --dim")
+    if (prompts_path or speculative or chat is not None or system or check_plain) and not decode:
+        raise MlpdeployError("--prompts, --speculative, --chat, --system and --check-plain time generation: add --decode")
+    if speculative and not prompts_path:
+        raise MlpdeployError("--speculative is timed on real prompts (drafts depend on the text): add --prompts FILE.jsonl")
+    if prompts_path and data.path is not None:
+        raise MlpdeployError("--prompts and --data both give the decode prompts; choose one")
+    extra = {}
     with tempfile.TemporaryDirectory(prefix="mlpdeploy-bench-") as scratch:
-        artifact = Path(target) if Path(target).exists() else _compile_for_bench(target, Path(scratch) / "build", decode)
+        is_artifact = Path(target).exists() and not _is_model_dir(Path(target))
+        artifact = Path(target) if is_artifact else _compile_for_bench(target, Path(scratch) / "build", decode, data)
         engine = Engine.load(artifact, threads=threads)
-        if decode:
-            mode, rows = "decode", _bench_decode(engine, contexts, new_tokens, batches[0], repeats)
+        task = _task(target if not is_artifact else engine.manifest.source, data) if data.path is not None else None
+        if decode and prompts_path:
+            from mlpdeploy.cli.bench_prompts import bench_prompt_set
+
+            mode = "decode-prompts"
+            rows, extra = bench_prompt_set(engine, prompts_path, new_tokens or 96, repeats or 1, chat, system, speculative, check_plain, threads)
+        elif decode:
+            mode, rows = "decode", _bench_decode(engine, contexts, new_tokens or 32, batches[0], repeats or 3, task)
         else:
-            mode, rows = "latency", _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds)
+            mode, rows = "latency", _bench_latency(engine, batches, dims, warmup, iterations, min_seconds, task)
         size, peak = model_bytes(engine.path), peak_rss_bytes()
     console.print(f"model bytes: {size / 2**20:.2f} MiB   peak memory (this process): {peak / 2**20:.0f} MiB", markup=False)
     if json_path:
@@ -56,32 +88,49 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
         write_json(json_path, {
             "target": target, "artifact": str(engine.path), "mode": mode, "machine": platform.processor() or platform.machine(),
             "runtime": engine.runtime, "intra_op_num_threads": threads_used, "model_bytes": size, "peak_rss_bytes": peak,
-            "results": [r.to_json() for r in rows],
+            "inputs": "prompts" if prompts_path else task.calibration_source().replace("data:", "held-out data:", 1) if task is not None else "random",
+            "results": [r.to_json() for r in rows], **extra,
         })
 
 
-def _parse_dims(dims: tuple[str, ...]) -> dict[str, int]:
-    sizes = {}
-    for item in dims:
-        name, _, value = item.partition("=")
-        if not name or not value.isdigit() or int(value) < 1:
-            raise MlpdeployError(f"--dim {item!r}: expected NAME=SIZE with a positive integer size, e.g. --dim seq=128")
-        sizes[name] = int(value)
-    return sizes
+def _is_model_dir(path: Path) -> bool:
+    """A Hugging Face model directory (a MODEL), not a compiled artifact directory."""
+    return path.is_dir() and (path / "config.json").is_file() and not (path / "report.json").is_file()
 
 
-def _compile_for_bench(model: str, out: Path, decode: bool) -> Path:
+def _task(model: str, data):
+    """The task `--data` defines for `model` (a MODEL spec, or the source an artifact's manifest names)."""
+    from mlpdeploy.model import load_model
+    from mlpdeploy.model.tasks import resolve_task
+
+    with console.status(f"reading --data {data.path} for {model}"):
+        return resolve_task(load_model(model), data)
+
+
+def _compile_for_bench(model: str, out: Path, decode: bool, data=None) -> Path:
     from mlpdeploy.compile import CompileOptions, compile_model
 
     with console.status(f"compiling {model} (no artifact at that path)") as status:
-        report = compile_model(model, out, CompileOptions(kv_cache=decode),
+        report = compile_model(model, out, CompileOptions(kv_cache=decode, data=data),
                                on_stage=lambda stage, event, _: status.update(f"compiling {model}: {stage}"))
     if not report["passed"]:
         raise MlpdeployError(f"compiling {model} failed validation; run `mlpdeploy compile {model} -o DIR` to see why")
     return out
 
 
-def _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds):
+def _data_feed(engine, task, batch: int) -> dict:
+    """The first `batch` held-out samples of the task, as the artifact's inputs."""
+    names = [spec.name for spec in engine.manifest.inputs]
+    first = next(task.eval_batches(batch), None)
+    if first is None or len(first[task.label_key]) < batch:
+        raise MlpdeployError(f"--data holds fewer than {batch} held-out samples for --batch {batch}; give more data or a smaller --batch")
+    missing = [n for n in names if n not in first]
+    if missing:
+        raise MlpdeployError(f"--data gives {', '.join(k for k in first if k != task.label_key)}, but {engine.path} takes {', '.join(names)}")
+    return {n: first[n] for n in names}
+
+
+def _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds, task=None):
     from mlpdeploy.model.inputs import generate_inputs
     from mlpdeploy.runtime.latency import measure_latency
 
@@ -98,7 +147,9 @@ def _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds):
         for batch in batches:
             dims = {**sizes, "batch": batch} if "batch" in engine.manifest.dims else dict(sizes)
             status.update(f"timing {_describe(dims)}")
-            feed = generate_inputs(engine.manifest.inputs, dims=dims)
+            feed = generate_inputs(engine.manifest.inputs, dims=dims) if task is None else _data_feed(engine, task, batch)
+            if task is not None:  # the data's shapes
+                dims = {d: int(feed[spec.name].shape[axis]) for spec in engine.manifest.inputs for axis, d in spec.dynamic_axes.items()}
             rows.append(measure_latency(lambda feed=feed: engine(**feed), dims, dims.get("batch", 1), warmup, iterations, min_seconds))
     table = Table(title=f"latency: {engine.path.name}")
     for col in ("dims", "runs", "p50 ms", "p90 ms", "p99 ms", "samples/s"):
@@ -109,12 +160,15 @@ def _bench_latency(engine, batches, sizes, warmup, iterations, min_seconds):
     return rows
 
 
-def _bench_decode(engine, contexts, new_tokens, batch, repeats):
+def _bench_decode(engine, contexts, new_tokens, batch, repeats, task=None):
     from mlpdeploy.runtime.generate import CachedGenerator
     from mlpdeploy.runtime.measure import generator_decode, measure_decode
 
     if engine.cache is None:
         raise MlpdeployError(f"{engine.path} has no KV cache; --decode needs a `compile --kv-cache` artifact")
+    tokens = getattr(task, "eval_tokens", None)
+    if task is not None and tokens is None:
+        raise MlpdeployError(f"--decode --data needs text for a causal LM; {task.name} is a {task.kind} task")
     generator = CachedGenerator(engine)
     vocab = int(engine.manifest.input("input_ids").high or 2)
     too_long = [c for c in contexts if c + new_tokens > generator.layout.max_positions]
@@ -124,7 +178,7 @@ def _bench_decode(engine, contexts, new_tokens, batch, repeats):
     with console.status("timing") as status:
         for context in contexts:
             status.update(f"timing context {context}")
-            rows.append(measure_decode(generator_decode(generator), vocab, context, new_tokens, batch, repeats))
+            rows.append(measure_decode(generator_decode(generator), vocab, context, new_tokens, batch, repeats, tokens=tokens))
     table = Table(title=f"decode: {engine.path.name} (batch {batch}, {new_tokens} new tokens, {repeats} runs)")
     for col in ("context", "prefill ms", "decode ms/token p50", "p90", "tokens/s"):
         table.add_column(col, justify="right")

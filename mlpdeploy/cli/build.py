@@ -26,3 +26,27 @@ def build(onnx_model: Path, output: Path, debug: bool, **kwargs) -> None:
     for name, path in result.artifacts.items():
         console.print(f"{name}: {path}", markup=False)
     console.print(f"built in {result.info.get('seconds', 0):.2f} s")
+
+
+@cli.command(name="backends")
+@click.option("--markdown", is_flag=True, help="Print the options reference as Markdown (the generated part of docs/backends.md).")
+@debug_option
+def backends_cmd(markdown: bool, debug: bool) -> None:
+    """List the registered build backends and their options."""
+    from rich.table import Table
+
+    from mlpdeploy.backends import BACKENDS
+    from mlpdeploy.backends.options import cli_fields, flags_of
+    from mlpdeploy.cli.build_options import options_markdown
+
+    if markdown:
+        click.echo(options_markdown(), nl=False)
+        return
+    table = Table(title="build backends")
+    for col in ("name", "options", "extra", "description"):
+        table.add_column(col)
+    for name in BACKENDS.names():
+        cls = BACKENDS.load(name)
+        own = [flags_of(f, c)[0] for f, c in cli_fields(cls.Options) if f.name not in ("precision", "cache_dir", "cache")]
+        table.add_row(name, ", ".join(own) or "-", cls.extra or "-", cls.description)
+    console.print(table)

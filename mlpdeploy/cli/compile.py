@@ -9,9 +9,9 @@ import click
 from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
-from mlpdeploy.cli.options import BUILD, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
+from mlpdeploy.cli.options import BUILD, DATA, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
 from mlpdeploy.cli.tables import failure, print_validation, stages_table
-from mlpdeploy.export import DEFAULT_OPSET
+from mlpdeploy.contract import DEFAULT_OPSET
 
 TASK = task_options(default_samples=128)
 
@@ -25,6 +25,7 @@ TASK = task_options(default_samples=128)
 @click.option("--opset", default=DEFAULT_OPSET, show_default=True, help="ONNX opset to export with.")
 @KV_CACHE
 @SEED
+@DATA
 @TASK
 @debug_option
 def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
@@ -36,7 +37,7 @@ def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
     passes, plan = PASSES.parse(kwargs)
     backend, build_options = BUILD.parse(kwargs)
     options = CompileOptions(passes=passes, plan=plan, backend=backend, build=build_options, opset=opset, seed=seed, debug=debug, kv_cache=kv_cache,
-                             **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
+                             data=DATA.parse(kwargs), **TOLERANCES.parse(kwargs), **TASK.parse(kwargs))
     with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False) as progress:
         tasks = {}
 

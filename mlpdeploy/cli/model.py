@@ -9,14 +9,14 @@ from rich.table import Table
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import KV_CACHE
-from mlpdeploy.export import DEFAULT_OPSET
+from mlpdeploy.contract import DEFAULT_OPSET
 
 
 @cli.command()
 @debug_option
 def zoo(debug: bool) -> None:
     """List the built-in models: parameters, task and, for trained ones, their measured metric."""
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     table = Table(title="mlpdeploy zoo (metric on the task's eval split; baseline in brackets)")
     for col in ("name", "params", "task", "metric", "description"):

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
+from mlpdeploy.contract import PAST_TEMPLATE, PRESENT_TEMPLATE
 from mlpdeploy.dtypes import PRECISIONS
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.onnxruntime import DEFAULT_OPT_LEVEL
+from mlpdeploy.passes.registry import PASSES as PASS_REGISTRY
 
 
 class OptionGroup:
@@ -42,56 +43,30 @@ def precision_option(default: str | None, help: str) -> OptionGroup:
 
 
 def parse_dims(values: tuple[str, ...]) -> dict[str, int]:
-    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error."""
+    """`("batch=3", "seq=17")` → {"batch": 3, "seq": 17}, or a one-line error. Every command's `--dim`
+    goes through here. A size may be 0 (a cached decoder's `past` is 0 at prefill); whether a dim
+    may take it is the artifact's exported range, checked where the inputs are made."""
     dims = {}
     for item in values:
         name, eq, value = item.partition("=")
-        if not eq or not value.isdigit():
-            raise MlpdeployError(f"--dim {item!r} must be NAME=INT, e.g. --dim batch=3 --dim seq=17")
+        if not name or not eq or not value.isdigit():
+            raise MlpdeployError(f"--dim {item!r} must be NAME=SIZE with a size >= 0, e.g. --dim seq=17 --dim past=0")
         dims[name] = int(value)
     return dims
 
 
-def _build(backend, device, opt_level, no_ort_fusions, ort_kernels, precision, target, shapes, cache_dir, no_cache):
-    from mlpdeploy.backends import BuildOptions
-    from mlpdeploy.backends.tensorrt.profile import parse_shapes
-
-    extra: dict[str, Any] = {}
-    if cache_dir is not None:
-        extra["cache_dir"] = cache_dir
-    if no_cache:
-        extra["cache"] = False
-    options = BuildOptions(device=device, opt_level=opt_level, ort_fusions=not no_ort_fusions, ort_kernels=ort_kernels,
-                           precision=precision, target=target,
-                           shapes=parse_shapes(shapes), extra=extra)
-    return backend, options
+def dims_option(help: str):
+    """`--dim NAME=SIZE` (repeatable), parsed by `parse_dims`: the command gets {name: size}."""
+    return click.option("--dim", "dims", multiple=True, metavar="NAME=SIZE", callback=lambda _ctx, _param, value: parse_dims(value), help=help)
 
 
-BUILD = OptionGroup(
-    [
-        click.Option(["--backend"], default="onnxruntime", show_default=True, help="Build backend (onnxruntime, tensorrt-rtx, tensorrt)."),
-        click.Option(["--device"], default="auto", show_default=True, type=click.Choice(["auto", "cpu", "cuda"]), help="onnxruntime: execution provider."),
-        click.Option(["--opt-level"], default=DEFAULT_OPT_LEVEL, show_default=True, type=click.Choice(["disabled", "basic", "extended", "all"]),
-                     help="onnxruntime: graph optimization level (at `all`, the saved model is optimized at `extended`, "
-                          "portable across CPUs; ONNX Runtime applies its layout transforms when it loads it)."),
-        click.Option(["--no-ort-fusions", "--no-decoder-fusions", "no_ort_fusions"], is_flag=True,
-                     help="onnxruntime: build the graph as exported, without ORT contrib-op fusions (default: a --kv-cache "
-                          "decoder's attention and norms as GroupQueryAttention, RotaryEmbedding, SkipSimplifiedLayerNormalization "
-                          "(pass ort-decoder); any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, "
-                          "SkipLayerNormalization (pass ort-fusions)). --no-decoder-fusions is the old name."),
-        click.Option(["--ort-kernels"], is_flag=True,
-                     help="onnxruntime: compile mlpdeploy's CPU kernels (GroupRational, float32) with the system C compiler and "
-                          "register them (default: the portable function bodies)."),
-        *precision_option("fp32", "Engine precision (TensorRT backends; also picks validation tolerances).").options,
-        click.Option(["--target"], default=None, help="TensorRT-RTX target GPU: sm75, sm80, sm86, sm89, sm120, sm121 (default: portable)."),
-        click.Option(["--shapes"], multiple=True, metavar="NAME=MIN:OPT:MAX",
-                     help="TensorRT optimization profile for an input (input_ids=1x1:2x16:8x512) or a dim (seq=1:64:1024)."),
-        click.Option(["--cache-dir"], type=click.Path(path_type=Path),
-                     help="TensorRT engine/timing cache and compiled CPU kernels (default $MLPDEPLOY_CACHE_DIR or ~/.cache/mlpdeploy)."),
-        click.Option(["--no-cache"], is_flag=True, help="Do not read or write the TensorRT cache."),
-    ],
-    _build,
-)
+def _build_group() -> OptionGroup:
+    from mlpdeploy.cli.build_options import build_group
+
+    return build_group(OptionGroup)
+
+
+BUILD = _build_group()  # --backend and each registered backend's options (cli/build_options.py)
 
 TOLERANCES = OptionGroup(
     [
@@ -152,7 +127,9 @@ def _passes(passes: tuple[str, ...], plan: Path | None):
 
 PASSES = OptionGroup(
     [
-        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]", help="A rewrite pass (repeatable; run in order, after the plan's)."),
+        click.Option(["--pass", "passes"], multiple=True, metavar="NAME[:key=value,...]",
+                     help=f"A rewrite pass (repeatable; run in order, after the plan's): {', '.join(PASS_REGISTRY.names())}. "
+                          "`mlpdeploy passes` lists their options."),
         click.Option(["--plan"], type=click.Path(path_type=Path), help="A plan.json from `mlpdeploy analyze`: its passes run first."),
     ],
     _passes,
@@ -162,5 +139,46 @@ SEED = click.option("--seed", default=0, show_default=True, help="Seed for gener
 
 KV_CACHE = click.option(
     "--kv-cache", is_flag=True,
-    help="Export a decoder with its key/value cache: one graph for prefill and decode (past_key_values.{i}.key|value → present.{i}.key|value).",
+    help="Export a decoder with its key/value cache: one graph for prefill and decode "
+         f"({PAST_TEMPLATE.format(layer='{i}', kind='key|value')} → {PRESENT_TEMPLATE.format(layer='{i}', kind='key|value')}).",
+)
+
+
+def _floats(text: str | None, option: str) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise MlpdeployError(f"{option} {text!r} must be numbers separated by commas, one per channel (e.g. 0.485,0.456,0.406)") from None
+
+
+def _data(data, seq_len, samples, image_size, mean, std):
+    from mlpdeploy.model.tasks import DataOptions
+
+    return DataOptions(path=data, seq_len=seq_len, samples=samples, image_size=image_size,
+                       mean=_floats(mean, "--mean"), std=_floats(std, "--std"))
+
+
+DATA = OptionGroup(
+    [
+        click.Option(["--data"], type=click.Path(path_type=Path), metavar="PATH",
+                     help="Your data, which defines the task that judges the model (default: a zoo model's own task): "
+                          "text (.txt/.md/.py, .jsonl with a \"text\" field, or a folder of them; the model's tokenizer; "
+                          "split by document into calibration and held-out windows), a folder of image class folders, "
+                          "or .npz / Polygraphy inputs JSON arrays. See docs/data.md."),
+        click.Option(["--seq-len"], type=int, help="Text: tokens per window (default 256 for causal LMs, 128 for encoders, at most the model's positions)."),
+        click.Option(["--samples"], type=int, default=64, show_default=True, help="Calibration samples drawn from the data (rows, windows or images)."),
+        click.Option(["--image-size"], type=int, help="Images: side in pixels, when the model has no preprocessing config."),
+        click.Option(["--mean"], metavar="R,G,B", help="Images: per-channel mean (of 0..1 pixels) when the model has no preprocessing config (default ImageNet's)."),
+        click.Option(["--std"], metavar="R,G,B", help="Images: per-channel std when the model has no preprocessing config (default ImageNet's)."),
+    ],
+    _data,
+)
+
+SPECULATIVE = click.option(
+    "--speculative", metavar="MODE",
+    help="Speculative decoding (default: off): ngram[:n=3,k=8] (prompt lookup), heads[:k=N] (the artifact's draft heads), "
+         "self:PLAN (the model minus the layers PLAN's drop-layers removes), draft:ARTIFACT (a smaller --kv-cache artifact "
+         "with the same tokenizer). Greedy output is plain decoding's. See docs/decoding.md.",
 )

@@ -19,27 +19,32 @@ from mlpdeploy.cli.options import PASSES
 def rewrite(onnx_model: Path, output: Path, debug: bool, **kwargs) -> None:
     """Run rewrite passes (a plan's, then --pass ones) on an ONNX model."""
     from mlpdeploy.analyze.plan import passes_with_plan
-    from mlpdeploy.passes import rewrite_model
+    from mlpdeploy.passes import rewrite_model, spec_text
 
     passes, plan = PASSES.parse(kwargs)
     result = rewrite_model(onnx_model, output, passes_with_plan(plan, passes, onnx_model))
-    for spec, report in result.passes.items():
-        console.print(f"{spec}: rewrote {report['rewritten']} site(s)", markup=False)
+    for report in result.passes:
+        console.print(f"{spec_text(report)}: rewrote {report['rewritten']} site(s)", markup=False)
         for site, reason in report.get("skipped", {}).items():
             console.print(f"  skipped {site}: {reason}", markup=False)
     console.print(f"wrote {output} in {result.seconds:.2f} s", markup=False)
 
 
 @cli.command()
+@click.option("--markdown", is_flag=True, help="Print docs/passes.md (the same facts as a Markdown reference).")
 @debug_option
-def passes(debug: bool) -> None:
-    """List the registered rewrite passes and their options."""
-    from mlpdeploy.passes import available_passes, pass_class
+def passes(markdown: bool, debug: bool) -> None:
+    """List the registered rewrite passes: phase, typed options (type = default (allowed): help), description."""
+    from mlpdeploy.passes import PHASES, available_passes, pass_class, passes_markdown
 
-    table = Table(title="rewrite passes")
-    for col in ("name", "options", "description"):
+    if markdown:
+        click.echo(passes_markdown(), nl=False)
+        return
+    table = Table(title=f"rewrite passes (phases run in order: {' → '.join(PHASES)})")
+    for col in ("name", "phase", "options", "description"):
         table.add_column(col)
     for name in available_passes():
         cls = pass_class(name)
-        table.add_row(name, ", ".join(f"{k}={v}" for k, v in cls.options.items()) or "-", cls.description)
-    console.print(table)
+        options = "\n".join(f"{key}: {option.describe()}" for key, option in cls.options.items()) or "-"
+        table.add_row(name, cls.phase, options, cls.description)
+    console.print(table, markup=False)

@@ -7,6 +7,8 @@ from pathlib import Path
 import click
 
 from mlpdeploy.cli.app import cli, console, debug_option
+from mlpdeploy.cli.options import SPECULATIVE
+from mlpdeploy.errors import MlpdeployError
 
 
 @cli.command()
@@ -17,19 +19,30 @@ from mlpdeploy.cli.app import cli, console, debug_option
 @click.option("--max-batch-size", default=16, show_default=True, help="Triton max_batch_size for batchable models (capped at the exported batch range).")
 @click.option("--instances", default=1, show_default=True, help="Model instances (instance_group count).")
 @click.option("--max-queue-delay-us", default=100, show_default=True, help="Dynamic batcher: how long a request may wait for others.")
+@click.option("--triton-backend", type=click.Choice(["native", "python"]), default="native", show_default=True,
+              help="native: Triton's onnxruntime / tensorrt backends; python: a model.py running mlpdeploy's runtime "
+                   "(decoupled streaming generate for --kv-cache decoders).")
+@click.option("--triton-python-env", metavar="PATH|none",
+              help="With --triton-backend python: the Python environment (with mlpdeploy) Triton runs model.py in, "
+                   "written as EXECUTION_ENV_PATH [default: this Python's environment; none: the server's own Python].")
 @debug_option
-def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, debug) -> None:
+def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, triton_backend, triton_python_env, debug) -> None:
     """Package built MODELS (compile directories, built .onnx or TensorRT .engine files) as a Triton model repository.
 
     Each model becomes REPO/NAME/config.pbtxt + REPO/NAME/1/model.onnx (platform onnxruntime_onnx) or
     model.plan (tensorrt_plan). Decoders compiled with --kv-cache get Triton's sequence batcher with the
-    cache as implicit state. Serve the repository with `tritonserver --model-repository REPO`.
+    cache as implicit state. With --triton-backend python each model is instead a model.py that runs the
+    build with mlpdeploy's runtime (cached decoders: decoupled generate). Serve the repository with
+    `tritonserver --model-repository REPO` (or the bundled one: `python -m mlpdeploy.serving.tritonserver REPO`).
     """
     from mlpdeploy.serving.package import package_triton
     from mlpdeploy.serving.triton_config import TritonOptions
 
+    if triton_python_env is not None and triton_backend != "python":
+        raise MlpdeployError("--triton-python-env applies to --triton-backend python only; add --triton-backend python or drop it")
     options = TritonOptions(max_batch_size=max_batch_size, instances=instances, max_queue_delay_us=max_queue_delay_us)
-    written = package_triton(list(models), repo, options, kserve=kserve, storage_uri=storage_uri)
+    written = package_triton(list(models), repo, options, kserve=kserve, storage_uri=storage_uri, backend=triton_backend,
+                             python_env=triton_python_env)
     for name, path in written.items():
         console.print(f"{name}: {path}/config.pbtxt", markup=False)
     if kserve:
@@ -44,8 +57,9 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-body-mb", default=64, show_default=True, help="Largest request body accepted (413 beyond).")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds requests in flight may finish after SIGTERM.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@SPECULATIVE
 @debug_option
-def serve(models, host, port, threads, max_body_mb, grace, log_level, debug) -> None:
+def serve(models, host, port, threads, max_body_mb, grace, log_level, speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
@@ -55,9 +69,11 @@ def serve(models, host, port, threads, max_body_mb, grace, log_level, debug) -> 
     """
     from mlpdeploy.serving.server import Server
 
-    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace)
+    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"
+        if model.generator is not None and model.generator.drafter is not None:
+            kind += f", speculative {model.generator.drafter.describe()}"
         console.print(f"{name}: {model.engine.path} ({model.engine.runtime}; {kind})", markup=False)
     console.print(f"serving on http://{server.url}/v2 (Ctrl-C or SIGTERM to stop)", markup=False, highlight=False)
     server.run()

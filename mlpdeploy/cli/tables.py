@@ -55,6 +55,8 @@ def print_validation(console, validation: dict, title: str) -> None:
         edits = ", ".join(f"{k} → {v}" for k, v in validation["reference_overrides"].items())
         console.print(f"reference: the torch model edited as the approximate rewrite computes ({edits}); "
                       "the task metric is the unedited model's", markup=False)
+    for note in validation.get("reference_edits") or []:
+        console.print(f"reference: {note}", markup=False)
     if validation.get("note"):
         console.print(f"note: {validation['note']}", markup=False)
 

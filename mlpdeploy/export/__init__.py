@@ -3,7 +3,7 @@ nodes, folded weights named after their modules, a manifest written beside the m
 
 Public API:
     export_model(bundle, output, opset=DEFAULT_OPSET, debug=False) -> ExportResult
-    dynamic_shapes(bundle)    DEFAULT_OPSET
+    dynamic_shapes(bundle)    (the default opset: mlpdeploy.contract.DEFAULT_OPSET)
 """
 
-from mlpdeploy.export.torch_export import DEFAULT_OPSET, ExportResult, dynamic_shapes, export_model  # noqa: F401
+from mlpdeploy.export.torch_export import ExportResult, dynamic_shapes, export_model  # noqa: F401

@@ -15,7 +15,8 @@ import math
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-from mlpdeploy.plugins.registry import DOMAIN, OPS
+from mlpdeploy.contract import DOMAIN
+from mlpdeploy.plugins.registry import OPS
 from mlpdeploy.scopes import module_path
 
 

@@ -22,6 +22,7 @@ import torch
 
 from mlpdeploy import __version__
 from mlpdeploy.atomic import staged_files
+from mlpdeploy.contract import DEFAULT_OPSET
 from mlpdeploy.errors import MlpdeployError, first_line
 from mlpdeploy.memory import step
 from mlpdeploy.model.bundle import ModelBundle
@@ -32,7 +33,6 @@ from mlpdeploy.scopes import module_path
 
 from .op_weights import fold_op_weights, name_op_weights
 
-DEFAULT_OPSET = 20
 _ANONYMOUS = re.compile(r"val_\d+")
 
 

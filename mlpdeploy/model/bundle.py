@@ -10,8 +10,8 @@ import torch
 from mlpdeploy.dtypes import numpy_dtype_name
 
 if TYPE_CHECKING:
+    from mlpdeploy.model.cache_layout import CacheLayout
     from mlpdeploy.model.data import Task
-    from mlpdeploy.model.kv_cache import CacheLayout
 
 DEFAULT_DIM_RANGE = (1, 4096)
 

@@ -52,6 +52,7 @@ TRAIN_FILES: tuple[str, ...] = (
 EVAL_FILES: tuple[str, ...] = ("fractions.py", "graphlib.py", "shlex.py", "textwrap.py")
 CORPUS_SHA256 = "df17bc66985e94fe96116bc66857e96caca89bffe5cf4a387b257e9405da6fc4"  # CPython 3.11.7
 DIGITS_EVAL_EVERY = 5
+SCORE_ROWS = 1024  # positions scored at once (bounds the float64 copy of a large vocabulary's logits)
 
 
 # ---------------------------------------------------------------- corpora
@@ -124,17 +125,20 @@ class Task(abc.ABC):
         ...
 
     @abc.abstractmethod
-    def eval_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, labels) of the whole eval split, in order."""
+    def eval_arrays(self) -> tuple[np.ndarray | Batch, np.ndarray]:
+        """(inputs, labels) of the whole eval split, in order; inputs are one array (fed as
+        `input_name`) or, for a model with several inputs, a dict name → array."""
         ...
 
     def eval_batches(self, batch_size: int, limit: int | None = None) -> Iterator[Batch]:
         """The eval split in order (the first `limit` samples if given): inputs plus `label_key`."""
         inputs, labels = self.eval_arrays()
-        count = len(inputs) if limit is None else min(limit, len(inputs))
+        named = inputs if isinstance(inputs, dict) else {self.input_name: inputs}
+        total = len(labels)
+        count = total if limit is None else min(limit, total)
         for start in range(0, count, batch_size):
             stop = min(start + batch_size, count)
-            yield {self.input_name: inputs[start:stop], self.label_key: labels[start:stop]}
+            yield {**{k: v[start:stop] for k, v in named.items()}, self.label_key: labels[start:stop]}
 
     def split_batch(self, batch: Batch) -> tuple[Batch, np.ndarray]:
         """(model inputs, labels) of an eval batch."""
@@ -159,19 +163,39 @@ class Task(abc.ABC):
         scores, predictions = [], []
         for batch in batches:
             inputs, labels = self.split_batch(batch)
-            logits = np.asarray(run_fn(inputs))
-            expected = labels.shape + (-1,)
-            if logits.ndim != len(expected) or logits.shape[:-1] != labels.shape:
-                raise MlpdeployError(
-                    f"task {self.name}: the model returned logits of shape {list(logits.shape)} for labels "
-                    f"{list(labels.shape)}; expected [{', '.join(map(str, labels.shape))}, classes]"
-                )
+            logits = self._output(np.asarray(run_fn(inputs)), inputs)
+            self._check_output(logits, labels)
             scores.append(self._score(logits, labels))
-            predictions.append(logits.argmax(-1))
+            predictions.append(self._predict(logits))
         if not scores:
             raise MlpdeployError(f"task {self.name}: no samples to evaluate (an empty eval split or limit)")
         preds = np.concatenate(predictions)
         return {"metric": self.metric, "value": self._reduce(scores), "predictions": preds, "samples": len(preds)}
+
+    def _check_output(self, logits: np.ndarray, labels: np.ndarray) -> None:
+        """Refuse an output whose shape does not fit the labels (one line naming both)."""
+        expected = labels.shape + (-1,)
+        if logits.ndim != len(expected) or logits.shape[:-1] != labels.shape:
+            raise MlpdeployError(
+                f"task {self.name}: the model returned logits of shape {list(logits.shape)} for labels "
+                f"{list(labels.shape)}; expected [{', '.join(map(str, labels.shape))}, classes]"
+            )
+
+    def _output(self, output: np.ndarray, inputs: Batch) -> np.ndarray:
+        """The model's first output as the metric reads it (an encoder: pooled over its attention mask)."""
+        return output
+
+    def _predict(self, logits: np.ndarray) -> np.ndarray:
+        """What top-1 agreement compares: the argmax per position or sample."""
+        return logits.argmax(-1)
+
+    def agreement(self, reference: np.ndarray, candidate: np.ndarray) -> float:
+        """How far two runs' `predictions` agree: the fraction of equal argmaxes (top-1 agreement)."""
+        return float(np.mean(reference == candidate))
+
+    def calibration_source(self) -> str:
+        """Where calibration data comes from, as plan.json's `calibration.source` records it."""
+        return f"task:{self.name}:train"
 
     @abc.abstractmethod
     def _score(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
@@ -183,8 +207,8 @@ class Task(abc.ABC):
 
     def describe(self) -> dict:
         """A JSON-able summary: name, kind, metric and eval size."""
-        inputs, _ = self.eval_arrays()
-        return {"name": self.name, "kind": self.kind, "metric": self.metric, "eval_samples": len(inputs)}
+        _, labels = self.eval_arrays()
+        return {"name": self.name, "kind": self.kind, "metric": self.metric, "eval_samples": len(labels)}
 
 
 @dataclass(frozen=True)
@@ -226,11 +250,15 @@ class LMTask(Task):
         return windows[:, :-1], windows[:, 1:]
 
     def _score(self, logits: np.ndarray, labels: np.ndarray) -> tuple[float, int]:
-        z = logits.astype(np.float64)
-        z -= z.max(-1, keepdims=True)
-        log_norm = np.log(np.exp(z).sum(-1))
-        picked = np.take_along_axis(z, labels[..., None], -1)[..., 0]
-        return float((log_norm - picked).sum()), labels.size
+        flat, targets = logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+        total = 0.0
+        for start in range(0, len(flat), SCORE_ROWS):  # float64 in slices: a real vocab's logits are large
+            z = flat[start:start + SCORE_ROWS].astype(np.float64)
+            z -= z.max(-1, keepdims=True)
+            log_norm = np.log(np.exp(z).sum(-1))
+            picked = np.take_along_axis(z, targets[start:start + SCORE_ROWS, None], -1)[:, 0]
+            total += float((log_norm - picked).sum())
+        return total, labels.size
 
     def _reduce(self, scores: list[tuple[float, int]]) -> float:
         return float(np.exp(sum(s for s, _ in scores) / sum(c for _, c in scores)))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, dim_parts
 

@@ -19,46 +19,16 @@ meets it by defining the two methods.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle, share_tree
+from mlpdeploy.model.cache_layout import CacheLayout
 
 EXAMPLE_BATCH, EXAMPLE_SEQ, EXAMPLE_PAST = 2, 3, 5  # never 0 or 1: torch.export would specialize them
 TOTAL = "past+seq"  # the attention mask's length: a dim that is the sum of two others
-
-
-@dataclass
-class CacheLayout:
-    """Which layers keep a cache and its shape: [batch, kv_heads, length, head_dim] per layer."""
-
-    layers: list[int]
-    kv_heads: int
-    head_dim: int
-    max_positions: int
-    position_ids: bool = True
-    dtype: str = "float32"
-    # Set by a build whose graph reads the cache only through GroupQueryAttention: the runtime may
-    # bind one preallocated [batch, kv_heads, max length, head_dim] buffer per input as both the
-    # past and the present, and ONNX Runtime appends to it in place.
-    shared_buffer: bool = False
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "CacheLayout":
-        return cls(**data)
-
-    def input_names(self, layer: int) -> tuple[str, str]:
-        return f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
-
-    def output_names(self, layer: int) -> tuple[str, str]:
-        return f"present.{layer}.key", f"present.{layer}.value"
 
 
 def is_cached_decoder(module: torch.nn.Module) -> bool:
@@ -101,17 +71,17 @@ def with_kv_cache(bundle: ModelBundle) -> ModelBundle:
     gen = torch.Generator().manual_seed(0)
     dtype = getattr(torch, layout.dtype)
     example = {
-        "input_ids": torch.randint(0, vocab, (b, s), generator=gen),
-        "attention_mask": torch.ones(b, p + s, dtype=torch.int64),
+        INPUT_IDS: torch.randint(0, vocab, (b, s), generator=gen),
+        ATTENTION_MASK: torch.ones(b, p + s, dtype=torch.int64),
     }
     specs = [
-        InputSpec("input_ids", "int64", ["batch", "seq"], [b, s], low=0, high=vocab),
-        InputSpec("attention_mask", "int64", ["batch", TOTAL], [b, p + s], fill=1),
+        InputSpec(INPUT_IDS, "int64", ["batch", "seq"], [b, s], low=0, high=vocab),
+        InputSpec(ATTENTION_MASK, "int64", ["batch", TOTAL], [b, p + s], fill=1),
     ]
     if layout.position_ids:
-        example["position_ids"] = torch.arange(p, p + s).expand(b, s).contiguous()
-        specs.append(InputSpec("position_ids", "int64", ["batch", "seq"], [b, s], low=0, high=layout.max_positions - s))
-    outputs = ["logits"]
+        example[POSITION_IDS] = torch.arange(p, p + s).expand(b, s).contiguous()
+        specs.append(InputSpec(POSITION_IDS, "int64", ["batch", "seq"], [b, s], low=0, high=layout.max_positions - s))
+    outputs = [LOGITS]
     for layer in layout.layers:
         for name in layout.input_names(layer):
             example[name] = torch.randn(b, layout.kv_heads, p, layout.head_dim, generator=gen, dtype=dtype)
@@ -146,9 +116,9 @@ def prefill_feed(input_ids: np.ndarray, layout: CacheLayout) -> dict[str, np.nda
     """The cached graph's feed that computes what the uncached model does on `input_ids`:
     no padding, positions 0..seq-1, an empty cache (past length 0)."""
     batch, seq = input_ids.shape
-    feed = {"input_ids": input_ids, "attention_mask": np.ones((batch, seq), np.int64)}
+    feed = {INPUT_IDS: input_ids, ATTENTION_MASK: np.ones((batch, seq), np.int64)}
     if layout.position_ids:
-        feed["position_ids"] = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
+        feed[POSITION_IDS] = np.broadcast_to(np.arange(seq, dtype=np.int64), (batch, seq)).copy()
     empty = np.zeros((batch, layout.kv_heads, 0, layout.head_dim), dtype=numpy_dtype(layout.dtype))
     for layer in layout.layers:
         for name in layout.input_names(layer):
@@ -157,7 +127,7 @@ def prefill_feed(input_ids: np.ndarray, layout: CacheLayout) -> dict[str, np.nda
 
 
 def _vocab(bundle: ModelBundle) -> int:
-    ids = next((s for s in bundle.inputs if s.name == "input_ids"), None)
+    ids = next((s for s in bundle.inputs if s.name == INPUT_IDS), None)
     if ids is None or ids.high is None:
         raise MlpdeployError(f"{bundle.source}: --kv-cache needs an input_ids input with a known vocabulary size")
     return int(ids.high)

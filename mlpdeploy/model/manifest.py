@@ -34,6 +34,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     history: list[dict[str, Any]] = field(default_factory=list)
     cache: dict[str, Any] | None = None  # a decoder's KV cache (CacheLayout.to_json()): which layers keep one
+    # draft heads built in as outputs draft_logits.{j} (docs/decoding.md): {"heads": N, "token_ids": [..] | None}
+    draft_heads: dict[str, Any] | None = None
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +49,7 @@ class Manifest:
             "versions": self.versions,
             "history": self.history,
             **({"cache": self.cache} if self.cache is not None else {}),
+            **({"draft_heads": self.draft_heads} if self.draft_heads is not None else {}),
         }
 
     @classmethod
@@ -61,6 +64,7 @@ class Manifest:
             versions=data.get("versions", {}),
             history=data.get("history", []),
             cache=data.get("cache"),
+            draft_heads=data.get("draft_heads"),
         )
 
     def save_beside(self, model_path: Path | str) -> Path:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mlpdeploy.dtypes import numpy_dtype
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle, dim_parts, share_tree
 from mlpdeploy.model.sparsity import KIND as SPARSE

@@ -31,14 +31,14 @@ ACCEPTED = (
 
 
 def accepted_forms() -> str:
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     return ACCEPTED.format(zoo=", ".join(ZOO))
 
 
 def load_model(spec: str) -> ModelBundle:
     """The ModelBundle that `spec` names (see module docstring), or a one-line error."""
-    from mlpdeploy.zoo import ZOO
+    from mlpdeploy.model.zoo import ZOO
 
     if spec in ZOO:
         return ZOO[spec].build()

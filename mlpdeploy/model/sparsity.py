@@ -36,6 +36,14 @@ def decode_array(data: dict) -> np.ndarray:
     return np.frombuffer(base64.b64decode(data["float32_base64"]), dtype=np.float32).reshape(data["shape"]).copy()
 
 
+def svd_predictor(w_up: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P_a [d, r], P_b [r, h]) with P_a·P_b the best rank-r approximation of W_upᵀ (w_up: [h, d])."""
+    u, s, vt = np.linalg.svd(np.asarray(w_up, dtype=np.float64).T, full_matrices=False)
+    r = max(1, min(rank, len(s)))
+    root = np.sqrt(s[:r])
+    return (u[:, :r] * root).astype(np.float32), (root[:, None] * vt[:r]).astype(np.float32)
+
+
 @dataclass
 class SparseSite:
     """How one MLP picks its neurons. `up`: the module whose input is the MLP input (topk) or whose

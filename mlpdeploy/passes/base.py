@@ -1,12 +1,50 @@
-"""The contract every rewrite pass follows."""
+"""The contract every rewrite pass follows.
+
+A pass is a class with one file of its own, registered by one line in `registry.py`. It declares,
+as data on the class:
+
+* `name`, `description` (one line);
+* `options`: name → `Option(default, help, choices=, minimum=)` — typed, checked when the pass is
+  made (from `--pass NAME:key=value`, a plan's JSON or Python), printed by `mlpdeploy passes`;
+* `phase`: where it may run in a pipeline (`PHASES`, in order): the pipeline refuses a pass
+  after one of a later phase, and the fuzzer draws its orders from the same data;
+* `reference`: one line on what torch model the rewritten graph equals (`exact` by default), and
+  `reference_edit(report)`: the edit of the torch reference its rewrite implies (None for an
+  exact pass, or one whose edit travels in the manifest as `module_overrides`), so `compile`
+  validates against it without knowing which pass ran.
+
+and implements `rewrite(model) -> PassReport`.
+"""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import onnx_ir as ir
+
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.passes.options import Option
+
+# Where a pass may run, in order. `rewrite`: mlpdeploy's graph rewrites, in any order among
+# themselves; `precision`: a whole-graph type conversion (it must see every op it converts, and
+# nothing after it may assume float32); `lowering`: a backend's fused contrib ops (ONNX Runtime's),
+# which no other pass reads, so they come last, as a build applies them.
+PHASES = ("rewrite", "precision", "lowering")
+
+
+@dataclass(frozen=True)
+class ReferenceEdit:
+    """What the torch reference must become for the rewritten graph to equal it: `apply(module)`
+    gives the edited module (a copy; the original is the task metric's reference), `note` says so
+    in one line for the report, `tolerance` is the (atol, rtol) the comparison needs when even
+    the edited reference cannot be bit-faithful (None: the precision's own)."""
+
+    apply: Callable[[Any], Any]
+    note: str
+    tolerance: tuple[float, float] | None = None
 
 
 @dataclass
@@ -35,23 +73,47 @@ class PassReport:
 
 
 class RewritePass(ir.passes.InPlacePass):
-    """An in-place onnx_ir pass with a registered name and typed options.
+    """An in-place onnx_ir pass with a registered name and typed options (module docstring).
 
-    Subclasses set `name`, `description` and `options` (name -> default value; the type of
-    the default is the type a `--pass NAME:key=value` string is converted to), and implement
-    `rewrite(model) -> PassReport`. A pass run from a plan gets `sites` (module scope → settings)
-    and rewrites only those (`site_settings`).
+    A pass run from a plan gets `sites` (module scope → settings) and rewrites only those
+    (`site_settings`). `config` holds every option, checked.
     """
 
     name: ClassVar[str]
     description: ClassVar[str]
-    options: ClassVar[dict[str, Any]] = {}
+    options: ClassVar[dict[str, Option]] = {}
+    phase: ClassVar[str] = "rewrite"
+    reference: ClassVar[str] = "exact (the graph computes what the torch model does)"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        bad = [k for k, v in cls.options.items() if not isinstance(v, Option)]
+        if bad or cls.phase not in PHASES:
+            raise TypeError(f"pass {cls.__name__}: options are Option(...) declarations ({bad} are not) and phase one of {PHASES}")
 
     def __init__(self, sites: dict[str, dict[str, Any]] | None = None, **options: Any):
         super().__init__()
-        self.config = {**self.options, **options}
+        self.config = self.checked_options(options)
         self.sites = sites
         self.report = PassReport(self.name)
+
+    @classmethod
+    def checked_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        """Every option: the given ones checked against their declaration, the rest at their
+        defaults; a one-line error for an unknown option or a value it does not take."""
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            known = ", ".join(cls.options) or "none"
+            raise MlpdeployError(f"pass {cls.name}: unknown option {unknown[0]!r}; options are: {known}")
+        return {key: option.check(given[key], f"pass {cls.name}: {key}") if key in given else option.default
+                for key, option in cls.options.items()}
+
+    @classmethod
+    def reference_edit(cls, report: dict) -> ReferenceEdit | None:
+        """The torch-side edit this pass's rewrite (as its `report` says) implies; None when the
+        graph computes what the unedited model does. Edits that travel with the artifact (the
+        report's `module_overrides`, applied by validation from the manifest) are not repeated here."""
+        return None
 
     def site_settings(self, scope: str) -> dict[str, Any] | None:
         """Per-site settings for the module at `scope`: {} when every site is wanted, None when

@@ -20,19 +20,17 @@ here; LLM-Drop found the deepest attention layers the most redundant). No option
 
 from __future__ import annotations
 
-import re
-
 import onnx_ir as ir
 
+from mlpdeploy.contract import CACHE_INPUT, CACHE_OUTPUT
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.overrides import IDENTITY, ZERO
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import MatchFailure, check, remove_dead
 from mlpdeploy.passes.matching.residual import Block, Branch, find_blocks
+from mlpdeploy.passes.options import Option
 from mlpdeploy.scopes import natural_key
 
-CACHE_OUTPUT = re.compile(r"present\.(\d+)\.(key|value)")
-CACHE_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")
 COUNTS = {"attention": "attention", "mlp": "mlp", "blocks": "block"}  # option -> kind
 
 
@@ -41,7 +39,14 @@ class DropLayers(RewritePass):
 
     name = "drop-layers"
     description = "remove attention/MLP sublayers or whole blocks (LLM-Drop): attention=N, mlp=N, blocks=N (deepest), scopes=A+B, or a plan's sites"
-    options = {"attention": 0, "mlp": 0, "blocks": 0, "scopes": ""}
+    options = {
+        "attention": Option(0, "drop the N deepest attention sublayers", minimum=0),
+        "mlp": Option(0, "drop the N deepest MLP sublayers", minimum=0),
+        "blocks": Option(0, "drop the N deepest whole blocks", minimum=0),
+        "scopes": Option("", "drop these sites (module paths joined by +, e.g. layers.3.mlp+layers.5)"),
+    }
+    reference = ("edited: a dropped sublayer's module gives zeros, a dropped block gives back its input (recorded in the "
+                 "manifest as module_overrides, which validation applies)")
 
     def rewrite(self, model: ir.Model) -> PassReport:
         graph = model.graph
@@ -99,8 +104,6 @@ class DropLayers(RewritePass):
 
 def _deepest(blocks: list[Block], kind: str, n: int, option: str, chosen: dict) -> dict[str, Block | Branch]:
     """The `n` deepest candidates of `kind` not chosen yet (nor inside a chosen block)."""
-    if n < 0:
-        raise MlpdeployError(f"drop-layers: {option}={n} must be 0 or more")
     if n == 0:
         return {}
     taken = {t.path for t in chosen.values() if isinstance(t, Block)} | set(chosen)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.matching import (
     STANDARD_DOMAINS,
@@ -39,7 +40,6 @@ from mlpdeploy.passes.matching import (
 )
 from mlpdeploy.passes.matching.rational import SIGNED_POWERS, Rational, match_rational
 from mlpdeploy.plugins.group_rational.onnx_function import MIN_ONNX_OPSET, OP_TYPE, OPSET_VERSION, ensure_function, group_rational_node
-from mlpdeploy.plugins.registry import DOMAIN
 from mlpdeploy.scopes import module_path
 
 

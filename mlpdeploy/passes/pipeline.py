@@ -1,4 +1,9 @@
-"""Parse `--pass NAME[:key=value,...]` specs and run the pass pipeline on an ONNX model."""
+"""Parse `--pass NAME[:key=value,...]` specs, check a pipeline (options, phase order) and run it.
+
+A pipeline's reports are a list, one per pass in the order they ran (`{"pass": NAME, "options":
+{...}, "rewritten": N, ...}`): the same pass twice keeps both reports. `pass_report(reports,
+NAME)` finds one by name; `reference_edits(reports)` collects the torch-side edits they imply.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPa
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.memory import step
-from mlpdeploy.passes.base import RewritePass
+from mlpdeploy.passes.base import PHASES, ReferenceEdit, RewritePass
 from mlpdeploy.passes.registry import PASSES
 
 
@@ -36,23 +41,8 @@ def pass_class(name: str) -> type[RewritePass]:
     return PASSES.load(name)
 
 
-def _convert(text: str, default: Any, key: str, name: str) -> Any:
-    try:
-        if isinstance(default, bool):
-            if text.lower() in ("1", "true", "yes", "on"):
-                return True
-            if text.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(text)
-        if default is None:
-            return text
-        return type(default)(text)
-    except ValueError:
-        raise MlpdeployError(f"pass {name}: option {key}={text!r} is not a valid {type(default).__name__}") from None
-
-
 def parse_pass_spec(text: str) -> PassSpec:
-    """Parse `NAME[:key=value,...]`, converting values to the type of each option's default."""
+    """Parse `NAME[:key=value,...]`, each value read as its option's declared type and checked."""
     name, _, rest = text.partition(":")
     name = name.strip()
     cls = pass_class(name)
@@ -61,11 +51,27 @@ def parse_pass_spec(text: str) -> PassSpec:
         key, eq, value = item.partition("=")
         if not eq:
             raise MlpdeployError(f"pass {name}: option {item!r} must be key=value")
-        if key not in cls.options:
-            known = ", ".join(sorted(cls.options)) or "none"
-            raise MlpdeployError(f"pass {name}: unknown option {key!r}; options are: {known}")
-        options[key] = _convert(value, cls.options[key], key, name)
-    return PassSpec(name, options)
+        options[key.strip()] = value
+    checked = cls.checked_options(options)
+    return PassSpec(name, {key: checked[key] for key in options})
+
+
+def check_pipeline(specs: list[PassSpec]) -> None:
+    """Refuse, in one line, a pipeline with an unknown pass, a bad option, or a pass after one of a
+    later phase (PHASES: rewrite → precision → lowering)."""
+    highest: tuple[int, str] | None = None  # the latest phase so far, and its first pass
+    for spec in specs:
+        cls = pass_class(spec.name)
+        cls.checked_options(spec.options)
+        rank = PHASES.index(cls.phase)
+        if highest is not None and rank < highest[0]:
+            before = highest[1]
+            raise MlpdeployError(
+                f"pass {spec.name} ({cls.phase}) cannot run after {before} ({pass_class(before).phase}): passes run in phase "
+                f"order {' → '.join(PHASES)}; put {spec.name} before {before}"
+            )
+        if highest is None or rank > highest[0]:
+            highest = (rank, spec.name)
 
 
 def resolve_targets(specs: list[PassSpec], target: str) -> list[PassSpec]:
@@ -73,23 +79,45 @@ def resolve_targets(specs: list[PassSpec], target: str) -> list[PassSpec]:
     family (`ort` or `trt`, the backend's `pass_target`); the specs are copied, not changed."""
     resolved = []
     for spec in specs:
-        if "target" in pass_class(spec.name).options and spec.options.get("target", pass_class(spec.name).options["target"]) == "auto":
+        declared = pass_class(spec.name).options.get("target")
+        if declared is not None and spec.options.get("target", declared.default) == "auto":
             spec = PassSpec(spec.name, {**spec.options, "target": target}, spec.sites)
         resolved.append(spec)
     return resolved
 
 
-def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> dict[str, dict]:
+def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> list[dict]:
     """Run the passes in order, in place, then remove dead nodes, functions and opsets.
 
-    Returns each pass's report keyed by its spec string.
+    Returns one report per pass, in order: `{"pass": name, "options": {...}, **its report}`.
     """
-    reports: dict[str, dict] = {}
+    check_pipeline(specs)
+    reports = []
     for spec in specs:
         p = pass_class(spec.name)(sites=spec.sites, **spec.options)
         with step(str(spec)):
             p(model)
-        reports[str(spec)] = p.report.to_json()
+        reports.append({"pass": spec.name, **({"options": dict(spec.options)} if spec.options else {}), **p.report.to_json()})
     for cleanup in (RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
         cleanup(model)
     return reports
+
+
+def pass_report(reports: list[dict], name: str) -> dict:
+    """The report of the one pass called `name` in a pipeline's reports (a KeyError when it ran
+    never or more than once: then pick by position)."""
+    found = [r for r in reports if r["pass"] == name]
+    if len(found) != 1:
+        raise KeyError(f"pass {name} ran {len(found)} times in this pipeline ({[r['pass'] for r in reports]}); pick its report by position")
+    return found[0]
+
+
+def spec_text(report: dict) -> str:
+    """A pipeline report's pass as `--pass` text (`quantize-weights:format=int4`)."""
+    return str(PassSpec(report["pass"], report.get("options", {})))
+
+
+def reference_edits(reports: list[dict]) -> list[ReferenceEdit]:
+    """The torch-side edits the pipeline's passes declare for what they rewrote, in their order."""
+    edits = (pass_class(report["pass"]).reference_edit(report) for report in reports)
+    return [edit for edit in edits if edit is not None]

@@ -33,9 +33,11 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes.common import InlinePass, LiftConstantsToInitializersPass, RemoveUnusedNodesPass, ShapeInferencePass
 
-from mlpdeploy.dtypes import PRECISION_DTYPES, check_precision, precision_name
+from mlpdeploy.contract import MS_DOMAIN
+from mlpdeploy.dtypes import PRECISION_DTYPES, PRECISIONS, check_precision, precision_name
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, RewritePass
+from mlpdeploy.passes.options import Option
 from mlpdeploy.plugins.forms import plugin_nodes
 
 FLOATS = tuple(PRECISION_DTYPES.values())
@@ -114,7 +116,7 @@ def _int8_matmul_nbits(node: ir.Node) -> bool:
     after it yielded the bias alone; tests/fuzz/test_regressions.py), and its products are int8
     either way (an fp16 input cast up is exact)."""
     level = node.attributes.get("accuracy_level")
-    return node.domain == "com.microsoft" and node.op_type == "MatMulNBits" and level is not None and level.as_int() == 4
+    return node.domain == MS_DOMAIN and node.op_type == "MatMulNBits" and level is not None and level.as_int() == 4
 
 
 class _Converter:
@@ -258,7 +260,9 @@ class ConvertPrecision(RewritePass):
 
     name = "convert-precision"
     description = "compute in fp16/bf16 under autocast rules (matrix products low; norms, reductions, Softmax in fp32); I/O types kept"
-    options = {"precision": "fp16"}
+    options = {"precision": Option("fp16", "the precision matrix products compute in (fp32: unchanged)", choices=PRECISIONS)}
+    phase = "precision"
+    reference = "exact within the precision's tolerance (validation picks it from the build's --precision)"
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = convert_precision(model, self.config["precision"])

@@ -38,9 +38,9 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript import version_converter
 
+from mlpdeploy.contract import DEFAULT_BLOCK, DOMAIN, WEIGHT_BLOCKS, WEIGHT_FORMATS, ir_version_for
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.passes.base import PassReport, RewritePass
-from mlpdeploy.passes.fuse_gated_mlp import LINEARS_KEY
+from mlpdeploy.passes.base import PassReport, ReferenceEdit, RewritePass
 from mlpdeploy.passes.matching import (
     LINEAR_OPS,
     STANDARD_DOMAINS,
@@ -51,6 +51,8 @@ from mlpdeploy.passes.matching import (
     remove_dead,
     value_names,
 )
+from mlpdeploy.passes.matching.gated import LINEARS_KEY
+from mlpdeploy.passes.options import Option
 from mlpdeploy.passes.weight_forms import (
     FORM_OPSET,
     MS,
@@ -63,11 +65,12 @@ from mlpdeploy.passes.weight_forms import (
     stored_bytes,
     w4a16,
 )
-from mlpdeploy.quant import Format, QuantError, make_format, parse_format
+from mlpdeploy.quant import INT8_ACTIVATION_TOLERANCE, Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_view
 from mlpdeploy.scopes import module_path
 
 TARGETS = ("ort", "trt")
 FP4_FORMS = ("auto", "nbits8", "function")
+BLOCKS = (0, *sorted({b for blocks in WEIGHT_BLOCKS.values() for b in blocks}))  # 0: the format's default
 DEFAULT_ACCURACY_LEVEL = 4  # measured: bench/quant.py (llama-small perplexity equal to level 0; level 0 kernels ~70x slower)
 GATED_ROLES = {  # GatedMLP weight input -> the child linears it fuses, one tuple per naming family
     1: (("gate_proj", "up_proj"), ("gate_up_proj",), ("w1", "w3")),
@@ -81,32 +84,49 @@ class QuantizeWeights(RewritePass):
     name = "quantize-weights"
     description = "linear/GatedMLP weights as NVFP4, MXFP4 or INT4 (MatMulNBits for ONNX Runtime, DequantizeLinear/plugin for TensorRT)"
     options = {
-        "format": "int4",  # nvfp4 | mxfp4 | int4 | int4asym (a plan's sites name their own)
-        "block": 0,  # 0: the format's default (nvfp4 16, mxfp4 32, int4 32)
-        "accuracy_level": DEFAULT_ACCURACY_LEVEL,  # MatMulNBits: 0 float32 activations, 4 int8 activations
-        "target": "auto",  # ort | trt; auto: compile's --backend (tensorrt-* → trt), else ort
-        "scope": "*",  # module-path globs to quantize, separated by |
-        "exclude": "",  # module-path globs to leave alone
-        "fp4_form": "auto",  # ort FP4: nbits8 | function | auto (nbits8 at accuracy level 4, else function)
+        "format": Option("int4", "weight format (a plan's sites name their own)", choices=WEIGHT_FORMATS),
+        "block": Option(0, "block size along the input dim (0: the format's default, "
+                           + ", ".join(f"{f} {b}" for f, b in DEFAULT_BLOCK.items()) + ")", choices=BLOCKS),
+        "accuracy_level": Option(DEFAULT_ACCURACY_LEVEL, "MatMulNBits' accuracy_level (0 float32 activations, 4 int8 activations)",
+                                 choices=(0, 1, 2, 3, 4)),
+        "target": Option("auto", "weight forms for ONNX Runtime (ort) or TensorRT (trt); auto: the build's backend", choices=("auto", *TARGETS)),
+        "scope": Option("*", "module-path globs to quantize, separated by |"),
+        "exclude": Option("", "module-path globs to leave alone, separated by |"),
+        "fp4_form": Option("auto", "FP4 on ONNX Runtime: 8-bit MatMulNBits (nbits8) or the W4A16MatMul function; auto: nbits8 at "
+                                   "accuracy level 4", choices=FP4_FORMS),
     }
 
+    reference = ("edited: each quantized linear holds the weights its codes decode to, with int8 inputs where "
+                 "MatMulNBits computes at accuracy level 4 (reference_edit)")
+
+    @classmethod
+    def reference_edit(cls, report: dict) -> ReferenceEdit | None:
+        """The torch linears of every rewritten site hold the weights its codes decode to (and take
+        int8 inputs where MatMulNBits does): outputs and layers are compared with that model."""
+        sites = quantized_sites(report)
+        if not sites:
+            return None
+        int8 = sum(len(s.linears) for s in sites if s.int8_block)
+        linears = sum(len(s.linears) for s in sites)
+        note = (f"outputs and layers compared with the torch model whose {linears} quantized linears hold the weights their codes "
+                f"decode to" + (f" ({int8} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
+                + "; the task metric with the original weights")
+        return ReferenceEdit(lambda module: quantized_sites_view(module, sites), note, INT8_ACTIVATION_TOLERANCE if int8 else None)
+
     def rewrite(self, model: ir.Model) -> PassReport:
-        self.target = _choice(self.config["target"], ("auto", *TARGETS), "target")
-        self.target = "ort" if self.target == "auto" else self.target
-        self.level = int(self.config["accuracy_level"])
-        if self.level not in (0, 1, 2, 3, 4):
-            raise MlpdeployError(f"pass {self.name}: accuracy_level must be 0..4 (MatMulNBits: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8), got {self.level}")
-        self.fp4_form = _choice(self.config["fp4_form"], FP4_FORMS, "fp4_form")
+        self.target = "ort" if self.config["target"] == "auto" else self.config["target"]
+        self.level = self.config["accuracy_level"]
+        self.fp4_form = self.config["fp4_form"]
         if self.fp4_form == "auto":
             self.fp4_form = "nbits8" if self.level == 4 else "function"
-        self.default = make_format(parse_format(self.config["format"]).name, int(self.config["block"]) or parse_format(self.config["format"]).block)
+        self.default = make_format(self.config["format"], self.config["block"])
         for fmt in self._named_formats():
             self._check_target(fmt)
         self.report = PassReport(self.name, details={"target": self.target, "sites": {}, "kept": []})
         self.taken, self.done = value_names(model.graph), set()
         self._raise_opset(model)
         for node in list(model.graph):
-            if node.domain == "mlpdeploy" and node.op_type == "GatedMLP":
+            if node.domain == DOMAIN and node.op_type == "GatedMLP":
                 self._gated(model, node)
         for node in list(model.graph):
             if node.op_type in LINEAR_OPS and node.domain in STANDARD_DOMAINS and id(node) not in self.done and node.graph is model.graph:
@@ -149,7 +169,7 @@ class QuantizeWeights(RewritePass):
         if need > current:
             version_converter.convert_version(model, need)
             self.report.details["opset"] = {"from": current, "to": need}
-        model.ir_version = max(model.ir_version or 10, 11 if need >= 23 else 10)
+        model.ir_version = ir_version_for(need, model.ir_version)
 
     # ---- rewriting
 
@@ -302,12 +322,6 @@ class QuantizeWeights(RewritePass):
         self.report.details["stored_bits_per_weight"] = round(8 * stored / weights, 4) if weights else None
 
 
-def _choice(value: str, allowed: tuple[str, ...], option: str) -> str:
-    if value not in allowed:
-        raise MlpdeployError(f"pass quantize-weights: {option}={value!r}; choose one of {', '.join(allowed)}")
-    return value
-
-
 def _globs(text: str) -> list[str]:
     return [p.strip() for p in str(text).replace(";", "|").split("|") if p.strip()]
 
@@ -339,19 +353,13 @@ def planned_bytes(fmt: Format, k: int, n: int, target: str, accuracy_level: int 
     return stored_bytes(fmt, k, n, form_for(fmt, target, fp4_form))
 
 
-def quantized_sites(reports: dict[str, dict]) -> tuple[dict[str, Format], dict[str, int]]:
-    """From a pipeline's pass reports: the torch linears (module paths) quantize-weights rewrote,
-    with their formats, and those that now compute with int8 activations (accuracy level 4),
-    with the block their inputs are quantized in. This is what the torch reference of the
-    quantized model emulates (`mlpdeploy.quant.quantized_copy`)."""
-    linears: dict[str, Format] = {}
-    int8: dict[str, int] = {}
-    for spec, report in reports.items():
-        if spec.split(":", 1)[0] != QuantizeWeights.name:
-            continue
-        for site in report.get("sites", {}).values():
-            for path in site["linears"]:
-                linears[path] = parse_format(site["format"])
-                if site.get("int8_activations"):
-                    int8[path] = linears[path].block
-    return linears, int8
+def quantized_sites(report: dict) -> list[QuantizedSite]:
+    """From a quantize-weights report: each rewritten weight as the torch linears it stands for
+    (a fused gate_up: gate and up, quantized as one matrix), its format, and the block its inputs
+    are rounded to int8 in where MatMulNBits computes at accuracy level 4. What the torch
+    reference of the quantized model emulates (`mlpdeploy.quant.quantized_sites_view`)."""
+    sites = []
+    for site in report.get("sites", {}).values():
+        fmt = parse_format(site["format"])
+        sites.append(QuantizedSite(tuple(site["linears"]), fmt, fmt.block if site.get("int8_activations") else None))
+    return sites

@@ -1,4 +1,5 @@
-"""Rewrite passes, registered here one line each ("name": "module:Class" inside mlpdeploy.passes)."""
+"""Rewrite passes, registered here one line each ("name": "module:Class" inside mlpdeploy.passes; a
+backend's own graph passes by their absolute module, e.g. the onnxruntime backend's ORT fusions)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
     "drop-layers": "drop_layers:DropLayers",
-    "ort-decoder": "ort_decoder:OrtDecoder",
-    "ort-fusions": "ort_fusions:OrtFusions",
+    "ort-decoder": "mlpdeploy.backends.onnxruntime.passes.decoder:OrtDecoder",
+    "ort-fusions": "mlpdeploy.backends.onnxruntime.passes.fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
     "quantize-weights": "quantize_weights:QuantizeWeights",
 })

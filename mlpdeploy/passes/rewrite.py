@@ -14,13 +14,13 @@ from mlpdeploy.memory import step
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.model.overrides import describe_override
 from mlpdeploy.onnx_io import load_ir, write_onnx
-from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+from mlpdeploy.passes.pipeline import PassSpec, pass_report, run_pipeline
 
 
 @dataclass
 class RewriteResult:
     model_path: Path
-    passes: dict[str, dict]
+    passes: list[dict]  # one report per pass, in the order they ran (pipeline.run_pipeline)
     op_counts_before: dict[str, int]
     op_counts_after: dict[str, int]
     seconds: float
@@ -32,6 +32,10 @@ class RewriteResult:
             "op_counts_after": self.op_counts_after,
             "seconds": round(self.seconds, 3),
         }
+
+    def report(self, name: str) -> dict:
+        """The report of the one pass called `name` (pipeline.pass_report)."""
+        return pass_report(self.passes, name)
 
 
 def op_counts(model: ir.Model) -> dict[str, int]:
@@ -54,13 +58,13 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
         write_onnx(model, tmp)
         manifest = find_manifest(model_path)
         if manifest is not None:
-            overrides = {k: v for r in reports.values() for k, v in r.get("module_overrides", {}).items()}
+            overrides = {k: v for r in reports for k, v in r.get("module_overrides", {}).items()}
             derived = manifest.derived("rewrite", passes=[str(p) for p in passes], seconds=round(seconds, 3),
                                        **({"module_overrides": overrides} if overrides else {}))
-            removed_inputs = [n for r in reports.values() for n in r.get("removed_inputs", [])]
-            removed_outputs = [n for r in reports.values() for n in r.get("removed_outputs", [])]
+            removed_inputs = [n for r in reports for n in r.get("removed_inputs", [])]
+            removed_outputs = [n for r in reports for n in r.get("removed_outputs", [])]
             derived.without(removed_inputs, removed_outputs).save_beside(tmp)
-    for report in reports.values():  # the manifest keeps the full edits (sparse-mlp's predictors); reports say them in a line
+    for report in reports:  # the manifest keeps the full edits (sparse-mlp's predictors); reports say them in a line
         if report.get("module_overrides"):
             report["module_overrides"] = {k: describe_override(v) for k, v in report["module_overrides"].items()}
     return RewriteResult(output, reports, before, after, seconds)

@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DOMAIN, IR_VERSION
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.model.sparsity import SparseSite
+from mlpdeploy.model.sparsity import SparseSite, svd_predictor
 from mlpdeploy.passes.base import PassReport, RewritePass
-from mlpdeploy.passes.fuse_gated_mlp import _match_down, match_site
 from mlpdeploy.passes.matching import (
     Linear,
     MatchFailure,
@@ -42,7 +42,8 @@ from mlpdeploy.passes.matching import (
     unique_name,
     value_names,
 )
-from mlpdeploy.plugins.registry import DOMAIN
+from mlpdeploy.passes.matching.gated import match_down, match_site
+from mlpdeploy.passes.options import Option
 from mlpdeploy.plugins.sparse_mlp.onnx_function import OP_TYPE, ensure_function, sparse_mlp_node
 from mlpdeploy.scopes import OUTPUT_MODULE_KEY, module_path
 
@@ -55,7 +56,15 @@ class SparseMLPPass(RewritePass):
     name = "sparse-mlp"
     description = ("compute only selected MLP neurons (mlpdeploy::SparseMLP): ReLU MLPs by a low-rank predictor's top-k "
                    "(k=, recall= from a plan, rank= for the SVD predictor), gated MLPs where |act(gate)| > threshold=")
-    options = {"k": 0, "recall": 0.0, "rank": 0, "threshold": -1.0, "artifact": ""}
+    options = {
+        "k": Option(0, "neurons each token keeps in a ReLU MLP (0: the plan's per-site k)", minimum=0),
+        "recall": Option(0.0, "take each planned site's k for this held-out recall (0: off; needs a plan)", minimum=0.0),
+        "rank": Option(0, "rank of the training-free SVD predictor (0: the plan's trained one, else d/8)", minimum=0),
+        "threshold": Option(-1.0, "gated MLPs: a neuron counts where |act(gate)| > T (negative: the plan's per-layer thresholds)"),
+        "artifact": Option("", "the plan's predictors file (.sparse-mlp.safetensors; --plan passes it)"),
+    }
+    reference = ("edited: each MLP computes only the neurons its site selects (recorded in the manifest as "
+                 "module_overrides, which validation applies)")
 
     def rewrite(self, model: ir.Model) -> PassReport:
         report = PassReport(self.name, details={"sites": {}})
@@ -84,7 +93,7 @@ class SparseMLPPass(RewritePass):
                                              **({"k": sparse.k, "rank": int(sparse.p_a.shape[1])} if sparse.mode == "topk"
                                                 else {"threshold": float(sparse.threshold[0])})}
         if report.rewritten:
-            model.ir_version = max(model.ir_version or 10, 10)
+            model.ir_version = max(model.ir_version or IR_VERSION, IR_VERSION)
         return report
 
     def _selection(self, site: dict, scope: str, settings: dict, arrays: dict) -> SparseSite:
@@ -110,8 +119,6 @@ class SparseMLPPass(RewritePass):
                 "run the plan through `--plan PLAN` (its .sparse-mlp.safetensors beside it), or set rank= for the SVD predictor"
             )
         else:
-            from mlpdeploy.analyze.predictor import svd_predictor
-
             p_a, p_b = svd_predictor(site["w_up"].T, self.config["rank"] or max(4, site["w_up"].shape[0] // 8))
         check(p_a.shape[0] == site["w_up"].shape[0] and p_b.shape[1] == h, f"the predictor's shapes {p_a.shape}, {p_b.shape} do not fit the MLP")
         return SparseSite("topk", up_path, down_path, k=int(k), p_a=p_a.astype(np.float32), p_b=p_b.astype(np.float32),
@@ -156,7 +163,7 @@ def _match(node: ir.Node) -> dict | None:
     if act is None or act.nodes[-1] is not node:
         return None
     up: Linear = match_linear(act.input)
-    down = _match_down(node, up.out_features)
+    down = match_down(node, up.out_features)
     nodes = [*up.nodes, *act.nodes, *down.nodes]
     return {"mode": "topk", "x": up.input, "hidden": up.out_features, "activation": act.kind, "up": up, "down": down,
             "nodes": nodes, "template": node, "w_up": up.weight_array(),

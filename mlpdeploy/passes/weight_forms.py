@@ -26,13 +26,14 @@ import ml_dtypes
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import BLOCKED_DQ_OPSET, FLOAT4_OPSET, MS_DOMAIN
 from mlpdeploy.passes.matching import add_initializer, unique_name
 from mlpdeploy.plugins.w4a16_matmul.onnx_function import ensure_function as ensure_w4a16
 from mlpdeploy.plugins.w4a16_matmul.onnx_function import w4a16_matmul_node
 from mlpdeploy.quant import Format, QuantizedWeight, column_blobs, column_nibbles, decode_e2m1, signed_int4
 
-MS = "com.microsoft"
-FORM_OPSET = {"dq-nvfp4": 23, "dq-int4": 21}  # lowest default-domain opset each weight form needs
+MS = MS_DOMAIN
+FORM_OPSET = {"dq-nvfp4": FLOAT4_OPSET, "dq-int4": BLOCKED_DQ_OPSET}  # lowest default-domain opset each weight form needs
 FORMS = ("nbits4", "nbits8", "w4a16-function", "w4a16-plugin", "dq")
 
 

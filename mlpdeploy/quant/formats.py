@@ -9,9 +9,9 @@ rows along K, one block per column (padding rules in `packing`). Per format, exa
 * **mxfp4** (block 32, OCP MX v1.0): per-block E8M0 scale `2^e`, `e = floor(log2(block_amax)) − 2`
   (emax of E2M1), clamped to [−127, 127] (−127 for an all-zero block); elements `e2m1(w / 2^e)`,
   saturating at ±6 as the spec says; value `e2m1 · 2^e`.
-* **int4** (block 32, 64 or 128): per-block FP32 scale `block_amax / 7` (1 for a zero block),
+* **int4** (block 16, 32, 64 or 128; default 32): per-block FP32 scale `block_amax / 7` (1 for a zero block),
   codes `clip(round(w / scale), −8, 7)`; value `code · scale`.
-* **int4asym** (block 32, 64 or 128): per-block range `[min(lo, 0), max(hi, 0)]`, FP32 scale
+* **int4asym** (block 16, 32, 64 or 128; default 32): per-block range `[min(lo, 0), max(hi, 0)]`, FP32 scale
   `range / 15` (1 for a zero block), zero point `clip(round(−lo / scale), 0, 15)`, codes
   `clip(round(w / scale) + zp, 0, 15)`; value `(code − zp) · scale`.
 
@@ -26,11 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlpdeploy.contract import DEFAULT_BLOCK, E2M1_MAX, E4M3_MAX, E8M0_BIAS, WEIGHT_BLOCKS
 from mlpdeploy.quant.grid import QuantError, check_finite
 from mlpdeploy.quant.minifloat import (
-    E2M1_MAX,
-    E4M3_MAX,
-    E8M0_BIAS,
     decode_e2m1,
     decode_e4m3,
     decode_e8m0,
@@ -118,8 +116,6 @@ class QuantizedWeight:
         return pack_nibbles(self.codes[: self.k])
 
 
-DEFAULT_BLOCK = {"nvfp4": 16, "mxfp4": 32, "int4": 32, "int4asym": 32}
-BLOCKS = {"nvfp4": (16,), "mxfp4": (32,), "int4": (32, 64, 128), "int4asym": (32, 64, 128)}
 SCALE_BYTES = {"nvfp4": 1, "mxfp4": 1, "int4": 4, "int4asym": 4}
 
 
@@ -138,7 +134,7 @@ def parse_format(spec: str) -> Format:
     text = spec.strip().lower()
     name, _, block_text = text.partition("-")
     if name not in DEFAULT_BLOCK:
-        raise QuantError(f"unknown weight format {spec!r}; formats are {', '.join(DEFAULT_BLOCK)} (int4/int4asym take -32, -64 or -128)")
+        raise QuantError(f"unknown weight format {spec!r}; formats are {', '.join(DEFAULT_BLOCK)} (int4/int4asym take {', '.join(f'-{b}' for b in WEIGHT_BLOCKS['int4'])})")
     block = DEFAULT_BLOCK[name]
     if block_text:
         if not block_text.isdigit():
@@ -152,8 +148,8 @@ def make_format(name: str, block: int = 0) -> Format:
     if name not in DEFAULT_BLOCK:
         raise QuantError(f"unknown weight format {name!r}; formats are {', '.join(DEFAULT_BLOCK)}")
     block = block or DEFAULT_BLOCK[name]
-    if block not in BLOCKS[name]:
-        raise QuantError(f"{name} blocks are {' or '.join(map(str, BLOCKS[name]))} along the input dim, not {block}")
+    if block not in WEIGHT_BLOCKS[name]:
+        raise QuantError(f"{name} blocks are {' or '.join(map(str, WEIGHT_BLOCKS[name]))} along the input dim, not {block}")
     return Format(name, block)
 
 

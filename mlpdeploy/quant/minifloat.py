@@ -11,27 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpdeploy.contract import E2M1_GRID, E2M1_VALUES, E4M3_GRID, E4M3_VALUES, E8M0_VALUES
 from mlpdeploy.quant.grid import QuantError, round_to_grid
-
-E2M1_MAX = 6.0
-E4M3_MAX = 448.0
-E8M0_BIAS = 127
-
-# Non-negative values in code order (code = index; the sign is bit 3 for E2M1, bit 7 for E4M3).
-E2M1_GRID = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
-E2M1_VALUES = np.concatenate([E2M1_GRID, -E2M1_GRID]).astype(np.float32)  # decode table for codes 0..15
-
-
-def _e4m3_grid() -> np.ndarray:
-    codes = np.arange(127)  # 0x7F is NaN
-    exponent, mantissa = codes >> 3, codes & 7
-    normal = (1 + mantissa / 8) * 2.0 ** (exponent - 7)
-    subnormal = mantissa / 8 * 2.0**-6
-    return np.where(exponent == 0, subnormal, normal)
-
-
-E4M3_GRID = _e4m3_grid()
-E4M3_VALUES = np.concatenate([E4M3_GRID, [np.nan], -E4M3_GRID, [np.nan]]).astype(np.float32)
 
 
 def _refuse_nonfinite(x: np.ndarray, what: str) -> None:
@@ -66,9 +47,7 @@ def decode_e4m3(codes: np.ndarray) -> np.ndarray:
 
 def decode_e8m0(codes: np.ndarray) -> np.ndarray:
     """E8M0 codes → 2^(code − 127) as float32 (0xFF → NaN); exact, denormals included."""
-    codes = np.asarray(codes, np.uint8)
-    values = np.ldexp(np.float64(1.0), np.minimum(codes, 0xFE).astype(np.int32) - E8M0_BIAS).astype(np.float32)
-    return np.where(codes == 0xFF, np.float32(np.nan), values)
+    return E8M0_VALUES[np.asarray(codes, np.uint8)]
 
 
 def floor_log2(x: np.ndarray) -> np.ndarray:

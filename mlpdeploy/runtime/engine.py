@@ -1,10 +1,11 @@
 """`Engine`: a built artifact loaded to run, its inputs checked against its manifest.
 
-`Engine.load(path)` takes an artifact file (`model.ort.onnx`, any `.onnx`, a TensorRT or
-TensorRT-RTX `.engine` / `.plan`) or a `compile` output directory (it picks the built model from
-`report.json`). ONNX Runtime runs an ONNX model with the session settings saved beside it at build
-time; an engine runs in the TensorRT runtime its manifest names (`mlpdeploy.runtime.tensorrt`),
-which needs that runtime installed and a GPU, else one line naming what is missing.
+`Engine.load(path)` takes an artifact file (`model.ort.onnx`, an exported or rewritten `.onnx`, a
+TensorRT or TensorRT-RTX engine) or a `compile` output directory (it picks the built model from
+`report.json`), and runs it through the runner of the backend its manifest names (the registry in
+`mlpdeploy.backends`; an ONNX model no backend built runs in `onnxruntime`), never by file suffix.
+ONNX Runtime runs an ONNX model with the session settings saved beside it at build time; an engine
+needs its TensorRT runtime installed and a GPU, else one line naming what is missing.
 
 `engine(**inputs) -> {output: array}` checks every call against the manifest (names, dtypes,
 ranks, fixed sizes, dynamic-dim ranges) and is safe to call from many threads at once: ONNX
@@ -19,13 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from mlpdeploy.backends import backend_of, get_backend
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs
 from mlpdeploy.model.kv_cache import CacheLayout
 from mlpdeploy.model.manifest import Manifest, find_manifest
-from mlpdeploy.runtime.onnxruntime import make_session, saved_session_config
-
-ENGINE_SUFFIXES = (".engine", ".plan")
 
 
 def resolve_artifact(path: Path | str) -> Path:
@@ -42,36 +41,18 @@ def resolve_artifact(path: Path | str) -> Path:
         path = path / Path(built).name
     if not path.is_file():
         raise MlpdeployError(f"artifact {path} does not exist; build one with `mlpdeploy build` or `mlpdeploy compile`")
-    if not path.name.endswith((".onnx", *ENGINE_SUFFIXES)):
-        raise MlpdeployError(f"{path}: not an artifact the runtime knows; pass a built .onnx, a TensorRT .engine/.plan, or a compile directory")
     return path
 
 
-def is_engine(path: Path) -> bool:
-    return path.name.endswith(ENGINE_SUFFIXES)
-
-
-class OrtSession:
-    """ONNX Runtime behind the engine: `run(feed) -> {name: array}`."""
-
-    runtime = "onnxruntime"
-
-    def __init__(self, session):
-        self.session = session
-        self.input_names = [i.name for i in session.get_inputs()]
-        self.output_names = [o.name for o in session.get_outputs()]
-        self.providers = session.get_providers()
-
-    def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return dict(zip(self.output_names, self.session.run(None, feed)))
-
-
 class Engine:
-    """A loaded artifact: `engine(**inputs) -> {output: array}`; `session` is the ONNX Runtime
-    session (for IO binding, e.g. the cached generator) when ONNX Runtime runs it."""
+    """A loaded artifact: `engine(**inputs) -> {output: array}` through its backend's runner (active while
+    the engine lives; `close()` or a `with` block releases it). `session` is the ONNX Runtime session
+    (for IO binding, e.g. the cached generator) when ONNX Runtime runs it, else None."""
 
-    def __init__(self, path: Path, manifest: Manifest, runner):
-        self.path, self.manifest, self.runner = path, manifest, runner
+    def __init__(self, path: Path, manifest: Manifest, runner, backend: str):
+        self.path, self.manifest, self.runner, self.backend = path, manifest, runner, backend
+        if not runner.is_active:
+            runner.activate()
         self.session = getattr(runner, "session", None)
         self.input_names, self.output_names = list(runner.input_names), list(runner.output_names)
         self.runtime: str = runner.runtime
@@ -82,14 +63,8 @@ class Engine:
         manifest = find_manifest(model)
         if manifest is None:
             raise MlpdeployError(f"no manifest beside {model}; the runtime needs the one `mlpdeploy build` writes")
-        if is_engine(model):
-            from mlpdeploy.runtime.tensorrt import TensorRTSession
-
-            return cls(model, manifest, TensorRTSession.load(model, manifest.last("build").get("backend", "tensorrt")))
-        config = dict(saved_session_config(model))
-        if threads is not None:
-            config["intra_op_num_threads"] = threads
-        return cls(model, manifest, OrtSession(make_session(model, config)))
+        backend = backend_of(manifest)
+        return cls(model, manifest, get_backend(backend).runner(model, threads=threads), backend)
 
     @property
     def cache(self) -> CacheLayout | None:
@@ -102,4 +77,22 @@ class Engine:
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         inputs = {k: np.asarray(v) for k, v in inputs.items()}
-        return self.runner.run(self.check(inputs))
+        return dict(self.runner.infer(self.check(inputs), check_inputs=False))
+
+    def close(self) -> None:
+        """Release the runner (its session or engine); the Engine cannot run afterwards."""
+        if self.runner.is_active:
+            self.runner.deactivate()
+            self.session = None
+
+    def __enter__(self) -> "Engine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: modules may be gone already
+            pass

@@ -56,14 +56,20 @@ DecodeFn = Callable[[list[list[int]], int], tuple[float, list[float]]]
 
 
 def measure_decode(decode: DecodeFn, vocab: int, context: int, new_tokens: int, batch: int = 1, repeats: int = 3,
-                   warmup: int = 1, seed: int = 0) -> DecodeStats:
-    """Run `decode` `warmup` + `repeats` times on random prompts; every step of the timed runs counts."""
+                   warmup: int = 1, seed: int = 0, tokens: np.ndarray | None = None) -> DecodeStats:
+    """Run `decode` `warmup` + `repeats` times on prompts: random ids, or with `tokens` (real text,
+    e.g. `--data`'s held-out tokens) windows of it at seeded offsets; every step of the timed runs counts."""
     if context < 1 or new_tokens < 2:
         raise MlpdeployError(f"decode timing needs a context of at least 1 and at least 2 new tokens; got {context} and {new_tokens}")
+    if tokens is not None and len(tokens) <= context:
+        raise MlpdeployError(f"the data holds {len(tokens)} held-out tokens, too few for a prompt of {context}; give more text or a smaller --context")
     rng = np.random.default_rng(seed)
     prefills, steps = [], []
     for run in range(warmup + repeats):
-        prompts = rng.integers(0, vocab, (batch, context)).tolist()
+        if tokens is None:
+            prompts = rng.integers(0, vocab, (batch, context)).tolist()
+        else:
+            prompts = [tokens[s:s + context].tolist() for s in rng.integers(0, len(tokens) - context, size=batch)]
         prefill, step_times = decode(prompts, new_tokens)
         if run >= warmup:
             prefills.append(prefill)

@@ -1,10 +1,13 @@
 """Serving: Triton model repositories (`package`), and a KServe v2 / Triton HTTP server.
 
 Public API:
-    package_triton        write a Triton model repository (+ a KServe InferenceService) for built models
+    package_triton        write a Triton model repository (+ a KServe InferenceService) for built models;
+                          backend="python" writes model.py files running mlpdeploy's runtime (triton_python, triton_model)
     triton_config         the config.pbtxt of one model, as text
     create_app            the ASGI app speaking the KServe v2 protocol (Starlette; the `serve` extra)
     Server                that app under uvicorn: `Server(paths).run()` blocks, `.start()` / `with` run it in a thread
+    tritonserver.TritonServer   the real tritonserver of the nvidia-pytriton wheel on a repository (not imported here,
+                          so that `python -m mlpdeploy.serving.tritonserver REPO` runs it cleanly)
 """
 
 from mlpdeploy.serving.app import create_app  # noqa: F401

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 
 # manifest dtype, KServe v2 datatype, Triton model-config DataType
@@ -43,8 +44,4 @@ def config_datatype(dtype: str) -> str:
 
 def numpy_of_v2(datatype: str) -> np.dtype:
     """The numpy dtype of a KServe v2 datatype (BF16 through ml_dtypes)."""
-    if datatype == "BF16":
-        import ml_dtypes
-
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(FROM_V2[datatype])
+    return numpy_dtype(FROM_V2[datatype])

@@ -1,7 +1,8 @@
 """Triton's generate extension over the runtime's generate loop (`CachedGenerator`).
 
 Request (`POST .../generate` or `.../generate_stream`): `{"id"?, "text_input": str | "input_ids":
-[int], "parameters"?: {...}}`; parameters (also accepted at the top level, as Triton passes extra
+[int] | "messages": [{"role", "content"}], "parameters"?: {...}}` (`messages`: chat turns, formatted
+with the tokenizer's chat template and ended with the assistant's turn; `text_input` is sent as it is); parameters (also accepted at the top level, as Triton passes extra
 fields on): `max_tokens` (default 16), `temperature` (0: greedy), `top_k`, `top_p`, `seed`,
 `stop` (a list of token texts or ids). `text_input` needs the model's tokenizer (the zoo's byte
 models, or a Hugging Face directory's).
@@ -52,8 +53,8 @@ def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
         raise RequestError(400, f"unknown generate parameters {unknown}; known: {sorted(PARAMETERS)}")
     prompt = _prompt(payload, model)
     stops = [_stop_token(s, model) for s in params.get("stop", [])]
-    if model.tokenizer is not None and model.tokenizer.eos_token_id is not None:
-        stops.append(model.tokenizer.eos_token_id)
+    if model.tokenizer is not None:
+        stops += list(model.tokenizer.stop_token_ids)
     try:
         max_tokens = int(params.get("max_tokens", 16))
         sampling = Sampling(float(params.get("temperature", 0.0)), int(params.get("top_k", 0)), float(params.get("top_p", 1.0)), int(params.get("seed", 0)))
@@ -66,9 +67,21 @@ def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
     return GenerateRequest(None if request_id is None else str(request_id), prompt, max_tokens, sampling, stops)
 
 
+PROMPT_FIELDS = ("text_input", "input_ids", "messages")
+
+
 def _prompt(payload: dict, model: ServedModel) -> list[int]:
-    if ("text_input" in payload) == ("input_ids" in payload):
-        raise RequestError(400, "give exactly one of 'text_input' (a string) and 'input_ids' (a list of token ids)")
+    from mlpdeploy.runtime.tokenizer import check_messages
+
+    if sum(key in payload for key in PROMPT_FIELDS) != 1:
+        raise RequestError(400, "give exactly one of 'text_input' (a string), 'input_ids' (a list of token ids) and 'messages' (chat turns)")
+    if "messages" in payload:
+        if model.tokenizer is None or not model.tokenizer.has_chat_template:
+            raise RequestError(400, f"model '{model.name}' has no chat template; send 'text_input' or 'input_ids'")
+        try:
+            return model.tokenizer.encode_chat(check_messages(payload["messages"]))
+        except MlpdeployError as exc:
+            raise RequestError(400, str(exc)) from None
     if "input_ids" in payload:
         ids = payload["input_ids"]
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
@@ -118,12 +131,24 @@ def _base(model: ServedModel, request: GenerateRequest) -> dict:
     return base | ({"id": request.id} if request.id is not None else {})
 
 
+def run_generation(model: ServedModel, request: GenerateRequest, on_token: Callable[[int], None] | None = None) -> tuple[list[int], str]:
+    """The one call from serving into the runtime for a generate request — `mlpdeploy serve`'s generate and
+    generate_stream and the Triton python-backend model (`triton_generate`) all come through here. Blocks
+    until the request is done; `on_token(token)` sees each new token (an exception raised in it stops the
+    generation). Returns (new tokens, finish reason "stop" | "length").
+
+    Today each request runs the runtime's generate loop at batch 1 on the calling thread; the in-flight
+    batching scheduler replaces this body (the callers, and the packaged repositories, stay as they are)."""
+    callback = None if on_token is None else (lambda _row, token: on_token(token))
+    result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens, on_token=callback)
+    return result.tokens[0], result.finish[0]
+
+
 def generate(model: ServedModel, request: GenerateRequest) -> dict:
     """Generate the whole answer (blocking; run in a worker thread)."""
-    result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens)
-    tokens = result.tokens[0]
+    tokens, finish = run_generation(model, request)
     text = model.tokenizer.decode(tokens) if model.tokenizer is not None else ""
-    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": result.finish[0]}
+    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": finish}
 
 
 class _Cancelled(Exception):
@@ -138,7 +163,7 @@ async def stream(model: ServedModel, request: GenerateRequest, on_token: Callabl
     cancelled = threading.Event()
     pieces = TextPieces(model.tokenizer)
 
-    def push(_row: int, token: int) -> None:
+    def push(token: int) -> None:
         if cancelled.is_set():
             raise _Cancelled
         if on_token is not None:
@@ -147,8 +172,8 @@ async def stream(model: ServedModel, request: GenerateRequest, on_token: Callabl
 
     def run() -> None:
         try:
-            result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens, on_token=push)
-            loop.call_soon_threadsafe(events.put_nowait, ("done", result.finish[0]))
+            _, finish = run_generation(model, request, on_token=push)
+            loop.call_soon_threadsafe(events.put_nowait, ("done", finish))
         except _Cancelled:
             pass
         except Exception as exc:  # reported to the client as an error event (the status is already 200)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.engine import Engine, is_engine
+from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.serving.datatypes import v2_datatype
 from mlpdeploy.serving.package import model_name
 from mlpdeploy.serving.protocol import InferRequest, RequestError
@@ -27,7 +27,7 @@ class ServedModel:
 
     @property
     def platform(self) -> str:
-        return "tensorrt_plan" if is_engine(self.engine.path) else "onnxruntime_onnx"
+        return "onnxruntime_onnx" if self.engine.backend == "onnxruntime" else "tensorrt_plan"
 
     def metadata(self) -> dict:
         """KServe v2 model metadata: the manifest's tensors, -1 for every dynamic dim."""
@@ -45,7 +45,7 @@ class ServedModel:
 
     def config(self) -> dict:
         """The model's Triton config (as `mlpdeploy package` writes it), as JSON."""
-        backend = self.engine.manifest.last("build").get("backend") if self.platform == "tensorrt_plan" else None
+        backend = self.engine.backend if self.platform == "tensorrt_plan" else None
         fields, _ = model_config(self.name, self.engine.path, self.engine.manifest, TritonOptions(), backend)
         return fields
 
@@ -65,28 +65,36 @@ class ServedModel:
             raise RequestError(400, str(exc)) from None
 
 
-def load_models(paths: list[Path | str], threads: int | None = None) -> dict[str, ServedModel]:
-    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving."""
-    from mlpdeploy.runtime.generate import CachedGenerator
-
+def load_models(paths: list[Path | str], threads: int | None = None, speculative: str | None = None) -> dict[str, ServedModel]:
+    """Load every model to serve, named as `mlpdeploy package` names them; errors before serving.
+    `speculative`: a `--speculative` mode every cached decoder generates with (its own drafter each)."""
     models: dict[str, ServedModel] = {}
     for path in paths:
         name = model_name(path)
         if name in models:
             raise MlpdeployError(f"two models are named {name!r}; serve each name once (rename a directory or file)")
-        engine = Engine.load(path, threads=threads)
-        model = ServedModel(name, engine)
-        if engine.cache is not None and engine.session is not None:
-            model.generator = CachedGenerator(engine)
-            model.tokenizer = _tokenizer(engine)
-        models[name] = model
+        models[name] = load_model(name, path, threads, speculative)
     return models
+
+
+def load_model(name: str, path: Path | str, threads: int | None = None, speculative: str | None = None) -> ServedModel:
+    """One model to serve under `name`: its engine, and for a cached decoder its generator (with the
+    `speculative` mode's drafter, when given) and tokenizer."""
+    from mlpdeploy.runtime.generate import CachedGenerator
+    from mlpdeploy.runtime.speculative import make_drafter, parse_mode
+
+    engine = Engine.load(path, threads=threads)
+    model = ServedModel(name, engine)
+    if engine.cache is not None and engine.session is not None:
+        model.generator = CachedGenerator(engine, make_drafter(parse_mode(speculative), engine, threads) if speculative else None)
+        model.tokenizer = _tokenizer(engine)
+    return model
 
 
 def _tokenizer(engine: Engine):
     from mlpdeploy.runtime.tokenizer import tokenizer_for
 
     try:
-        return tokenizer_for(engine.manifest)
+        return tokenizer_for(engine.manifest, engine.path.parent)
     except MlpdeployError:
         return None  # generate then takes token ids ("input_ids") only

@@ -35,9 +35,9 @@ class Server:
     """A uvicorn server for built models, listening on `host:port` (port 0: a free port, see `.port`)."""
 
     def __init__(self, paths: list[Path | str], host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY, log_level: str = "warning", grace: float = 30.0):
+                 max_body_bytes: int = DEFAULT_MAX_BODY, log_level: str = "warning", grace: float = 30.0, speculative: str | None = None):
         uvicorn = require("uvicorn", "serve", "mlpdeploy serve")
-        self.models, self.max_body_bytes = load_models(paths, threads), max_body_bytes
+        self.models, self.max_body_bytes = load_models(paths, threads, speculative), max_body_bytes
         self.app = create_app(self.models, max_body_bytes)
         self.socket = _bind(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]

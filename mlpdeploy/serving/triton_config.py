@@ -24,10 +24,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from mlpdeploy.backends.onnxruntime.session import saved_session_config
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.kv_cache import CacheLayout
 from mlpdeploy.model.manifest import Manifest
-from mlpdeploy.runtime.onnxruntime import saved_session_config
 from mlpdeploy.serving.datatypes import config_datatype
 
 # mlpdeploy's ONNX Runtime optimization level → Triton ORT backend `optimization.graph.level`
@@ -57,27 +57,35 @@ def _batched(manifest: Manifest) -> bool:
     return all(shape and shape[0] == "batch" for shape in shapes)
 
 
+def batch_limit(manifest: Manifest, options: TritonOptions) -> int:
+    """Triton's max_batch_size for a model without a cache: the option capped at the exported batch
+    range when every tensor leads with the `batch` dim, else 0 (Triton does not batch it)."""
+    if not _batched(manifest):
+        return 0
+    return max(1, min(options.max_batch_size, manifest.dims.get("batch", [1, options.max_batch_size])[1]))
+
+
+def tensor_fields(manifest: Manifest, skip_batch: bool, exclude: set[str] = frozenset()) -> dict:
+    """The `input` and `output` fields of the manifest's tensors (the batch dim left out when Triton batches)."""
+    return {
+        "input": [{"name": s.name, "data_type": Enum(config_datatype(s.dtype)), "dims": _dims(s.shape, skip_batch)}
+                  for s in manifest.inputs if s.name not in exclude],
+        "output": [{"name": o["name"], "data_type": Enum(config_datatype(o["dtype"])), "dims": _dims(o["shape"], skip_batch)}
+                   for o in manifest.outputs if o["name"] not in exclude],
+    }
+
+
 def model_config(name: str, artifact: Path, manifest: Manifest, options: TritonOptions, engine_backend: str | None = None) -> tuple[dict, list[str]]:
     """The ModelConfig fields for `artifact` (plain data; `Enum` marks enum values) and comment lines."""
     comments = [f"{name}: packaged by mlpdeploy from {artifact.name} (source {manifest.source})"]
     layout = CacheLayout.from_json(manifest.cache) if manifest.cache else None
     state_names = {n for layer in layout.layers for n in (*layout.input_names(layer), *layout.output_names(layer))} if layout else set()
-    batched = _batched(manifest)
-    if layout is not None:
-        max_batch = 1
-    elif batched:
-        max_batch = max(1, min(options.max_batch_size, manifest.dims.get("batch", [1, options.max_batch_size])[1]))
-    else:
-        max_batch = 0
-    skip = max_batch > 0
+    max_batch = 1 if layout is not None else batch_limit(manifest, options)
     config: dict = {
         "name": name,
         "platform": "tensorrt_plan" if engine_backend else "onnxruntime_onnx",
         "max_batch_size": max_batch,
-        "input": [{"name": s.name, "data_type": Enum(config_datatype(s.dtype)), "dims": _dims(s.shape, skip)}
-                  for s in manifest.inputs if s.name not in state_names],
-        "output": [{"name": o["name"], "data_type": Enum(config_datatype(o["dtype"])), "dims": _dims(o["shape"], skip)}
-                   for o in manifest.outputs if o["name"] not in state_names],
+        **tensor_fields(manifest, max_batch > 0, exclude=state_names),
     }
     if layout is not None:
         config["sequence_batching"] = _sequence_batching(layout, manifest, options)

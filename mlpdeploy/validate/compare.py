@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.memory import step
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
-from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
 from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats, tolerances
@@ -135,7 +135,7 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     if options.task or options.max_metric_delta is not None:
         judge = options.task_reference or baseline
         if not isinstance(judge, ModelBundle) or judge.task is None:
-            raise MlpdeployError("task metrics need a torch reference with a task (a trained zoo model, see `mlpdeploy zoo`)")
+            raise MlpdeployError("task metrics need a torch reference with a task: a trained zoo model (see `mlpdeploy zoo`), or --data FILE (docs/data.md)")
         with step("task"):
             task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
                                 relative=options.relative_metric_delta)

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.memory import release_memory
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.hooks import capture_outputs
 from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.torch_run import run_module, to_numpy
 from mlpdeploy.onnx_io import external_data_folder, load_ir
-from mlpdeploy.runtime.fp4_weights import decode_fp4_weights, has_fp4_weights
 from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 

@@ -19,13 +19,6 @@ TOLERANCES = {
     "fp16": (2e-2, 2e-2),
     "bf16": (8e-2, 8e-2),
 }
-# MatMulNBits at accuracy level 4 quantizes each block of activations to int8. mlpdeploy's torch
-# reference emulates that (mlpdeploy.quant.int8_blocks) and each node then matches to ~1e-5, but
-# an activation within float32 noise of an int8 rounding boundary lands on the other code in one
-# of the two (a step of block max / 127) and the difference propagates: on llama-small the
-# logits differed by up to 0.09 (cosine 0.999996). Such candidates are judged within
-# max(0.1, 10%) per element; the task metric says what the numbers cost.
-INT8_ACTIVATIONS = (1e-1, 1e-1)
 
 
 def tolerances(precision: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from mlpdeploy.backends.candidate import Candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.kv_cache import CacheLayout, prefill_feed
-from mlpdeploy.runtime.candidate import Candidate
 from mlpdeploy.validate.outputs import quiet_polygraphy
 from mlpdeploy.validate.runners import TorchRunner
 
 # Which way is worse, per metric: degradation = sign * (candidate - reference).
-WORSE_WHEN = {"perplexity": 1.0, "accuracy": -1.0}
+WORSE_WHEN = {"perplexity": 1.0, "accuracy": -1.0, "agreement": -1.0, "cosine": -1.0}
 
 
 def degradation(metric: str, delta: float) -> float:
@@ -66,7 +66,7 @@ def compare_task(
     """
     task = bundle.task
     if task is None:
-        raise MlpdeployError(f"{bundle.source} has no evaluation task; task metrics need a zoo model with a task")
+        raise MlpdeployError(f"{bundle.source} has no evaluation task; task metrics need a zoo model with a task, or --data FILE (docs/data.md)")
     reference = evaluate_runner(task, TorchRunner(bundle, name="reference:torch"), batch_size=batch_size, limit=limit, cache=bundle.cache)
     result = evaluate_runner(task, candidate.make_runner("candidate"), batch_size=batch_size, limit=limit, cache=_cache_of(candidate, bundle))
     delta = result["value"] - reference["value"]
@@ -77,7 +77,7 @@ def compare_task(
         "candidate": result["value"],
         "delta": delta,
         "relative_delta": delta / reference["value"] if reference["value"] else float("nan"),
-        "agreement": float(np.mean(reference["predictions"] == result["predictions"])),
+        "agreement": task.agreement(reference["predictions"], result["predictions"]),
         "samples": reference["samples"],
         "executed": candidate.executed,
     }

@@ -19,16 +19,16 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_OPSET, DOMAIN
 from mlpdeploy.errors import OpError
 
 from ..onnx_body import Body, add_function, require_op, set_plugin_attributes, standalone_model, static_shape
-from ..registry import DOMAIN
 from .reference import check_shapes, uniform_grid
 
 OP_TYPE = "BSplineKAN"
 OPSET_VERSION = 1
 MIN_ONNX_OPSET = 15
-DEFAULT_ONNX_OPSET = 20
+DEFAULT_ONNX_OPSET = DEFAULT_OPSET
 DECLARED_ATTRIBUTES = ("plugin_namespace", "plugin_version")
 INPUT_NAMES = ("x", "grid", "base_weight", "spline_weight")
 

@@ -15,17 +15,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_OPSET, DOMAIN
 from mlpdeploy.errors import OpError
 
 from ..gated_mlp.onnx_function import activation_nodes
 from ..onnx_body import Body, add_function, require_op, set_plugin_attributes, standalone_model, static_shape
-from ..registry import DOMAIN
 from .reference import ACTIVATIONS, check_shapes
 
 OP_TYPE = "FANLayer"
 OPSET_VERSION = 1
 MIN_ONNX_OPSET = 15
-DEFAULT_ONNX_OPSET = 20
+DEFAULT_ONNX_OPSET = DEFAULT_OPSET
 DECLARED_ATTRIBUTES = ("activation", "plugin_namespace", "plugin_version")
 INPUT_NAMES = ("x", "w_p", "w_g", "b_p", "b_g")
 

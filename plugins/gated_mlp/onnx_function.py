@@ -31,15 +31,15 @@ import math
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_OPSET, DOMAIN, IR_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from mlpdeploy.errors import OpError
 
-from ..registry import DOMAIN, PLUGIN_NAMESPACE, PLUGIN_VERSION
 from .reference import ACTIVATIONS
 
 OP_TYPE = "GatedMLP"
 OPSET_VERSION = 1
 MIN_ONNX_OPSET = 15
-DEFAULT_ONNX_OPSET = 20
+DEFAULT_ONNX_OPSET = DEFAULT_OPSET
 DECLARED_ATTRIBUTES = ("activation", "plugin_namespace", "plugin_version")
 INPUT_NAMES = ("x", "w_gate_up", "w_down", "b_gate_up", "b_down")
 
@@ -257,6 +257,6 @@ def make_model(
     node.outputs[0].name = "y"
     initializers = [v for v in (*weights, b_gate_up, b_down) if v is not None]  # a zero b_gate_up: ensure_function
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=initializers, opset_imports={"": onnx_opset}, name="gated_mlp")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model = ir.Model(graph, ir_version=IR_VERSION, producer_name="mlpdeploy")
     ensure_function(model, node)
     return model

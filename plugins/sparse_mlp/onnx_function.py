@@ -22,17 +22,17 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_OPSET, DOMAIN, IR_VERSION
 from mlpdeploy.errors import OpError
 
 from ..gated_mlp.onnx_function import activation_nodes
 from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes
-from ..registry import DOMAIN
 from .reference import ACTIVATIONS, MODES
 
 OP_TYPE = "SparseMLP"
 OPSET_VERSION = 1
 MIN_ONNX_OPSET = 18
-DEFAULT_ONNX_OPSET = 20
+DEFAULT_ONNX_OPSET = DEFAULT_OPSET
 DECLARED_ATTRIBUTES = ("mode", "activation", "plugin_namespace", "plugin_version")
 INPUT_NAMES = {
     "topk": ("x", "w_up", "b_up", "w_down_t", "b_down", "p_a", "p_b", "k"),
@@ -148,6 +148,6 @@ def make_model(d: int, h: int, d_out: int | None = None, *, mode: str = "topk", 
     node = sparse_mlp_node(x, *values, mode=mode, activation=activation, name="sparse_mlp")
     node.outputs[0].name = "y"
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=values, opset_imports={"": onnx_opset}, name="sparse_mlp")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model = ir.Model(graph, ir_version=IR_VERSION, producer_name="mlpdeploy")
     ensure_function(model, node)
     return model

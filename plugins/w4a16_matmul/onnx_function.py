@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from mlpdeploy.contract import DEFAULT_BLOCK, DOMAIN, IR_VERSION
 from mlpdeploy.errors import OpError
 
 from ..onnx_body import Body, add_function, initializer, require_op, set_plugin_attributes, static_shape
-from ..registry import DOMAIN
 from .reference import E2M1, EXTRA_INPUT, FORMATS, INT4, check_format, e4m3_table, e8m0_table
 
 OP_TYPE = "W4A16MatMul"
@@ -127,7 +127,7 @@ def build_function(fmt: str, onnx_opset: int) -> ir.Function:
 def random_weights(k: int, n: int, fmt: str = "int4", block: int = 0, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random storage for a [K, N] weight in `fmt`: packed codes, scales (valid codes of
     moderate size), and the global scale or zero points."""
-    block = block or (16 if fmt == "nvfp4" else 32)
+    block = block or DEFAULT_BLOCK.get(fmt, 0)
     check_format(fmt, block)
     rng = np.random.default_rng(seed)
     kb = -(-k // block)
@@ -161,6 +161,6 @@ def model_from_arrays(arrays: dict[str, np.ndarray], *, fmt: str, k: int, rank: 
     node = w4a16_matmul_node(x, *weights, fmt=fmt, k=k, name="w4a16_matmul")
     node.outputs[0].name = "y"
     graph = ir.Graph([x], node.outputs, nodes=[node], initializers=weights, opset_imports={"": onnx_opset}, name="w4a16_matmul")
-    model = ir.Model(graph, ir_version=10, producer_name="mlpdeploy")
+    model = ir.Model(graph, ir_version=IR_VERSION, producer_name="mlpdeploy")
     ensure_function(model, node)
     return model

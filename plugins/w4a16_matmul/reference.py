@@ -9,7 +9,7 @@ last block is zero-padded past K. `scales` [N, KB]. Per format:
 * `nvfp4`  codes E2M1; scales uint8 FP8 E4M3FN codes; `global_scale` float32 [1];
            scale = e4m3(s) · global_scale  (block 16)
 * `mxfp4`  codes E2M1; scales uint8 E8M0 codes; scale = 2^(s − 127)  (block 32)
-* `int4`   codes two's-complement INT4 (−8..7); scales float32 (block 16..128)
+* `int4`   codes two's-complement INT4 (−8..7); scales float32 (blocks: mlpdeploy.contract.WEIGHT_BLOCKS)
 * `int4asym` codes UINT4; scales float32; `zero_points` uint8 [N, KB]; value = code − zp
 
 Every product is one float32 operation in that order (value · (e4m3 · global)), so W is
@@ -21,31 +21,25 @@ from __future__ import annotations
 
 import torch
 
+from mlpdeploy.contract import E2M1_VALUES, E4M3_VALUES, E8M0_VALUES, INT4_VALUES, WEIGHT_BLOCKS, WEIGHT_FORMATS
 from mlpdeploy.errors import OpError
 
-FORMATS: tuple[str, ...] = ("nvfp4", "mxfp4", "int4", "int4asym")
-BLOCKS = {"nvfp4": (16,), "mxfp4": (32,), "int4": (16, 32, 64, 128), "int4asym": (16, 32, 64, 128)}
+FORMATS: tuple[str, ...] = WEIGHT_FORMATS
+BLOCKS = WEIGHT_BLOCKS
 EXTRA_INPUT = {"nvfp4": "global_scale", "int4asym": "zero_points"}  # the fourth input, by format
 
-E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
-INT4 = tuple(float(v) for v in (*range(8), *range(-8, 0)))
+E2M1 = tuple(float(v) for v in E2M1_VALUES)
+INT4 = tuple(float(v) for v in INT4_VALUES)
 
 
 def e4m3_table() -> torch.Tensor:
     """float32 value of every FP8 E4M3FN code (0x7F, 0xFF: NaN)."""
-    codes = torch.arange(256)
-    sign = torch.where(codes >= 128, -1.0, 1.0).double()
-    exponent, mantissa = (codes >> 3) & 0xF, (codes & 7).double()
-    value = torch.where(exponent == 0, mantissa / 8 * 2.0**-6, (1 + mantissa / 8) * torch.pow(2.0, exponent.double() - 7))
-    value = torch.where((codes & 0x7F) == 0x7F, torch.tensor(float("nan"), dtype=torch.float64), value)
-    return (sign * value).float()
+    return torch.from_numpy(E4M3_VALUES.copy())
 
 
 def e8m0_table() -> torch.Tensor:
     """float32 2^(code − 127) for every E8M0 code (0xFF: NaN); exact, 2^-127 a denormal."""
-    value = torch.pow(torch.tensor(2.0, dtype=torch.float64), torch.arange(256).double() - 127)
-    value[255] = float("nan")
-    return value.float()
+    return torch.from_numpy(E8M0_VALUES.copy())
 
 
 def check_format(fmt: str, block: int) -> None:

@@ -14,7 +14,7 @@ from mlpdeploy.compile import CompileOptions, compile_model
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.export import export_model
 from mlpdeploy.model import load_model
-from mlpdeploy.passes import rewrite_model
+from mlpdeploy.passes import pass_report, rewrite_model
 
 
 def files_in(directory):
@@ -48,7 +48,7 @@ def test_plan_sites_restrict_a_pass(llama_tiny_plan, tmp_path):
     plan = _with_passes(llama_tiny_plan, tmp_path / "p.json", [{"name": "fuse-gated-mlp", "options": {}, "sites": {"layers.1.mlp": {}}}])
     exported = export_model(load_model("llama-tiny"), tmp_path / "m.onnx")
     result = rewrite_model(exported.model_path, tmp_path / "m.opt.onnx", passes_with_plan(plan, [], exported.model_path))
-    report = result.passes["fuse-gated-mlp"]
+    report = result.report("fuse-gated-mlp")
     assert report["rewritten"] == 1 and list(report["sites"]) == ["layers.1.mlp"]
     assert list(report["skipped"].values()) == ["module layers.0.mlp is not among the plan's sites"]
 
@@ -101,7 +101,7 @@ def test_analyze_then_compile_with_the_plan(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["plan"]["analyses"] == ["layer-stats"] and report["artifacts"]["plan"].endswith("plan.json")
-    assert report["stages"]["rewrite"]["passes"]["fuse-gated-mlp"]["rewritten"] == 4
+    assert pass_report(report["stages"]["rewrite"]["passes"], "fuse-gated-mlp")["rewritten"] == 4
     assert "MLP layer statistics" in (tmp_path / "out" / "report.html").read_text()
 
 

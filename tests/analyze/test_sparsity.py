@@ -93,7 +93,7 @@ def test_planner_plan_rewrites_and_validates(opt_tiny, tmp_path):
     assert specs[0].options["artifact"] == str(tmp_path / "plan.sparse-mlp.safetensors")
     result = rewrite_model(exported.model_path, tmp_path / "m.sparse.onnx", specs)
     assert result.op_counts_after["mlpdeploy::SparseMLP"] == 2 and "Relu" not in result.op_counts_after
-    details = result.passes[str(specs[0])]["sites"]["layers.0"]
+    details = result.passes[0]["sites"]["layers.0"]
     assert details["k"] == site["k"] and details["rank"] == site["rank"]
     report = validate(opt_tiny, result.model_path, ValidateOptions(dims={"batch": 2, "seq": 9}))
     assert report.passed and set(report.reference_overrides) == {"layers.0.fc2", "layers.1.fc2"}
@@ -102,7 +102,7 @@ def test_planner_plan_rewrites_and_validates(opt_tiny, tmp_path):
     specs = loaded.pass_specs(tmp_path)
     specs[0].options["recall"] = 0.99
     again = rewrite_model(exported.model_path, tmp_path / "m.recall.onnx", specs)
-    chosen = again.passes[str(specs[0])]["sites"]["layers.1"]["k"]
+    chosen = again.passes[0]["sites"]["layers.1"]["k"]
     assert chosen == plan.analyses["sparsity"]["sites"]["layers.1"]["predictor"]["k_for_recall"]["0.99"]
 
 
@@ -127,7 +127,7 @@ def test_no_task_or_no_mlp_is_one_line_error(tmp_path):
     spec = f"{Path(__file__).parent.parent / 'fixtures' / 'tiny_mlp.py'}:build"
     plan = analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8))  # measured, no task needed
     assert plan.analyses["sparsity"]["sites"]["mlp"]["kind"] == "gated"
-    with pytest.raises(MlpdeployError, match=r"has no evaluation task, so --max-metric-delta cannot judge sparsity; run --sparsity without it"):
+    with pytest.raises(MlpdeployError, match=r"has no evaluation task, so --max-metric-delta cannot judge sparsity; give it --data FILE"):
         analyze_model(spec, AnalyzeOptions({"sparsity": None}, samples=8, max_metric_delta=0.1))
     with pytest.raises(MlpdeployError, match=r"found no MLPs with separate up \(and gate\) projections"):
         analyze_model("kan-tiny", AnalyzeOptions({"sparsity": None}, samples=8))

@@ -1,7 +1,7 @@
 """Random small torch models from the families mlpdeploy rewrites, as bundles ready to export.
 
 A case is plain data (`CaseSpec`: family, its parameters, a weight seed, the shapes to run), so
-a failure prints as one JSON line and `tests/fuzz/run.py --replay` rebuilds it exactly. Every
+a failure prints as one JSON line and `python -m tests.fuzz.run --replay` rebuilds it exactly. Every
 family stacks its blocks in a ModuleList called `layers` (drop-layers' blocks), with widths that
 hypothesis draws from sets holding 1, odd and prime sizes.
 """
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 from hypothesis import strategies as st
@@ -26,8 +24,7 @@ from mlpdeploy.zoo.llama import LlamaConfig, LlamaLM
 from mlpdeploy.zoo.mixer import MixerBlock, MixerConfig
 from mlpdeploy.zoo.opt import OPTLM, OPTConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "fixtures"))
-import decomposed_rational as rational  # noqa: E402  (tests/fixtures: GR-KAN written in plain torch)
+from ..fixtures import decomposed_rational as rational  # GR-KAN written in plain torch
 
 WIDTHS = [1, 2, 3, 5, 7, 8, 13]  # 1, even, odd, prime
 HIDDEN = [1, 2, 3, 5, 11, 16, 17]

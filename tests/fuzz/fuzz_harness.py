@@ -17,15 +17,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-from fuzz_families import FAMILIES, CaseSpec, build_bundle, case_specs
-from fuzz_targets import TARGETS
 from hypothesis import strategies as st
 
 from mlpdeploy.errors import MlpdeployError, first_line
 from mlpdeploy.export import export_model
 from mlpdeploy.model.inputs import generate_inputs
 from mlpdeploy.model.torch_run import run_module
-from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+from mlpdeploy.passes import PHASES, PassSpec, pass_class, run_pipeline
+
+from .fuzz_families import FAMILIES, CaseSpec, build_bundle, case_specs
+from .fuzz_targets import TARGETS
 
 # max |ONNX Runtime − torch| allowed, relative to max(1, max |torch|); "int8": MatMulNBits with int8
 # activations (accuracy level 4), where one activation may round the other way (fuzz_quant.py)
@@ -45,10 +46,11 @@ class CaseResult:
 
 @st.composite
 def cases(draw, families=FAMILIES) -> CaseSpec:
-    """A generated model with the passes that apply to it, their options and an order."""
+    """A generated model with the passes that apply to it, their options and an order: any order
+    within each phase, the phases in the order the passes declare (mlpdeploy.passes.PHASES)."""
     spec = draw(case_specs(families))
     names = [name for name, target in TARGETS.items() if target.applies(spec)]
-    order = draw(st.permutations([n for n in names if not TARGETS[n].last])) + [n for n in names if TARGETS[n].last]
+    order = [n for phase in PHASES for n in draw(st.permutations([n for n in names if pass_class(n).phase == phase]))]
     spec.passes = [[name, draw(TARGETS[name].options(spec))] for name in order]
     return spec
 
@@ -151,7 +153,7 @@ def _run_combo(spec, bundle, base, combo, feeds, plain, names, outputs, result, 
         reports = run_pipeline(model, [PassSpec(n, dict(o)) for n, o in combo])
     except Exception as exc:  # noqa: BLE001 - a pass that raises on a model it should handle is a finding
         return f"pipeline raised {type(exc).__name__}: {first_line(exc)}"
-    reports = result.reports[label] = list(reports.values())
+    result.reports[label] = reports
     if len(combo) == 1:
         expected = TARGETS[combo[0][0]].expected_sites(spec)
         if expected is not None and reports[0]["rewritten"] != expected:

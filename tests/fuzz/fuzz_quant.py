@@ -30,14 +30,15 @@ Tolerance (`precision`, see fuzz_harness.TOLERANCE):
 from __future__ import annotations
 
 import torch
-from fuzz_families import CaseSpec
 from hypothesis import strategies as st
 from torch import nn
 
-from mlpdeploy.quant import BLOCKS, parse_format
+from mlpdeploy.contract import WEIGHT_BLOCKS, WEIGHT_FORMATS
+from mlpdeploy.quant import parse_format
 from mlpdeploy.quant.torch_apply import dequantized_weight, int8_input_hook
 
-FORMATS = ("int4", "int4asym", "nvfp4", "mxfp4")
+from .fuzz_families import CaseSpec
+
 SCOPES = ("*", "*", "layers.0.*", "*mlp*")  # every linear (twice as likely), the first block, the MLPs
 
 
@@ -45,13 +46,13 @@ def quant_options(spec: CaseSpec) -> st.SearchStrategy:
     """A format with one of its blocks, an accuracy level 0–4, for FP4 a form, and a scope."""
 
     def for_format(name: str) -> st.SearchStrategy:
-        options = {"format": st.just(name), "block": st.sampled_from(BLOCKS[name]), "accuracy_level": st.integers(0, 4),
+        options = {"format": st.just(name), "block": st.sampled_from(WEIGHT_BLOCKS[name]), "accuracy_level": st.integers(0, 4),
                    "scope": st.sampled_from(SCOPES)}
         if name in ("nvfp4", "mxfp4"):
             options["fp4_form"] = st.sampled_from(["auto", "nbits8", "function"])
         return st.fixed_dictionaries(options)
 
-    return st.sampled_from(FORMATS).flatmap(for_format)
+    return st.sampled_from(WEIGHT_FORMATS).flatmap(for_format)
 
 
 def quant_precision(options: dict) -> str:

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from fuzz_families import CaseSpec
-from fuzz_quant import quant_options, quant_precision, quantize_in_torch
 from hypothesis import strategies as st
 from torch import nn
+
+from .fuzz_families import CaseSpec
+from .fuzz_quant import quant_options, quant_precision, quantize_in_torch
 
 Options = Callable[[CaseSpec], st.SearchStrategy]
 # (torch module, case, the pass's options, its report) → edits the module in place; returns a problem, or None
@@ -29,7 +30,6 @@ class FuzzTarget:
     precision: str | Callable[[dict], str] = "fp32"  # tolerance its output is judged at (or: options → that)
     expected_sites: Callable[[CaseSpec], int | None] = lambda spec: None  # rewrites when run alone on the export (None: unchecked)
     edit_reference: EditReference | None = None  # approximate passes: the same approximation, in torch
-    last: bool = False  # runs after the rewrite passes, as the build applies it (precision, ORT decoder fusions)
     standard_ops: bool = True  # its output passes onnx.checker (False: ONNX Runtime contrib ops in the default domain)
 
 
@@ -149,10 +149,9 @@ TARGETS: dict[str, FuzzTarget] = {
     "fuse-gated-mlp": FuzzTarget(expected_sites=_gated_mlps),
     "fuse-group-rational": FuzzTarget(applies=lambda spec: spec.family in ("rational", "gated", "fan"), expected_sites=_rationals),
     "drop-layers": FuzzTarget(options=_drop_options, edit_reference=drop_in_torch),
-    "convert-precision": FuzzTarget(options=lambda spec: st.just({"precision": "fp16"}), precision="fp16", last=True),
-    "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"], last=True, standard_ops=False),
-    "ort-fusions": FuzzTarget(applies=lambda spec: not (spec.family == "decoder" and spec.params["kv_cache"]), last=True,
-                              standard_ops=False),
+    "convert-precision": FuzzTarget(options=lambda spec: st.just({"precision": "fp16"}), precision="fp16"),
+    "ort-decoder": FuzzTarget(applies=lambda spec: spec.family == "decoder" and spec.params["kv_cache"], standard_ops=False),
+    "ort-fusions": FuzzTarget(applies=lambda spec: not (spec.family == "decoder" and spec.params["kv_cache"]), standard_ops=False),
     "sparse-mlp": FuzzTarget(applies=lambda spec: spec.family in ("gated", "relu", "postnorm", "decoder"), options=_sparse_options,
                              edit_reference=sparsify_in_torch),
     "quantize-weights": FuzzTarget(options=quant_options, precision=quant_precision, edit_reference=quantize_in_torch),

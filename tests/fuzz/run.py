@@ -1,9 +1,11 @@
 """`make fuzz`: a long differential-fuzzing run. Prints every case (its JSON spec), its result,
 and at the end the counts and each failure with the spec that reproduces it.
 
-    python tests/fuzz/run.py --cases 1000 [--seed S] [--family gated --family decoder]
-    python tests/fuzz/run.py --replay '{"family": "gated", ...}'    # one case, from a printed spec
-    python tests/fuzz/run.py --cases 1000 --max-combinations 16      # a time budget: ≤ 16 subsets a case
+    python -m tests.fuzz.run --cases 1000 [--seed S] [--family gated --family decoder]
+    python -m tests.fuzz.run --replay '{"family": "gated", ...}'    # one case, from a printed spec
+    python -m tests.fuzz.run --cases 1000 --max-combinations 16      # a time budget: ≤ 16 subsets a case
+
+(from the repository root: the fuzzer is the package `tests.fuzz`).
 
 Each case checks every subset of its passes (up to 2^7 = 128; the ORT fusions pass, last in
 every chain, costs most), or with --max-combinations N: the export alone, each pass alone, the
@@ -24,11 +26,10 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hypothesis import HealthCheck, Phase, given, seed, settings
 
-from fuzz_families import FAMILIES, CaseSpec  # noqa: E402
-from fuzz_harness import CaseResult, cases, run_case  # noqa: E402
-from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+from .fuzz_families import FAMILIES, CaseSpec
+from .fuzz_harness import CaseResult, cases, run_case
 
 
 def _run_one(spec: CaseSpec, index: int, results: list[CaseResult], max_combinations: int | None = None) -> None:

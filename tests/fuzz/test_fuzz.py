@@ -8,13 +8,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from fuzz_harness import cases, chosen_combinations, combinations, run_case
-from fuzz_targets import NOT_YET_FUZZED, TARGETS
 from hypothesis import HealthCheck, given, settings
 
 from mlpdeploy.passes.registry import PASSES
 
-FIXTURES = Path(__file__).parents[1] / "fixtures"
+from ..fixtures.determinism_run import CASES
+from .fuzz_harness import cases, chosen_combinations, combinations, run_case
+from .fuzz_targets import NOT_YET_FUZZED, TARGETS
 
 BUDGET = int(os.environ.get("MLPDEPLOY_FUZZ_CASES", "2"))
 
@@ -29,14 +29,9 @@ def test_every_pass_combination_matches_torch(spec):
 
 def test_every_registered_pass_is_fuzzed_and_checked_for_determinism():
     """A new pass adds one entry to fuzz_targets.TARGETS and one to tests/fixtures/determinism_run.py CASES."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("determinism_run", FIXTURES / "determinism_run.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     assert set(TARGETS) | set(NOT_YET_FUZZED) == set(PASSES.names()), f"fuzz targets {sorted(TARGETS)} vs passes {PASSES.names()}"
     assert not set(TARGETS) & set(NOT_YET_FUZZED)
-    assert set(module.CASES) == set(PASSES.names()), f"determinism cases {sorted(module.CASES)} vs passes {PASSES.names()}"
+    assert set(CASES) == set(PASSES.names()), f"determinism cases {sorted(CASES)} vs passes {PASSES.names()}"
 
 
 def test_capped_combinations_keep_each_pass_alone_and_the_whole_chain():

@@ -9,10 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from fuzz_families import CaseSpec
-from fuzz_harness import TOLERANCE, run_case
-from fuzz_quant import quant_precision
-from fuzz_targets import TARGETS
+
+from .fuzz_families import CaseSpec
+from .fuzz_harness import TOLERANCE, run_case
+from .fuzz_quant import quant_precision
+from .fuzz_targets import TARGETS
 
 GATED = {"act": "silu", "bias": True, "cut": "chunk", "depth": 2, "dim": 13, "head": True, "hidden": 17, "layout": "separate",
          "norm": "rms", "post": False}

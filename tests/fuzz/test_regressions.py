@@ -5,8 +5,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fuzz_families import CaseSpec
-from fuzz_harness import run_case
+from .fuzz_families import CaseSpec
+from .fuzz_harness import run_case
 
 
 def replay(spec: dict):

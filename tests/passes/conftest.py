@@ -1,83 +1,22 @@
-"""Helpers for pass tests (onnxscript's recipe): apply the pass, assert op types, run the full
-ONNX checker, compare numerics in ONNX Runtime CPU with ITS graph optimizations disabled (so
-its own fusions cannot hide or fake ours)."""
+"""Helpers for pass tests: `g` (a GraphBuilder for matcher tests) and `h` (the graph-test helpers of
+tests/conftest.py, plus `fuse`: fuse-gated-mlp through the pipeline)."""
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import io
-import logging
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import onnx_ir as ir
-import onnxruntime as ort
 import pytest
-import torch
 
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
 from mlpdeploy.scopes import SCOPES_KEY
-
-# max |error| allowed, relative to max(1, max |reference|)
-TOLERANCE = {np.dtype("float32"): 2e-5, np.dtype("float16"): 1e-2}
-
-
-def session(model: ir.Model | onnx.ModelProto) -> ort.InferenceSession:
-    proto = ir.to_proto(model) if isinstance(model, ir.Model) else model
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def run(model, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    return session(model).run(None, feeds)
-
-
-def checked(model: ir.Model) -> onnx.ModelProto:
-    """The model as a proto that passed onnx.checker's full check (with strict shape inference)."""
-    proto = ir.to_proto(model)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
 
 
 def fuse(model: ir.Model, **options) -> dict:
     """Run fuse-gated-mlp through the pipeline (so cleanup runs too); returns its report."""
     spec = PassSpec("fuse-gated-mlp", options)
-    return run_pipeline(model, [spec])[str(spec)]
-
-
-def op_counts(model: ir.Model) -> collections.Counter:
-    return collections.Counter(n.op_type for n in model.graph)
-
-
-def assert_close(actual: np.ndarray, reference: np.ndarray, what: str = "") -> float:
-    actual, reference = np.asarray(actual), np.asarray(reference)
-    assert actual.shape == reference.shape, f"{what}: shape {actual.shape} != {reference.shape}"
-    assert np.isfinite(actual).all(), f"{what}: non-finite output"
-    scale = max(1.0, float(np.abs(reference.astype(np.float32)).max(initial=0.0)))
-    err = float(np.abs(actual.astype(np.float32) - reference.astype(np.float32)).max(initial=0.0))
-    tol = TOLERANCE[actual.dtype] * scale
-    assert err <= tol, f"{what}: max error {err:.3g} > {tol:.3g} ({actual.dtype})"
-    return err
-
-
-def export(module: torch.nn.Module, example: tuple, *, optimize: bool = True, opset: int = 20, dynamic: bool = True) -> ir.Model:
-    """torch.onnx.export(dynamo=True) with dynamic batch/seq on every 3-D input, quietly."""
-    shapes = None
-    if dynamic:
-        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq")
-        shapes = tuple({0: batch, 1: seq} if t.dim() == 3 else {0: batch} for t in example)
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, example, dynamo=True, optimize=optimize, opset_version=opset, dynamic_shapes=shapes, verbose=False
-        )
-    return program.model
+    return run_pipeline(model, [spec])[0]
 
 
 def _array(data) -> np.ndarray:
@@ -136,8 +75,6 @@ def g() -> GraphBuilder:
 
 
 @pytest.fixture(scope="session")
-def h():
-    """The helpers above, for test modules (pytest imports them with --import-mode=importlib)."""
-    return SimpleNamespace(
-        session=session, run=run, checked=checked, fuse=fuse, op_counts=op_counts, assert_close=assert_close, export=export
-    )
+def h(h):
+    """The shared graph-test helpers (tests/conftest.py) plus `fuse`, for test modules."""
+    return SimpleNamespace(**vars(h), fuse=fuse)

@@ -58,7 +58,7 @@ def exported(zoo_export):
 def _drop(path, spec: str) -> tuple[ir.Model, dict]:
     model = load_ir(path)
     parsed = parse_pass_spec(spec)
-    return model, run_pipeline(model, [parsed])[str(parsed)]
+    return model, run_pipeline(model, [parsed])[0]
 
 
 def _feeds(bundle, shapes, seed=0):
@@ -145,7 +145,7 @@ def test_nothing_dropped_is_the_identity(exported, h, name):
     bundle, onnx_path = exported(name)
     original = load_ir(onnx_path)
     model, report = _drop(onnx_path, "drop-layers")
-    assert report == {"rewritten": 0, "skipped": {}, "dropped": {}}
+    assert report == {"pass": "drop-layers", "rewritten": 0, "skipped": {}, "dropped": {}}
     assert h.op_counts(model) == h.op_counts(original) and len(model.graph.initializers) == len(original.graph.initializers)
     for feed in _feeds(bundle, SHAPES[bundle.inputs[0].dtype]):
         numpy_feed = {k: v.numpy() for k, v in feed.items()}
@@ -217,7 +217,7 @@ def test_a_block_wins_over_its_sublayer(exported):
     ("drop-layers:scopes=layers.7.mlp", r"drop-layers: 'layers.7.mlp' is no residual sublayer or block of this graph; its sites are: layers.0, layers.1, layers.0.self_attn"),
     ("drop-layers:attention=3", r"drop-layers: attention=3, but the graph has 2 attention site\(s\) left to drop: layers.0.self_attn, layers.1.self_attn"),
     ("drop-layers:scopes=layers.0+layers.1,blocks=1", r"drop-layers: blocks=1, but the graph has 0 block site\(s\) left to drop$"),
-    ("drop-layers:mlp=-1", r"drop-layers: mlp=-1 must be 0 or more"),
+    ("drop-layers:mlp=-1", r"^pass drop-layers: mlp=-1 is too small; it must be an int >= 0$"),
 ])
 def test_errors_leave_no_output(exported, tmp_path, spec, message):
     _, onnx_path = exported("llama-tiny")
@@ -234,5 +234,5 @@ def test_plan_sites_exclude_counts(exported, tmp_path):
         rewrite_model(onnx_path, tmp_path / "x.onnx", [spec])
     assert not list(tmp_path.iterdir())
     result = rewrite_model(onnx_path, tmp_path / "y.onnx", [PassSpec("drop-layers", sites={"layers.0.mlp": {"kind": "mlp"}})])
-    assert list(result.passes["drop-layers"]["dropped"]) == ["layers.0.mlp"]
+    assert list(result.report("drop-layers")["dropped"]) == ["layers.0.mlp"]
     assert find_manifest(tmp_path / "y.onnx").module_overrides() == {"layers.0.mlp.down_proj": "zero"}

@@ -57,7 +57,7 @@ def _session(path):
 
 def test_dropped_attention_takes_its_cache_along(dropped):
     _, result, manifest = dropped("llama-tiny", "drop-layers:attention=1")
-    report = result.passes["drop-layers:attention=1"]
+    report = result.report("drop-layers")
     assert report["removed_inputs"] == ["past_key_values.1.key", "past_key_values.1.value"]
     assert report["removed_outputs"] == ["present.1.key", "present.1.value"]
     assert report["dropped"]["layers.1.self_attn"]["cache_layers"] == [1]
@@ -104,7 +104,7 @@ def test_prefill_and_steps_match_the_dropped_torch_model(dropped, name, spec, pa
 
 def test_block_drop_on_a_cached_graph(dropped):
     _, result, manifest = dropped("llama-tiny", "drop-layers:blocks=1")
-    assert manifest.cache["layers"] == [0] and result.passes["drop-layers:blocks=1"]["module_overrides"] == {"layers.1": "identity"}
+    assert manifest.cache["layers"] == [0] and result.report("drop-layers")["module_overrides"] == {"layers.1": "identity"}
 
 
 def _torch_greedy(module: nn.Module, prompt: list[int], n: int) -> list[int]:

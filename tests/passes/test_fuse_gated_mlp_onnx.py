@@ -214,7 +214,7 @@ def test_pipeline_option_bilinear_false_leaves_products_without_activation(h):
     model = b.model(gated(b, x, "none"), gated(b, x, "silu"))
     spec = parse_pass_spec("fuse-gated-mlp:bilinear=false")
     fused = ir.from_proto(ir.to_proto(model))
-    report = run_pipeline(fused, [spec])[str(spec)]
+    report = run_pipeline(fused, [spec])[0]
     assert report["rewritten"] == 1 and next(iter(report["sites"].values()))["activation"] == "silu"
     assert list(report["skipped"].values()) == ["no activation (bilinear) and option bilinear=false"]
     fuse_and_compare(model, h, expect=2)  # and by default both

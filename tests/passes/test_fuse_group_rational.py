@@ -3,9 +3,6 @@ ways users write them), on hand-built graphs, and the look-alikes it must leave 
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -14,9 +11,7 @@ import torch
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
 from mlpdeploy.scopes import module_path
 
-_spec = importlib.util.spec_from_file_location("decomposed_rational", Path(__file__).parents[1] / "fixtures" / "decomposed_rational.py")
-D = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(D)
+from ..fixtures import decomposed_rational as D
 
 PASS = PassSpec("fuse-group-rational")
 STYLES = {
@@ -28,7 +23,7 @@ STYLES = {
 
 
 def fuse(model: ir.Model) -> dict:
-    return run_pipeline(model, [PASS])[str(PASS)]
+    return run_pipeline(model, [PASS])[0]
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -76,7 +71,7 @@ def test_layer_norm_and_attention_divisions_are_not_reported(h):
 
     model = h.export(Plain(), (torch.randn(2, 5, 8),))
     counts = h.op_counts(model)
-    assert fuse(model) == {"rewritten": 0, "skipped": {}, "sites": {}} and h.op_counts(model) == counts
+    assert fuse(model) == {"pass": "fuse-group-rational", "rewritten": 0, "skipped": {}, "sites": {}} and h.op_counts(model) == counts
 
 
 def _hand_built(g, *, extra_reader=False, numerator_abs=False):
@@ -123,5 +118,5 @@ def test_plan_sites_restrict_the_pass(h):
     num, den = D.coefficients(8, False)
     model = h.export(D.LinearThenRational(D.PerChannelHorner(num, den), 16).eval(), (torch.randn(2, 3, 16),))
     spec = PassSpec("fuse-group-rational", sites={"other": {}})
-    report = run_pipeline(model, [spec])[str(spec)]
+    report = run_pipeline(model, [spec])[0]
     assert report["rewritten"] == 0 and list(report["skipped"].values()) == ["module act is not among the plan's sites"]

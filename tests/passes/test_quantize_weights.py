@@ -12,14 +12,15 @@ import pytest
 import torch
 from torch import nn
 
+from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.passes.pipeline import PassSpec, run_pipeline
+from mlpdeploy.passes.pipeline import PassSpec, reference_edits, run_pipeline
 from mlpdeploy.passes.quantize_weights import quantized_sites
-from mlpdeploy.quant import parse_format, quantized_copy
+from mlpdeploy.quant import QuantizedSite, parse_format, quantized_copy
 from mlpdeploy.quant.torch_apply import int8_blocks
-from mlpdeploy.runtime.fp4_weights import decode_fp4_weights
 
-from .conftest import GraphBuilder, checked, export, op_counts, run
+from ..conftest import checked, export, op_counts, run
+from .conftest import GraphBuilder
 
 SCOPE = ["", "proj", "linear"]
 
@@ -42,7 +43,7 @@ def linear_model(k: int, n: int, seed: int = 0, bias: bool = False, scale: float
 
 def quantize(model: ir.Model, **options) -> dict:
     spec = PassSpec("quantize-weights", {k: str(v) for k, v in options.items()})
-    return run_pipeline(model, [spec])[str(spec)]
+    return run_pipeline(model, [spec])[0]
 
 
 def reference(x: np.ndarray, w: np.ndarray, b, spec: str, level: int) -> np.ndarray:
@@ -84,7 +85,8 @@ def test_forms_match_the_quantized_reference(spec, options, op, level, k, n, bat
     site = report["sites"]["proj"]
     assert site["format"] == str(fmt) and site["shape"] == [k, n] and site["linears"] == ["proj"]
     counts = op_counts(model)
-    assert counts[op] >= 1 and "MatMul" not in counts or op == "DequantizeLinear"
+    assert counts[op] >= 1
+    assert ("MatMul" in counts) == (op == "DequantizeLinear")  # a weight form feeds the MatMul; an operator form replaces it
     checked(model)
     x = np.random.default_rng(1).standard_normal((batch, k)).astype(np.float32)
     expected = reference(x, w, b, spec, level)
@@ -120,7 +122,7 @@ def test_tensorrt_nvfp4_is_the_two_level_dequantize_linear():
 
 def test_tensorrt_pads_k_to_whole_blocks():
     model, w, _ = linear_model(97, 20)
-    quantize(model, format="int4-64", target="trt")
+    quantize(model, format="int4", block=64, target="trt")
     assert op_counts(model)["Pad"] == 1
     weight = next(n for n in model.graph if n.op_type == "DequantizeLinear").inputs[0]
     assert weight.const_value.shape[0] == 128
@@ -148,18 +150,20 @@ def test_plan_sites_choose_their_own_format():
     y.dtype = ir.DataType.FLOAT
     model = ir.Model(g.graph(y), ir_version=10)
     spec = PassSpec("quantize-weights", {}, sites={"up": {"format": "nvfp4"}, "down": {"format": "int4", "block": 64}})
-    report = run_pipeline(model, [spec])[str(spec)]
+    report = run_pipeline(model, [spec])[0]
     assert report["sites"]["up"]["format"] == "nvfp4" and report["sites"]["down"]["format"] == "int4-64"
-    assert quantized_sites({str(spec): report})[0] == {"up": parse_format("nvfp4"), "down": parse_format("int4-64")}
+    # accuracy level 4 (the default): both MatMulNBits round their inputs to int8 in blocks of the format's block
+    assert quantized_sites(report) == [QuantizedSite(("up",), parse_format("nvfp4"), 16), QuantizedSite(("down",), parse_format("int4-64"), 64)]
 
 
 @pytest.mark.parametrize("options, message", [
     ({"format": "int4asym", "target": "trt"}, "TensorRT's DequantizeLinear takes no INT4 zero points; use format=int4"),
-    ({"format": "int4", "accuracy_level": 7}, "accuracy_level must be 0..4"),
-    ({"format": "int4", "target": "gpu"}, "target='gpu'; choose one of auto, ort, trt"),
-    ({"format": "int4", "fp4_form": "fast"}, "fp4_form='fast'; choose one of auto, nbits8, function"),
-    ({"format": "int5"}, "int5"),
-    ({"format": "int4", "block": 48}, "48"),
+    ({"format": "int4", "accuracy_level": 7}, "pass quantize-weights: accuracy_level=7 is not allowed; choose one of 0, 1, 2, 3, 4"),
+    ({"format": "int4", "target": "gpu"}, "pass quantize-weights: target=gpu is not allowed; choose one of auto, ort, trt"),
+    ({"format": "int4", "fp4_form": "fast"}, "pass quantize-weights: fp4_form=fast is not allowed; choose one of auto, nbits8, function"),
+    ({"format": "int5"}, "pass quantize-weights: format=int5 is not allowed; choose one of nvfp4, mxfp4, int4, int4asym"),
+    ({"format": "int4", "block": 48}, "pass quantize-weights: block=48 is not allowed; choose one of 0, 16, 32, 64, 128"),
+    ({"format": "nvfp4", "block": 32}, "nvfp4 blocks are 16 along the input dim, not 32"),
 ])
 def test_errors_name_the_problem(options, message):
     model, _, _ = linear_model(64, 16)
@@ -202,14 +206,20 @@ def exported_block():
 
 
 @pytest.mark.parametrize("spec, target, level", [("int4", "ort", 0), ("nvfp4", "ort", 4), ("mxfp4", "ort", 0), ("nvfp4", "trt", 0)])
-def test_exported_module_matches_quantized_copy(exported_block, spec, target, level):
+def test_exported_module_matches_its_reference_edit(exported_block, spec, target, level):
+    """The edit the pass declares (what compile validates against) is the torch model the graph computes."""
     module, x, proto = exported_block
     model = ir.from_proto(proto)
     spec_ = PassSpec("quantize-weights", {"format": spec, "target": target, "accuracy_level": str(level)})
     reports = run_pipeline(model, [spec_])
-    sites, int8 = quantized_sites(reports)
-    assert set(sites) == {"up", "down", "head"} and (bool(int8) == (level == 4 and target == "ort"))
-    reference_module = quantized_copy(module, sites, int8)
+    sites = quantized_sites(reports[0])
+    assert {s.linears for s in sites} == {("up",), ("down",), ("head",)}
+    assert all(bool(s.int8_block) == (level == 4 and target == "ort") for s in sites)
+    (edit,) = reference_edits(reports)
+    assert (edit.tolerance is not None) == (level == 4 and target == "ort")
+    original = module.up.weight.detach().clone()
+    reference_module = edit.apply(module)
+    assert torch.equal(module.up.weight, original) and not torch.equal(reference_module.up.weight, original)  # a copy is edited
     with torch.no_grad():
         expected = reference_module(x).numpy()
     decode_fp4_weights(model)
@@ -293,25 +303,31 @@ def test_gated_mlp_weights_match_quantized_copy(exported_gated, spec, target, le
     MLP whose gate, up and down weights hold the same codes."""
     module, x, data = exported_gated
     model = ir.from_proto(onnx.ModelProto.FromString(data))
+    run_pipeline(model, [PassSpec("fuse-gated-mlp")])
+    fused = op_counts(model)
     quant = PassSpec("quantize-weights", {"format": spec, "target": target, "accuracy_level": str(level)})
-    reports = run_pipeline(model, [PassSpec("fuse-gated-mlp"), quant])
-    report = reports[str(quant)]
+    (report,) = run_pipeline(model, [quant])
     assert set(report["sites"]) == {"mlp.gate_up", "mlp.down"}
     counts = op_counts(model)
-    assert counts[op] >= 1 and counts["MatMul"] == (0 if target == "ort" else counts["MatMul"])
-    if target == "ort":
-        assert counts["MatMulNBits"] == 2  # gate_up as one, down
-    sites, int8 = quantized_sites(reports)
-    assert set(sites) == {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"}
+    assert counts[op] >= 1
+    if target == "ort":  # the GatedMLP expanded, its two MatMuls replaced: gate_up as one MatMulNBits, down
+        assert "MatMul" not in counts and counts["MatMulNBits"] == 2 and "mlpdeploy::GatedMLP" not in counts
+    else:  # weight forms: DequantizeLinear feeds the GatedMLP node; no MatMul comes or goes
+        assert counts.get("MatMul", 0) == fused.get("MatMul", 0) and counts["DequantizeLinear"] >= 2
+    sites = quantized_sites(report)
+    assert [s.linears for s in sites] == [("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)]
     # the fused gate_up weight is quantized as one matrix: for NVFP4 gate and up share one tensor
     # scale, so the reference decodes each from the fused codes (split back), not separately
     w_gate_up = torch.cat([module.mlp.gate_proj.weight, module.mlp.up_proj.weight]).detach().numpy().T
     decoded = parse_format(spec).quantize(w_gate_up).dequantize().T
-    reference_module = quantized_copy(module, {"mlp.down_proj": sites["mlp.down_proj"]}, int8)
+    int8 = {path: site.int8_block for site in sites for path in site.linears if site.int8_block}
+    reference_module = quantized_copy(module, {"mlp.down_proj": sites[1].format}, int8)
     with torch.no_grad():
         reference_module.mlp.gate_proj.weight.copy_(torch.from_numpy(decoded[:80].copy()))
         reference_module.mlp.up_proj.weight.copy_(torch.from_numpy(decoded[80:].copy()))
         expected = reference_module(x).numpy()
+        (edit,) = reference_edits([report])  # what compile validates against: the same model
+        assert np.array_equal(edit.apply(module)(x).numpy(), expected)
     decode_fp4_weights(model)
     actual = run(model, {model.graph.inputs[0].name: x.numpy()})[0]
     assert np.abs(actual - expected).max() <= 1e-4 * max(1.0, float(np.abs(expected).max()))

@@ -26,7 +26,7 @@ def opt_onnx(tmp_path_factory):
 def test_relu_mlps_become_topk_and_validate(opt_onnx, tmp_path, options):
     bundle, path = opt_onnx
     result = rewrite_model(path, tmp_path / "sparse.onnx", [PassSpec("sparse-mlp", options)])
-    report = next(iter(result.passes.values()))
+    report = result.passes[0]
     assert report["rewritten"] == 2 and result.op_counts_after["mlpdeploy::SparseMLP"] == 2
     assert "Relu" not in result.op_counts_after and result.op_counts_after["MatMul"] == result.op_counts_before["MatMul"] - 4
     site = report["sites"]["layers.0"]
@@ -49,7 +49,7 @@ def test_reasons_for_sites_left_alone(opt_onnx, tmp_path):
     cases = {(): "needs k=K", (("k", 999),): r"k=999 is not in 1\.\.256", (("recall", 0.9),): "recall= needs a plan"}
     for options, reason in cases.items():
         result = rewrite_model(path, tmp_path / "same.onnx", [PassSpec("sparse-mlp", dict(options))])
-        report = next(iter(result.passes.values()))
+        report = result.passes[0]
         assert report["rewritten"] == 0 and len(report["skipped"]) == 2
         assert all(re.search(reason, r) for r in report["skipped"].values()), report["skipped"]
         assert result.op_counts_after == result.op_counts_before
@@ -66,10 +66,10 @@ def test_missing_predictors_file_is_one_line_error(opt_onnx, tmp_path):
 def test_gated_mlps_become_threshold_and_validate(tmp_path):
     bundle = load_model("llama-tiny")
     path = export_model(bundle, tmp_path / "llama.onnx").model_path
-    skipped = next(iter(rewrite_model(path, tmp_path / "same.onnx", [PassSpec("sparse-mlp")]).passes.values()))
+    skipped = rewrite_model(path, tmp_path / "same.onnx", [PassSpec("sparse-mlp")]).passes[0]
     assert skipped["rewritten"] == 0 and all("needs threshold=T" in r for r in skipped["skipped"].values())
     result = rewrite_model(path, tmp_path / "sparse.onnx", [PassSpec("sparse-mlp", {"threshold": 0.05})])
-    report = next(iter(result.passes.values()))
+    report = result.passes[0]
     assert report["rewritten"] == 2 and report["sites"]["layers.1.mlp"]["mode"] == "threshold"
     val = validate(bundle, result.model_path, ValidateOptions(dims={"batch": 2, "seq": 11}))
     assert val.passed and set(val.reference_overrides) == {"layers.0.mlp.down_proj", "layers.1.mlp.down_proj"}
@@ -88,4 +88,4 @@ def test_planned_site_without_its_predictors_is_one_line_error(opt_onnx, tmp_pat
         rewrite_model(path, out, [spec])
     assert not out.exists()
     spec.options["rank"] = 8  # asked for: the SVD predictor
-    assert next(iter(rewrite_model(path, out, [spec]).passes.values()))["rewritten"] == 1
+    assert rewrite_model(path, out, [spec]).passes[0]["rewritten"] == 1

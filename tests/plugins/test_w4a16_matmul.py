@@ -18,7 +18,7 @@ from mlpdeploy.plugins.w4a16_matmul.onnx_function import build_function, make_mo
 from mlpdeploy.plugins.w4a16_matmul.reference import dequantize, w4a16_matmul
 from mlpdeploy.quant import column_blobs, parse_format
 
-SPECS = ["nvfp4", "mxfp4", "int4", "int4-64", "int4-128", "int4asym", "int4asym-128"]
+SPECS = ["nvfp4", "mxfp4", "int4", "int4-16", "int4-64", "int4-128", "int4asym", "int4asym-16", "int4asym-128"]
 
 
 def storage(spec: str, k: int, n: int, seed: int = 0, scale: float = 1.0):

@@ -170,7 +170,7 @@ def test_storage_bits():
 
 @pytest.mark.parametrize(("spec", "message"), [
     ("fp4", "unknown weight format 'fp4'; formats are nvfp4, mxfp4, int4, int4asym"),
-    ("int4-48", "int4 blocks are 32 or 64 or 128 along the input dim, not 48"),
+    ("int4-48", "int4 blocks are 16 or 32 or 64 or 128 along the input dim, not 48"),
     ("nvfp4-32", "nvfp4 blocks are 16 along the input dim, not 32"),
     ("int4-x", "the block after '-' must be a number"),
 ])

@@ -12,8 +12,8 @@ pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from mlpdeploy.contract import E2M1_GRID  # noqa: E402
 from mlpdeploy.quant import QuantError, decode_e2m1, parse_format  # noqa: E402
-from mlpdeploy.quant.minifloat import E2M1_GRID  # noqa: E402
 
 from .onnx_forms import reference_dequantize  # noqa: E402
 

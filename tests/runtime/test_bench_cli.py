@@ -54,7 +54,7 @@ def test_artifact_dir_with_dims(tiny_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--dim", "seq"], "--dim 'seq': expected NAME=SIZE with a positive integer size"),
+    (["--dim", "seq"], "--dim 'seq' must be NAME=SIZE with a size >= 0"),
     (["--dim", "colour=3"], "--dim colour: the artifact has no such dynamic dim"),
     (["--decode"], "has no KV cache; --decode needs a `compile --kv-cache` artifact"),
     (["--batch", "100000"], "dim batch=100000 is outside the exported range"),

@@ -44,14 +44,15 @@ def test_greedy_matches_torch(llama_small_dir):
 def test_shared_cache_buffer_and_per_step_cache_agree(tmp_path):
     """The default build shares one cache buffer per layer (GroupQueryAttention appends in place);
     --no-ort-fusions keeps the exported attention, whose cache grows by a copy each step."""
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
     from mlpdeploy.export import export_model
     from mlpdeploy.model.kv_cache import with_kv_cache
 
     exported = export_model(with_kv_cache(load_model("llama-tiny")), tmp_path / "m.onnx")
     backend = get_backend("onnxruntime")
-    backend.build(exported.model_path, tmp_path / "shared.ort.onnx", BuildOptions(device="cpu"))
-    backend.build(exported.model_path, tmp_path / "plain.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
+    backend.build(exported.model_path, tmp_path / "shared.ort.onnx", OrtOptions(device="cpu"))
+    backend.build(exported.model_path, tmp_path / "plain.ort.onnx", OrtOptions(device="cpu", fusions=False))
     shared, plain = Engine.load(tmp_path / "shared.ort.onnx"), Engine.load(tmp_path / "plain.ort.onnx")
     assert shared.cache.shared_buffer and not plain.cache.shared_buffer
     prompts = [list(b"def __init__(self"), list(b"for ")]
@@ -185,7 +186,7 @@ def test_onnxruntime_genai_drives_the_build_to_the_same_tokens(llama_small_dir):
 def test_genai_config_refused_for_a_cache_with_gaps(llama_small_dir):
     import onnx_ir as ir
 
-    from mlpdeploy.backends.genai_config import genai_config
+    from mlpdeploy.backends.onnxruntime.genai_config import genai_config
     from mlpdeploy.model.manifest import find_manifest
     from mlpdeploy.onnx_io import load_onnx
 

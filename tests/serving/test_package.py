@@ -127,3 +127,85 @@ def test_implicit_state_config_drives_the_packaged_decoder(tmp_path, zoo_build):
         ids = [int(outputs["logits"][0, -1].argmax())]
         tokens.append(ids[0])
     assert tokens == CachedGenerator(Engine.load(built)).generate([prompt], 12).tokens[0]
+
+
+def test_python_backend_repository(tmp_path, zoo_build):
+    """--triton-backend python: config.pbtxt (Triton's schema), model.py, and the artifact with what the runtime reads beside it."""
+    import sys
+
+    classifier, decoder = zoo_build("mixer-tiny"), zoo_build("llama-tiny", kv_cache=True)
+    repo = tmp_path / "repo"
+    result = CliRunner().invoke(cli, ["package", str(classifier), str(decoder), "--triton", str(repo), "--triton-backend", "python",
+                                      "--max-batch-size", "8", "--max-queue-delay-us", "300", "--kserve"])
+    assert result.exit_code == 0, result.output
+    manifest = (repo / "inferenceservice.yaml").read_text()
+    assert "Triton's stock image has no mlpdeploy" in manifest and yaml.safe_load(manifest)["kind"] == "InferenceService"
+    config = _parse(repo / "mixer-tiny" / "config.pbtxt")
+    assert config.backend == "python" and not config.platform and config.max_batch_size == 8
+    assert config.dynamic_batching.max_queue_delay_microseconds == 300 and not config.model_transaction_policy.decoupled
+    assert [(i.name, list(i.dims)) for i in config.input] == [("pixel_values", [3, 32, 32])]
+    assert config.parameters["artifact"].string_value == classifier.name
+    assert config.parameters["EXECUTION_ENV_PATH"].string_value == sys.prefix
+    assert sorted(p.name for p in (repo / "mixer-tiny" / "1").iterdir()) == sorted(
+        [classifier.name, "mixer-tiny.ort.manifest.json", "mixer-tiny.ort.session.json", "model.py"])
+    assert (repo / "mixer-tiny" / "1" / classifier.name).read_bytes() == classifier.read_bytes()
+    model_py = (repo / "mixer-tiny" / "1" / "model.py").read_text()
+    assert "class TritonPythonModel" in model_py and "from mlpdeploy.serving.triton_model import MlpdeployModel" in model_py
+    compile(model_py, "model.py", "exec")
+
+    config = _parse(repo / "llama-tiny-kv" / "config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == 0 and config.model_transaction_policy.decoupled
+    assert not config.HasField("dynamic_batching") and not config.HasField("sequence_batching")
+    inputs = {i.name: (i.data_type, list(i.dims), i.optional) for i in config.input}
+    assert inputs["input_ids"] == (model_config_pb2.TYPE_INT64, [-1], True)
+    assert inputs["text_input"] == (model_config_pb2.TYPE_STRING, [1], True)  # the zoo's byte tokenizer
+    assert inputs["stream"] == (model_config_pb2.TYPE_BOOL, [1], True) and inputs["max_tokens"][0] == model_config_pb2.TYPE_INT32
+    assert [o.name for o in config.output] == ["output_ids", "text_output", "finish_reason"]
+    assert config.parameters["max_batch_size"].string_value == "8"  # the limit on sequences generating at once
+
+
+def test_python_backend_environment_choice(tmp_path, zoo_build):
+    built = zoo_build("mixer-tiny")
+    package_triton([built], tmp_path / "none", backend="python", python_env="none")
+    assert "EXECUTION_ENV_PATH" not in _parse(tmp_path / "none" / "mixer-tiny" / "config.pbtxt").parameters
+    env = tmp_path / "env"
+    (env / "bin").mkdir(parents=True)
+    (env / "bin" / "activate").write_text("")
+    package_triton([built], tmp_path / "other", backend="python", python_env=str(env))
+    assert _parse(tmp_path / "other" / "mixer-tiny" / "config.pbtxt").parameters["EXECUTION_ENV_PATH"].string_value == str(env)
+
+
+def test_python_backend_errors_leave_no_repository(tmp_path, zoo_build, fake_engine):
+    repo = tmp_path / "repo"
+    with pytest.raises(MlpdeployError, match="has no bin/activate, so Triton's Python backend cannot activate it"):
+        package_triton([zoo_build("mixer-tiny")], repo, backend="python", python_env=str(tmp_path))
+    with pytest.raises(MlpdeployError, match="unknown Triton backend 'onnx'; choose one of native, python"):
+        package_triton([zoo_build("mixer-tiny")], repo, backend="onnx")
+    engine = fake_engine("tensorrt")
+    manifest = json.loads(engine.with_name("m.engine.manifest.json").read_text())
+    engine.with_name("m.engine.manifest.json").write_text(json.dumps(manifest | {"cache": find_manifest(zoo_build("llama-tiny", kv_cache=True)).cache}))
+    with pytest.raises(MlpdeployError, match="TensorRT engine with a KV cache; the runtime generates through ONNX Runtime"):
+        package_triton([zoo_build("mixer-tiny"), engine], repo, backend="python")
+    result = CliRunner().invoke(cli, ["package", str(zoo_build("mixer-tiny")), "--triton", str(repo), "--triton-python-env", "none"])
+    assert result.exit_code == 2 and "--triton-python-env applies to --triton-backend python only" in result.output
+    assert "Traceback" not in result.output
+    assert not repo.exists() and not list(tmp_path.glob(".repo.*"))
+
+
+def test_python_backend_copies_the_tokenizer_files(tmp_path, zoo_build):
+    from types import SimpleNamespace
+
+    from mlpdeploy.serving.triton_python import copy_artifact, tokenizer_files_source
+
+    source = tmp_path / "hf"
+    source.mkdir()
+    (source / "tokenizer.json").write_text("{}")
+    artifact = tmp_path / "build" / "m.ort.onnx"
+    artifact.parent.mkdir()
+    assert tokenizer_files_source(artifact, SimpleNamespace(kind="hf", source=str(source))) == source
+    (artifact.parent / "tokenizer_config.json").write_text("{}")  # compile's copy beside the artifact comes first
+    assert tokenizer_files_source(artifact, SimpleNamespace(kind="hf", source=str(source))) == artifact.parent
+    assert tokenizer_files_source(artifact, SimpleNamespace(kind="zoo", source="llama-tiny")) is None
+    version_dir = tmp_path / "repo" / "m" / "1"
+    copy_artifact(zoo_build("mixer-tiny"), SimpleNamespace(kind="hf", source=str(source)), version_dir)
+    assert (version_dir / "tokenizer.json").read_text() == "{}" and (version_dir / "model.py").is_file()

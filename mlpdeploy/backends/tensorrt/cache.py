@@ -1,27 +1,18 @@
 """Caches on disk for TensorRT builds: whole engines (TensorRT-RTX) and builder timing caches (TensorRT).
 
-They live under `BuildOptions.extra["cache_dir"]`, else `$MLPDEPLOY_CACHE_DIR`, else
-`~/.cache/mlpdeploy`; `extra["cache"] = False` turns them off.
+They live under `BuildOptions.cache_root()`: `cache_dir`, else `$MLPDEPLOY_CACHE_DIR`, else
+`~/.cache/mlpdeploy`; `cache=False` (`--no-cache`) turns them off.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.errors import MlpdeployError
-
-
-def cache_dir(extra: dict[str, Any]) -> Path | None:
-    """Where caches live (module docstring), or None when `extra["cache"]` is False."""
-    if extra.get("cache", True) is False:
-        return None
-    root = extra.get("cache_dir") or os.environ.get("MLPDEPLOY_CACHE_DIR") or Path.home() / ".cache" / "mlpdeploy"
-    return Path(root).expanduser()
 
 
 def file_digest(*paths: Path, settings: dict[str, Any]) -> str:

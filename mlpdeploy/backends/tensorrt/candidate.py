@@ -10,9 +10,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from mlpdeploy.backends import Candidate, onnx_candidate
+from mlpdeploy.backends.onnxruntime.session import session_config
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.candidate import Candidate, onnx_candidate
-from mlpdeploy.runtime.onnxruntime import session_config
 
 
 def parsed_graph_path(engine: Path) -> Path:

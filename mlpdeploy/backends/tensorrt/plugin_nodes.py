@@ -11,10 +11,10 @@ from collections import Counter
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import PLUGIN_NAMESPACE, STANDARD_DOMAINS
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.onnx_io import STANDARD_DOMAINS
 from mlpdeploy.plugins.forms import all_nodes, names_plugin, plugin_nodes
-from mlpdeploy.plugins.registry import OPS, PLUGIN_ATTRIBUTES, PLUGIN_NAMESPACE
+from mlpdeploy.plugins.registry import OPS, PLUGIN_ATTRIBUTES
 
 
 def plugin_resolving_nodes(model: ir.Model) -> list[str]:
@@ -45,6 +45,6 @@ def count_plugin_nodes(model: ir.Model, libraries: list[str]) -> Counter:
         if namespace != PLUGIN_NAMESPACE and not libraries:
             raise MlpdeployError(
                 f"node {node.name!r} asks for plugin {namespace or '(no namespace)'}::{node.op_type}, which mlpdeploy "
-                "does not provide; pass its library in BuildOptions.extra['plugin_libraries']"
+                "does not provide; pass its library with --plugin-library (TensorRTOptions.plugin_libraries)"
             )
     return counts

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 
+from mlpdeploy.contract import MS_DOMAIN
 from mlpdeploy.passes.matching.core import STANDARD_DOMAINS, close, float_attr, producer, scalar
 
 # ---------------------------------------------------------------- activations
@@ -31,7 +32,7 @@ def match_activation(value: ir.Value | None) -> Activation | None:
     if node is None or not node.inputs or node.inputs[0] is None:
         return None
     op, a = node.op_type, node.inputs[0]
-    if node.domain == "com.microsoft":
+    if node.domain == MS_DOMAIN:
         if op == "Gelu":
             return Activation("gelu", a, [node])
         if op == "FastGelu" and len([i for i in node.inputs if i is not None]) == 1:

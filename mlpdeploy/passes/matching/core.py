@@ -7,7 +7,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from mlpdeploy.onnx_io import STANDARD_DOMAINS  # noqa: F401  (re-exported for passes)
+from mlpdeploy.contract import STANDARD_DOMAINS  # noqa: F401  (re-exported for passes)
 
 CLASSES_KEY = "pkg.torch.onnx.class_hierarchy"
 NAMESPACE_KEY = "namespace"

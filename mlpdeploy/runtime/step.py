@@ -1,0 +1,210 @@
+"""The step function every decoding loop drives: a cached decoder fed some tokens per row, the
+KV cache carried over, per-row positions and masks.
+
+    stepper = Stepper(engine)
+    state = stepper.new_state(batch, capacity)     # an empty cache with room for `capacity` columns
+    logits = stepper.step(state, ids, valid)        # ids [batch, s]: s columns appended, logits [batch, s, vocab]
+    stepper.rewind(state, counts)                   # keep the first counts[r] tokens of each row
+
+A prefill is a step on an empty state; a plain decode step feeds one token per row; a speculative
+verify step feeds the last token and k drafts and rewinds what was rejected; an in-flight
+scheduler feeds each active row its own chunk (`valid` marks the real tokens: a row with fewer
+tokens than the step's width pads its chunk with invalid columns).
+
+Every row shares the cache's columns (the graph's cache has one length), so a row's tokens are the
+columns its mask marks valid: left padding, and the holes left when rows keep different numbers of
+a step's tokens, are masked columns. Positions count each row's valid tokens, so a row computes
+exactly what it would alone. Through IO binding the cache never goes through numpy: when the
+build made the cache shareable (`CacheLayout.shared_buffer`, GroupQueryAttention graphs) each
+layer's cache is one buffer of `capacity` columns bound once as both past and present (ONNX
+Runtime writes the new columns in place), and a rewind only moves the length; otherwise each
+step binds the previous step's present `OrtValue`s as the next past, and a rewind slices them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlpdeploy.contract import numpy_dtype
+from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.runtime.engine import Engine
+
+DRAFT_OUTPUT = "draft_logits."  # extra outputs of draft heads: draft_logits.{j} (docs/decoding.md)
+
+
+@dataclass
+class StepState:
+    """One batch's cache and where each row stands.
+
+    `mask_buffer` holds the attention mask for every column the cache can hold (`mask` is its
+    first `length` columns); `positions[r]` is row r's next position (= its valid tokens so far).
+    With a shared cache buffer the IO binding is kept from step to step, and one-token steps write
+    their logits into one preallocated array. `outputs` are the last step's extra outputs (draft
+    heads), `contiguous` is true while every row's tokens fill columns 0..length-1 with no gap
+    (batch-1 generation), so positions equal column indices."""
+
+    mask_buffer: np.ndarray  # [batch, capacity] int64
+    length: int  # columns in use
+    positions: np.ndarray  # [batch] int64
+    past: dict
+    binding: Any = None
+    step_logits: np.ndarray | None = None  # [batch, 1, vocab], bound as the output of one-token steps
+    logits_preallocated: bool = False  # whether the binding's logits output is `step_logits` now
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    contiguous: bool = True
+
+    @property
+    def batch(self) -> int:
+        return self.mask_buffer.shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.mask_buffer.shape[1]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The attention mask so far [batch, length] (contiguous: a view for batch 1, else a copy)."""
+        return np.ascontiguousarray(self.mask_buffer[:, : self.length])
+
+
+class Stepper:
+    """The step function over an `Engine` whose artifact carries a KV cache (module docstring)."""
+
+    def __init__(self, engine: Engine):
+        if engine.cache is None:
+            raise MlpdeployError(f"{engine.path} has no KV cache; export or compile the decoder with --kv-cache to generate")
+        if engine.session is None:
+            raise MlpdeployError(f"{engine.path} runs in {engine.runtime}; generation drives the cache through ONNX Runtime's IO binding — serve the .onnx build")
+        self.engine, self.layout = engine, engine.cache
+        self.past_names = [n for layer in self.layout.layers for n in self.layout.input_names(layer)]
+        self.present_names = [n for layer in self.layout.layers for n in self.layout.output_names(layer)]
+        # present name -> past name: with a shared buffer each layer's present is its past, written in place
+        self.shared = dict(zip(self.present_names, self.past_names)) if self.layout.shared_buffer else {}
+        outputs = {o.name: o for o in engine.session.get_outputs()}
+        logits = outputs["logits"]
+        self.vocab = logits.shape[-1] if isinstance(logits.shape[-1], int) else None
+        # one-token steps write float32 logits of a fixed vocabulary into a preallocated array
+        fixed = self.layout.shared_buffer and self.vocab is not None and logits.type == "tensor(float)"
+        self.step_vocab = self.vocab if fixed else None
+        self.extra_outputs = [n for n in engine.output_names if n.startswith(DRAFT_OUTPUT)]
+
+    def new_state(self, batch: int, capacity: int) -> StepState:
+        """An empty cache for `batch` rows with room for `capacity` columns."""
+        if capacity > self.layout.max_positions:
+            raise MlpdeployError(f"a cache of {capacity} columns exceeds the model's {self.layout.max_positions} positions")
+        return StepState(np.zeros((batch, capacity), np.int64), 0, np.zeros(batch, np.int64), self._cache(batch, capacity))
+
+    def prefill(self, prompts, capacity: int, pad_token: int = 0) -> tuple[np.ndarray, StepState]:
+        """The prompts left-padded into a new state of `capacity` columns; the logits of each
+        prompt's last token [batch, vocab] and the state."""
+        batch, longest = len(prompts), max(len(p) for p in prompts)
+        ids = np.full((batch, longest), pad_token, np.int64)
+        valid = np.zeros((batch, longest), bool)
+        for row, prompt in enumerate(prompts):
+            ids[row, longest - len(prompt):] = prompt
+            valid[row, longest - len(prompt):] = True
+        state = self.new_state(batch, capacity)
+        return self.step(state, ids, None if valid.all() else valid)[:, -1], state
+
+    def step(self, state: StepState, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Append `ids` [batch, s] (the columns where `valid` [batch, s] is false are padding, not
+        attended to and not counted in positions); the logits of every fed column [batch, s, vocab]."""
+        ids = np.ascontiguousarray(ids, np.int64)
+        width = ids.shape[1]
+        start, end = state.length, state.length + width
+        if end > state.capacity:
+            raise MlpdeployError(f"the generation was prefilled for {state.capacity} positions and has used them all")
+        if valid is None:
+            state.mask_buffer[:, start:end] = 1
+            positions = state.positions[:, None] + np.arange(width)
+            state.positions = state.positions + width
+        else:
+            state.mask_buffer[:, start:end] = valid
+            counted = np.cumsum(valid, axis=1)
+            positions = state.positions[:, None] + np.maximum(counted - 1, 0)
+            state.positions = state.positions + counted[:, -1]
+            state.contiguous = False
+        state.length = end
+        return self._run(state, ids, positions)
+
+    def rewind(self, state: StepState, counts) -> None:
+        """Keep each row's first `counts[r]` tokens (counted in its valid columns) and forget the
+        rest: the mask hides the columns let go, and the cache's length drops to the last column
+        still valid. With a shared buffer nothing moves: later steps overwrite those columns."""
+        counts = np.asarray(counts, np.int64)
+        if (counts > state.positions).any() or (counts < 0).any():
+            raise MlpdeployError(f"cannot rewind to {counts.tolist()} tokens: the rows hold {state.positions.tolist()}")
+        if (counts == state.positions).all():
+            return
+        mask = state.mask_buffer[:, : state.length]
+        beyond = (np.cumsum(mask, axis=1) > counts[:, None]) & (mask == 1)
+        mask[beyond] = 0
+        used = np.flatnonzero(mask.any(axis=0))
+        length = int(used[-1]) + 1 if used.size else 0
+        state.contiguous = state.contiguous and bool(mask[:, :length].all())
+        state.length, state.positions = length, counts.copy()
+        if not self.shared:  # each step's presents were bound as the next past: cut them to the length
+            state.past = {name: _columns(value, length) for name, value in state.past.items()}
+
+    def _cache(self, batch: int, capacity: int) -> dict:
+        """The cache to start from: shared buffers of `capacity` columns, else empty arrays."""
+        import onnxruntime as ort
+
+        dtype = numpy_dtype(self.layout.dtype)
+        if self.layout.shared_buffer:
+            shape = (batch, self.layout.kv_heads, capacity, self.layout.head_dim)
+            return {name: ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype)) for name in self.past_names}
+        empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), dtype)
+        return {name: empty for name in self.past_names}
+
+    def _run(self, state: StepState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """One session run: ids, the mask so far and positions in; logits out, the cache grown."""
+        session, past, shared = self.engine.session, state.past, self.shared
+        binding = state.binding
+        if binding is None:
+            binding = session.io_binding()
+            for name, value in past.items():
+                if isinstance(value, np.ndarray):
+                    binding.bind_cpu_input(name, value)
+                else:
+                    binding.bind_ortvalue_input(name, value)
+            for name in self.engine.output_names:  # in order: get_outputs() lists them as first bound
+                if name in shared:
+                    binding.bind_ortvalue_output(name, past[shared[name]])  # written in place
+                else:
+                    binding.bind_output(name, "cpu")
+            if shared:
+                state.binding = binding  # the cache stays bound: later steps rebind only what changes
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", state.mask)
+        if self.layout.position_ids:
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, np.int64))
+        preallocated = self.step_vocab is not None and ids.shape[1] == 1
+        if preallocated and not state.logits_preallocated:
+            import onnxruntime as ort
+
+            if state.step_logits is None:
+                state.step_logits = np.empty((ids.shape[0], 1, self.step_vocab), np.float32)
+            binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(state.step_logits))
+        state.logits_preallocated = preallocated
+        for name in self.engine.output_names:
+            if name not in shared and not (name == "logits" and preallocated):
+                binding.bind_output(name, "cpu")
+        session.run_with_iobinding(binding)
+        if preallocated and not self.extra_outputs and shared:
+            return state.step_logits.copy()
+        outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
+        if not shared:
+            state.past = {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}
+        if self.extra_outputs:
+            state.outputs = {name: outputs[name].numpy() for name in self.extra_outputs}
+        return state.step_logits.copy() if preallocated else outputs["logits"].numpy()
+
+
+def _columns(value, length: int) -> np.ndarray:
+    """The first `length` cache columns of a present (an OrtValue or an array), as an array."""
+    array = value.numpy() if not isinstance(value, np.ndarray) else value
+    return np.ascontiguousarray(array[:, :, :length])
