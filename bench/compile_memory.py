@@ -1,14 +1,15 @@
 """Compile at scale: wall time and peak resident memory of `compile`, in all and per stage.
 
-    python bench/compile_memory.py [--case smollm2|llama-1b ...] [--json PATH] [--source DIR]
+    python bench/compile_memory.py [--case smollm2|llama-1b ...] [--json PATH] [--source DIR] [--llama-dir DIR]
 
 Cases (each a `compile` of its own in a child process, outputs in a temporary directory that
 is deleted afterwards):
 
     smollm2    .cache/real/smollm2-135m --kv-cache               bound: 3x the weight bytes
     llama-1b   a TinyLlama-shaped 1.1 B LLaMA with random weights (22 layers, d 2048, MLP 5632,
-               32/4 heads, vocab 32,000; built once with `mlpdeploy.zoo.random_llama` at
-               .cache/llama-1.1b-random), --kv-cache --pass quantize-weights:format=int4
+               32/4 heads, vocab 32,000; 4.4 GB, built with `mlpdeploy.zoo.random_llama` in a
+               temporary directory deleted afterwards, or kept in --llama-dir DIR and reused),
+               --kv-cache --pass quantize-weights:format=int4
                                                                 bound: 16 GB
 
 The child's peak resident memory is the kernel's (os.wait4: the whole process and anything it
@@ -39,10 +40,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 ROOT = HERE.parent
-LLAMA_1B = ROOT / ".cache" / "llama-1.1b-random"
 CASES = {
     "smollm2": {"model": str(ROOT / ".cache" / "real" / "smollm2-135m"), "kv_cache": True, "passes": [], "bound": ("weights", 3.0)},
-    "llama-1b": {"model": str(LLAMA_1B), "kv_cache": True, "passes": ["quantize-weights:format=int4"], "bound": ("bytes", 16e9)},
+    "llama-1b": {"model": None, "kv_cache": True, "passes": ["quantize-weights:format=int4"], "bound": ("bytes", 16e9)},
 }
 
 
@@ -82,7 +82,14 @@ def run_case(name: str, case: dict, source: Path | None, keep: Path | None) -> d
     env = dict(os.environ)
     if source is not None:
         env["PYTHONPATH"] = f"{source}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case["model"], str(out), json.dumps({"kv_cache": case["kv_cache"], "passes": case["passes"]})]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        case["model"],
+        str(out),
+        json.dumps({"kv_cache": case["kv_cache"], "passes": case["passes"]}),
+    ]
     logs = out.parent / "child.log"
     with open(logs.with_suffix(".out"), "w") as stdout, open(logs, "w") as stderr:
         start = time.perf_counter()
@@ -91,9 +98,14 @@ def run_case(name: str, case: dict, source: Path | None, keep: Path | None) -> d
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = logs.with_suffix(".out").read_text(), logs.read_text()
-    result: dict = {"model": case["model"], "args": (["--kv-cache"] if case["kv_cache"] else []) + [a for p in case["passes"] for a in ("--pass", p)],
-                    "source": str(source) if source else "installed", "wall_s": round(wall, 1), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-                    "returncode": proc.returncode}
+    result: dict = {
+        "model": case["model"],
+        "args": (["--kv-cache"] if case["kv_cache"] else []) + [a for p in case["passes"] for a in ("--pass", p)],
+        "source": str(source) if source else "installed",
+        "wall_s": round(wall, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+        "returncode": proc.returncode,
+    }
     if proc.returncode != 0:
         result["error"] = (stderr.strip().splitlines() or ["?"])[-1]
     else:
@@ -129,25 +141,42 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--source", type=Path, help="run the mlpdeploy source tree at DIR (its repository root)")
     parser.add_argument("--json", type=Path, help="default: bench/results/compile_memory.json")
     parser.add_argument("--keep", type=Path, help="copy each compile's output directory here")
+    parser.add_argument(
+        "--llama-dir", type=Path, help="build (or reuse) the random 1.1 B LLaMA here and keep it (default: a temporary directory)"
+    )
     args = parser.parse_args(argv)
     from common import write_results
 
     results = {}
     for name in args.case or list(CASES):
-        if name == "llama-1b":
-            from mlpdeploy.zoo.random_llama import build
+        with contextlib.ExitStack() as cleanup:
+            case = CASES[name]
+            if name == "llama-1b":
+                from mlpdeploy.zoo.random_llama import build
 
-            build(LLAMA_1B)
-        results[name] = run_case(name, CASES[name], args.source, args.keep)
+                if args.llama_dir is None:
+                    tmp = tempfile.mkdtemp(prefix="llama-1.1b-random-")
+                    cleanup.callback(shutil.rmtree, tmp, ignore_errors=True)
+                case = dict(case, model=str(build(args.llama_dir or Path(tmp) / "model")))
+            results[name] = run_case(name, case, args.source, args.keep)
         r = results[name]
-        print(f"{name}: {r['wall_s']:.0f} s, peak {r['peak_rss_mib']:,.0f} MiB = {r['peak_over_weights']:.2f}x the "
-              f"{r['weights_mib']:,.0f} MiB of weights (bound {r['bound_mib']:,.0f} MiB: {'ok' if r['within_bound'] else 'OVER'}), "
-              f"validation {'passed' if r.get('passed') else 'failed' if 'passed' in r else r.get('error')}")
+        print(
+            f"{name}: {r['wall_s']:.0f} s, peak {r['peak_rss_mib']:,.0f} MiB = {r['peak_over_weights']:.2f}x the "
+            f"{r['weights_mib']:,.0f} MiB of weights (bound {r['bound_mib']:,.0f} MiB: {'ok' if r['within_bound'] else 'OVER'}), "
+            f"validation {'passed' if r.get('passed') else 'failed' if 'passed' in r else r.get('error')}"
+        )
         for stage, info in r.get("stages", {}).items():
             print(f"    {stage:10s} {info['seconds']:8.1f} s  {info['peak_rss_mib']:9,.0f} MiB")
     load = os.getloadavg()
-    path = write_results("compile_memory", {"cases": results, "load_average": [round(x, 2) for x in load],
-                                            "memory_total_mib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20)}, args.json)
+    path = write_results(
+        "compile_memory",
+        {
+            "cases": results,
+            "load_average": [round(x, 2) for x in load],
+            "memory_total_mib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20),
+        },
+        args.json,
+    )
     print(f"wrote {path} (load average {load[0]:.1f}: timings on a loaded machine are provisional)")
     return 0 if all(r["within_bound"] and r["returncode"] in (0,) for r in results.values()) else 1
 

@@ -5,7 +5,7 @@ vocab 32,000, untied LM head: 1.1 B parameters, 4.4 GB in fp32). Weights are dra
 (norms 1), tensor by tensor from a fixed seed, and written in safetensors shards of about
 1 GB with an index, so building it holds one shard in memory, not the model:
 
-    python -m mlpdeploy.zoo.random_llama -o .cache/llama-1.1b-random
+    python -m mlpdeploy.zoo.random_llama -o /tmp/llama-1.1b-random
     python -m mlpdeploy.zoo.random_llama --layers 2 --hidden 256 --intermediate 704 -o /tmp/small
 
 A directory that already holds the same build is kept (the stamp file records the shape).
