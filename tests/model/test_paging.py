@@ -51,3 +51,22 @@ def test_written_weights_are_kept(llama_dir):
 def test_weights_in_ordinary_memory_are_left_alone(tiny_spec):
     module = load_model(tiny_spec).module
     assert release_weights(module) == 0
+
+
+def test_compile_reference_edit_leaves_the_original_weights_out_of_memory(llama_dir):
+    """Validation's int4 reference reads every original linear weight to decode it; compile pages
+    the originals out again (1.1 B int4: 4 GB held through validation before)."""
+    from mlpdeploy.compile import _edited_reference
+    from mlpdeploy.passes.base import ReferenceEdit
+    from mlpdeploy.quant import QuantizedSite, parse_format, quantized_sites_view
+
+    bundle = load_model(str(llama_dir))
+    module = bundle.module
+    release_weights(module)
+    linears = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
+    sites = [QuantizedSite((name,), parse_format("int4")) for name in linears]
+    reference = _edited_reference(bundle, [ReferenceEdit(lambda m: quantized_sites_view(m, sites), "int4")])
+    weights = sum(module.get_submodule(name).weight.numel() * 4 for name in linears)
+    assert release_weights(module) < 0.1 * weights  # nothing of the originals was left resident to release
+    ids = torch.randint(0, 4000, (1, 5), generator=torch.Generator().manual_seed(2))
+    assert torch.equal(_forward(reference.module, ids), _forward(quantized_sites_view(module, sites), ids))
