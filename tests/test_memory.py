@@ -12,7 +12,7 @@ from mlpdeploy.memory import MemoryTracker, process_peak_mib, rss_mib, step, tra
 MIB = 2**20
 
 
-def _touch(mib: int, hold: float = 0.1) -> None:
+def _touch(mib: int, hold: float = 0.5) -> None:
     """Allocate and touch `mib` MiB, hold them `hold` seconds (the watcher samples every 2 ms, but
     on a loaded machine it may wait for a CPU), then free them."""
     block = np.ones(mib * MIB // 8)

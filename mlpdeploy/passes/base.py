@@ -39,12 +39,13 @@ PHASES = ("rewrite", "precision", "lowering")
 class ReferenceEdit:
     """What the torch reference must become for the rewritten graph to equal it: `apply(module)`
     gives the edited module (a copy; the original is the task metric's reference), `note` says so
-    in one line for the report, `tolerance` is the (atol, rtol) the comparison needs when even
-    the edited reference cannot be bit-faithful (None: the precision's own)."""
+    in one line for the report, `precision` is the rule the comparison judges by when even the
+    edited reference cannot be bit-faithful ("int8": int8 activations, mlpdeploy.validate.tolerance;
+    None: the build's precision)."""
 
     apply: Callable[[Any], Any]
     note: str
-    tolerance: tuple[float, float] | None = None
+    precision: str | None = None
 
 
 @dataclass
@@ -66,9 +67,14 @@ class PassReport:
     # records them in the manifest; validation applies them to its torch reference
     # (mlpdeploy.model.overrides) and judges the task metric against the unedited model.
     module_overrides: dict[str, str | dict] = field(default_factory=dict)
+    # Graph outputs the pass added ({"name", "dtype", "shape"}, as the manifest lists outputs) and
+    # manifest entries it sets (draft-heads: `draft_heads`): `rewrite_model` records both.
+    added_outputs: list[dict[str, Any]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides}
+        changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides,
+                   "added_outputs": self.added_outputs, "manifest": self.manifest}
         return {"rewritten": self.rewritten, "skipped": self.skipped, **self.details, **{k: v for k, v in changes.items() if v}}
 
 

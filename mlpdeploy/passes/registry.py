@@ -10,8 +10,10 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
     "drop-layers": "drop_layers:DropLayers",
+    "draft-heads": "draft_heads:DraftHeadsPass",
     "ort-decoder": "mlpdeploy.backends.onnxruntime.passes.decoder:OrtDecoder",
     "ort-fusions": "mlpdeploy.backends.onnxruntime.passes.fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
     "quantize-weights": "quantize_weights:QuantizeWeights",
+    "quantize-embedding": "mlpdeploy.backends.onnxruntime.passes.quantize_embedding:QuantizeEmbedding",
 })

@@ -65,7 +65,7 @@ def test_compile_reference_edit_leaves_the_original_weights_out_of_memory(llama_
     release_weights(module)
     linears = [name for name, m in module.named_modules() if isinstance(m, torch.nn.Linear)]
     sites = [QuantizedSite((name,), parse_format("int4")) for name in linears]
-    reference = _edited_reference(bundle, [ReferenceEdit(lambda m: quantized_sites_view(m, sites), "int4")])
+    reference = _edited_reference(bundle, None, [ReferenceEdit(lambda m: quantized_sites_view(m, sites), "int4")])
     weights = sum(module.get_submodule(name).weight.numel() * 4 for name in linears)
     assert release_weights(module) < 0.1 * weights  # nothing of the originals was left resident to release
     ids = torch.randint(0, 4000, (1, 5), generator=torch.Generator().manual_seed(2))
