@@ -60,3 +60,15 @@ def test_tied_head_is_untied_in_the_view():
     assert view.embed.weight.data_ptr() == model.embed.weight.data_ptr()
     assert not torch.equal(view.head.weight, model.embed.weight)
     assert model.head.weight is model.embed.weight  # the model itself stays tied
+
+
+def test_embedding_site_in_the_view_computes_what_the_copy_computes():
+    """quantize-embedding's reference: the embedding table decoded, the tied head left in float."""
+    torch.manual_seed(3)
+    model = TiedLM().eval()
+    sites = [QuantizedSite(("embed",), parse_format("int4"))]
+    ids = torch.randint(0, 50, (2, 5))
+    view = quantized_sites_view(model, sites)
+    with torch.no_grad():
+        assert torch.equal(view(ids), quantized_sites_copy(model, sites)(ids))
+    assert view.head.weight.data_ptr() == model.embed.weight.data_ptr() and not torch.equal(view.embed.weight, model.embed.weight)
