@@ -44,6 +44,7 @@ class TorchRunner(BaseRunner):
         start = time.perf_counter()
         outputs = run_module(self.bundle.module, feed_dict, self.input_names)
         self.inference_time = time.perf_counter() - start
+        release_weights(self.bundle.module)  # not resident while another runner (the candidate's session) runs
         return OrderedDict(zip(self.bundle.resolved_output_names(len(outputs)), outputs))
 
     def deactivate_impl(self):
