@@ -68,7 +68,7 @@ from mlpdeploy.passes.weight_forms import (
     stored_bytes,
     w4a16,
 )
-from mlpdeploy.quant import Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_copy
+from mlpdeploy.quant import Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_view
 from mlpdeploy.scopes import module_path
 
 TARGETS = ("ort", "trt")
@@ -114,7 +114,7 @@ class QuantizeWeights(RewritePass):
         note = (f"outputs and layers compared with the torch model whose {linears} quantized linears hold the weights their codes "
                 f"decode to" + (f" ({int8} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
                 + "; the task metric with the original weights")
-        return ReferenceEdit(lambda module: quantized_sites_copy(module, sites), note, "int8" if int8 else None)
+        return ReferenceEdit(lambda module: quantized_sites_view(module, sites), note, "int8" if int8 else None)
 
     def rewrite(self, model: ir.Model) -> PassReport:
         self.target = "ort" if self.config["target"] == "auto" else self.config["target"]
@@ -384,7 +384,7 @@ def quantized_sites(report: dict) -> list[QuantizedSite]:
     (a fused gate_up: gate and up, quantized as one matrix), its format (with the positive INT4
     scales TensorRT targets get), and the block its inputs are rounded to int8 in where
     MatMulNBits computes at accuracy level 4. What the torch reference of the quantized model
-    emulates (`mlpdeploy.quant.quantized_sites_copy`)."""
+    emulates (`mlpdeploy.quant.quantized_sites_view`)."""
     sites = []
     for site in report.get("sites", {}).values():
         fmt = dataclasses.replace(parse_format(site["format"]), positive_scales=bool(site.get("positive_scales")))
