@@ -1,4 +1,4 @@
-"""Guardrails on the tree itself: the layering of DESIGN.md, no import cycles, a size budget per module, lint.
+"""Guardrails on the tree itself: the layering (docs/architecture.md), no import cycles, a size budget per module, lint.
 
 Floors, top first: cli → (compile, serving, report) → runtime → (export, analyze, passes, backends,
 validate) → zoo → (model, quant) → (contract, errors, onnx_io, scopes, atomic, dtypes, registry,
