@@ -2,6 +2,7 @@
 
     python bench/decode.py [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2] [--kv-heads 16]
                            [--int4] [--json PATH]
+    python bench/decode.py --prompts --artifact DIR [...]   (real prompts: bench/decode_prompts.py)
 
 Variants, all on the same Hugging Face directory (bench/anchor.py), interleaved round by round
 (every other round in reverse order, so no variant always runs right after the same one):
@@ -181,6 +182,10 @@ def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: i
 
 
 def main() -> None:
+    if "--prompts" in sys.argv[1:]:  # real prompts, every decoding mode vs genai plain and n-gram (bench/decode_prompts.py)
+        from decode_prompts import main as prompts_main
+
+        return prompts_main([a for a in sys.argv[1:] if a != "--prompts"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contexts", default="16,128,512")
     parser.add_argument("--new-tokens", type=int, default=32)

@@ -19,7 +19,7 @@ from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.generation import Generation
 from mlpdeploy.runtime.sampling import Sampling
 from mlpdeploy.runtime.step import Stepper, StepState
-from mlpdeploy.runtime.ties import DEFAULT_MARGIN, TieRecorder
+from mlpdeploy.runtime.ties import TieRecorder, default_margin
 
 DecodeState = StepState  # the name callers used before the step function had its own module
 
@@ -29,16 +29,18 @@ __all__ = ["CachedGenerator", "DecodeState", "Generation", "Sampling"]
 class CachedGenerator:
     """Generates with an `Engine` whose artifact carries a KV cache; with `drafter` (a
     `runtime.speculative.Drafter`, or a mode string such as "ngram:k=8") by speculative decoding.
-    `tie_margin`: greedy tokens picked with a top-2 logit gap under it are recorded (0: none)."""
+    `tie_margin`: greedy tokens picked with a top-2 logit gap under it are recorded (0: none;
+    default: `runtime.ties.default_margin` of the artifact)."""
 
-    def __init__(self, engine: Engine, drafter=None, tie_margin: float = DEFAULT_MARGIN):
+    def __init__(self, engine: Engine, drafter=None, tie_margin: float | None = None):
         self.stepper = Stepper(engine)
         self.engine, self.layout = engine, self.stepper.layout
         if isinstance(drafter, str):
             from mlpdeploy.runtime.speculative import make_drafter
 
             drafter = make_drafter(drafter, engine)
-        self.drafter, self.tie_margin = drafter, tie_margin
+        self.drafter = drafter
+        self.tie_margin = default_margin(engine.manifest) if tie_margin is None else tie_margin
 
     def generate(
         self,

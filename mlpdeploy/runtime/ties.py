@@ -16,9 +16,14 @@ import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
 
-# Logit units. Measured: one-token steps and 9-token verify steps of the same tokens differ by at
-# most ~2e-3 in SmolLM2-135M's int4 logits (accuracy level 4) and ~1e-5 in fp32 builds (docs/decoding.md).
-DEFAULT_MARGIN = 0.02
+# Top-2 gaps in logit units. Measured (docs/decoding.md): between one-token steps and 9-token verify
+# steps over the same tokens, the gap of the top-2 tokens moved by at most 0.46 (p99 0.39, 288
+# positions) in SmolLM2-135M int4 at accuracy level 4 — MatMulNBits quantizes activations to int8,
+# which turns last-bit differences upstream into whole quantization steps — and logits by ~3e-5
+# in float builds.
+INT8_ACTIVATIONS_MARGIN = 0.5
+FLOAT_MARGIN = 0.01
+DEFAULT_MARGIN = INT8_ACTIVATIONS_MARGIN
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,22 @@ def top2_gap(logits: np.ndarray) -> float:
     second = logits.max()
     logits[best] = top
     return float(top - second)
+
+
+def default_margin(manifest) -> float:
+    """The near-tie margin for an artifact: INT8_ACTIVATIONS_MARGIN when a quantize-weights pass in its
+    history computes with int8 activations (accuracy level 4, the default), else FLOAT_MARGIN."""
+    from mlpdeploy.passes.quantize_weights import DEFAULT_ACCURACY_LEVEL
+
+    for entry in manifest.history:
+        for spec in entry.get("passes", []) if entry.get("stage") == "rewrite" else []:
+            name, _, options = str(spec).partition(":")
+            if name != "quantize-weights":
+                continue
+            level = dict(o.partition("=")[::2] for o in options.split(",") if "=" in o).get("accuracy_level", DEFAULT_ACCURACY_LEVEL)
+            if int(level) == 4:
+                return INT8_ACTIVATIONS_MARGIN
+    return FLOAT_MARGIN
 
 
 class TieRecorder:

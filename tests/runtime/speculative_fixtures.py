@@ -27,7 +27,7 @@ def with_draft_heads(compiled: Path, out: Path, slice_ids: np.ndarray | None = N
     draft_heads.token_ids): draft_logits.0 scores each token by the model's own logits for it (a
     head guessing the token after next repeats the next one), draft_logits.1 by the logits of
     the next token id (a head that is mostly wrong)."""
-    shutil.copytree(compiled, out)
+    shutil.copytree(compiled, out, ignore=shutil.ignore_patterns("model.onnx*", "model.opt.onnx*", "report.html"))  # the built model only
     model_path = out / "model.ort.onnx"
     model = onnx.load(str(model_path))
     graph = model.graph

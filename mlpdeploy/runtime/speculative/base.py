@@ -95,8 +95,10 @@ class DraftLength:
         self.k_max, self.draft_cost, self.decay, self.window, self.fixed = k_max, draft_cost, decay, window, fixed
         self.prior = (prior_rate, 1.0)  # (accepted, trials) pseudo-counts
         ks = np.arange(k_max + 1)
-        self._cost = np.array([verify_cost(k + 1) + k * draft_cost for k in ks])
-        self._ks = ks
+        cost = np.array([verify_cost(k + 1) + k * draft_cost for k in ks])
+        alphas = np.linspace(0, 0.999, 1000)[:, None]  # the best k for α in steps of 0.001, looked up per round
+        expected = (1 - alphas ** (ks + 1)) / (1 - alphas)
+        self._best = np.argmax(expected / cost, axis=1)
 
     def start(self, batch: int) -> np.ndarray:
         """Per-row (accepted, trials) estimates."""
@@ -107,8 +109,7 @@ class DraftLength:
         if self.fixed:
             return self.k_max
         alpha = min(estimate[0] / estimate[1], 0.999)
-        expected = (1 - alpha ** (self._ks + 1)) / (1 - alpha)
-        return int(self._ks[np.argmax(expected / self._cost)])
+        return int(self._best[int(alpha * 1000)])
 
     def update(self, estimate: np.ndarray, drafted: int, accepted: int) -> None:
         """Fold one round into a row's estimate (in place); a round without drafts moves it to the prior."""

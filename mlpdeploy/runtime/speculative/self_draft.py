@@ -68,14 +68,15 @@ def _build(rewritten: Path, plan: Path, build: dict, built_entry: dict, out: Pat
     """Rewrite `rewritten` with the plan's drop-layers passes and build it as the artifact was."""
     from mlpdeploy.analyze.plan import passes_with_plan
     from mlpdeploy.atomic import staged_directory
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime.options import OrtOptions
     from mlpdeploy.passes.rewrite import rewrite_model
 
     backend = get_backend(build.get("backend", "onnxruntime"))
     providers = (build.get("session") or {}).get("providers", ["CPUExecutionProvider"])
-    options = BuildOptions(device="cuda" if "CUDAExecutionProvider" in providers else "cpu",
-                           opt_level=built_entry.get("opt_level", "all"),
-                           ort_fusions="fusions" in build, ort_kernels="ort_kernels" in build)
+    options = OrtOptions(device="cuda" if "CUDAExecutionProvider" in providers else "cpu",
+                         opt_level=built_entry.get("opt_level", "all"),
+                         fusions="fusions" in build, kernels="ort_kernels" in build)
     drops = [spec for spec in passes_with_plan(plan, [], rewritten) if spec.name == "drop-layers"]
     with staged_directory(out) as work:
         result = rewrite_model(rewritten, work / "draft.opt.onnx", drops)
