@@ -86,7 +86,7 @@ def check_command(line: str) -> list[str]:
     """What is wrong with one documented invocation: an unknown command, or options it does not take."""
     tokens = _tokens(line)
     global_flags = {"--debug", "--help", "-h", "--version"}
-    if len(tokens) < 2 or tokens[1] in global_flags:
+    if len(tokens) < 2 or tokens[1] in global_flags or tokens[1].isupper():  # a usage line: mlpdeploy [OPTIONS] COMMAND
         return []
     command = cli.commands.get(tokens[1])
     if command is None:
