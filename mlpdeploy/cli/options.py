@@ -176,8 +176,17 @@ DATA = OptionGroup(
     _data,
 )
 
+def _speculative(ctx, param, value):
+    """Parse the mode before anything else is checked or loaded (eager): a bad mode is the first error."""
+    if value is not None:
+        from mlpdeploy.runtime.speculative import parse_mode
+
+        parse_mode(value)
+    return value
+
+
 SPECULATIVE = click.option(
-    "--speculative", metavar="MODE",
+    "--speculative", metavar="MODE", is_eager=True, callback=_speculative,
     help="Speculative decoding (default: off): ngram[:n=3,k=8] (prompt lookup), heads[:k=N] (the artifact's draft heads), "
          "self:PLAN (the model minus the layers PLAN's drop-layers removes), draft:ARTIFACT (a smaller --kv-cache artifact "
          "with the same tokenizer). Greedy output is plain decoding's. See docs/decoding.md.",

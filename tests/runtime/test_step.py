@@ -18,13 +18,14 @@ THEN = list(b"def")
 @pytest.fixture(scope="module")
 def builds(zoo_export, tmp_path_factory):
     """llama-tiny with a KV cache, built with a shared cache buffer (GroupQueryAttention) and without (the exported attention)."""
-    from mlpdeploy.backends import BuildOptions, get_backend
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
 
     _, exported = zoo_export("llama-tiny", kv_cache=True)
     out = tmp_path_factory.mktemp("step")
     backend = get_backend("onnxruntime")
-    backend.build(exported, out / "shared.ort.onnx", BuildOptions(device="cpu"))
-    backend.build(exported, out / "plain.ort.onnx", BuildOptions(device="cpu", ort_fusions=False))
+    backend.build(exported, out / "shared.ort.onnx", OrtOptions(device="cpu"))
+    backend.build(exported, out / "plain.ort.onnx", OrtOptions(device="cpu", fusions=False))
     engines = {"shared": Engine.load(out / "shared.ort.onnx"), "plain": Engine.load(out / "plain.ort.onnx")}
     assert engines["shared"].cache.shared_buffer and not engines["plain"].cache.shared_buffer
     return engines
