@@ -48,6 +48,32 @@ def test_readme_is_short():
     assert len(lines) <= 250, f"README.md has {len(lines)} lines; the reference belongs in docs/"
 
 
+def _readme_paragraph(start: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    assert start in text, f"README.md has no paragraph starting {start!r}"
+    return text.split(start, 1)[1].split("\n\n", 1)[0]
+
+
+def test_readme_extras_match_pyproject_and_makefile():
+    """The extras the README lists are pyproject's (no more, no fewer), and the ones `make` installs are the Makefile's."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = set(project["optional-dependencies"])
+    requirements = [*project["dependencies"], *(dep for deps in project["optional-dependencies"].values() for dep in deps)]
+    packages = {re.match(r"[A-Za-z0-9_.-]+", dep).group(0) for dep in requirements} - extras  # `onnxruntime`: a package, not an extra
+    named = set(re.findall(r"`([a-z][a-z0-9-]*)`", _readme_paragraph("Extras ("))) - packages
+    assert named == extras, f"README extras {sorted(named)} vs pyproject {sorted(extras)}"
+    make_extras = re.search(r"^EXTRAS := (\S+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    assert f"the extras `{make_extras}`" in _readme_paragraph("Both create or reuse")
+
+
+def test_readme_make_targets_exist():
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.M))
+    named = set(re.findall(r"\bmake ([a-z][\w-]*)", (ROOT / "README.md").read_text()))
+    assert named and named <= targets, f"README names make targets the Makefile lacks: {sorted(named - targets)}"
+
+
 # --- commands in the docs --------------------------------------------------------------------------
 
 
