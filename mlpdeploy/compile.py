@@ -23,6 +23,7 @@ from mlpdeploy.passes import PassSpec, rewrite_model
 from mlpdeploy.passes.pipeline import check_pipeline, reference_edits, resolve_targets
 from mlpdeploy.report import render_html
 from mlpdeploy.validate import ValidateOptions, validate
+from mlpdeploy.validate.html import validation_section
 
 StageHook = Callable[[str, str, float | None], None]  # (stage, "start" | "done", seconds)
 
@@ -93,14 +94,11 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         reference = bundle
         for edit in edits:
             reference = dataclasses.replace(reference, module=edit.apply(reference.module))
-        atol, rtol = options.atol, options.rtol
-        loosest = max((e.tolerance for e in edits if e.tolerance), default=None)
-        if loosest and atol is None and rtol is None:
-            atol, rtol = loosest
         validate_options = ValidateOptions(
-            precision=options.build.precision,
-            atol=atol,
-            rtol=rtol,
+            # MatMulNBits with int8 activations (accuracy level 4) is judged by its own tolerance (validate/tolerance.py)
+            precision="int8" if options.build.precision == "fp32" and any(e.precision == "int8" for e in edits) else options.build.precision,
+            atol=options.atol,
+            rtol=options.rtol,
             seed=options.seed,
             layers=True,
             task=bundle.task is not None,
@@ -146,7 +144,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             report["plan"] = {"source": str(options.plan), "analyses": list(plan.analyses), "passes": [str(p) for p in plan.pass_specs()],
                               "calibration": plan.calibration, "budget": plan.budget, "predicted": plan.predicted, "tables": plan.tables}
         write_json(work / "report.json", report)
-        write_text(work / "report.html", render_html(report))
+        write_text(work / "report.html", render_html(report, validation_section(report["validation"])))
     return report
 
 

@@ -22,7 +22,7 @@ def escape(value) -> str:
     return html.escape(str(value))
 
 
-def _badge(passed: bool) -> str:
+def badge(passed: bool) -> str:
     return f'<span class="{"pass" if passed else "fail"}">{"PASS" if passed else "FAIL"}</span>'
 
 
@@ -59,37 +59,6 @@ def bar_chart(bars: list[tuple[str, float, bool]], unit: str, label: str, value_
 def _stage_chart(stages: dict[str, dict]) -> str:
     """Horizontal SVG bars of seconds per stage."""
     return bar_chart([(name, float(info.get("seconds", 0.0)), False) for name, info in stages.items()], "s", "seconds per stage", "{:.2f}")
-
-
-def _layer_chart(errors: dict[str, dict]) -> str:
-    """Max abs error per layer on a log scale (1e-10 .. 1e1), in model order."""
-    import math
-
-    items = list(errors.items())
-    if not items:
-        return ""
-    width, height, left, bottom = 640, 180, 50, 20
-    step = (width - left - 10) / max(len(items), 1)
-    lo, hi = -10.0, 1.0
-
-    def y(v: float) -> float:
-        exp = math.log10(max(v, 10**lo))
-        return (height - bottom) * (1 - (min(exp, hi) - lo) / (hi - lo))
-
-    bars = "".join(
-        f'<rect x="{left + i * step:.1f}" y="{y(e["max_abs"]):.1f}" width="{max(step - 2, 1):.1f}" '
-        f'height="{height - bottom - y(e["max_abs"]):.1f}" fill="#4a78b5"><title>{escape(name)}: {e["max_abs"]:.3e}</title></rect>'
-        for i, (name, e) in enumerate(items)
-    )
-    ticks = "".join(
-        f'<text x="0" y="{y(10.0**p) + 4:.1f}" font-size="11">1e{p}</text>'
-        f'<line x1="{left}" x2="{width}" y1="{y(10.0**p):.1f}" y2="{y(10.0**p):.1f}" stroke="#ddd"/>'
-        for p in (-10, -7, -4, -1)
-    )
-    return (
-        f'<svg width="{width}" height="{height}" role="img" aria-label="max abs error per layer">{ticks}{bars}'
-        f'<text x="{left}" y="{height - 4}" font-size="11">layers in model order (hover for names)</text></svg>'
-    )
 
 
 def _heatmap(chart: dict) -> str:
@@ -158,7 +127,7 @@ def _curve_chart(chart: dict) -> str:
     )
 
 
-def _fmt(x: float) -> str:
+def fmt(x: float) -> str:
     return f"{x:.3e}" if isinstance(x, float) else escape(x)
 
 
@@ -197,51 +166,14 @@ def _rewrite_section(stages: dict) -> list[str]:
     return parts
 
 
-def render_html(report: dict) -> str:
-    """The compile report as one HTML page."""
-    val = report["validation"]
-    outputs = [
-        [escape(name), _fmt(o["max_abs"]), _fmt(o["max_rel"]), _fmt(o["mean_abs"]), f'{o["cosine"]:.8f}', _badge(o["passed"])]
-        for name, o in val["outputs"].items()
-    ]
+def render_html(report: dict, validation: list[str]) -> str:
+    """The compile report as one HTML page; `validation` is its validation section
+    (`mlpdeploy.validate.html.validation_section`)."""
     parts = [
-        f"<h1>mlpdeploy compile: {escape(report['model'])} {_badge(report['passed'])}</h1>",
+        f"<h1>mlpdeploy compile: {escape(report['model'])} {badge(report['passed'])}</h1>",
         f"<p>{escape(report['kind'])} model, {report['parameters']:,} parameters.</p>",
-        "<h2>Validation</h2>",
-        f"<p>Reference {escape(val['reference'])} (torch) vs candidate {escape(val['candidate'])}, run as: {escape(val['executed'])}; "
-        f"atol {val['atol']:g}, rtol {val['rtol']:g}; inputs {escape(val['inputs'])}.</p>",
-        html_table(["output", "max abs", "max rel", "mean abs", "cosine", "verdict"], outputs),
+        *validation,
     ]
-    if val.get("note"):
-        parts.append(f"<p><b>Note:</b> {escape(val['note'])}</p>")
-    if val.get("reference_overrides"):
-        edits = ", ".join(f"{k} → {v}" for k, v in val["reference_overrides"].items())
-        parts.append(f"<p><b>Reference edited as the approximate rewrite computes:</b> {escape(edits)} (outputs and layers compared with "
-                     "that torch model; the task metric's reference is the unedited model, so its delta is the cost of the approximation).</p>")
-    for note in val.get("reference_edits") or []:  # what a pass declared its rewrite implies for the reference
-        parts.append(f"<p><b>Reference:</b> {escape(note)}.</p>")
-    if val.get("task"):
-        task = val["task"]
-        verdict = _badge(task["passed"]) if "passed" in task else "no budget"
-        row = [
-            escape(task["metric"]), f'{task["reference"]:.6g}', f'{task["candidate"]:.6g}',
-            f'{task["delta"]:+.3g} ({task["relative_delta"]:+.3%})', f'{task["agreement"]:.4%}', str(task["samples"]), verdict,
-        ]
-        parts += [
-            f"<h2>Task metric: {escape(task['task'])}</h2>",
-            html_table(["metric", "reference", "candidate", "delta", "top-1 agreement", "eval samples", "verdict"], [row]),
-        ]
-    if val.get("layers"):
-        layers = val["layers"]
-        rows = [[escape(k), _fmt(v["max_abs"]), _fmt(v["mean_abs"]), f'{v["cosine"]:.8f}'] for k, v in layers["errors"].items()]
-        parts += [
-            "<h2>Per layer</h2>",
-            f"<p>Torch module outputs vs the same values in {escape(layers['model'])} (found through module scopes).</p>",
-            _layer_chart(layers["errors"]),
-            html_table(["layer", "max abs", "mean abs", "cosine"], rows),
-        ]
-        if layers.get("skipped"):
-            parts.append(html_table(["skipped", "reason"], [[escape(k), escape(v)] for k, v in layers["skipped"].items()], numeric_from=99))
     if report.get("plan"):
         plan = report["plan"]
         parts += [

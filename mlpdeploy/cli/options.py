@@ -70,7 +70,8 @@ BUILD = _build_group()  # --backend and each registered backend's options (cli/b
 
 TOLERANCES = OptionGroup(
     [
-        click.Option(["--atol"], type=float, help="Absolute tolerance (default per precision)."),
+        click.Option(["--atol"], type=float, help="Absolute tolerance, the same for every output (default: per precision, "
+                     "scaled by each output's RMS; docs/validation.md)."),
         click.Option(["--rtol"], type=float, help="Relative tolerance (default per precision)."),
     ],
     lambda atol, rtol: {"atol": atol, "rtol": rtol},

@@ -1,8 +1,11 @@
-"""Rich tables the commands print: validation per output, per layer, the task metric, passes."""
+"""Rich tables the commands print: the validation verdict, the task metric, outputs folded per kind, layers, bisect."""
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
+
+from mlpdeploy.validate.summary import failure, fold_outputs, percent, summarize  # noqa: F401 (failure: the closing FAIL line)
 
 PASS, FAIL = "[green]PASS[/]", "[red]FAIL[/]"
 
@@ -12,44 +15,44 @@ def verdict(passed: bool | None) -> str:
 
 
 def validation_table(outputs: dict, title: str) -> Table:
+    """One row per output, numbered outputs of one kind (present.*.key) folded into one row with its worst layer's numbers."""
     table = Table(title=title)
-    for col in ("output", "max abs", "max rel", "mean abs", "cosine", "verdict"):
-        table.add_column(col, justify="left" if col in ("output", "verdict") else "right")
-    for name, o in outputs.items():
-        o = o if isinstance(o, dict) else o.to_json()
-        table.add_row(name, f"{o['max_abs']:.3e}", f"{o['max_rel']:.3e}", f"{o['mean_abs']:.3e}", f"{o['cosine']:.8f}", verdict(o["passed"]))
-    return table
-
-
-def task_table(task: dict) -> Table:
-    table = Table(title=f"task {task['task']} ({task['samples']} eval samples)")
-    for col in ("metric", "reference", "candidate", "delta", "top-1 agreement", "verdict"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    table.add_row(
-        task["metric"], f"{task['reference']:.4f}", f"{task['candidate']:.4f}",
-        f"{task['delta']:+.4g} ({task['relative_delta']:+.3%})", f"{task['agreement']:.4%}", verdict(task.get("passed")),
-    )
+    for col in ("output", "worst layer", "max abs", "of tol", "cosine", "verdict"):
+        table.add_column(col, justify="left" if col in ("output", "worst layer", "verdict") else "right", no_wrap=col == "output")
+    outputs = {k: (o if isinstance(o, dict) else o.to_json()) for k, o in outputs.items()}
+    for row in fold_outputs(outputs):
+        o = row.stats
+        verdict_cell = verdict(row.passed) if row.count == 1 or row.passed else f"{FAIL} {row.failed}/{row.count}"
+        table.add_row(row.name, f"{row.worst} of {row.count}" if row.count > 1 else "", f"{o['max_abs']:.2e}",
+                      percent(o.get("used")), f"{o['cosine']:.6f}", verdict_cell)
     return table
 
 
 def layer_table(layers: dict, worst: int = 8) -> Table:
-    """The layers with the largest errors (all of them when there are few)."""
-    table = Table(title=f"per layer (worst {worst}, in {layers['model']})")
-    for col in ("layer", "max abs", "mean abs", "cosine"):
+    """The layers with the largest errors against their tolerance (all of them when there are few)."""
+    table = Table(title=f"per layer (worst {worst}, in {layers['model']}; reported, not judged)")
+    for col in ("layer", "max abs", "mean abs", "of tol", "cosine"):
         table.add_column(col, justify="left" if col == "layer" else "right")
-    ranked = sorted(layers["errors"].items(), key=lambda kv: -kv[1]["max_abs"])[:worst]
+    ranked = sorted(layers["errors"].items(), key=lambda kv: (-(kv[1].get("used") or 0.0), -kv[1]["max_abs"]))[:worst]
     for name, e in ranked:
-        table.add_row(name, f"{e['max_abs']:.3e}", f"{e['mean_abs']:.3e}", f"{e['cosine']:.8f}")
+        table.add_row(name, f"{e['max_abs']:.2e}", f"{e['mean_abs']:.2e}", percent(e.get("used")), f"{e['cosine']:.6f}")
     return table
 
 
 def print_validation(console, validation: dict, title: str) -> None:
-    """Per-layer (if any), per-output and task tables, then the note on what ran."""
+    """The verdict and the task metric first, then the outputs (folded per kind), the worst layers,
+    what the inputs were and what ran."""
+    summary = summarize(validation)
+    console.print(f"{PASS if summary.passed else FAIL}: {escape(summary.detail)}")
+    if summary.task:
+        console.print(f"task: {summary.task}", markup=False)
+    console.print(validation_table(validation["outputs"], title))
     if validation.get("layers", {}).get("errors"):
         console.print(layer_table(validation["layers"]))
-    console.print(validation_table(validation["outputs"], title))
-    if validation.get("task"):
-        console.print(task_table(validation["task"]))
+    console.print(f"inputs: {summary.inputs}", markup=False)
+    tolerance = validation.get("tolerance") or {}
+    if tolerance:
+        console.print(f"tolerance: {tolerance['description']}; an element fails when over both atol and rtol·|reference|", markup=False)
     console.print(f"ran: {validation['executed']}", markup=False)
     if validation.get("reference_overrides"):
         edits = ", ".join(f"{k} → {v}" for k, v in validation["reference_overrides"].items())
@@ -59,18 +62,6 @@ def print_validation(console, validation: dict, title: str) -> None:
         console.print(f"reference: {note}", markup=False)
     if validation.get("note"):
         console.print(f"note: {validation['note']}", markup=False)
-
-
-def failure(validation: dict) -> str:
-    """What failed, in words, for the closing FAIL line."""
-    reasons = []
-    if not all(o["passed"] for o in validation["outputs"].values()):
-        reasons.append("outputs drifted past tolerance")
-    task = validation.get("task") or {}
-    if task.get("passed") is False:
-        budget = f"{task['max_metric_delta']:.3%}" if task.get("relative_budget") else f"{task['max_metric_delta']:g}"
-        reasons.append(f"the task metric degraded past its budget ({task['metric']} {task['delta']:+.4g}, budget {budget})")
-    return "; ".join(reasons) or "validation failed"
 
 
 def print_bisect(console, bisect: dict) -> None:

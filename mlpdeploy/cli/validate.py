@@ -21,7 +21,7 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @click.option("--reference", required=True, help="MODEL (torch) or an .onnx file.")
 @click.option("--candidate", required=True, type=click.Path(path_type=Path),
               help="What to check: an .onnx model, or an artifact `mlpdeploy build` made (e.g. an .engine).")
-@click.option("--inputs", type=click.Path(path_type=Path), help="Polygraphy inputs JSON or .npz; default: generated from the manifest.")
+@click.option("--inputs", type=click.Path(path_type=Path), help="Polygraphy inputs JSON or .npz; default: the task's held-out samples (zoo models, --data), else generated from the manifest.")
 @click.option("--candidate-outputs", type=click.Path(path_type=Path), metavar="RESULTS.json",
               help="The candidate's outputs as `polygraphy run CANDIDATE --mlpdeploy ... --save-inputs IN.json --save-outputs "
                    "RESULTS.json` recorded them (not run here); needs --inputs IN.json.")
@@ -29,7 +29,7 @@ PRECISION = precision_option(None, "Picks default tolerances (default: the preci
 @PRECISION
 @TOLERANCES
 @SEED
-@dims_option("Size of a dynamic dim for generated inputs, e.g. --dim seq=17; repeatable.")
+@dims_option("Size of a dynamic dim of the validation inputs, e.g. --dim seq=17 (a cached decoder: --dim past=N prefill tokens, seq = decode tokens).")
 @click.option("--layers", is_flag=True, help="Also compare every layer's output (torch reference; candidate must carry module scopes).")
 @click.option("--task", is_flag=True, help="Also compute the task metric (perplexity / accuracy) on both sides (zoo models with a task; implied by --data).")
 @DATA
@@ -66,7 +66,7 @@ def validate(reference: str, candidate: Path, inputs, candidate_outputs, candida
     ref = Path(reference) if reference.endswith(".onnx") else attach_task(load_model(reference), data)
     with console.status("validating"):
         report = run_validation(ref, loaded, options)
-    print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference} (atol {report.atol:g}, rtol {report.rtol:g})")
+    print_validation(console, report.to_json(), f"{report.candidate} vs {report.reference}")
     if report.bisect is not None:
         print_bisect(console, report.bisect)
     if json_path:

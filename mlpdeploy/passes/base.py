@@ -39,12 +39,13 @@ PHASES = ("rewrite", "precision", "lowering")
 class ReferenceEdit:
     """What the torch reference must become for the rewritten graph to equal it: `apply(module)`
     gives the edited module (a copy; the original is the task metric's reference), `note` says so
-    in one line for the report, `tolerance` is the (atol, rtol) the comparison needs when even
-    the edited reference cannot be bit-faithful (None: the precision's own)."""
+    in one line for the report, `precision` is the rule the comparison judges by when even the
+    edited reference cannot be bit-faithful ("int8": int8 activations, mlpdeploy.validate.tolerance;
+    None: the build's precision)."""
 
     apply: Callable[[Any], Any]
     note: str
-    tolerance: tuple[float, float] | None = None
+    precision: str | None = None
 
 
 @dataclass

@@ -65,7 +65,7 @@ from mlpdeploy.passes.weight_forms import (
     stored_bytes,
     w4a16,
 )
-from mlpdeploy.quant import INT8_ACTIVATION_TOLERANCE, Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_copy
+from mlpdeploy.quant import Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_copy
 from mlpdeploy.scopes import module_path
 
 TARGETS = ("ort", "trt")
@@ -111,7 +111,7 @@ class QuantizeWeights(RewritePass):
         note = (f"outputs and layers compared with the torch model whose {linears} quantized linears hold the weights their codes "
                 f"decode to" + (f" ({int8} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
                 + "; the task metric with the original weights")
-        return ReferenceEdit(lambda module: quantized_sites_copy(module, sites), note, INT8_ACTIVATION_TOLERANCE if int8 else None)
+        return ReferenceEdit(lambda module: quantized_sites_copy(module, sites), note, "int8" if int8 else None)
 
     def rewrite(self, model: ir.Model) -> PassReport:
         self.target = "ort" if self.config["target"] == "auto" else self.config["target"]

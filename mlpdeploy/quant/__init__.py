@@ -23,7 +23,6 @@ from mlpdeploy.quant.grid import QuantError, check_finite, round_to_grid  # noqa
 from mlpdeploy.quant.minifloat import decode_e2m1, decode_e4m3, decode_e8m0, encode_e2m1, encode_e4m3  # noqa: F401
 from mlpdeploy.quant.packing import column_blobs, column_nibbles, pack_nibbles, unpack_nibbles  # noqa: F401
 from mlpdeploy.quant.torch_apply import (  # noqa: F401
-    INT8_ACTIVATION_TOLERANCE,
     QuantizedSite,
     dequantized_weight,
     quantized_copy,

@@ -106,15 +106,6 @@ def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activ
     return clone
 
 
-# MatMulNBits at accuracy level 4 quantizes each block of activations to int8. The torch reference
-# emulates that (int8_blocks) and each node then matches to ~1e-5, but an activation within float32
-# noise of an int8 rounding boundary lands on the other code in one of the two (a step of block
-# max / 127) and the difference propagates: on llama-small the logits differed by up to 0.09
-# (cosine 0.999996). Such candidates are judged within max(0.1, 10%) per element (atol, rtol); the
-# task metric says what the numbers cost.
-INT8_ACTIVATION_TOLERANCE = (1e-1, 1e-1)
-
-
 @dataclass(frozen=True)
 class QuantizedSite:
     """One weight a graph quantized, in torch terms: the nn.Linear modules it stands for (several

@@ -30,6 +30,7 @@ from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.onnx_io import load_ir, write_onnx
 from mlpdeploy.validate.layers import NO_SCOPES, layer_arrays, layer_values, run_values, scope_members
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
+from mlpdeploy.validate.tolerance import Tolerance
 
 
 def within(cand: np.ndarray, ref: np.ndarray, atol: float, rtol: float) -> bool:
@@ -61,19 +62,25 @@ def _graph_order(model: ir.Model, values: dict[str, ir.Value]) -> list[str]:
     return sorted(values, key=lambda p: (position.get(values[p].producer(), -1), p.count(".")))
 
 
-def _judged(bundle: ModelBundle, model: ir.Model, values, feed, atol, rtol, skipped) -> dict[str, tuple[ErrorStats, np.ndarray, np.ndarray]]:
+def _judge(cand: np.ndarray, ref: np.ndarray, tolerance: Tolerance) -> ErrorStats:
+    limits = tolerance.for_output(ref)
+    return error_stats(cand, ref, within(cand, ref, *limits), limits)
+
+
+def _judged(bundle: ModelBundle, model: ir.Model, values, feed, tolerance: Tolerance, skipped) -> dict[str, tuple[ErrorStats, np.ndarray, np.ndarray]]:
     arrays = layer_arrays(bundle, model, values, feed, skipped)
     order = [p for p in _graph_order(model, values) if p in arrays]
-    return {p: (error_stats(*arrays[p], within(*arrays[p], atol, rtol)), *arrays[p]) for p in order}
+    return {p: (_judge(*arrays[p], tolerance), *arrays[p]) for p in order}
 
 
-def bisect_layers(bundle: ModelBundle, layer_model: Path | str, feed: dict[str, np.ndarray], atol: float, rtol: float) -> BisectReport:
-    """The first layer of `layer_model` (an ONNX graph with module scopes) whose output is over tolerance."""
+def bisect_layers(bundle: ModelBundle, layer_model: Path | str, feed: dict[str, np.ndarray], tolerance: Tolerance) -> BisectReport:
+    """The first layer of `layer_model` (an ONNX graph with module scopes) whose output is over
+    `tolerance` (each layer's output judged with the tolerance it gives for that output)."""
     model = load_ir(layer_model)
     values, skipped = layer_values(model)
     if not values:
         return BisectReport(None, None, {}, skipped or {"*": NO_SCOPES})
-    judged = _judged(bundle, model, values, feed, atol, rtol, skipped)
+    judged = _judged(bundle, model, values, feed, tolerance, skipped)
     first = last_good = None
     for path, (stats, _, _) in judged.items():
         if not stats.passed:
@@ -83,7 +90,7 @@ def bisect_layers(bundle: ModelBundle, layer_model: Path | str, feed: dict[str, 
     return BisectReport(first, last_good, {p: s for p, (s, _, _) in judged.items()}, skipped)
 
 
-def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[str, np.ndarray], atol: float, rtol: float,
+def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[str, np.ndarray], tolerance: Tolerance,
                       output: Path | str) -> dict[str, Any] | None:
     """Write the smallest module scope of `layer_model` over tolerance as `output` (+ its inputs and
     torch's output, Polygraphy JSON); None (nothing written) when no scope diverges."""
@@ -91,7 +98,7 @@ def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[s
     model = load_ir(layer_model)
     values, skipped = layer_values(model, layers_only=False)
     members = scope_members(model, layers_only=False)
-    judged = _judged(bundle, model, values, feed, atol, rtol, skipped)
+    judged = _judged(bundle, model, values, feed, tolerance, skipped)
     diverging = [p for p, (stats, _, _) in judged.items() if not stats.passed]
     if not diverging:
         return None
@@ -105,7 +112,7 @@ def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[s
     out_name = layer_values(model, layers_only=False)[0][scope].name
     sub = onnx.utils.Extractor(ir.to_proto(load_ir(layer_model))).extract_model([v.name for v in entering], [out_name])
     got = _run_proto(sub, feed_in)[out_name]
-    reproduced = error_stats(np.asarray(got, np.float32), reference, within(np.asarray(got, np.float32), reference, atol, rtol))
+    reproduced = _judge(np.asarray(got, np.float32), reference, tolerance)
     inputs_path, reference_path = output.with_suffix(".inputs.json"), output.with_suffix(".reference.json")
     _save(sub, output, feed_in, inputs_path, {out_name: reference}, reference_path)
     return {"scope": scope, "nodes": len(nodes), "graph_nodes": len(list(load_ir(layer_model).graph)),

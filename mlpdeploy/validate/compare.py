@@ -1,7 +1,9 @@
 """Stage 5, validate: run reference and candidate on the same inputs and judge the difference.
 
-`validate` makes the inputs once and calls three sibling comparisons: outputs (always),
-layers (per-layer errors, torch reference only) and task (the zoo task's metric). The
+`validate` makes the inputs once (validate/inputs.py: the task's held-out samples; a cached
+decoder's decode step on the reference's own prefill cache) and calls three sibling comparisons:
+outputs (always, judged per output by validate/tolerance.py), layers (per-layer errors, torch
+reference only) and task (the task's metric and top-1 agreement). The
 candidate is a `Candidate` (what a backend built, as it runs), or an .onnx path.
 """
 
@@ -16,24 +18,27 @@ import numpy as np
 from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
-from mlpdeploy.model.inputs import cast_to_specs, check_inputs, generate_inputs, load_inputs
+from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
 from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence
+from mlpdeploy.validate.inputs import ValidationInputs, validation_inputs
 from mlpdeploy.validate.layers import compare_layers
-from mlpdeploy.validate.metrics import ErrorStats, tolerances
-from mlpdeploy.validate.outputs import compare_outputs
+from mlpdeploy.validate.metrics import ErrorStats
+from mlpdeploy.validate.outputs import Remembered, compare_outputs, quiet_polygraphy
 from mlpdeploy.validate.runners import TorchRunner
 from mlpdeploy.validate.task import compare_task
+from mlpdeploy.validate.tolerance import Tolerance, tolerances
 
 
 @dataclass
 class ValidateOptions:
     """What to compare and how strictly.
 
-    inputs: a Polygraphy inputs JSON or .npz (default: generated from the manifest with `seed`,
-    dynamic dims at their example sizes unless `dims` sets them). Tolerances default per
-    `precision`. `layers`: also compare every layer (torch reference only). `task`: also the
+    inputs: a Polygraphy inputs JSON or .npz (default: the task's held-out samples, else generated
+    from the manifest with `seed`; `dims` sets batch, seq and, for a cached decoder, the prefill's
+    `past`; see mlpdeploy.validate.inputs). Tolerances default per `precision`, scaled by each
+    output's RMS (mlpdeploy.validate.tolerance); an explicit `atol` is absolute. `layers`: also compare every layer (torch reference only). `task`: also the
     task metric over the first `task_limit` eval samples (None: all); `max_metric_delta` (implies
     `task`) fails the run when the metric degrades by more than that, in its own units, or with
     `relative_metric_delta` as a fraction of the reference's metric (0.01 = 1% worse).
@@ -67,11 +72,11 @@ class ValidationReport:
     reference: str
     candidate: str
     executed: str
-    atol: float
-    rtol: float
+    tolerance: Tolerance
     passed: bool
     outputs: dict[str, ErrorStats]
-    inputs: dict[str, list[int]]
+    inputs: dict[str, list[int]]  # the first feed's shapes
+    input_data: dict[str, Any] = field(default_factory=dict)  # ValidationInputs.to_json(): source, feeds
     note: str | None = None
     task: dict[str, Any] | None = None
     layers: dict[str, Any] | None = None
@@ -84,9 +89,9 @@ class ValidationReport:
             "candidate": self.candidate,
             "executed": self.executed,
             "passed": self.passed,
-            "atol": self.atol,
-            "rtol": self.rtol,
+            "tolerance": self.tolerance.to_json(),
             "inputs": self.inputs,
+            "input_data": self.input_data,
             "outputs": {k: v.to_json() for k, v in self.outputs.items()},
         }
         if self.note:
@@ -111,7 +116,9 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     """Compare `candidate` against `reference` (a torch ModelBundle, or an .onnx file run in ONNX Runtime)."""
     options = options or ValidateOptions()
     candidate = as_candidate(candidate)
-    atol, rtol = tolerances(options.precision, options.atol, options.rtol)
+    tolerance = tolerances(options.precision, options.atol, options.rtol)
+    if isinstance(reference, ModelBundle) and reference.cache is None and candidate.manifest and candidate.manifest.cache:
+        reference = with_kv_cache(reference)  # the candidate was exported with its KV cache: so is the torch reference
     baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
     if overrides and isinstance(reference, ModelBundle):
         # An approximate rewrite (drop-layers, sparse-mlp) is exact against the torch model edited as it says:
@@ -123,14 +130,16 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     else:
         ref_side = onnx_candidate(reference)
         ref_runner, ref_manifest = ref_side.make_runner("reference:onnxruntime"), ref_side.manifest
-    feeds = _feeds(options, candidate, reference, ref_manifest)
-    outputs = compare_outputs(candidate.make_runner("candidate"), ref_runner, feeds, atol, rtol)
+    judge = options.task_reference or baseline
+    with quiet_polygraphy(), ref_runner, candidate.make_runner("candidate") as cand_runner:
+        run_reference = Remembered(ref_runner)  # a cached decoder's prefill runs once: its cache feeds the decode step
+        inputs = _inputs(options, candidate, reference, judge, ref_manifest, run_reference)
+        outputs = compare_outputs(cand_runner.infer, run_reference, inputs.feeds, tolerance, inputs.names)
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
-        layers = _layer_report(reference, candidate, feeds[0])
-    bisect = _bisect_report(reference, candidate, feeds[0], atol, rtol, options) if options.bisect or options.reduce else None
+        layers = _layer_report(reference, candidate, inputs.feeds[0], tolerance)
+    bisect = _bisect_report(reference, candidate, inputs.feeds[0], tolerance, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
-        judge = options.task_reference or baseline
         if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task: a trained zoo model (see `mlpdeploy zoo`), or --data FILE (docs/data.md)")
         task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
@@ -140,11 +149,11 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),
         candidate=str(candidate.artifact),
         executed=candidate.executed,
-        atol=atol,
-        rtol=rtol,
+        tolerance=tolerance,
         passed=passed,
         outputs=outputs,
-        inputs={k: list(v.shape) for k, v in feeds[0].items()},
+        inputs={k: list(v.shape) for k, v in inputs.feeds[0].items()},
+        input_data=inputs.to_json(),
         note=candidate.note,
         task=task,
         layers=layers,
@@ -153,40 +162,44 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     )
 
 
-def _feeds(options: ValidateOptions, candidate: Candidate, reference, ref_manifest: Manifest | None) -> list[dict[str, np.ndarray]]:
-    """The inputs both sides run on: loaded or generated, checked against the manifest, cast to its dtypes."""
+def _inputs(options: ValidateOptions, candidate: Candidate, reference, judge, ref_manifest: Manifest | None, run_reference) -> ValidationInputs:
+    """The feeds both sides run on (mlpdeploy.validate.inputs): the inputs file, else the task's held-out
+    samples, else generated; a cached decoder's decode step on the reference's own prefill cache."""
     manifest = candidate.manifest or ref_manifest
     specs: list[InputSpec] | None = manifest.inputs if manifest else (reference.inputs if isinstance(reference, ModelBundle) else None)
     if specs is None:
         raise MlpdeployError(f"no manifest beside {candidate.artifact} to generate inputs from; pass --inputs FILE")
-    dim_ranges = manifest.dims if manifest else {}
-    if options.inputs is not None:
-        feeds, source = load_inputs(options.inputs), str(options.inputs)
-    else:
+    if options.inputs is None:
         _check_dims(options.dims, specs)
-        feeds, source = [generate_inputs(specs, seed=options.seed, dims=options.dims)], "generated inputs"
-    for feed in feeds:
-        check_inputs(feed, specs, dim_ranges, source)
-    return [cast_to_specs(f, specs) for f in feeds]
+    task = judge.task if isinstance(judge, ModelBundle) else None
+    return validation_inputs(specs, manifest.dims if manifest else {}, path=options.inputs, task=task, cache=_cache(manifest, reference),
+                             run_reference=run_reference, dims=options.dims, seed=options.seed)
 
 
-def _layer_report(reference: ModelBundle, candidate: Candidate, feed: dict[str, np.ndarray]) -> dict:
+def _cache(manifest: Manifest | None, reference) -> CacheLayout | None:
+    """The KV cache the candidate reads (a rewrite may have dropped some layers'), else the reference's."""
+    if manifest is not None and manifest.cache is not None:
+        return CacheLayout.from_json(manifest.cache)
+    return reference.cache if isinstance(reference, ModelBundle) else None
+
+
+def _layer_report(reference: ModelBundle, candidate: Candidate, feed: dict[str, np.ndarray], tolerance: Tolerance) -> dict:
     if candidate.layer_model is None:
         return {"model": None, "errors": {}, "skipped": {"*": f"{candidate.executed}: no graph with module scopes to compare layers on"}}
-    errors, skipped = compare_layers(reference, candidate.layer_model, feed)
+    errors, skipped = compare_layers(reference, candidate.layer_model, feed, tolerance)
     return {"model": str(candidate.layer_model), "errors": {k: v.to_json() for k, v in errors.items()}, "skipped": skipped}
 
 
-def _bisect_report(reference, candidate: Candidate, feed: dict[str, np.ndarray], atol: float, rtol: float, options: ValidateOptions) -> dict:
+def _bisect_report(reference, candidate: Candidate, feed: dict[str, np.ndarray], tolerance: Tolerance, options: ValidateOptions) -> dict:
     """The first layer over tolerance and, with `options.reduce`, the smallest scope over it, written out."""
     if not isinstance(reference, ModelBundle):
         raise MlpdeployError("--bisect and --reduce compare layers with torch: give a MODEL as --reference, not an .onnx file")
     if candidate.layer_model is None:
         raise MlpdeployError(f"--bisect/--reduce need a graph with module scopes; {candidate.executed} has none "
                              "(validate the rewritten .onnx, or an artifact whose backend keeps its parsed graph)")
-    report = bisect_layers(reference, candidate.layer_model, feed, atol, rtol)
+    report = bisect_layers(reference, candidate.layer_model, feed, tolerance)
     if options.reduce:
-        report.reduced = reduce_divergence(reference, candidate.layer_model, feed, atol, rtol, options.reduce)
+        report.reduced = reduce_divergence(reference, candidate.layer_model, feed, tolerance, options.reduce)
     data = report.to_json()
     data["model"] = str(candidate.layer_model)
     if options.reduce:

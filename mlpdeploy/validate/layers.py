@@ -21,6 +21,7 @@ from mlpdeploy.model.torch_run import run_module, to_numpy
 from mlpdeploy.onnx_io import load_ir
 from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
+from mlpdeploy.validate.tolerance import Tolerance
 
 
 def scope_members(model: ir.Model, layers_only: bool = True) -> dict[str, set[ir.Node]]:
@@ -102,8 +103,10 @@ def layer_arrays(bundle: ModelBundle, model: ir.Model, values: dict[str, ir.Valu
     return arrays
 
 
-def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, np.ndarray]) -> tuple[dict[str, ErrorStats], dict[str, str]]:
-    """Errors per layer between the torch reference and an ONNX graph with module scopes, on one feed.
+def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, np.ndarray],
+                   tolerance: Tolerance | None = None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Errors per layer between the torch reference and an ONNX graph with module scopes, on one feed;
+    with `tolerance`, also how much of it each layer's output would use (reported, not judged).
 
     The graph runs in ONNX Runtime with its own optimizations off and every layer's value
     marked as an output.
@@ -113,5 +116,5 @@ def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, n
     if not values:
         return {}, skipped or {"*": NO_SCOPES}
     arrays = layer_arrays(bundle, model, values, feed, skipped)
-    errors = {path: error_stats(cand, ref) for path, (cand, ref) in arrays.items()}
+    errors = {path: error_stats(cand, ref, tolerance=tolerance.for_output(ref) if tolerance else None) for path, (cand, ref) in arrays.items()}
     return dict(sorted(errors.items(), key=lambda kv: natural_key(kv[0]))), skipped

@@ -1,7 +1,6 @@
-"""Error statistics and tolerances: one definition for outputs and layers alike.
+"""Error statistics: one definition for outputs and layers alike.
 
-Pass rule (Polygraphy's elementwise check): an element fails only when BOTH
-|cand − ref| > atol and |cand − ref| / |ref| > rtol; an output passes when no element fails.
+The pass rule and the tolerances live in `mlpdeploy.validate.tolerance`.
 """
 
 from __future__ import annotations
@@ -10,28 +9,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from mlpdeploy.dtypes import check_precision
 from mlpdeploy.errors import MlpdeployError
-
-# Default tolerances per precision of the candidate (see README, "Tolerances").
-TOLERANCES = {
-    "fp32": (1e-4, 1e-3),
-    "fp16": (2e-2, 2e-2),
-    "bf16": (8e-2, 8e-2),
-}
-
-
-def tolerances(precision: str, atol: float | None = None, rtol: float | None = None) -> tuple[float, float]:
-    """(atol, rtol): the explicit values, else the documented defaults for `precision`."""
-    check_precision(precision)
-    default_atol, default_rtol = TOLERANCES[precision]
-    return (default_atol if atol is None else atol, default_rtol if rtol is None else rtol)
+from mlpdeploy.validate.tolerance import TOLERANCES, Tolerance, rms, tolerances, used, used_of  # noqa: F401
 
 
 @dataclass
 class ErrorStats:
     """How far a candidate tensor is from its reference. `passed` is None where no verdict applies
-    (per-layer errors are reported, not judged)."""
+    (per-layer errors are reported, not judged). `scale` is the reference's RMS; `atol`/`rtol` the
+    tolerance this tensor was judged with and `used` the share of it its worst element took
+    (≤ 1 passes); `feed` names the feed these numbers come from when there were several."""
 
     max_abs: float
     max_rel: float
@@ -39,39 +26,51 @@ class ErrorStats:
     cosine: float
     shape: list[int]
     passed: bool | None = None
+    scale: float | None = None
+    atol: float | None = None
+    rtol: float | None = None
+    used: float | None = None
+    feed: str | None = None
 
     def to_json(self) -> dict:
-        data = asdict(self)
-        if self.passed is None:
-            del data["passed"]
-        return data
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ErrorStats":
+        return cls(**{k: data.get(k) for k in cls.__dataclass_fields__})
 
     def worst(self, other: "ErrorStats") -> "ErrorStats":
-        """The worse of two measurements of the same tensor (over several feeds)."""
+        """The worse of two measurements of the same tensor (over several feeds): the one that used
+        more of its tolerance (else the larger max abs error), its numbers kept together; the verdict
+        of both."""
         verdicts = [v for v in (self.passed, other.passed) if v is not None]
-        return ErrorStats(
-            max_abs=max(self.max_abs, other.max_abs),
-            max_rel=max(self.max_rel, other.max_rel),
-            mean_abs=max(self.mean_abs, other.mean_abs),
-            cosine=min(self.cosine, other.cosine),
-            shape=self.shape,
-            passed=all(verdicts) if verdicts else None,
-        )
+        key = (lambda s: (s.used, s.max_abs)) if self.used is not None and other.used is not None else (lambda s: (s.max_abs,))
+        worse = self if key(self) >= key(other) else other
+        return ErrorStats(**{**asdict(worse), "passed": all(verdicts) if verdicts else None})
 
 
-def error_stats(cand: np.ndarray, ref: np.ndarray, passed: bool | None = None) -> ErrorStats:
-    """max_abs, max_rel (relative to the reference), mean_abs and cosine similarity, in float64."""
+def error_stats(cand: np.ndarray, ref: np.ndarray, passed: bool | None = None, tolerance: tuple[float, float] | None = None,
+                feed: str | None = None) -> ErrorStats:
+    """max_abs, max_rel (relative to the reference), mean_abs, cosine similarity and the reference's
+    RMS, in float64; with `tolerance` (atol, rtol), also how much of it the worst element used."""
     if cand.shape != ref.shape:
         raise MlpdeployError(f"output shapes differ: candidate {list(cand.shape)} vs reference {list(ref.shape)}")
     c, r = cand.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
-    diff = np.abs(c - r)
-    rel = diff / np.maximum(np.abs(r), np.finfo(np.float64).tiny)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c - r)
+    abs_ref = np.abs(r)
     denom = np.linalg.norm(c) * np.linalg.norm(r)
-    return ErrorStats(
+    stats = ErrorStats(
         max_abs=float(diff.max(initial=0.0)),
-        max_rel=float(rel.max(initial=0.0)),
+        max_rel=float((diff / np.maximum(abs_ref, np.finfo(np.float64).tiny)).max(initial=0.0)),
         mean_abs=float(diff.mean()) if diff.size else 0.0,
         cosine=float(c @ r / denom) if denom > 0 else float(np.array_equal(c, r)),
         shape=list(ref.shape),
         passed=passed,
+        scale=rms(r),
+        feed=feed,
     )
+    if tolerance is not None:
+        stats.atol, stats.rtol = tolerance
+        stats.used = used_of(diff, abs_ref, *tolerance)
+    return stats

@@ -216,7 +216,7 @@ def test_exported_module_matches_its_reference_edit(exported_block, spec, target
     assert {s.linears for s in sites} == {("up",), ("down",), ("head",)}
     assert all(bool(s.int8_block) == (level == 4 and target == "ort") for s in sites)
     (edit,) = reference_edits(reports)
-    assert (edit.tolerance is not None) == (level == 4 and target == "ort")
+    assert (edit.precision is not None) == (level == 4 and target == "ort")
     original = module.up.weight.detach().clone()
     reference_module = edit.apply(module)
     assert torch.equal(module.up.weight, original) and not torch.equal(reference_module.up.weight, original)  # a copy is edited

@@ -18,8 +18,11 @@ from mlpdeploy.export.torch_export import export_model
 from mlpdeploy.model.inputs import generate_inputs
 from mlpdeploy.model.source import load_model
 from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence, within
+from mlpdeploy.validate.tolerance import tolerances
 
 SPEC = f"{Path(__file__).parents[1] / 'fixtures' / 'tiny_mlp.py'}:build_stack"
+ABSOLUTE = tolerances("fp32", atol=1e-4, rtol=1e-3)  # a fixed atol, as --atol gives
+SCALED = tolerances("fp32")  # the default: atol 1e-3 × each output's RMS
 
 
 @pytest.fixture(scope="module")
@@ -47,11 +50,12 @@ def test_within_is_polygraphys_elementwise_rule():
 
 def test_bisect_names_the_perturbed_sublayer_and_the_last_good_one(stack):
     bundle, good, bad, feed = stack
-    clean = bisect_layers(bundle, good, feed, 1e-4, 1e-3)
-    assert clean.first is None and all(e.passed for e in clean.errors.values())
-    report = bisect_layers(bundle, bad, feed, 1e-4, 1e-3)
-    assert report.first == "blocks.1.mlp"
-    assert report.last_good == "blocks.1.norm"
+    for tolerance in (ABSOLUTE, SCALED):
+        clean = bisect_layers(bundle, good, feed, tolerance)
+        assert clean.first is None and all(e.passed for e in clean.errors.values())
+        report = bisect_layers(bundle, bad, feed, tolerance)
+        assert report.first == "blocks.1.mlp"
+        assert report.last_good == "blocks.1.norm"
     order = list(report.errors)
     assert order.index("blocks.0") < order.index("blocks.1.norm") < order.index("blocks.1.mlp") < order.index("blocks.1")
     assert not report.errors["blocks.2"].passed  # later layers inherit the error; bisect names the first
@@ -63,7 +67,7 @@ def test_reduce_writes_the_smallest_diverging_scope_that_replays(stack, tmp_path
 
     bundle, _, bad, feed = stack
     out = tmp_path / "reduced.onnx"
-    reduced = reduce_divergence(bundle, bad, feed, 1e-4, 1e-3, out)
+    reduced = reduce_divergence(bundle, bad, feed, SCALED, out)
     assert reduced["scope"] == "blocks.1.mlp.down_proj"  # the Linear whose weight is off: smaller than blocks.1.mlp
     assert reduced["reproduces"] and reduced["nodes"] < reduced["graph_nodes"]
     model = onnx.load(str(out))
@@ -76,7 +80,7 @@ def test_reduce_writes_the_smallest_diverging_scope_that_replays(stack, tmp_path
     got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds[0])[0]
     want = results["torch"][0][reduced["output"]]
     assert got.shape == want.shape and not within(got, want, 1e-4, 1e-3)
-    assert reduce_divergence(bundle, stack[1], feed, 1e-4, 1e-3, tmp_path / "none.onnx") is None
+    assert reduce_divergence(bundle, stack[1], feed, SCALED, tmp_path / "none.onnx") is None
     assert not (tmp_path / "none.onnx").exists()
 
 

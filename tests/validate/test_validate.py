@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.source import load_model
-from mlpdeploy.validate import ValidateOptions, tolerances, validate
+from mlpdeploy.validate import ValidateOptions, validate
 
 
 @pytest.fixture(scope="module")
@@ -78,10 +78,3 @@ def test_inputs_not_matching_manifest(bundle, tiny_export, tmp_path, feed, messa
 def test_unknown_dim_is_rejected(bundle, tiny_export):
     with pytest.raises(MlpdeployError, match="unknown dim.*heads.*dynamic dims are batch, seq"):
         validate(bundle, tiny_export.model_path, ValidateOptions(dims={"heads": 2}))
-
-
-def test_tolerance_defaults_per_precision():
-    assert tolerances("fp32") == (1e-4, 1e-3)
-    assert tolerances("fp16", atol=0.5) == (0.5, 2e-2)
-    with pytest.raises(MlpdeployError, match="unknown precision 'int3'"):
-        tolerances("int3")

@@ -41,7 +41,7 @@ def test_nvfp4_llama_builds_for_sm120_and_validates(zoo_export, tmp_path):
     assert len(fp4) == len(fp8) == 15  # every linear: 4 attention + 3 MLP projections × 2 layers, and lm_head
     assert "FP4 weights decoded" in result.candidate.note or "FP4 weights decoded exactly" in result.candidate.note
     (edit,) = reference_edits(rewritten.passes)  # what compile validates against
-    assert len(quantized_sites(rewritten.report("quantize-weights"))) == 15 and edit.tolerance is None  # no int8 activations
+    assert len(quantized_sites(rewritten.report("quantize-weights"))) == 15 and edit.precision is None  # no int8 activations
     reference = bundle.__class__(**{**bundle.__dict__, "module": edit.apply(bundle.module)})
     report = validate(reference, result.candidate, ValidateOptions())
     assert report.passed, {k: v.max_abs for k, v in report.outputs.items()}
