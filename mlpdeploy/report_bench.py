@@ -6,7 +6,7 @@ missing. Inline CSS and SVG only, like the compile report (mlpdeploy/report.py).
 
 from __future__ import annotations
 
-from mlpdeploy.report import CSS, bar_chart, escape, html_table
+from mlpdeploy.html_parts import CSS, bar_chart, escape, html_table
 
 
 def _suite_section(suite: dict) -> list[str]:

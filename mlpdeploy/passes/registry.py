@@ -14,4 +14,5 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "ort-fusions": "mlpdeploy.backends.onnxruntime.passes.fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",
     "quantize-weights": "quantize_weights:QuantizeWeights",
+    "quantize-embedding": "mlpdeploy.backends.onnxruntime.passes.quantize_embedding:QuantizeEmbedding",
 })

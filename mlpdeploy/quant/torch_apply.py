@@ -58,11 +58,12 @@ def int8_input_hook(block: int):
     return hook
 
 
-def _linears(module: torch.nn.Module, paths) -> dict[str, torch.nn.Linear]:
+def _linears(module: torch.nn.Module, paths, kinds: tuple[type, ...] = (torch.nn.Linear,)) -> dict[str, torch.nn.Module]:
     modules = dict(module.named_modules())
-    missing = [p for p in paths if not isinstance(modules.get(p), torch.nn.Linear)]
+    missing = [p for p in paths if not isinstance(modules.get(p), kinds)]
     if missing:
-        raise QuantError(f"{missing[0]!r} is not an nn.Linear of the model; quantized sites must name linear layers")
+        what = " or ".join(f"nn.{k.__name__}" for k in kinds)
+        raise QuantError(f"{missing[0]!r} is not an {what} of the model; quantized sites must name linear layers")
     return {p: modules[p] for p in paths}
 
 
@@ -90,16 +91,21 @@ def quantized_linears(module: torch.nn.Module, sites: dict[str, Format],
 
 
 def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activations: dict[str, int] | None = None) -> torch.nn.Module:
-    """A deep copy of `module` whose linears at `sites` keep their quantized weights (and int8
-    inputs at `int8_activations`); paths that are not nn.Linear modules of it are ignored (a
-    fused weight's torch linears may be named differently)."""
+    """A deep copy of `module` whose linears (and embeddings) at `sites` keep their quantized weights (and int8
+    inputs at `int8_activations`); paths that are not nn.Linear or nn.Embedding modules of it are ignored (a
+    fused weight's torch linears may be named differently).
+
+    Each site gets a weight of its own: a tied lm_head quantized alone leaves the embedding it
+    shares a table with in float, as the graph does (an embedding's [vocab, dim] table is
+    quantized like a linear's [out, in] weight: blocks along dim)."""
     clone = copy.deepcopy(module)
     modules = dict(clone.named_modules())
     with torch.no_grad():
         for path, fmt in sites.items():
             linear = modules.get(path)
-            if isinstance(linear, torch.nn.Linear):
-                linear.weight.copy_(dequantized_weight(linear.weight, fmt, f"{path}.weight"))
+            if isinstance(linear, (torch.nn.Linear, torch.nn.Embedding)):
+                decoded = dequantized_weight(linear.weight, fmt, f"{path}.weight")
+                linear.weight = torch.nn.Parameter(decoded, requires_grad=linear.weight.requires_grad)
     for path, block in (int8_activations or {}).items():
         if isinstance(modules.get(path), torch.nn.Linear):
             modules[path].register_forward_pre_hook(int8_input_hook(block))
@@ -118,16 +124,18 @@ class QuantizedSite:
 
 
 def quantized_sites_copy(module: torch.nn.Module, sites: list[QuantizedSite]) -> torch.nn.Module:
-    """A deep copy of `module` whose linears hold, per site, the weights its codes decode to (and
-    take int8 inputs where the site says), or a one-line error when a site names no linear of it."""
+    """A deep copy of `module` whose linears (and embeddings) hold, per site, the weights its codes
+    decode to (and take int8 inputs where the site says), or a one-line error when a site names no
+    linear or embedding of it. Each site gets a weight of its own: a tied lm_head quantized alone
+    leaves the embedding it shares a table with in float, as the graph does (an embedding's
+    [vocab, dim] table is quantized like a linear's [out, in] weight: blocks along dim)."""
     clone = copy.deepcopy(module)
     for site in sites:
-        linears = list(_linears(clone, site.linears).values())
+        linears = list(_linears(clone, site.linears, (torch.nn.Linear, torch.nn.Embedding)).values())
         weight = torch.cat([linear.weight.detach() for linear in linears])  # [N, K], outputs stacked
         decoded = dequantized_weight(weight, site.format, f"{'+'.join(site.linears)} weight")
-        with torch.no_grad():
-            for linear, part in zip(linears, decoded.split([linear.out_features for linear in linears])):
-                linear.weight.copy_(part)
+        for linear, part in zip(linears, decoded.split([linear.weight.shape[0] for linear in linears])):
+            linear.weight = torch.nn.Parameter(part.clone(), requires_grad=linear.weight.requires_grad)
         if site.int8_block:
             for linear in linears:
                 linear.register_forward_pre_hook(int8_input_hook(site.int8_block))

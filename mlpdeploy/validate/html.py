@@ -4,7 +4,7 @@ the task metric and top-1 agreement first, then the outputs folded per kind
 
 from __future__ import annotations
 
-from mlpdeploy.report import badge, escape, fmt, html_table
+from mlpdeploy.html_parts import badge, escape, fmt, html_table
 from mlpdeploy.validate.summary import percent, summarize
 
 

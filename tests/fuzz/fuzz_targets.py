@@ -143,7 +143,10 @@ def sparsify_in_torch(module: nn.Module, spec: CaseSpec, options: dict, report: 
 
 
 # Registered passes the fuzzer does not drive yet, with the reason (the registry test accepts these).
-NOT_YET_FUZZED: dict[str, str] = {}
+NOT_YET_FUZZED: dict[str, str] = {
+    "quantize-embedding": "the fuzzed decoders' embedding dims (heads x head_dim <= 24) are below one 32-value block, so it would "
+                          "never rewrite; tests/backends/onnxruntime/passes/test_quantize_embedding.py draws table sizes with hypothesis",
+}
 
 TARGETS: dict[str, FuzzTarget] = {
     "fuse-gated-mlp": FuzzTarget(expected_sites=_gated_mlps),

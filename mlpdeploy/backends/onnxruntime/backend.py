@@ -32,6 +32,7 @@ from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, re
 from mlpdeploy.backends.onnxruntime.options import OrtOptions
 from mlpdeploy.backends.onnxruntime.runner import OrtRunner, onnx_candidate, ort_runner
 from mlpdeploy.backends.onnxruntime.session import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
+from mlpdeploy.backends.onnxruntime.views import restore_views, shared_views
 from mlpdeploy.backends.options import BuildOptions
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.manifest import find_manifest, manifest_path
@@ -62,7 +63,9 @@ class OnnxRuntimeBackend(Backend):
             build_config = {**config, "custom_ops_libraries": [str(kernels.path)]} if kernels else config
             if config["graph_optimization_level"] == OPT_LEVELS["all"]:  # saved portable; the rest is done at load
                 build_config = {**build_config, "graph_optimization_level": PORTABLE_LEVEL}
+            views = shared_views(source)  # e.g. an int4 embedding reading the tied lm_head's codes
             make_session(source, build_config, optimized_output=tmp, external_data=external)
+            restore_views(tmp, views)  # not a second copy of those initializers on disk
             if source != model_path:
                 for leftover in source.parent.glob(f"{source.name}*"):
                     leftover.unlink()

@@ -9,10 +9,12 @@ onnxscript's ORT fusion rules do what they cover:
 
 mlpdeploy's own rule (`attention_to_gqa`, the part no library covers for a cache with explicit
 positions and an arbitrary mask) turns each layer's Reshape/Transpose → rotary → Concat(past) →
-repeat-KV → attention → Transpose/Reshape into `com.microsoft::RotaryEmbedding` on q and k (with
-the graph's own `position_ids`) and one `com.microsoft::GroupQueryAttention` that appends to the
-cache and attends with the model's own additive mask as `attention_bias`; then packs the q, k
-and v projections into one MatMul and a Split, and makes the cache's length come from
+repeat-KV → attention → Transpose/Reshape into one `com.microsoft::GroupQueryAttention` that
+rotates q and k itself at the graph's own `position_ids` (`do_rotary=1` with cos/sin tables),
+appends to the cache and attends with the model's own additive mask as `attention_bias`; then
+packs the q, k and v projections into one MatMul whose output is the attention's packed query
+(no Split), packs 4-bit siblings (a quantized MLP's gate and up: `pack_siblings.py`) into one
+MatMulNBits and a Split, and makes the cache's length come from
 `attention_mask` (`cache_shapes.py`), so the cache may be one preallocated buffer per layer that
 ONNX Runtime appends to in place (`shared_cache_buffer` in the report). Exact for any padding
 (left-padded batches included), since positions and mask are the model's, not derived.
@@ -38,7 +40,8 @@ from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shap
 from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
 from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
 from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
-from mlpdeploy.contract import CACHE_INPUT, MS_DOMAIN
+from mlpdeploy.backends.onnxruntime.passes.pack_siblings import pack_sibling_nbits
+from mlpdeploy.contract import CACHE_INPUT
 from mlpdeploy.passes.base import PassReport, RewritePass
 from mlpdeploy.passes.options import Option
 
@@ -65,7 +68,7 @@ class OrtDecoder(RewritePass):
     """Fuse a cached decoder's norms and attention into ONNX Runtime contrib ops."""
 
     name = "ort-decoder"
-    description = "cached decoders for ONNX Runtime: fused RMS/skip norms, RotaryEmbedding + GroupQueryAttention per layer (exact masks and positions)"
+    description = "cached decoders for ONNX Runtime: fused RMS/skip norms, one GroupQueryAttention per layer with rotary inside and packed QKV (exact masks and positions)"
     options = {"max_positions": Option(0, "rows of the rotary tables (0: the manifest's max positions, else 4096)", minimum=0)}
     phase = "lowering"
 
@@ -83,7 +86,7 @@ class OrtDecoder(RewritePass):
             count, why = self._attention(attempt, len(layers))
             if why is None:
                 adopt(model, attempt)
-                fusions["RotaryEmbedding"], fusions["GroupQueryAttention"] = count
+                fusions["rotary inside GroupQueryAttention"], fusions["GroupQueryAttention"] = count
                 fusions["packed QKV"] = pack_qkv(model)
                 why_not_shared = detach_cache_shapes(model)
                 report.details["shared_cache_buffer"] = why_not_shared is None
@@ -95,6 +98,7 @@ class OrtDecoder(RewritePass):
                     report.skipped["compact attention mask"] = why_not_compact
             else:
                 report.skipped["attention"] = why
+        fusions["packed MatMulNBits siblings"] = pack_sibling_nbits(model)  # a gated MLP's gate and up, once quantized
         RemoveUnusedNodesPass()(model)
         RemoveUnusedOpsetsPass()(model)
         report.rewritten = sum(fusions.values())
@@ -116,5 +120,5 @@ class OrtDecoder(RewritePass):
             if left:
                 reasons.append(f"unfused {', '.join(left)} remain")
             return (0, 0), "; ".join(reasons)
-        rotary = sum(1 for n in model.graph if n.op_type == "RotaryEmbedding" and n.domain == MS_DOMAIN)
+        rotary = sum(1 for n in model.graph if n.op_type == "GroupQueryAttention" and n.attributes.get_int("do_rotary", 0))
         return (rotary, gqa), None

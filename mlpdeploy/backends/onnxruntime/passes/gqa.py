@@ -1,4 +1,4 @@
-"""The attention of a cached decoder layer → RotaryEmbedding + GroupQueryAttention (com.microsoft).
+"""The attention of a cached decoder layer → one GroupQueryAttention (com.microsoft), rotary inside.
 
 Matched after onnxscript's rotary and SDPA fusions (intermediate ops in `ai.onnxruntime._fusion`):
 
@@ -8,12 +8,17 @@ Matched after onnxscript's rotary and SDPA fusions (intermediate ops in `ai.onnx
     attn    = SDPA(q, repeat_kv(present_k), repeat_kv(present_v), mask)      (repeat_kv optional)
     out     = Reshape(Transpose(attn))
 
-Rewritten as RotaryEmbedding(q_BSD / k_BSD, position_ids, cos_cache, sin_cache) and
-GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k, total_sequence_length,
-attention_bias=mask, do_rotary=0). `seqlens_k` is total − 1 for every row (every cached position
-is kept; the model's mask, passed as attention_bias, hides padding), so masks and positions are
-the model's own. The rotary tables are the model's angles evaluated at positions 0..max−1
-(checked to be a rotate-half table that depends on `position_ids` alone).
+Rewritten as one GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k, total_sequence_length,
+cos_cache, sin_cache, position_ids, attention_bias=mask, query_seqlens, do_rotary=1): the kernel
+rotates q and k itself, at the graph's own `position_ids`, row by row. `seqlens_k` is total − 1
+for every row (every cached position is kept; the model's mask, passed as attention_bias, hides
+padding) and `query_seqlens` is the chunk length of every row, so masks and positions are the
+model's own. (Measured on ONNX Runtime 1.32: with `query_seqlens` given, the fused rotation is
+bit-identical to separate com.microsoft RotaryEmbedding nodes for prefill, left-padded prefill,
+decode at arbitrary per-row positions and multi-token chunks; without it a first prompt is
+rotated from its first position only, wrong for left-padded rows.) The rotary tables are the
+model's angles evaluated at positions 0..max−1 (checked to be a rotate-half table that depends on
+`position_ids` alone).
 """
 
 from __future__ import annotations
@@ -145,7 +150,7 @@ def _repeat_kv(op, x):
 
 
 class AttentionToGQA(pattern.RewriteRuleClassBase):
-    """One cached attention layer → RotaryEmbedding (q, k) + GroupQueryAttention (module docstring)."""
+    """One cached attention layer → GroupQueryAttention, rotating q and k inside (module docstring)."""
 
     def __init__(self, inputs: GQAInputs, rotary: bool):
         super().__init__("AttentionToGQA" + ("" if rotary else "NoRotary"), remove_nodes=False)
@@ -205,12 +210,11 @@ class AttentionToGQA(pattern.RewriteRuleClassBase):
 
     def rewrite(self, op, q_BSD, k_BSD, v_BSD, past_k, past_v, mask, **_):
         found, inputs = self._found, self.inputs
-        if found["tables"] is not None:
-            cos_cache, sin_cache = found["tables"]
-            q_BSD = op.RotaryEmbedding(q_BSD, inputs.position_ids, cos_cache, sin_cache, num_heads=found["heads"], interleaved=0, _domain=MS)
-            k_BSD = op.RotaryEmbedding(k_BSD, inputs.position_ids, cos_cache, sin_cache, num_heads=found["kv_heads"], interleaved=0, _domain=MS)
+        rotary = found["tables"] is not None
+        cos_cache, sin_cache = found["tables"] if rotary else (None, None)
         return op.GroupQueryAttention(
-            q_BSD, k_BSD, v_BSD, past_k, past_v, inputs.seqlens_k, inputs.total, None, None, None, mask,
-            None, None, None, None, None, inputs.query_seqlens, num_heads=found["heads"], kv_num_heads=found["kv_heads"], scale=found["scale"], do_rotary=0,
+            q_BSD, k_BSD, v_BSD, past_k, past_v, inputs.seqlens_k, inputs.total, cos_cache, sin_cache,
+            inputs.position_ids if rotary else None, mask, None, None, None, None, None, inputs.query_seqlens,
+            num_heads=found["heads"], kv_num_heads=found["kv_heads"], scale=found["scale"], do_rotary=int(rotary), rotary_interleaved=0,
             _domain=MS, _outputs=3,
         )

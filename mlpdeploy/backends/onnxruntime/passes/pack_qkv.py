@@ -1,10 +1,13 @@
-"""Pack a GroupQueryAttention's q, k and v projections into one MatMul (+ bias) and a Split.
+"""Pack a GroupQueryAttention's q, k and v projections into one MatMul (+ bias) feeding it packed.
 
 The three linears read the same input; one [in, q+k+v] weight streams once per step instead
-of in three launches (what onnxruntime-genai's builder emits). Rotary embeddings on q and k
-stay where they were, on the Split's outputs. Projections already quantized by
-`quantize-weights` (MatMulNBits with the same bits, block and accuracy level) are packed into
-one MatMulNBits the same way (`pack_nbits`), so a quantized decoder keeps one QKV matmul per layer.
+of in three launches, and GroupQueryAttention takes the packed [batch, seq, q+k+v] tensor as its
+query with no key and value inputs (what onnxruntime-genai's builder emits): no Split. Where
+something still sits between a projection and the attention (a RotaryEmbedding node from an
+older graph), the packed output is Split and the pieces go where the three outputs went.
+Projections already quantized by `quantize-weights` (MatMulNBits with the same bits, block and
+accuracy level) are packed into one MatMulNBits the same way (`pack_nbits`), so a quantized
+decoder keeps one QKV matmul per layer.
 """
 
 from __future__ import annotations
@@ -72,15 +75,26 @@ def pack_qkv(model: ir.Model) -> int:
             add = ir.node("Add", [out, bias], name=unique_name(f"{base}/qkv_bias", taken))
             nodes.append(add)
             out = add.outputs[0]
-        sizes = add_initializer(graph, unique_name(f"{base}.qkv_split", taken), np.array(widths, np.int64))
-        split = ir.node("Split", [out, sizes], {"axis": -1}, num_outputs=3, name=unique_name(f"{base}/qkv_split", taken))
-        nodes.append(split)
+        direct = all(o is v for o, v in zip(outputs, gqa.inputs[:3]))  # nothing between projections and attention
+        if not direct:
+            sizes = add_initializer(graph, unique_name(f"{base}.qkv_split", taken), np.array(widths, np.int64))
+            split = ir.node("Split", [out, sizes], {"axis": -1}, num_outputs=3, name=unique_name(f"{base}/qkv_split", taken))
+            nodes.append(split)
         first = parts[0].nodes[0]
         graph.insert_before(first, nodes)
         old_inputs = [v for part in parts for node in part.nodes for v in node.inputs]
-        for part, piece in zip(parts, split.outputs):
-            piece.dtype, piece.shape = part.output.dtype, part.output.shape
-            ir.convenience.replace_all_uses_with(part.output, piece)
+        if direct:
+            out.dtype = parts[0].output.dtype
+            q_shape = parts[0].output.shape
+            out.shape = ir.Shape([*q_shape[:-1], sum(widths)]) if q_shape is not None else None
+            gqa.replace_input_with(0, out)
+            gqa.replace_input_with(1, None)
+            gqa.replace_input_with(2, None)
+        else:
+            for part, piece in zip(parts, split.outputs):
+                piece.dtype, piece.shape = part.output.dtype, part.output.shape
+                ir.convenience.replace_all_uses_with(part.output, piece)
+        for part in parts:
             for node in reversed(part.nodes):
                 graph.remove(node, safe=True)
         taken.difference_update(remove_dead(graph, old_inputs))

@@ -1,4 +1,4 @@
-"""ort-decoder: a --kv-cache decoder's attention as RotaryEmbedding + GroupQueryAttention with the
+"""ort-decoder: a --kv-cache decoder's attention as one GroupQueryAttention (rotary inside) with the
 model's own positions and mask, norms fused, q/k/v packed — equal to the exported graph on every
 real (non-padding) position, for prefill, decode and left-padded batches."""
 
@@ -43,18 +43,25 @@ def _session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _feed(session, batch, seq, past, pad, rng):
+def _feed(session, batch, seq, past, pad, rng, positions="counted"):
+    """Inputs for one run; positions "counted" (from the mask, as generation does), "offset" (each row
+    continues from its own later start) or "scattered" (increasing, with gaps: any position_ids)."""
     kv = [i for i in session.get_inputs() if i.name.startswith("past_key_values")]
     mask = np.ones((batch, past + seq), np.int64)
     mask[0, :pad] = 0
-    feed = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64), "attention_mask": mask,
-            "position_ids": np.maximum(mask.cumsum(-1) - 1, 0)[:, -seq:]}
+    position_ids = np.maximum(mask.cumsum(-1) - 1, 0)[:, -seq:]
+    if positions == "offset":
+        position_ids = position_ids + rng.integers(1, 60, (batch, 1))
+    elif positions == "scattered":
+        position_ids = np.sort(rng.choice(120, (batch, seq), replace=True), axis=-1)
+    feed = {"input_ids": rng.integers(0, 256, (batch, seq)).astype(np.int64), "attention_mask": mask, "position_ids": position_ids}
     for spec in kv:
         feed[spec.name] = rng.standard_normal((batch, spec.shape[1], past, spec.shape[3])).astype(np.float32)
     return feed
 
 
 CASES = [(1, 7, 0, 0), (1, 1, 9, 0), (3, 4, 5, 0), (3, 6, 0, 2), (2, 1, 8, 3), (2, 3, 4, 1)]  # batch, seq, past, left pad of row 0
+POSITIONS = ["counted", "offset", "scattered"]
 
 
 @pytest.mark.parametrize("name, rotary, mlp_linears", [("llama-tiny", True, 3), ("opt-relu-tiny", False, 2)])
@@ -64,7 +71,11 @@ def test_fused_graph_equals_the_export(exported, tmp_path, name, rotary, mlp_lin
     layers = len(result.manifest.cache["layers"])
     counts = collections.Counter(n.op_type for n in fused.graph)
     assert report["skipped"] == {} and report["fusions"]["GroupQueryAttention"] == counts["GroupQueryAttention"] == layers
-    assert report["fusions"]["packed QKV"] == layers and counts["RotaryEmbedding"] == (2 * layers if rotary else 0)
+    assert report["fusions"]["packed QKV"] == layers and counts["RotaryEmbedding"] == 0 and counts["Split"] == 0
+    assert report["fusions"]["rotary inside GroupQueryAttention"] == (layers if rotary else 0)
+    gqas = [n for n in fused.graph if n.op_type == "GroupQueryAttention"]
+    assert all(n.inputs[1] is None and n.inputs[2] is None for n in gqas)  # packed q, k, v as the query
+    assert {n.attributes.get_int("do_rotary", 0) for n in gqas} == {int(rotary)}
     assert report["fusions"]["compact attention mask"] == 1  # the exported mask subgraph proved plain causal + padding
     assert report["shared_cache_buffer"]  # only GroupQueryAttention reads the cache: it may be one buffer
     assert {u.node.op_type for v in fused.graph.inputs if v.name.startswith("past_") for u in v.uses()} == {"GroupQueryAttention"}
@@ -72,8 +83,8 @@ def test_fused_graph_equals_the_export(exported, tmp_path, name, rotary, mlp_lin
     assert counts["Softmax"] == 0 and counts["MatMul"] == layers * (2 + mlp_linears) + 1  # qkv, o and the MLP's per layer, lm head
     plain, ours = _session(result.model_path), _session(tmp_path / "fused.onnx")
     rng = np.random.default_rng(0)
-    for batch, seq, past, pad in CASES:
-        feed = _feed(plain, batch, seq, past, pad, rng)
+    for (batch, seq, past, pad), positions in [(case, p) for case in CASES for p in POSITIONS]:
+        feed = _feed(plain, batch, seq, past, pad, rng, positions)
         want, got = plain.run(None, feed), ours.run(None, feed)
         # what padding tokens compute (their logits, and the cache entries of later layers, which
         # depend on earlier layers' fully masked rows) is unspecified: compare real tokens only
@@ -119,3 +130,23 @@ def test_backend_fuses_cached_decoders_by_default(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["genai_config.json", "m.ort.manifest.json", "m.ort.onnx", "m.ort.session.json"]
     plain = backend.build(path, tmp_path / "p.ort.onnx", OrtOptions(device="cpu", fusions=False))
     assert "fusions" not in plain.info and "GroupQueryAttention" not in {n.op_type for n in load_ir(tmp_path / "p.ort.onnx").graph}
+
+
+@pytest.mark.parametrize("level", [0, 4])
+def test_quantized_decoder_packs_gate_and_up(exported, tmp_path, level):
+    """After quantize-weights, each layer keeps one MatMulNBits for q/k/v, o, gate+up and down; the
+    packed graph computes what the quantized export does (same codes, same int8 input blocks)."""
+    model = load_ir(exported("llama-tiny").model_path)
+    run_pipeline(model, [PassSpec("quantize-weights", {"format": "int4", "accuracy_level": str(level)})])
+    save_onnx(model, tmp_path / "q.onnx")
+    fused, report = _fuse(tmp_path / "q.onnx", tmp_path / "q.fused.onnx")
+    layers = 2
+    counts = collections.Counter(n.op_type for n in fused.graph)
+    assert report["fusions"]["packed MatMulNBits siblings"] == layers
+    assert counts["MatMulNBits"] == 4 * layers + 1 and counts["Split"] == layers  # + lm head; a Split per gate/up
+    plain, ours = _session(tmp_path / "q.onnx"), _session(tmp_path / "q.fused.onnx")
+    rng = np.random.default_rng(3)
+    for batch, seq, past, pad in CASES:
+        feed = _feed(plain, batch, seq, past, pad, rng)
+        keep = feed["attention_mask"].astype(bool)[:, -seq:]
+        np.testing.assert_allclose(ours.run(None, feed)[0][keep], plain.run(None, feed)[0][keep], atol=2e-5, rtol=1e-4)
