@@ -178,6 +178,18 @@ def test_every_registered_pass_backend_and_analysis_is_documented():
     assert not missing, f"undocumented: {missing}"
 
 
+def test_passes_that_edit_the_reference_say_so():
+    """docs/passes.md prints each pass's `reference`: a pass that edits the torch reference must not
+    inherit the default "exact" sentence."""
+    from mlpdeploy.passes.base import RewritePass
+    from mlpdeploy.passes.registry import PASSES
+
+    wrong = [name for name in PASSES.names()
+             if PASSES.load(name).reference_edit.__func__ is not RewritePass.reference_edit.__func__
+             and PASSES.load(name).reference == RewritePass.reference]
+    assert not wrong, f"passes with a reference_edit whose docs say 'exact': {wrong}"
+
+
 def test_every_custom_op_is_in_the_op_table():
     from mlpdeploy.plugins.registry import OPS
 
@@ -193,6 +205,19 @@ def test_every_zoo_model_is_in_the_zoo_table():
     text = (ROOT / "docs/models.md").read_text()
     missing = [name for name in ZOO if f"`{name}`" not in text]
     assert not missing, f"docs/models.md does not list {missing}"
+
+
+def test_the_layering_table_is_the_guardrails():
+    """docs/architecture.md's floors are tests/test_guardrails.py's FLOORS, floor by floor (read from its source)."""
+    import ast
+
+    tree = ast.parse((ROOT / "tests/test_guardrails.py").read_text())
+    floors = next(ast.literal_eval(node.value) for node in tree.body
+                  if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "FLOORS" for t in node.targets))
+    text = (ROOT / "docs/architecture.md").read_text()
+    table = {int(n): set(re.findall(r"`(\w+)`", row)) for n, row in re.findall(r"^\| (\d+) \| (.*) \|$", text, flags=re.M)}
+    expected = {i + 1: set(floor) - {""} for i, floor in enumerate(floors)}
+    assert table == expected, f"docs/architecture.md floors {table} vs tests/test_guardrails.py {expected}"
 
 
 # --- links and paths -------------------------------------------------------------------------------
