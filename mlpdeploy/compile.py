@@ -17,6 +17,7 @@ from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.contract import DEFAULT_OPSET
 from mlpdeploy.export import export_model
 from mlpdeploy.model import ModelBundle, load_model
+from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import with_kv_cache
 from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
@@ -91,7 +92,8 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
         edits = reference_edits(rewritten.passes)  # what the approximate passes imply for the torch reference
-        reference = bundle
+        # draft heads built in (pass draft-heads): the reference computes the torch heads too, before any edit (quantized heads)
+        reference = heads_reference(bundle, built.candidate.manifest.draft_heads if built.candidate.manifest else None, None)
         for edit in edits:
             reference = dataclasses.replace(reference, module=edit.apply(reference.module))
         validate_options = ValidateOptions(

@@ -51,3 +51,9 @@ def test_exports_and_build_are_byte_identical(runs):
 def test_plans_are_identical(runs):
     a, b = (json.loads((d / "plan.json").read_text()) for d in runs)
     assert a == b and a["analyses"]["redundancy"] and a["analyses"]["layer-stats"]
+
+
+def test_draft_heads_are_byte_identical(runs):
+    """Training draft heads (rollouts, slice, AdamW) in two interpreters gives the same file."""
+    a, b = (d / "heads" / "plan.draft-heads.safetensors" for d in runs)
+    assert filecmp.cmp(a, b, shallow=False)

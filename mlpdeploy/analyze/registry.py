@@ -10,4 +10,5 @@ ANALYSES = Registry("analysis", "analyses", "mlpdeploy.analyze", {
     "quant": "quant_sensitivity:QuantSensitivity",
     "redundancy": "redundancy:Redundancy",
     "sparsity": "sparsity:Sparsity",
+    "draft-heads": "draft_heads:DraftHeadsAnalysis",
 }, sort=False)

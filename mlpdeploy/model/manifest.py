@@ -90,6 +90,15 @@ class Manifest:
             data["cache"] = {**self.cache, "layers": [layer for layer in layout.layers if set(layout.input_names(layer)) <= kept]}
         return Manifest.from_json(data)
 
+    def with_additions(self, outputs: list[dict[str, Any]], entries: dict[str, Any]) -> "Manifest":
+        """This manifest with the graph outputs a rewrite added and the entries it set (e.g. `draft_heads`)."""
+        if not outputs and not entries:
+            return self
+        data = self.to_json()
+        data["outputs"] = [*data["outputs"], *outputs]
+        data.update(entries)
+        return Manifest.from_json(data)
+
     def module_overrides(self) -> dict[str, str | dict]:
         """The torch-side edits the graph's rewrites are exact against (module path → "zero" |
         "identity" | a sparse-mlp site; see mlpdeploy.model.overrides), from every rewrite recorded in the history."""

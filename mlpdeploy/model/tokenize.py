@@ -3,6 +3,7 @@ or bytes (token = UTF-8 byte) for byte-level models such as the zoo's (vocab 256
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -75,3 +76,53 @@ def load_tokenizer(bundle: ModelBundle) -> TextTokenizer:
     where = f"{directory} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])})" if directory else f"{bundle.source} has no tokenizer"
     raise MlpdeployError(f"{where}, so --data text cannot be tokenized; save the model's tokenizer beside it "
                          "(tokenizer.save_pretrained(DIR)), or pass token ids as --data FILE.npz")
+
+
+def stop_token_ids(directory: Path, eos: int | None) -> tuple[int, ...]:
+    """The end-of-sequence ids: the tokenizer's, and those generation_config.json lists."""
+    ids = [] if eos is None else [eos]
+    config = directory / "generation_config.json"
+    if config.is_file():
+        listed = json.loads(config.read_text()).get("eos_token_id")
+        for token in listed if isinstance(listed, list) else [] if listed is None else [listed]:
+            if token not in ids:
+                ids.append(int(token))
+    return tuple(ids)
+
+
+def chat_template_ids(tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids of chat `messages` in a transformers tokenizer's chat template, ending with the
+    assistant's turn (what `generate` and `serve` feed the model; one-line error for a template
+    that rejects them)."""
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    except Exception as exc:  # jinja errors: a template that rejects these roles
+        raise MlpdeployError(f"the chat template rejects these messages: {type(exc).__name__}: {exc}") from None
+    return list(tokenizer.encode(text, add_special_tokens=False))
+
+
+@dataclass
+class ChatEncoder:
+    """A Hugging Face directory's chat template as `generate` applies it, for text from a prompt."""
+
+    encode: Callable[[str], list[int]]  # one user turn → ids ending with the assistant's turn
+    decode: Callable[[list[int]], str]
+    stop_ids: tuple[int, ...]
+    pad: int
+
+
+def chat_encoder(bundle: ModelBundle) -> ChatEncoder | None:
+    """The chat encoder of a Hugging Face model whose tokenizer has a chat template, else None."""
+    directory = model_directory(bundle)
+    if directory is None or not any((directory / f).exists() for f in TOKENIZER_FILES):
+        return None
+    transformers = require("transformers", "hf", "the chat template of a Hugging Face model directory")
+    try:
+        tok = transformers.AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except Exception as exc:
+        raise MlpdeployError(f"cannot load the tokenizer in {directory}: {first_line(exc)}") from None
+    if not getattr(tok, "chat_template", None):
+        return None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    return ChatEncoder(lambda text: chat_template_ids(tok, [{"role": "user", "content": text}]), tok.decode,
+                       stop_token_ids(directory, tok.eos_token_id), int(pad))

@@ -67,9 +67,14 @@ class PassReport:
     # records them in the manifest; validation applies them to its torch reference
     # (mlpdeploy.model.overrides) and judges the task metric against the unedited model.
     module_overrides: dict[str, str | dict] = field(default_factory=dict)
+    # Graph outputs the pass added ({"name", "dtype", "shape"}, as the manifest lists outputs) and
+    # manifest entries it sets (draft-heads: `draft_heads`): `rewrite_model` records both.
+    added_outputs: list[dict[str, Any]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides}
+        changes = {"removed_inputs": self.removed_inputs, "removed_outputs": self.removed_outputs, "module_overrides": self.module_overrides,
+                   "added_outputs": self.added_outputs, "manifest": self.manifest}
         return {"rewritten": self.rewritten, "skipped": self.skipped, **self.details, **{k: v for k, v in changes.items() if v}}
 
 

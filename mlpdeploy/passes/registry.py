@@ -10,6 +10,7 @@ PASSES = Registry("pass", "passes", "mlpdeploy.passes", {
     "fuse-group-rational": "fuse_group_rational:FuseGroupRational",
     "convert-precision": "precision:ConvertPrecision",
     "drop-layers": "drop_layers:DropLayers",
+    "draft-heads": "draft_heads:DraftHeadsPass",
     "ort-decoder": "mlpdeploy.backends.onnxruntime.passes.decoder:OrtDecoder",
     "ort-fusions": "mlpdeploy.backends.onnxruntime.passes.fusions:OrtFusions",
     "sparse-mlp": "sparse_mlp:SparseMLPPass",

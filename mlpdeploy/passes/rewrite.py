@@ -61,8 +61,13 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
                                        **({"module_overrides": overrides} if overrides else {}))
             removed_inputs = [n for r in reports for n in r.get("removed_inputs", [])]
             removed_outputs = [n for r in reports for n in r.get("removed_outputs", [])]
-            derived.without(removed_inputs, removed_outputs).save_beside(tmp)
+            added = [o for r in reports for o in r.get("added_outputs", [])]
+            entries = {k: v for r in reports for k, v in r.get("manifest", {}).items()}
+            derived.without(removed_inputs, removed_outputs).with_additions(added, entries).save_beside(tmp)
     for report in reports:  # the manifest keeps the full edits (sparse-mlp's predictors); reports say them in a line
         if report.get("module_overrides"):
             report["module_overrides"] = {k: describe_override(v) for k, v in report["module_overrides"].items()}
+        report.pop("manifest", None)  # in the manifest now (draft heads' token ids: too long for a report)
+        if report.get("added_outputs"):
+            report["added_outputs"] = [o["name"] for o in report["added_outputs"]]
     return RewriteResult(output, reports, before, after, seconds)

@@ -7,12 +7,12 @@ A compile output directory carries a copy of the source's tokenizer files
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.model.manifest import Manifest
+from mlpdeploy.model.tokenize import chat_template_ids, stop_token_ids
 
 # What a Hugging Face directory's tokenizer and chat template are made of (all optional but one).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json",
@@ -45,7 +45,7 @@ class HFTokenizer:
         except Exception as exc:
             raise MlpdeployError(f"{directory} has no tokenizer transformers can load ({type(exc).__name__}); save one with the model") from None
         self.eos_token_id = self.tokenizer.eos_token_id
-        self.stop_token_ids = _stop_ids(directory, self.eos_token_id)
+        self.stop_token_ids = stop_token_ids(directory, self.eos_token_id)
 
     @property
     def has_chat_template(self) -> bool:
@@ -61,11 +61,7 @@ class HFTokenizer:
         """Token ids of `messages` in the tokenizer's chat template, ending with the assistant's turn."""
         if not self.has_chat_template:
             raise MlpdeployError("this model's tokenizer has no chat template; send plain text (--no-chat)")
-        try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        except Exception as exc:  # jinja errors: a template that rejects these roles
-            raise MlpdeployError(f"the chat template rejects these messages: {type(exc).__name__}: {exc}") from None
-        return self.encode(text)
+        return chat_template_ids(self.tokenizer, messages)
 
 
 def chat_messages(prompt: str, system: str | None = None) -> list[Message]:
@@ -81,18 +77,6 @@ def check_messages(messages) -> list[Message]:
         if not isinstance(message, dict) or set(message) != {"role", "content"} or not all(isinstance(v, str) for v in message.values()):
             raise MlpdeployError(f"message {i} must be an object with string 'role' and 'content' and nothing else")
     return messages
-
-
-def _stop_ids(directory: Path, eos: int | None) -> tuple[int, ...]:
-    """The end-of-sequence ids: the tokenizer's, and those generation_config.json lists."""
-    ids = [] if eos is None else [eos]
-    config = directory / "generation_config.json"
-    if config.is_file():
-        listed = json.loads(config.read_text()).get("eos_token_id")
-        for token in listed if isinstance(listed, list) else [] if listed is None else [listed]:
-            if token not in ids:
-                ids.append(int(token))
-    return tuple(ids)
 
 
 def copy_tokenizer_files(source: Path, destination: Path) -> list[Path]:

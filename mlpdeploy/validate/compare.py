@@ -18,6 +18,7 @@ import numpy as np
 from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
+from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache
 from mlpdeploy.model.manifest import Manifest
 from mlpdeploy.model.overrides import describe_override, override_modules
@@ -120,6 +121,9 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
     if isinstance(reference, ModelBundle) and reference.cache is None and candidate.manifest and candidate.manifest.cache:
         reference = with_kv_cache(reference)  # the candidate was exported with its KV cache: so is the torch reference
     baseline, overrides = reference, candidate.manifest.module_overrides() if candidate.manifest else {}
+    if isinstance(reference, ModelBundle) and candidate.manifest is not None and candidate.manifest.draft_heads:
+        # draft heads built in (pass draft-heads): the reference computes the torch heads too
+        reference = heads_reference(reference, candidate.manifest.draft_heads, Path(candidate.artifact).parent)
     if overrides and isinstance(reference, ModelBundle):
         # An approximate rewrite (drop-layers, sparse-mlp) is exact against the torch model edited as it says:
         # outputs and layers are compared with that; the task metric with the unedited model.
