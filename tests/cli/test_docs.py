@@ -162,6 +162,37 @@ def test_documented_python_imports_exist(page):
     assert not problems, "\n".join(problems)
 
 
+def unresolved_names(text: str) -> list[str]:
+    """Dotted `mlpdeploy.…` names in a page's code spans (outside code blocks) that import or getattr cannot find."""
+    missing = []
+    for span in re.findall(r"`([^`\n]+)`", _strip_code_blocks(text)):
+        for name in re.findall(r"\bmlpdeploy(?:\.[A-Za-z_]\w*)+", span):
+            parts = name.split(".")
+            for i in range(len(parts), 0, -1):
+                try:
+                    obj = importlib.import_module(".".join(parts[:i]))
+                except ImportError:
+                    continue
+                for attr in parts[i:]:
+                    obj = getattr(obj, attr, None)
+                    if obj is None:
+                        missing.append(name)
+                        break
+                break
+    return missing
+
+
+@pytest.mark.parametrize("page", REFERENCE, ids=_rel)
+def test_documented_python_names_exist(page):
+    missing = unresolved_names(page.read_text())
+    assert not missing, f"{_rel(page)} names what mlpdeploy does not have: {missing}"
+
+
+def test_the_name_check_can_fail():
+    assert unresolved_names("use `mlpdeploy.runtime.generate.CachedGenerator` and `mlpdeploy.runtime.Nope`, "
+                            "`mlpdeploy.no_such_module`") == ["mlpdeploy.runtime.Nope", "mlpdeploy.no_such_module"]
+
+
 # --- registries ------------------------------------------------------------------------------------
 
 
