@@ -73,7 +73,7 @@ def speculative_generate(stepper: Stepper, drafter: Drafter, prompts, max_new_to
     run.observe(Verified([[t] for t in firsts.tolist()], [longest - 1] * batch, state.outputs))
     pending = firsts.astype(np.int64)
     estimates = policy.start(batch)
-    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "rounds_with_drafts": 0, "tokens_per_round": []}
+    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "rounds_with_drafts": 0, "tokens_per_round": [], "widths": {}}
     while not rows.done.all():
         start = time.perf_counter()
         limits = _limits(policy, estimates, rows, state, batch)
@@ -86,6 +86,7 @@ def speculative_generate(stepper: Stepper, drafter: Drafter, prompts, max_new_to
             ids[row, 1:1 + len(tokens)] = tokens
         before = state.positions.copy()
         logits = stepper.step(state, ids)
+        stats["widths"][width] = stats["widths"].get(width, 0) + 1
         emitted, columns, keep = [], [], before.copy()
         for row in range(batch):
             if rows.done[row]:
@@ -138,5 +139,6 @@ def _limits(policy: DraftLength, estimates: np.ndarray, rows: Rows, state, batch
 def _summary(drafter: Drafter, stats: dict) -> dict:
     per_round = stats.pop("tokens_per_round")
     drafted = stats["drafted"]
+    stats["widths"] = dict(sorted(stats["widths"].items()))  # verify steps per width (1: a plain step)
     return {"mode": drafter.describe(), **stats, "acceptance": stats["accepted"] / drafted if drafted else None,
             "tokens_per_round": float(np.mean(per_round)) if per_round else None}

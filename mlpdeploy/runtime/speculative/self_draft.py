@@ -41,6 +41,8 @@ def build_self_drafter(target: Engine, plan: Path, threads: int | None = None, r
         raise MlpdeployError(f"--speculative self:{plan}: the plan drops no layers; make one with `mlpdeploy analyze MODEL --redundancy "
                              "--max-metric-delta D -o PLAN`")
     build = report.get("stages", {}).get("build", {})
+    if build.get("backend", "onnxruntime") != "onnxruntime":
+        raise MlpdeployError(f"--speculative self:{plan}: {target.path} was built for {build['backend']}; speculative decoding runs ONNX Runtime builds")
     key = _key(rewritten, plan, build)
     out = (root or cache_root()) / key
     model = out / f"draft{_suffix(build)}"
@@ -65,18 +67,17 @@ def _suffix(build: dict) -> str:
 
 
 def _build(rewritten: Path, plan: Path, build: dict, built_entry: dict, out: Path) -> None:
-    """Rewrite `rewritten` with the plan's drop-layers passes and build it as the artifact was."""
+    """Rewrite `rewritten` with the plan's drop-layers passes and build it as the artifact was
+    (ONNX Runtime: the same device, optimization level, fusions and kernels)."""
     from mlpdeploy.analyze.plan import passes_with_plan
     from mlpdeploy.atomic import staged_directory
     from mlpdeploy.backends import get_backend
-    from mlpdeploy.backends.onnxruntime.options import OrtOptions
     from mlpdeploy.passes.rewrite import rewrite_model
 
     backend = get_backend(build.get("backend", "onnxruntime"))
     providers = (build.get("session") or {}).get("providers", ["CPUExecutionProvider"])
-    options = OrtOptions(device="cuda" if "CUDAExecutionProvider" in providers else "cpu",
-                         opt_level=built_entry.get("opt_level", "all"),
-                         fusions="fusions" in build, kernels="ort_kernels" in build)
+    options = backend.Options(device="cuda" if "CUDAExecutionProvider" in providers else "cpu", opt_level=built_entry.get("opt_level", "all"),
+                              fusions="fusions" in build, kernels="ort_kernels" in build)
     drops = [spec for spec in passes_with_plan(plan, [], rewritten) if spec.name == "drop-layers"]
     with staged_directory(out) as work:
         result = rewrite_model(rewritten, work / "draft.opt.onnx", drops)
