@@ -2,6 +2,9 @@
 
     python bench/serve_load.py [--clients 8] [--seconds 30] [--quick] [--mode infer|generate|both]
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
+    python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48]
+                               [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
+                               [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
 The server runs as its own process (`mlpdeploy serve --port 0`, as a user starts it); the clients
 are threads of this process, each with its own unmodified `tritonclient.http` client, sending
@@ -13,6 +16,13 @@ requests back to back for --seconds (--quick: 5 s).
 * generate: a compiled cached decoder (llama-small --kv-cache, or --decoder DIR), POST /generate
   with 16 new tokens greedy from one of 8 prompts; every answer must equal the tokens the
   runtime's `CachedGenerator` gives in-process.
+
+* batching: in-flight batching (`bench/batching_load.py`): at each level C closed-loop clients
+  stream chat answers (`generate_stream`, --max-tokens each); tokens/s, TTFT p50/p99, ITL p50/p99,
+  mean rows per decode step (from /metrics), every answer against its solo answer (the runtime's
+  batch-1 loop, in-process, before the server starts); then a --long-prompt-token prompt arrives
+  while --stall-clients others decode (their inter-token gaps during its prefill against before);
+  then, with --genai, onnxruntime-genai's `Engine` on its own build at the same levels, in-process.
 
 Latency is client-side wall time per request. The machine is shared: numbers are indicative.
 """
@@ -42,8 +52,8 @@ from mlpdeploy.runtime.generate import CachedGenerator  # noqa: E402
 PROMPTS = [b"def __init__(self", b"import os\n", b"for i in range(", b"class ", b"return ", b"if __name__ == ", b"    x = ", b"print("]
 
 
-def start_server(models: list[Path], threads: int | None) -> tuple[subprocess.Popen, str]:
-    cmd = [sys.executable, "-c", "from mlpdeploy.cli import main; main()", "serve", *map(str, models), "--port", "0", "--log-level", "warning"]
+def start_server(models: list[Path], threads: int | None, extra: list[str] = ()) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-c", "from mlpdeploy.cli import main; main()", "serve", *map(str, models), "--port", "0", "--log-level", "warning", *extra]
     if threads:
         cmd += ["--threads", str(threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -143,12 +153,21 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--quick", action="store_true", help="5 s per mode")
-    parser.add_argument("--mode", choices=["infer", "generate", "both"], default="both")
+    parser.add_argument("--mode", choices=["infer", "generate", "both", "batching"], default="both")
+    parser.add_argument("--levels", default="1,2,4,8,16", help="batching: client counts")
+    parser.add_argument("--max-tokens", type=int, default=48, help="batching: new tokens per request")
+    parser.add_argument("--prompts", type=Path, default=Path(__file__).parent / "prompts" / "open.jsonl", help="batching: chat prompts")
+    parser.add_argument("--long-prompt", type=int, default=1000, help="batching: tokens of the prompt arriving mid-stream (0: skip)")
+    parser.add_argument("--stall-clients", type=int, default=4, help="batching: clients decoding when the long prompt arrives")
+    parser.add_argument("--genai", type=Path, help="batching: an onnxruntime-genai build of the same model, run by its Engine")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="batching: the server's --max-batch-size")
     parser.add_argument("--model", type=Path, help="a compile directory of a classifier taking pixel_values (default: compile mixer-tiny)")
     parser.add_argument("--decoder", type=Path, help="a `compile --kv-cache` directory (default: compile llama-small --kv-cache)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads in the server (default: the build's)")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.mode == "batching":
+        return batching(args)
     seconds = 5.0 if args.quick else args.seconds
     work = Path(tempfile.mkdtemp(prefix="serve-load-"))
     models = {}
@@ -172,6 +191,85 @@ def main() -> int:
     out = write_results("serve_load", {"results": results, "server_exit": shutdown, "threads": args.threads}, args.json)
     print(f"results: {out}")
     return 0 if all(r["all_correct"] for r in results.values()) and shutdown == 0 else 1
+
+
+def batching(args) -> int:
+    """--mode batching (module docstring)."""
+    import os
+    import platform
+
+    import batching_load as bl
+
+    from mlpdeploy.runtime.scheduler.options import SchedulerOptions  # noqa: F401 - the serve options this drives
+
+    if args.decoder is None:
+        raise SystemExit("--mode batching needs --decoder DIR (a `compile --kv-cache` directory of a model with a chat template)")
+    levels = [int(c) for c in args.levels.split(",")]
+    engine = Engine.load(args.decoder, threads=args.threads)
+    generator = CachedGenerator(engine)
+    from mlpdeploy.serving.models import _tokenizer
+
+    tokenizer = _tokenizer(engine)
+    prompts = bl.chat_prompts(tokenizer, args.prompts)
+    stops = list(tokenizer.stop_token_ids)
+    print(f"solo answers for {len(prompts)} prompts ({args.max_tokens} tokens, in-process) ...", flush=True)
+    expected = {tuple(p): generator.generate([p], args.max_tokens, stop_tokens=stops).tokens[0] for p in prompts}
+    long = bl.long_prompt(tokenizer, Path(__file__).parent / "data" / "mlpdeploy-notes.jsonl", args.long_prompt) if args.long_prompt else None
+    long_solo = generator.generate([long], 4, stop_tokens=stops) if long else None
+    del generator, engine
+    load_before = os.getloadavg()
+    proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size)])
+    host, port = url.rsplit(":", 1)
+    port = int(port)
+    name = args.decoder.name
+    results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
+                     "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "prompts": str(args.prompts),
+                                  "prompt_tokens": [len(p) for p in prompts], "max_batch_size": args.max_batch_size}}
+
+    def per_client(clients: int) -> int:
+        return max(2, -(-16 // clients))
+
+    try:
+        bl.stream_request(host, port, name, prompts[0], 4)  # warm up
+        for clients in levels:
+            steps, rows = bl.occupancy(host, port)
+            got, seconds = bl.closed_loop(clients, per_client(clients), lambda p: bl.stream_request(host, port, name, p, args.max_tokens), prompts)
+            steps_after, rows_after = bl.occupancy(host, port)
+            r = results["levels"][clients] = {**bl.summarize(got, seconds, expected),
+                                              "mean_rows_per_step": round((rows_after - rows) / max(steps_after - steps, 1), 2)}
+            base = results["levels"][levels[0]]["tokens_per_s"]
+            print(f"{clients:3d} clients: {r['tokens_per_s']:7.1f} tokens/s ({r['tokens_per_s'] / base:.2f}x), TTFT p50 {r['ttft_p50_ms']} p99 "
+                  f"{r['ttft_p99_ms']} ms, ITL p50 {r['itl_p50_ms']} p99 {r['itl_p99_ms']} ms, rows/step {r['mean_rows_per_step']}, "
+                  f"answers {r['identical']}/{r['requests']} = solo, errors {len(r['errors'])}", flush=True)
+        if long:
+            s = results["stall"] = bl.stall(host, port, name, prompts, long, args.stall_clients, 6 * args.max_tokens)
+            s["long_answer_is_solo"] = s.pop("long_tokens") == long_solo.tokens[0]
+            print(f"long prompt ({len(long)} tokens) with {args.stall_clients} decoding: TTFT {s['long_ttft_ms']} ms; others' ITL p50 before "
+                  f"{s['others_itl_p50_before_ms']} ms, during its prefill p50 {s['others_itl_p50_during_ms']} p90 {s['others_itl_p90_during_ms']} "
+                  f"worst {s['others_max_itl_during_ms']} ms "
+                  f"(+{s['delay_in_steps']} steps); its answer = solo: {s['long_answer_is_solo']}", flush=True)
+    finally:
+        proc.terminate()
+        results["server_exit"] = proc.wait(timeout=60)
+    results["load"]["load_after"] = os.getloadavg()
+    if 1 in results["levels"]:
+        one = results["levels"][1]
+        results["targets"] = {f"tokens_per_s_{c}_vs_1": round(results["levels"][c]["tokens_per_s"] / one["tokens_per_s"], 2)
+                              for c in levels if c != 1}
+        if 8 in results["levels"]:
+            results["targets"]["itl_p99_8_vs_itl_p50_1"] = round(results["levels"][8]["itl_p99_ms"] / one["itl_p50_ms"], 2)
+        print(f"targets: {results['targets']}", flush=True)
+    if args.genai:
+        print("onnxruntime-genai Engine (static batching on CPU) ...", flush=True)
+        g = results["genai"] = bl.genai_levels(args.genai, prompts, levels, per_client, args.max_tokens, args.threads or 2)
+        for clients, r in g["levels"].items():
+            print(f"genai {clients:3d} clients: {r['tokens_per_s']:7.1f} tokens/s, TTFT p50 {r['ttft_p50_ms']} p99 {r['ttft_p99_ms']} ms, "
+                  f"ITL p50 {r['itl_p50_ms']} p99 {r['itl_p99_ms']} ms, answers {r['identical']}/{r['requests']} = its solo", flush=True)
+        g["solo_answers_equal_mlpdeploy_solo"] = sum(answer == expected[tuple(p)][:len(answer)] for p, answer in zip(prompts, g.pop("solo")))
+    out = write_results("serve_load_batching", results, args.json)
+    print(f"results: {out}")
+    ok = all(not r["errors"] and r["different"] == 0 for r in results["levels"].values())
+    return 0 if ok and results["server_exit"] == 0 else 1
 
 
 def _compile(model: str, out: Path, kv_cache: bool) -> Path:

@@ -16,9 +16,14 @@ from mlpdeploy.errors import MlpdeployError
 @click.option("--triton", "repo", required=True, type=click.Path(path_type=Path), help="Triton model repository to write (created; other models in it stay).")
 @click.option("--kserve", is_flag=True, help="Also write REPO/inferenceservice.yaml: a KServe InferenceService running Triton on the repository.")
 @click.option("--storage-uri", help="Where the repository will be uploaded, for --kserve (e.g. s3://bucket/models; default: a placeholder to edit).")
-@click.option("--max-batch-size", default=16, show_default=True, help="Triton max_batch_size for batchable models (capped at the exported batch range).")
+@click.option("--max-batch-size", default=16, show_default=True, help="Triton max_batch_size for batchable models (capped at the exported batch range); python-backend decoders: sequences generating at once.")
 @click.option("--instances", default=1, show_default=True, help="Model instances (instance_group count).")
-@click.option("--max-queue-delay-us", default=100, show_default=True, help="Dynamic batcher: how long a request may wait for others.")
+@click.option("--max-queue-delay-us", default=100, show_default=True, help="Dynamic batcher: how long a request may wait for others "
+              "(python-backend decoders: how long an idle scheduler waits for more requests).")
+@click.option("--max-cache-tokens", type=int, help="Python-backend decoders: the scheduler's KV cache budget, prompt + max_tokens summed "
+              "over the sequences admitted at once [default: max-batch-size x min(context, 2048)].")
+@click.option("--max-queue-size", default=0, show_default=True, help="Python-backend decoders: requests that may wait beyond the batch "
+              "and budget; more are refused UNAVAILABLE (HTTP 503) (0: no limit).")
 @click.option("--triton-backend", type=click.Choice(["native", "python"]), default="native", show_default=True,
               help="native: Triton's onnxruntime / tensorrt backends; python: a model.py running mlpdeploy's runtime "
                    "(decoupled streaming generate for --kv-cache decoders).")
@@ -26,7 +31,8 @@ from mlpdeploy.errors import MlpdeployError
               help="With --triton-backend python: the Python environment (with mlpdeploy) Triton runs model.py in, "
                    "written as EXECUTION_ENV_PATH [default: this Python's environment; none: the server's own Python].")
 @debug_option
-def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, triton_backend, triton_python_env, debug) -> None:
+def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_queue_delay_us, max_cache_tokens, max_queue_size, triton_backend,
+            triton_python_env, debug) -> None:
     """Package built MODELS (compile directories, built .onnx or TensorRT .engine files) as a Triton model repository.
 
     Each model becomes REPO/NAME/config.pbtxt + REPO/NAME/1/model.onnx (platform onnxruntime_onnx) or
@@ -40,7 +46,8 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 
     if triton_python_env is not None and triton_backend != "python":
         raise MlpdeployError("--triton-python-env applies to --triton-backend python only; add --triton-backend python or drop it")
-    options = TritonOptions(max_batch_size=max_batch_size, instances=instances, max_queue_delay_us=max_queue_delay_us)
+    options = TritonOptions(max_batch_size=max_batch_size, instances=instances, max_queue_delay_us=max_queue_delay_us,
+                            max_cache_tokens=max_cache_tokens, max_queue_size=max_queue_size)
     written = package_triton(list(models), repo, options, kserve=kserve, storage_uri=storage_uri, backend=triton_backend,
                              python_env=triton_python_env)
     for name, path in written.items():
@@ -57,23 +64,37 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-body-mb", default=64, show_default=True, help="Largest request body accepted (413 beyond).")
 @click.option("--grace", default=30.0, show_default=True, help="Seconds requests in flight may finish after SIGTERM.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["critical", "error", "warning", "info", "debug"]))
+@click.option("--max-batch-size", default=16, show_default=True, help="Decoders: sequences generating at once, one decode step for all (as package's max_batch_size).")
+@click.option("--max-queue-delay-us", default=100, show_default=True, help="Decoders: how long an idle scheduler waits for more requests before it starts.")
+@click.option("--max-cache-tokens", type=int, help="Decoders: the KV cache budget, prompt + max_tokens summed over the sequences admitted at once "
+              "(more wait) [default: max-batch-size x min(context, 2048)].")
+@click.option("--max-queue-size", default=0, show_default=True, help="Decoders: requests that may wait beyond the batch and budget; more get 503 (0: no limit).")
 @SPECULATIVE
 @debug_option
-def serve(models, host, port, threads, max_body_mb, grace, log_level, speculative, debug) -> None:
+def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_size, max_queue_delay_us, max_cache_tokens, max_queue_size,
+          speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
     binary tensors), POST .../generate and .../generate_stream (server-sent events) for decoders compiled
-    with --kv-cache, and /metrics (Prometheus). A model's NAME is its compile directory's name (or the built
-    file's stem). SIGTERM shuts down gracefully.
+    with --kv-cache — in-flight batching: one decode step for every sequence generating — and /metrics
+    (Prometheus). A model's NAME is its compile directory's name (or the built file's stem). SIGTERM shuts
+    down gracefully.
     """
+    from mlpdeploy.runtime.scheduler import Scheduler, SchedulerOptions
     from mlpdeploy.serving.server import Server
 
-    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative)
+    batching = SchedulerOptions(max_batch=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_cache_tokens=max_cache_tokens,
+                                max_queue_size=max_queue_size)
+    server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative, batching)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"
+        if isinstance(model.scheduler, Scheduler):
+            kind += f", in-flight batching of {max_batch_size}, cache budget {model.scheduler.budget} tokens"
+        elif model.scheduler is not None:
+            kind += ", one request per thread (the build has no per-row cache lengths: rebuild it to batch)"
         if model.generator is not None and model.generator.drafter is not None:
-            kind += f", speculative {model.generator.drafter.describe()}"
+            kind += f", speculative {model.generator.drafter.describe()}" + (" when one sequence runs" if isinstance(model.scheduler, Scheduler) else "")
         console.print(f"{name}: {model.engine.path} ({model.engine.runtime}; {kind})", markup=False)
     console.print(f"serving on http://{server.url}/v2 (Ctrl-C or SIGTERM to stop)", markup=False, highlight=False)
     server.run()

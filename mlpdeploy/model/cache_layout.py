@@ -22,6 +22,10 @@ class CacheLayout:
     # bind one preallocated [batch, kv_heads, max length, head_dim] buffer per input as both the
     # past and the present, and ONNX Runtime appends to it in place.
     shared_buffer: bool = False
+    # Set with shared_buffer by builds whose GroupQueryAttention takes each row's length from the
+    # mask (its last 1): rows of one batch may hold different lengths, each in columns
+    # 0..length-1 of its own buffer row, and compute exactly what they compute alone.
+    row_lengths: bool = False
 
     def to_json(self) -> dict:
         return asdict(self)

@@ -58,12 +58,18 @@ class Engine:
         self.runtime: str = runner.runtime
 
     @classmethod
-    def load(cls, path: Path | str, threads: int | None = None) -> "Engine":
+    def load(cls, path: Path | str, threads: int | None = None, session_entries: dict[str, str] | None = None) -> "Engine":
+        """`session_entries`: ONNX Runtime session config entries added to the build's (ignored by other runtimes)."""
         model = resolve_artifact(path)
         manifest = find_manifest(model)
         if manifest is None:
             raise MlpdeployError(f"no manifest beside {model}; the runtime needs the one `mlpdeploy build` writes")
         backend = backend_of(manifest)
+        if session_entries and backend == "onnxruntime":
+            from mlpdeploy.backends.onnxruntime.loader import SessionFromArtifact
+            from mlpdeploy.backends.onnxruntime.runner import OrtRunner
+
+            return cls(model, manifest, OrtRunner(SessionFromArtifact(model, threads=threads, config_entries=session_entries)), backend)
         return cls(model, manifest, get_backend(backend).runner(model, threads=threads), backend)
 
     @property

@@ -12,8 +12,10 @@
 
 Errors are Triton's error JSON `{"error": "..."}`: 400 for a bad request (malformed JSON, wrong
 input names, shapes or datatypes), 404 for an unknown model or version, 413 for a body over the
-limit, 500 for a failure inside the model. Inference runs in worker threads (the engine is safe
-for concurrent calls), so a slow request does not hold up the others.
+limit, 503 when a decoder's queue is full ("Exceeds maximum queue size", as Triton; the server
+stays healthy), 500 for a failure inside the model. Inference runs in worker threads (the engine is
+safe for concurrent calls), so a slow request does not hold up the others; generate requests go to
+the model's in-flight batching scheduler (`runtime.scheduler`) without holding a thread.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import zlib
 
 from mlpdeploy import __version__
 from mlpdeploy.errors import require
-from mlpdeploy.serving.generate import generate, parse_generate_request, stream
+from mlpdeploy.serving.generate import generate, parse_generate_request, start_stream
 from mlpdeploy.serving.metrics import Metrics
 from mlpdeploy.serving.models import VERSION, ServedModel
 from mlpdeploy.serving.protocol import HEADER_LENGTH, RequestError, encode_infer_response, parse_infer_request
@@ -77,6 +79,9 @@ def create_app(models: dict[str, ServedModel], max_body_bytes: int = DEFAULT_MAX
     from starlette.routing import Route
 
     metrics = Metrics()
+    for model in models.values():
+        if model.scheduler is not None:
+            model.scheduler.observers.append(metrics.scheduler_observer(model.name))
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
@@ -133,16 +138,21 @@ def create_app(models: dict[str, ServedModel], max_body_bytes: int = DEFAULT_MAX
     async def generate_once(request):
         model = _model(models, request)
         parsed = parse_generate_request(await read_body(request, max_body_bytes), model)
-        result = await run_in_threadpool(generate, model, parsed)
+
+        async def disconnected():  # the body is read: the next message is the client going away
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        result = await generate(model, parsed, disconnected)
         metrics.tokens.labels(model.name).inc(len(result["output_ids"]))
         return JSONResponse(result)
 
     async def generate_stream(request):
         model = _model(models, request)
         parsed = parse_generate_request(await read_body(request, max_body_bytes), model)
-
         tokens = metrics.tokens.labels(model.name)
-        return StreamingResponse(stream(model, parsed, on_token=tokens.inc), media_type="text/event-stream; charset=utf-8")
+        # StreamingResponse stops the stream when the client disconnects, which cancels the request
+        return StreamingResponse(start_stream(model, parsed, on_token=tokens.inc), media_type="text/event-stream; charset=utf-8")
 
     async def metrics_text(request):
         content, media_type = metrics.exposition()

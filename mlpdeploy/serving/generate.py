@@ -1,4 +1,4 @@
-"""Triton's generate extension over the runtime's generate loop (`CachedGenerator`).
+"""Triton's generate extension over the runtime's in-flight batching scheduler (`runtime.scheduler`).
 
 Request (`POST .../generate` or `.../generate_stream`): `{"id"?, "text_input": str | "input_ids":
 [int] | "messages": [{"role", "content"}], "parameters"?: {...}}` (`messages`: chat turns, formatted
@@ -9,21 +9,23 @@ models, or a Hugging Face directory's).
 
 Response: `{"id"?, "model_name", "model_version", "text_output", "output_ids", "finish_reason"}`;
 `generate_stream` sends one server-sent event per token (`text_output` the new text, held back
-while a multi-byte character is incomplete) and a last one with `finish_reason`.
+while a multi-byte character is incomplete) and a last one with `finish_reason`. A full queue
+answers 503 `{"error": "Exceeds maximum queue size"}` (Triton's); a client that disconnects
+cancels its request (its row is freed at the scheduler's next step).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.serving.models import VERSION, ServedModel
 from mlpdeploy.serving.protocol import RequestError
 
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection first (never seen by that client)
 PARAMETERS = {"max_tokens", "temperature", "top_k", "top_p", "seed", "stop"}
 
 
@@ -39,7 +41,7 @@ class GenerateRequest:
 def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
     from mlpdeploy.runtime.generate import Sampling
 
-    if model.generator is None:
+    if model.scheduler is None:
         raise RequestError(400, f"model '{model.name}' has no KV cache; generate needs a decoder compiled with --kv-cache (use /infer)")
     try:
         payload = json.loads(body)
@@ -58,7 +60,7 @@ def parse_generate_request(body: bytes, model: ServedModel) -> GenerateRequest:
     try:
         max_tokens = int(params.get("max_tokens", 16))
         sampling = Sampling(float(params.get("temperature", 0.0)), int(params.get("top_k", 0)), float(params.get("top_p", 1.0)), int(params.get("seed", 0)))
-        model.generator.check([prompt], max_tokens)
+        model.scheduler.check(prompt, max_tokens)
     except (TypeError, ValueError) as exc:
         raise RequestError(400, f"bad generate parameter: {exc}") from None
     except MlpdeployError as exc:
@@ -131,68 +133,104 @@ def _base(model: ServedModel, request: GenerateRequest) -> dict:
     return base | ({"id": request.id} if request.id is not None else {})
 
 
-def run_generation(model: ServedModel, request: GenerateRequest, on_token: Callable[[int], None] | None = None) -> tuple[list[int], str]:
+def submit_generation(model: ServedModel, request: GenerateRequest, on_event: Callable[[str, object], None] | None = None):
     """The one call from serving into the runtime for a generate request — `mlpdeploy serve`'s generate and
-    generate_stream and the Triton python-backend model (`triton_generate`) all come through here. Blocks
-    until the request is done; `on_token(token)` sees each new token (an exception raised in it stops the
-    generation). Returns (new tokens, finish reason "stop" | "length").
+    generate_stream and the Triton python-backend model (`triton_generate`, through `run_generation`) all
+    come through here. Hands the request to the model's scheduler (`runtime.scheduler`: in-flight batching,
+    or one request per thread for builds that cannot batch) and returns its `Request` at once:
+    `on_event(kind, value)` sees ("token", id) … then ("end", finish) or ("error", message), on the
+    scheduler's thread (it must not block). A full queue is a 503 with Triton's message; a request that
+    can never run (the model's context, the cache budget) a 400."""
+    from mlpdeploy.runtime.scheduler import QUEUE_FULL, QueueFull
 
-    Today each request runs the runtime's generate loop at batch 1 on the calling thread; the in-flight
-    batching scheduler replaces this body (the callers, and the packaged repositories, stay as they are)."""
-    callback = None if on_token is None else (lambda _row, token: on_token(token))
-    result = model.generator.generate([request.prompt], request.max_tokens, request.sampling, request.stop_tokens, on_token=callback)
-    return result.tokens[0], result.finish[0]
-
-
-def generate(model: ServedModel, request: GenerateRequest) -> dict:
-    """Generate the whole answer (blocking; run in a worker thread)."""
-    tokens, finish = run_generation(model, request)
-    text = model.tokenizer.decode(tokens) if model.tokenizer is not None else ""
-    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": finish}
+    try:
+        return model.scheduler.submit(request.prompt, request.max_tokens, request.sampling, request.stop_tokens, on_event)
+    except QueueFull:
+        raise RequestError(503, QUEUE_FULL) from None
+    except MlpdeployError as exc:
+        raise RequestError(400, str(exc)) from None
 
 
-class _Cancelled(Exception):
-    pass
+def run_generation(model: ServedModel, request: GenerateRequest, on_token: Callable[[int], None] | None = None) -> tuple[list[int], str]:
+    """`submit_generation`, blocking until the request is done; `on_token(token)` sees each new token on the
+    calling thread (an exception raised in it cancels the request — its row is freed at the next step —
+    and propagates). Returns (new tokens, finish reason "stop" | "length")."""
+    handle = submit_generation(model, request)
+    try:
+        for token in handle.stream():
+            if on_token is not None:
+                on_token(token)
+    except BaseException:
+        handle.cancel()
+        raise
+    return handle.wait()
 
 
-async def stream(model: ServedModel, request: GenerateRequest, on_token: Callable[[], None] | None = None) -> AsyncIterator[str]:
-    """Server-sent events, one per token, from a generation running in a worker thread; stops the
-    generation when the client goes away. `on_token()` is called (in the worker) for each token."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue = asyncio.Queue()
-    cancelled = threading.Event()
-    pieces = TextPieces(model.tokenizer)
+class _Events:
+    """A request's events, handed from the scheduler's thread to the event loop."""
 
-    def push(token: int) -> None:
-        if cancelled.is_set():
-            raise _Cancelled
-        if on_token is not None:
-            on_token()
-        loop.call_soon_threadsafe(events.put_nowait, ("token", token))
+    def __init__(self, tokens: bool):
+        self.loop, self.queue, self.tokens = asyncio.get_running_loop(), asyncio.Queue(), tokens
+        self.handle = None
 
-    def run() -> None:
+    def push(self, kind: str, value) -> None:
+        if kind == "token" and not self.tokens:
+            return
         try:
-            _, finish = run_generation(model, request, on_token=push)
-            loop.call_soon_threadsafe(events.put_nowait, ("done", finish))
-        except _Cancelled:
-            pass
-        except Exception as exc:  # reported to the client as an error event (the status is already 200)
-            loop.call_soon_threadsafe(events.put_nowait, ("error", f"{type(exc).__name__}: {exc}"))
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+        except RuntimeError:  # the event loop is gone (server shut down): nobody reads this request any more
+            if self.handle is not None:
+                self.handle.cancel()
 
-    worker = threading.Thread(target=run, name=f"generate-{model.name}", daemon=True)
-    worker.start()
+
+async def generate(model: ServedModel, request: GenerateRequest, disconnected: Callable[[], Awaitable[None]]) -> dict:
+    """Generate the whole answer; `disconnected()` returns when the client goes away, which cancels the request."""
+    events = _Events(tokens=False)
+    handle = events.handle = submit_generation(model, request, events.push)
+    ended = asyncio.ensure_future(events.queue.get())
+    gone = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({ended, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not ended.done():
+            ended.cancel()
+            handle.cancel()
+    if ended.cancelled():
+        raise RequestError(CLIENT_CLOSED, "the client disconnected; its generation was cancelled")
+    kind, value = ended.result()
+    if kind == "error":
+        raise RuntimeError(value)
+    tokens = list(handle.tokens)
+    text = model.tokenizer.decode(tokens) if model.tokenizer is not None else ""
+    return _base(model, request) | {"text_output": text, "output_ids": tokens, "finish_reason": value}
+
+
+def start_stream(model: ServedModel, request: GenerateRequest, on_token: Callable[[], None] | None = None) -> AsyncIterator[str]:
+    """Submit the request now (a full queue or a request that cannot run raises its RequestError here,
+    before any response is sent) and return its server-sent events, one per token; the request is
+    cancelled when the stream is closed early (the client went away). `on_token()` is called per token."""
+    events = _Events(tokens=True)
+    handle = events.handle = submit_generation(model, request, events.push)
+    return _stream(model, request, handle, events, on_token)
+
+
+async def _stream(model, request, handle, events: _Events, on_token) -> AsyncIterator[str]:
+    pieces = TextPieces(model.tokenizer)
     base = _base(model, request)
     try:
         while True:
-            kind, value = await events.get()
+            kind, value = await events.queue.get()
             if kind == "token":
+                if on_token is not None:
+                    on_token()
                 event = base | {"text_output": pieces.add(value), "output_ids": [value]}
-            elif kind == "done":
+            elif kind == "end":
                 event = base | {"text_output": pieces.flush(), "output_ids": [], "finish_reason": value}
-            else:
+            else:  # reported to the client as an error event (the status is already 200)
                 event = {"error": value}
             yield f"data: {json.dumps(event)}\n\n"
             if kind != "token":
                 return
     finally:
-        cancelled.set()
+        handle.cancel()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlpdeploy.errors import MlpdeployError, require
 from mlpdeploy.serving.app import DEFAULT_MAX_BODY, create_app
-from mlpdeploy.serving.models import load_models
+from mlpdeploy.serving.models import close_models, load_models
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -32,12 +32,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class Server:
-    """A uvicorn server for built models, listening on `host:port` (port 0: a free port, see `.port`)."""
+    """A uvicorn server for built models, listening on `host:port` (port 0: a free port, see `.port`);
+    `batching`: the decoders' scheduler limits (`runtime.scheduler.SchedulerOptions`)."""
 
     def __init__(self, paths: list[Path | str], host: str = "127.0.0.1", port: int = 8000, threads: int | None = None,
-                 max_body_bytes: int = DEFAULT_MAX_BODY, log_level: str = "warning", grace: float = 30.0, speculative: str | None = None):
+                 max_body_bytes: int = DEFAULT_MAX_BODY, log_level: str = "warning", grace: float = 30.0, speculative: str | None = None,
+                 batching=None):
         uvicorn = require("uvicorn", "serve", "mlpdeploy serve")
-        self.models, self.max_body_bytes = load_models(paths, threads, speculative), max_body_bytes
+        self.models, self.max_body_bytes = load_models(paths, threads, speculative, batching), max_body_bytes
         self.app = create_app(self.models, max_body_bytes)
         self.socket = _bind(host, port)
         self.host, self.port = host, self.socket.getsockname()[1]
@@ -55,7 +57,10 @@ class Server:
         re-raises the signal after its graceful shutdown; a SIGTERM then ends `run` normally (exit 0)."""
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: None)
-        self.server.run(sockets=[self.socket])
+        try:
+            self.server.run(sockets=[self.socket])
+        finally:
+            close_models(self.models)
 
     def start(self, timeout: float = 30.0) -> "Server":
         """Serve from a background thread; returns once the server accepts connections."""

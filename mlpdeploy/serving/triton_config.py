@@ -45,6 +45,8 @@ class TritonOptions:
     instances: int = 1
     max_queue_delay_us: int = 100
     sequence_idle_us: int = 60_000_000
+    max_cache_tokens: int | None = None  # python-backend decoders: the scheduler's cache budget (None: its default)
+    max_queue_size: int = 0  # python-backend decoders: requests waiting beyond the batch (0: no limit)
     mount: str = "/models"  # where the server sees the repository (for custom-op library paths)
 
 

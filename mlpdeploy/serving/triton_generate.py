@@ -12,9 +12,11 @@ Responses: without `stream` one response with every new token (`output_ids`), `t
 `finish_reason` — what Triton's `/generate` endpoint needs; with `stream: true` one response per
 token (`output_ids` [1] and its `text_output` piece) and a last one with `finish_reason` and empty
 `output_ids` (`/generate_stream`, or a gRPC stream). `text_output` and `finish_reason` are strings,
-sent where the Python backend handles strings (see `triton_tensors`). Each request runs in a worker
-thread (`max_batch_size` of them at once; more wait their turn), through `run_generation` — the one
-entry point the in-flight scheduler replaces. A request Triton reports cancelled stops at its next token.
+sent where the Python backend handles strings (see `triton_tensors`). Each request waits for its
+tokens in a worker thread, through `run_generation` (the one entry point into the runtime): the
+model's in-flight batching scheduler generates them, every request in one decode step. A full
+scheduler queue is answered UNAVAILABLE "Exceeds maximum queue size" (HTTP 503), as Triton's own
+queue; a request Triton reports cancelled stops at its next token and frees its row.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from mlpdeploy.serving.protocol import RequestError
 from mlpdeploy.serving.triton_tensors import numpy_path_sound, output_tensor, read_input, read_strings
 
 # optional input tensors → the generate parameter they carry
+UNBOUNDED_WAITERS = 256  # requests waiting at once when the queue has no limit (max_queue_size 0)
 SETTINGS = {"max_tokens": "max_tokens", "temperature": "temperature", "top_k": "top_k", "top_p": "top_p", "seed": "seed",
             "stop_ids": "stop", "stream": "stream"}
 
@@ -48,14 +51,18 @@ def triton_error(pb_utils, message: str, code: str = "INVALID_ARG"):
 class TritonGenerate:
     """The decoupled generate side of the Triton model for one cached decoder."""
 
-    def __init__(self, pb_utils, model: ServedModel, max_active: int, log):
+    def __init__(self, pb_utils, model: ServedModel, log):
         self.pb, self.model = pb_utils, model
         self.strings = numpy_path_sound(pb_utils)
         if not self.strings:
             log.log_warn("this Python backend predates numpy-2 support (pybind11 < 2.12, Triton < 24.11): token ids only, "
                          "no text_input, text_output or finish_reason — a text_input request ends its stub; "
                          "use Triton >= 24.11 or numpy < 2 in the execution environment for text")
-        self.workers = ThreadPoolExecutor(max_workers=max_active, thread_name_prefix="generate")
+        # one waiting thread per request in the scheduler (its batch and queue); the scheduler bounds the work, and a
+        # full queue is answered at once rather than held here
+        options = getattr(model.scheduler, "options", None)
+        waiting = options.max_queue_size if options is not None and options.max_queue_size else UNBOUNDED_WAITERS
+        self.workers = ThreadPoolExecutor(max_workers=(options.max_batch if options else 1) + waiting, thread_name_prefix="generate")
 
     def execute(self, requests) -> None:
         for request in requests:
@@ -102,6 +109,9 @@ class TritonGenerate:
             tokens, finish = run_generation(self.model, generate, on_token)
         except _Cancelled:
             sender.send(flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            return
+        except RequestError as exc:  # refused by the scheduler: a full queue (503) or a request that cannot run (400)
+            self._fail(sender, exc.message, "UNAVAILABLE" if exc.status == 503 else "INVALID_ARG")
             return
         except Exception as exc:  # a failure inside the runtime: the client gets it as the response's error
             self._fail(sender, f"{type(exc).__name__}: {exc}", "INTERNAL")

@@ -12,7 +12,9 @@ Per model kind:
   cached decoder   decoupled (`model_transaction_policy { decoupled: true }`), `max_batch_size: 0`:
                    generate requests (`triton_generate`) — input_ids or text_input, settings as
                    optional tensors or parameters; output_ids, text_output, finish_reason. The
-                   runtime's limit on sequences generating at once is the `max_batch_size` parameter.
+                   in-flight batching scheduler's limits are parameters: `max_batch_size`
+                   (sequences generating at once), `max_queue_delay_us`, `max_queue_size`,
+                   `max_cache_tokens` (when given).
   anything else    Triton's dynamic batcher (`max_batch_size` capped at the exported batch range,
                    `max_queue_delay_microseconds`) over the manifest's tensors, as the native config.
 
@@ -123,7 +125,10 @@ def python_config(name: str, artifact: Path, manifest: Manifest, options: Triton
             raise MlpdeployError(f"{artifact.name} is a TensorRT engine with a KV cache; the runtime generates through ONNX Runtime — "
                                  "package the .onnx build of the decoder with --triton-backend python")
         config = _decoder_fields(name, has_tokenizer(artifact, manifest))
-        parameters.append(_parameter("max_batch_size", options.max_batch_size))
+        parameters += [_parameter("max_batch_size", options.max_batch_size), _parameter("max_queue_delay_us", options.max_queue_delay_us),
+                       _parameter("max_queue_size", options.max_queue_size)]
+        if options.max_cache_tokens is not None:
+            parameters.append(_parameter("max_cache_tokens", options.max_cache_tokens))
         comments.append("decoupled generate model: send input_ids or text_input (+ max_tokens, temperature, top_k, top_p, seed, stop_ids, stream);")
         comments.append("`stream: true` answers one response per token (/generate_stream, gRPC streams), else one response (/generate)")
     else:

@@ -100,3 +100,71 @@ def test_rewind_errors(builds):
         stepper.step(state, np.zeros((1, 40 - len(PROMPT) + 1), np.int64))
     with pytest.raises(MlpdeployError, match="a cache of 300 columns exceeds the model's 128 positions"):
         stepper.new_state(1, 300)
+
+
+def test_rows_of_their_own_lengths(builds):
+    """Row-lengths layout: each row keeps its tokens in columns 0..length-1 of its buffer row; a
+    step appends at every row's own length and each row's logits are bit for bit its solo logits;
+    a rewind sets one row's length; a leading-row view of the buffers runs the first rows alone."""
+    stepper = Stepper(builds["shared"])
+    assert stepper.row_lengths and not Stepper(builds["plain"]).row_lengths
+    prompts = [PROMPT, list(b"for i in"), list(b"x")]
+    buffers = stepper.cache_buffers(len(prompts), 64)
+    firsts = []
+    for row, prompt in enumerate(prompts):
+        row_state = stepper.rows_state({n: b[row:row + 1] for n, b in buffers.items()}, [0])
+        firsts.append(stepper.step(row_state, np.array([prompt]))[0, -1])
+        assert row_state.positions.tolist() == [len(prompt)] and row_state.length == len(prompt)
+    state = stepper.rows_state(buffers, [len(p) for p in prompts])
+    together = np.stack([stepper.step(state, np.array([[t]] * len(prompts)))[:, -1] for t in THEN], axis=1)
+    assert state.positions.tolist() == [len(p) + len(THEN) for p in prompts] and state.length == len(PROMPT) + len(THEN)
+    for row, prompt in enumerate(prompts):
+        logits, alone = stepper.prefill([prompt], 64)
+        np.testing.assert_array_equal(firsts[row], logits[0])
+        np.testing.assert_array_equal(together[row], _continue(stepper, alone, THEN), err_msg=f"row {row}")
+    # rewind row 1 by two tokens and feed two others: row 1 computes what it would alone
+    stepper.rewind(state, state.positions - [0, 2, 0])
+    after = np.stack([stepper.step(state, np.array([[t]] * 3))[:, -1] for t in FED[:2]], axis=1)
+    _, alone = stepper.prefill([prompts[1]], 64)
+    _continue(stepper, alone, THEN[:1])
+    np.testing.assert_array_equal(after[1], _continue(stepper, alone, FED[:2]))
+    # the first two rows alone, through a view of the same buffers
+    pair = stepper.rows_state({n: b[:2] for n, b in buffers.items()}, state.positions[:2])
+    stepper.step(pair, np.array([[THEN[0]], [THEN[0]]]))
+    assert pair.positions.tolist() == (state.positions[:2] + 1).tolist()
+
+
+def test_row_lengths_errors(builds):
+    stepper = Stepper(builds["shared"])
+    state = stepper.new_state(2, 8, row_lengths=True)
+    with pytest.raises(MlpdeployError, match="takes no padding"):
+        stepper.step(state, np.zeros((2, 2), np.int64), np.array([[True, True], [False, True]]))
+    with pytest.raises(MlpdeployError, match="prefilled for 8 positions"):
+        stepper.step(state, np.zeros((2, 9), np.int64))
+    with pytest.raises(MlpdeployError, match="built without per-row cache lengths"):
+        Stepper(builds["plain"]).new_state(1, 8, row_lengths=True)
+
+
+def test_lazy_zeros_map_only_the_pages_written():
+    """Cache buffers take memory for the tokens written, not for 2 MB huge pages per row and head
+    (numpy's np.zeros would: 20 × 3 × 2 MB here)."""
+    from pathlib import Path
+
+    from mlpdeploy.runtime.step import lazy_zeros
+
+    statm = Path("/proc/self/statm")
+    if not statm.exists():
+        pytest.skip("needs Linux /proc")
+
+    def resident() -> int:
+        return int(statm.read_text().split()[1]) * 4096
+
+    small = lazy_zeros((2, 3), np.float32)
+    assert small.shape == (2, 3) and not small.any()
+    buffers = [lazy_zeros((4, 3, 8192, 64), np.float32) for _ in range(20)]
+    assert buffers[0].dtype == np.float32 and buffers[0].flags.writeable and not buffers[0][1].any()
+    before = resident()
+    for buffer in buffers:
+        buffer[1, :, :40] = 1.0
+    assert resident() - before < 16 << 20
+    assert all(float(b.sum()) == 3 * 40 * 64 for b in buffers)

@@ -79,7 +79,8 @@ class OnnxRuntimeBackend(Backend):
             if manifest is not None:
                 derived = manifest.derived("build", backend=self.name, opt_level=options.opt_level, providers=config["providers"])
                 if fusions is not None and fusions.get("shared_cache_buffer"):
-                    derived.cache = {**derived.cache, "shared_buffer": True}
+                    # GroupQueryAttention reads each row's length from the mask (passes/gqa.py): rows may hold different lengths
+                    derived.cache = {**derived.cache, "shared_buffer": True, "row_lengths": True}
                 derived.save_beside(tmp)
                 if derived.cache is not None:  # onnxruntime-genai can drive the cached decoder too
                     built = ir.from_proto(load_onnx(tmp, load_external_data=False))

@@ -10,9 +10,14 @@ Matched after onnxscript's rotary and SDPA fusions (intermediate ops in `ai.onnx
 
 Rewritten as one GroupQueryAttention(q, k, v, past_k, past_v, seqlens_k, total_sequence_length,
 cos_cache, sin_cache, position_ids, attention_bias=mask, query_seqlens, do_rotary=1): the kernel
-rotates q and k itself, at the graph's own `position_ids`, row by row. `seqlens_k` is total − 1
-for every row (every cached position is kept; the model's mask, passed as attention_bias, hides
-padding) and `query_seqlens` is the chunk length of every row, so masks and positions are the
+rotates q and k itself, at the graph's own `position_ids`, row by row. `query_seqlens` is the
+chunk length of every row. `seqlens_k` is, per row, the index of the row's last attended column
+(its last 1 in `attention_mask`): total − 1 whenever a step's last column is a real token of every
+row (left-padded batches, holes from rewinds: every cached position is kept and the model's mask,
+passed as attention_bias, hides padding), and the row's own length when a row's mask ends in
+zeros — a batch whose rows hold different lengths, each row's tokens in columns 0..length−1 (the
+in-flight scheduler's layout: GroupQueryAttention appends each row's new tokens at its own length
+and attends over its own columns only, exactly as the row alone). Masks and positions are the
 model's own. (Measured on ONNX Runtime 1.32: with `query_seqlens` given, the fused rotation is
 bit-identical to separate com.microsoft RotaryEmbedding nodes for prefill, left-padded prefill,
 decode at arbitrary per-row positions and multi-token chunks; without it a first prompt is
@@ -63,22 +68,27 @@ class GQAInputs:
         if mask is None or ids is None:
             inputs.ok, inputs.why = False, "the graph has no attention_mask or input_ids input"
             return inputs
-        one = _const(graph, "gqa.one", np.array([1], np.int64))
+        if mask.dtype not in (None, ir.DataType.INT64):
+            inputs.ok, inputs.why = False, f"attention_mask is {mask.dtype}, not int64"
+            return inputs
         first, second = _const(graph, "gqa.axis0", np.array([0], np.int64)), _const(graph, "gqa.axis1", np.array(1, np.int64))
+        zero, step, rows = (_const(graph, name, np.array(v, np.int64)) for name, v in (("gqa.zero", 0), ("gqa.step", 1), ("gqa.rows", [1])))
         shape = ir.node("Shape", [mask], name="gqa/shape")
         total = ir.node("Gather", [shape.outputs[0], second], {"axis": 0}, name="gqa/total")
         total32 = ir.node("Cast", [total.outputs[0]], {"to": ir.DataType.INT32}, name="gqa/total_sequence_length")
-        last = ir.node("Sub", [total.outputs[0], one], name="gqa/last")
         batch = ir.node("Gather", [shape.outputs[0], first], {"axis": 0}, name="gqa/batch")
-        every = ir.node("Expand", [last.outputs[0], batch.outputs[0]], name="gqa/every_row")
-        seqlens = ir.node("Cast", [every.outputs[0]], {"to": ir.DataType.INT32}, name="gqa/seqlens_k")
+        # seqlens_k[b] = the index of row b's last 1 in the mask: max over columns of mask * column
+        columns = ir.node("Range", [zero, total.outputs[0], step], name="gqa/columns")
+        attended = ir.node("Mul", [mask, columns.outputs[0]], name="gqa/attended_columns")
+        last = ir.node("ReduceMax", [attended.outputs[0], rows], {"keepdims": 0}, name="gqa/last_column")
+        seqlens = ir.node("Cast", [last.outputs[0]], {"to": ir.DataType.INT32}, name="gqa/seqlens_k")
         # query_seqlens: every row's whole chunk is valid (lets batches of several tokens each
         # continue a cache, which GroupQueryAttention otherwise refuses)
         ids_shape = ir.node("Shape", [ids], name="gqa/ids_shape")
         seq = ir.node("Gather", [ids_shape.outputs[0], second], {"axis": 0}, name="gqa/seq")
         seq_rows = ir.node("Expand", [seq.outputs[0], batch.outputs[0]], name="gqa/seq_every_row")
         query_seqlens = ir.node("Cast", [seq_rows.outputs[0]], {"to": ir.DataType.INT32}, name="gqa/query_seqlens")
-        nodes = [shape, total, total32, last, batch, every, seqlens, ids_shape, seq, seq_rows, query_seqlens]
+        nodes = [shape, total, total32, batch, columns, attended, last, seqlens, ids_shape, seq, seq_rows, query_seqlens]
         for node in reversed(nodes):
             graph.insert_before(graph.node(0), node)
         total32.outputs[0].name, seqlens.outputs[0].name = "gqa_total_sequence_length", "gqa_seqlens_k"
@@ -194,6 +204,9 @@ class AttentionToGQA(pattern.RewriteRuleClassBase):
         if mask.dtype not in (None, ir.DataType.FLOAT) or (mask.shape is not None and len(mask.shape) != 4):
             return result.fail("the mask is not an additive float [batch, 1, seq, total] tensor")
         tables = None
+        if q_rot is not None and head_dim % 16:  # the CPU kernel refuses do_rotary=1 at run time ("head_size shall be a multiple of 16")
+            self.inputs.why = f"head size {head_dim} is not a multiple of 16, which ONNX Runtime's GroupQueryAttention needs to rotate inside"
+            return result.fail(self.inputs.why)
         if q_rot is not None:
             rq, rk = q_rot.producer(), k_rot.producer()
             if rq.inputs[1:] != rk.inputs[1:]:

@@ -1,0 +1,45 @@
+"""The scheduler's limits, named and meant as in the Triton config `mlpdeploy package` writes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlpdeploy.errors import MlpdeployError
+
+DEFAULT_COLUMNS = 2048  # the default cache budget: this many tokens per row (or the model's context, if shorter)
+
+
+@dataclass
+class SchedulerOptions:
+    """`max_batch`: sequences generating at once (rows of one decode step; Triton's
+    `max_batch_size`). `max_queue_delay_us`: how long an idle scheduler waits for more requests
+    before it starts (Triton's `max_queue_delay_microseconds`). `max_cache_tokens`: the cache
+    budget — prompt + max_tokens summed over the sequences admitted at once (None: max_batch ×
+    min(context, 2048)); a request that does not fit waits, one that could never fit is refused.
+    `max_queue_size`: requests waiting beyond the batch and the budget (0: no limit; Triton's
+    `default_queue_policy.max_queue_size`), more are refused with "Exceeds maximum queue size".
+    `prefill_stall`: while other sequences decode, a prompt is prefilled in chunks that each take
+    about this many of their decode steps' time, `smallest_chunk` tokens at least
+    (`prefill.ChunkPolicy`); `prefill_chunk` fixes the chunk (tokens) instead."""
+
+    max_batch: int = 16
+    max_queue_delay_us: int = 100
+    max_cache_tokens: int | None = None
+    max_queue_size: int = 0
+    prefill_stall: float = 1.5
+    prefill_chunk: int | None = None
+    smallest_chunk: int = 16
+
+    def __post_init__(self):
+        if self.max_batch < 1:
+            raise MlpdeployError(f"max_batch must be at least 1, got {self.max_batch}")
+        if self.max_queue_delay_us < 0 or self.max_queue_size < 0:
+            raise MlpdeployError("max_queue_delay_us and max_queue_size must be 0 or more")
+        if self.max_cache_tokens is not None and self.max_cache_tokens < 2:
+            raise MlpdeployError(f"max_cache_tokens must be at least 2 (a one-token prompt and one new token), got {self.max_cache_tokens}")
+        if self.prefill_stall <= 0 or self.smallest_chunk < 1 or (self.prefill_chunk is not None and self.prefill_chunk < 1):
+            raise MlpdeployError("prefill_stall must be positive, smallest_chunk and prefill_chunk at least 1")
+
+    def budget(self, context: int) -> int:
+        """The cache budget in tokens for a model of `context` positions."""
+        return self.max_cache_tokens if self.max_cache_tokens is not None else self.max_batch * min(context, DEFAULT_COLUMNS)

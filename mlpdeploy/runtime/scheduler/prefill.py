@@ -1,0 +1,111 @@
+"""Prefill: a joining request's prompt run into its cache row, whole or in chunks.
+
+A prompt is prefilled by its own steps on a one-row state with buffers of the prompt's length,
+never inside the batch's decode step (a step runs [rows, width] tokens, so a chunk fed beside
+one-token rows would cost every row the chunk's width); once done its cache is copied into the
+batch's next free row (`Slots.join`). While no other sequence decodes, the prompt runs in one
+step — exactly the solo prefill. While others decode, the scheduler alternates their decode step
+with one chunk, sized so that the chunk takes about `prefill_stall` of their decode steps
+(`ChunkPolicy`): the others' next token is delayed by that much, not by the whole prompt.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mlpdeploy.runtime.scheduler.request import Request
+from mlpdeploy.runtime.step import Stepper, StepState
+
+DECAY = 0.8  # weight of the past in the running estimates
+
+
+class Prefill:
+    """One request's prompt going into a cache of its own (`buffers`)."""
+
+    def __init__(self, stepper: Stepper, request: Request):
+        self.stepper, self.request = stepper, request
+        self.buffers = stepper.cache_buffers(1, len(request.prompt))
+        self.state: StepState = stepper.rows_state(self.buffers, [0])
+        self.done = 0  # prompt tokens in the cache so far
+        self.logits: np.ndarray | None = None  # the last prompt token's logits, once done
+        self.last: tuple[int, float] | None = None  # (tokens, seconds) of its latest chunk
+
+    @property
+    def remaining(self) -> int:
+        return len(self.request.prompt) - self.done
+
+    def run(self, tokens: int) -> float:
+        """Prefill the next `tokens` prompt tokens; seconds taken."""
+        start = time.perf_counter()
+        chunk = np.array([self.request.prompt[self.done:self.done + tokens]], np.int64)
+        logits = self.stepper.step(self.state, chunk)
+        self.done += chunk.shape[1]
+        if self.remaining == 0:
+            self.logits = logits[0, -1]
+        seconds = time.perf_counter() - start
+        self.last = (chunk.shape[1], seconds)
+        return seconds
+
+
+class ChunkPolicy:
+    """How many prompt tokens one prefill step takes while `rows` other sequences decode.
+
+    Estimates, updated after every step: a decode step's time per batch size, and a chunk's time
+    as `base + per_token · (tokens − 1)` (base: what one token costs, about a one-row decode step;
+    per_token: what each further token adds). A chunk gets the tokens whose estimated time is
+    `stall` decode steps of the current batch, but at least `smallest`: a chunk pays one read of
+    every weight, so small chunks cost more per token (SmolLM2-135M int4, 2 threads: 4 tokens cost
+    1.9 one-token steps, 16 tokens 4.0, 64 tokens ~14) — and a prompt prefilled in one-token steps
+    would take the decode kernels, whose last bits differ. A remainder smaller than `smallest` goes
+    with the chunk before it. With nothing decoding, the whole prompt in one step."""
+
+    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 16):
+        self.stall, self.fixed, self.smallest = stall, fixed, smallest
+        self.step_seconds: dict[int, float] = {}
+        self.base: float | None = None
+        self.per_token: float | None = None
+
+    def size(self, remaining: int, rows: int, last: tuple[int, float] | None = None) -> int:
+        """Tokens for the next chunk of a prompt with `remaining` tokens left; `last`: (tokens, seconds)
+        of this prompt's previous chunk: its per-token cost, where higher than the running estimate,
+        is used (a chunk's attention grows with the prompt tokens before it)."""
+        if self.fixed is not None:
+            return min(self.fixed, remaining)
+        if rows == 0:
+            return remaining
+        tokens = self.smallest
+        step = self._step(rows)
+        if step is not None and self.base is not None:
+            per_token = self.per_token if self.per_token is not None else self.base / 4
+            if last is not None and last[0] > 1:
+                per_token = max(per_token, max(last[1] - self.base, 0.0) / (last[0] - 1))  # the larger: chunks err small
+            per_token = max(per_token, self.base / 32)  # a noisy chunk timed at or under `base` must not make tokens look free
+            tokens = max(tokens, 1 + int(max(0.0, self.stall * step - self.base) / per_token))
+        return remaining if remaining - tokens < self.smallest else tokens
+
+    def observe_step(self, rows: int, seconds: float) -> None:
+        self.step_seconds[rows] = _blend(self.step_seconds.get(rows), seconds)
+        if rows == 1:
+            self.base = self.step_seconds[1]
+        elif 1 not in self.step_seconds:
+            self.base = min(self.step_seconds.values())  # an over-estimate until a one-row step is seen: chunks err small
+
+    def observe_chunk(self, tokens: int, seconds: float) -> None:
+        if tokens > 1 and self.base is not None:
+            self.per_token = _blend(self.per_token, max(seconds - self.base, 0.0) / (tokens - 1))
+
+    def _step(self, rows: int) -> float | None:
+        """A decode step's time at `rows` rows: measured, else the largest batch measured below it
+        (an under-estimate: chunks err small), else the smallest above."""
+        if rows in self.step_seconds:
+            return self.step_seconds[rows]
+        below = [r for r in self.step_seconds if r < rows]
+        if below:
+            return self.step_seconds[max(below)]
+        return self.step_seconds[min(self.step_seconds)] if self.step_seconds else None
+
+
+def _blend(old: float | None, new: float) -> float:
+    return new if old is None else DECAY * old + (1 - DECAY) * new
