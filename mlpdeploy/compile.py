@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import platform
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -16,9 +15,11 @@ from mlpdeploy.atomic import staged_directory, write_json, write_text
 from mlpdeploy.backends import BuildOptions, get_backend
 from mlpdeploy.contract import DEFAULT_OPSET
 from mlpdeploy.export import export_model
+from mlpdeploy.memory import MemoryTracker, release_memory, step, tracking
 from mlpdeploy.model import ModelBundle, load_model
 from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import with_kv_cache
+from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.tasks import DataOptions, attach_task
 from mlpdeploy.passes import PassSpec, rewrite_model
 from mlpdeploy.passes.pipeline import check_pipeline, reference_edits, resolve_targets
@@ -52,19 +53,21 @@ class CompileOptions:
 
 
 class _Stages:
-    """Times each stage and tells the hook when it starts and ends."""
+    """Times each stage, measures its peak resident memory (and its steps', `mlpdeploy.memory`),
+    and tells the hook when it starts and ends."""
 
     def __init__(self, hook: StageHook | None):
         self.hook = hook or (lambda *_: None)
         self.records: dict[str, dict[str, Any]] = {}
+        self.tracker = MemoryTracker()
 
     def run(self, name: str, fn: Callable[[], Any]) -> Any:
         self.hook(name, "start", None)
-        start = time.perf_counter()
-        result = fn()
-        seconds = time.perf_counter() - start
-        self.records[name] = {"seconds": round(seconds, 3)}
-        self.hook(name, "done", seconds)
+        with self.tracker.stage(name) as record:
+            result = fn()
+            release_memory()  # what the stage freed goes back to the system before the next one starts
+        self.records[name] = record.to_json()
+        self.hook(name, "done", record.seconds)
         return result
 
 
@@ -78,7 +81,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
     out_dir = Path(out_dir)
     backend = get_backend(options.backend)  # fail fast on a bad backend name
     stages = _Stages(on_stage)
-    with staged_directory(out_dir) as work:
+    with staged_directory(out_dir) as work, tracking(stages.tracker):
         bundle = model if isinstance(model, ModelBundle) else stages.run("load", lambda: load_model(model))
         if options.data is not None and options.data.path is not None:
             bundle = stages.run("data", lambda: attach_task(bundle, options.data))
@@ -88,14 +91,13 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         passes = resolve_targets((plan.pass_specs(Path(options.plan).parent) if plan else []) + options.passes, backend.pass_target)
         check_pipeline(passes)  # before the export: a bad option or order fails fast
         exported = stages.run("export", lambda: export_model(bundle, work / "model.onnx", opset=options.opset, debug=options.debug))
+        release_weights(bundle.module)  # the torch weights export read leave memory until validation runs them
         rewritten = stages.run("rewrite", lambda: rewrite_model(exported.model_path, work / "model.opt.onnx", passes))
         built = stages.run("build", lambda: backend.build(rewritten.model_path, work / f"model{backend.suffix}", options.build))
         candidate = dataclasses.replace(built.candidate, layer_model=rewritten.model_path)
         edits = reference_edits(rewritten.passes)  # what the approximate passes imply for the torch reference
         # draft heads built in (pass draft-heads): the reference computes the torch heads too, before any edit (quantized heads)
-        reference = heads_reference(bundle, built.candidate.manifest.draft_heads if built.candidate.manifest else None, None)
-        for edit in edits:
-            reference = dataclasses.replace(reference, module=edit.apply(reference.module))
+        heads = built.candidate.manifest.draft_heads if built.candidate.manifest else None
         validate_options = ValidateOptions(
             # MatMulNBits with int8 activations (accuracy level 4) is judged by its own tolerance (validate/tolerance.py)
             precision="int8" if options.build.precision == "fp32" and any(e.precision == "int8" for e in edits) else options.build.precision,
@@ -108,7 +110,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             task_reference=bundle,
             **_budget(options, plan),
         )
-        validation = stages.run("validate", lambda: validate(reference, candidate, validate_options))
+        validation = stages.run("validate", lambda: validate(_edited_reference(bundle, heads, edits), candidate, validate_options))
         stages.records["rewrite"].update(rewritten.to_json())
         stages.records["build"].update({"backend": built.backend, "executed": candidate.executed, **built.info})
         artifacts = {
@@ -138,6 +140,7 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
             **({"kv_cache": _cache(bundle, built.candidate.manifest)} if bundle.cache is not None else {}),
             "passed": validation.passed,
             "stages": stages.records,
+            "memory": memory_summary(stages.records, weight_bytes(bundle.module)),
             "artifacts": {k: _final(v, work, out_dir) for k, v in artifacts.items()},
             "validation": validation_json,
             "environment": _environment(),
@@ -148,6 +151,39 @@ def compile_model(model: str | ModelBundle, out_dir: Path | str, options: Compil
         write_json(work / "report.json", report)
         write_text(work / "report.html", render_html(report, validation_section(report["validation"])))
     return report
+
+
+def _edited_reference(bundle: ModelBundle, heads: dict | None, edits: list) -> ModelBundle:
+    """The torch reference validation compares with: `bundle` with the draft heads the artifact
+    lists and every reference edit applied (a step of the validate stage, so its memory counts there)."""
+    reference = heads_reference(bundle, heads, None)
+    if not edits:
+        return reference
+    with step("reference"):
+        for edit in edits:
+            reference = dataclasses.replace(reference, module=edit.apply(reference.module))
+        # An edit reads the original weights to derive its own (int4: every quantized linear's, 1x the weights);
+        # they leave memory again until the task metric runs the original (1.1 B int4: validation peaked at 9.4 GB).
+        release_weights(bundle.module)
+    return reference
+
+
+def weight_bytes(module) -> int:
+    """Bytes of the module's parameters and buffers (each tensor once: tied weights count once)."""
+    tensors = {id(t): t for t in (*module.parameters(), *module.buffers())}
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+def memory_summary(stages: dict[str, dict], weights: int) -> dict[str, Any]:
+    """The run's peak resident memory, the stage it was reached in, and its ratio to the weight bytes."""
+    peaks = {name: record["peak_rss_mib"] for name, record in stages.items() if "peak_rss_mib" in record}
+    worst = max(peaks, key=peaks.get) if peaks else None
+    summary = {"peak_rss_mib": peaks.get(worst), "peak_stage": worst, "weights_mib": round(weights / 2**20, 1)}
+    if worst is not None and weights:
+        summary["peak_over_weights"] = round(peaks[worst] * 2**20 / weights, 2)
+    if any(record.get("peak_is_process_peak") for record in stages.values()):
+        summary["note"] = "this system cannot reset the peak between stages: each stage's peak is the process's so far"
+    return summary
 
 
 def _tokenizer_files(bundle: ModelBundle, work: Path) -> dict[str, Path]:

@@ -85,6 +85,16 @@ def _settings(value) -> str:
     return str(value)
 
 
+def _stage_rows(stages: dict, depth: int = 0) -> list[list[str]]:
+    """One row per stage and, indented under it, its steps: seconds and peak resident memory."""
+    rows = []
+    for name, info in stages.items():
+        peak = info.get("peak_rss_mib")
+        rows.append(["&nbsp;" * 4 * depth + escape(name), f'{info.get("seconds", 0):.3f}', f"{peak:,.0f}" if peak is not None else "-"])
+        rows += _stage_rows(info.get("steps", {}), depth + 1)
+    return rows
+
+
 def _rewrite_section(stages: dict) -> list[str]:
     """Each pass (and the backend's own fusions): the sites it rewrote, those it skipped and why,
     and the op-type counts that changed."""
@@ -146,7 +156,9 @@ def render_html(report: dict, validation: list[str]) -> str:
     parts += [
         "<h2>Stages</h2>",
         _stage_chart(report["stages"]),
-        html_table(["stage", "seconds"], [[escape(k), f'{v.get("seconds", 0):.3f}'] for k, v in report["stages"].items()]),
+        html_table(["stage", "seconds", "peak RSS MiB"], _stage_rows(report["stages"])),
+        *([f"<p>Peak resident memory {m['peak_rss_mib']:,.0f} MiB (in {escape(m['peak_stage'])}), "
+           f"{m.get('peak_over_weights', 0):.2f}&times; the {m['weights_mib']:,.0f} MiB of weights.</p>"] if (m := report.get("memory")) and m.get("peak_stage") else []),
         "<h2>Artifacts</h2>",
         html_table(["artifact", "path"], [[escape(k), escape(v)] for k, v in report["artifacts"].items()], numeric_from=99),
         "<h2>Environment</h2>",

@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from mlpdeploy.cli.app import cli, console, debug_option
 from mlpdeploy.cli.options import BUILD, DATA, KV_CACHE, PASSES, SEED, TOLERANCES, task_options
-from mlpdeploy.cli.tables import failure, print_validation
+from mlpdeploy.cli.tables import failure, print_validation, stages_table
 from mlpdeploy.contract import DEFAULT_OPSET
 
 TASK = task_options(default_samples=128)
@@ -49,6 +49,7 @@ def compile_cmd(model, output, opset, kv_cache, seed, debug, **kwargs) -> None:
 
         report = compile_model(model, output, options, on_stage=on_stage)
     val = report["validation"]
+    console.print(stages_table(report["stages"], report.get("memory")))
     print_validation(console, val, f"{report['model']}: validation")
     console.print(f"report: {report['artifacts']['report_json']} and {report['artifacts']['report_html']}", markup=False)
     console.print("[green]PASS[/]" if report["passed"] else f"[red]FAIL: {escape(failure(val))}[/]")

@@ -82,3 +82,25 @@ def print_bisect(console, bisect: dict) -> None:
     console.print(f"reduce: {r['scope']} ({r['nodes']} of {r['graph_nodes']} nodes) → {r['model']}, inputs {r['inputs_json']}, "
                   f"torch output {r['reference_json']}; max abs {r['errors_reduced']['max_abs']:.3e} "
                   f"({'reproduces' if r['reproduces'] else 'does NOT reproduce'} the divergence)", markup=False)
+
+
+def stages_table(stages: dict, memory: dict | None) -> Table:
+    """Each stage (and its steps, indented): seconds and peak resident memory, also as a multiple
+    of the weight bytes."""
+    weights = (memory or {}).get("weights_mib")
+    title = "stages" + (f" (weights {weights:,.0f} MiB; peak resident memory of this process)" if weights else "")
+    table = Table(title=title)
+    for col in ("stage", "seconds", "peak RSS MiB", "x weights"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+
+    def add(name: str, record: dict, depth: int) -> None:
+        peak = record.get("peak_rss_mib")
+        ratio = f"{peak / weights:.2f}" if peak is not None and weights else "-"
+        label = ("  " * depth + name) if depth == 0 else f"[dim]{'  ' * depth}{name}[/]"
+        table.add_row(label, f"{record.get('seconds', 0):.1f}", f"{peak:,.0f}" if peak is not None else "-", ratio)
+        for child, sub in record.get("steps", {}).items():
+            add(child, sub, depth + 1)
+
+    for name, record in stages.items():
+        add(name, record, 0)
+    return table

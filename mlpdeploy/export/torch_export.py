@@ -24,6 +24,7 @@ from mlpdeploy import __version__
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.contract import DEFAULT_OPSET
 from mlpdeploy.errors import MlpdeployError, first_line
+from mlpdeploy.memory import step
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.manifest import Manifest, manifest_path
 from mlpdeploy.onnx_io import write_onnx
@@ -51,7 +52,8 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
     """Export `bundle` to `output` (ONNX) and `<name>.manifest.json`, both written atomically."""
     output = Path(output)
     start = time.perf_counter()
-    program = _torch_export(bundle, opset, debug)
+    with step("torch.onnx.export"):
+        program = _torch_export(bundle, opset, debug)
     model = program.model
     if attach_functions(model):  # mlpdeploy ops called from torch: overloads, plugin attributes, function bodies
         fold_op_weights(model)
@@ -71,7 +73,7 @@ def export_model(bundle: ModelBundle, output: Path | str, opset: int = DEFAULT_O
     )
     seconds = time.perf_counter() - start
     manifest.history.append({"stage": "export", "seconds": round(seconds, 3)})
-    with staged_files(output) as tmp:
+    with step("save"), staged_files(output) as tmp:
         write_onnx(model, tmp)
         manifest.save_beside(tmp)
     return ExportResult(output, manifest_path(output), manifest, seconds)

@@ -14,6 +14,7 @@ import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedFunctionsPass, RemoveUnusedNodesPass, RemoveUnusedOpsetsPass
 
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import step
 from mlpdeploy.passes.base import PHASES, ReferenceEdit, RewritePass
 from mlpdeploy.passes.registry import PASSES
 
@@ -94,7 +95,8 @@ def run_pipeline(model: ir.Model, specs: list[PassSpec]) -> list[dict]:
     reports = []
     for spec in specs:
         p = pass_class(spec.name)(sites=spec.sites, **spec.options)
-        p(model)
+        with step(str(spec)):
+            p(model)
         reports.append({"pass": spec.name, **({"options": dict(spec.options)} if spec.options else {}), **p.report.to_json()})
     for cleanup in (RemoveUnusedNodesPass(), RemoveUnusedFunctionsPass(), RemoveUnusedOpsetsPass()):
         cleanup(model)

@@ -65,7 +65,7 @@ from mlpdeploy.passes.weight_forms import (
     stored_bytes,
     w4a16,
 )
-from mlpdeploy.quant import Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_copy
+from mlpdeploy.quant import Format, QuantError, QuantizedSite, make_format, parse_format, quantized_sites_view
 from mlpdeploy.scopes import module_path
 
 TARGETS = ("ort", "trt")
@@ -111,7 +111,7 @@ class QuantizeWeights(RewritePass):
         note = (f"outputs and layers compared with the torch model whose {linears} quantized linears hold the weights their codes "
                 f"decode to" + (f" ({int8} of them with int8 inputs, as MatMulNBits computes at accuracy level 4)" if int8 else "")
                 + "; the task metric with the original weights")
-        return ReferenceEdit(lambda module: quantized_sites_copy(module, sites), note, "int8" if int8 else None)
+        return ReferenceEdit(lambda module: quantized_sites_view(module, sites), note, "int8" if int8 else None)
 
     def rewrite(self, model: ir.Model) -> PassReport:
         self.target = "ort" if self.config["target"] == "auto" else self.config["target"]
@@ -357,7 +357,7 @@ def quantized_sites(report: dict) -> list[QuantizedSite]:
     """From a quantize-weights report: each rewritten weight as the torch linears it stands for
     (a fused gate_up: gate and up, quantized as one matrix), its format, and the block its inputs
     are rounded to int8 in where MatMulNBits computes at accuracy level 4. What the torch
-    reference of the quantized model emulates (`mlpdeploy.quant.quantized_sites_copy`)."""
+    reference of the quantized model emulates (`mlpdeploy.quant.quantized_sites_view`)."""
     sites = []
     for site in report.get("sites", {}).values():
         fmt = parse_format(site["format"])

@@ -10,6 +10,7 @@ from pathlib import Path
 import onnx_ir as ir
 
 from mlpdeploy.atomic import staged_files
+from mlpdeploy.memory import step
 from mlpdeploy.model.manifest import find_manifest
 from mlpdeploy.model.overrides import describe_override
 from mlpdeploy.onnx_io import load_ir, write_onnx
@@ -47,12 +48,13 @@ def rewrite_model(model_path: Path | str, output: Path | str, passes: list[PassS
     """Apply `passes` in order to the model at `model_path`; write `output` and its manifest."""
     output = Path(output)
     start = time.perf_counter()
-    model = load_ir(model_path)
+    with step("load"):
+        model = load_ir(model_path)
     before = op_counts(model)
     reports = run_pipeline(model, passes)
     after = op_counts(model)
     seconds = time.perf_counter() - start
-    with staged_files(output) as tmp:
+    with step("save"), staged_files(output) as tmp:
         write_onnx(model, tmp)
         manifest = find_manifest(model_path)
         if manifest is not None:

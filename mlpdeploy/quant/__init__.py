@@ -6,7 +6,8 @@ Public API:
     Format.quantize(w [K, N]) -> QuantizedWeight (.dequantize(), .codes, .scales, .nbytes(), ...)
     encode_e2m1 / decode_e2m1, encode_e4m3 / decode_e4m3, decode_e8m0, pack_nibbles / unpack_nibbles
     quantized_linears(module, {path: Format}) — a context with those nn.Linear weights fake-quantized; quantized_copy(...) a copy
-    quantized_sites_copy(module, [QuantizedSite(linears, format, int8_block)]) — a copy as a rewritten graph reports its sites
+    quantized_sites_copy(module, [QuantizedSite(linears, format, int8_block)]) — a copy as a rewritten graph reports its sites;
+    quantized_sites_view(...) the same, sharing every weight it does not quantize with the model
     QuantError (a MlpdeployError: NaN/inf weights, unknown formats, bad blocks)
 Formats, block sizes and code tables are facts of mlpdeploy.contract (WEIGHT_FORMATS, WEIGHT_BLOCKS, E2M1_VALUES, ...).
 """
@@ -28,4 +29,5 @@ from mlpdeploy.quant.torch_apply import (  # noqa: F401
     quantized_copy,
     quantized_linears,
     quantized_sites_copy,
+    quantized_sites_view,
 )

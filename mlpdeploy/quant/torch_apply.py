@@ -8,7 +8,9 @@ oracle a quantized graph is compared with.
 
 `quantized_sites_copy(module, [QuantizedSite(("mlp.gate_proj", "mlp.up_proj"), fmt), ...])` does
 the same for weights quantized as one matrix (a fused gate_up: gate and up stacked along their
-outputs, so NVFP4's tensor scale is shared), as a rewritten graph reports them.
+outputs, so NVFP4's tensor scale is shared), as a rewritten graph reports them;
+`quantized_sites_view` too, sharing every weight it does not quantize with the model (what
+compile's validation uses: the reference then costs the quantized weights, not the model).
 
 `int8_activations={path: block}` also emulates what ONNX Runtime's MatMulNBits does at accuracy
 level 4: each row of the linear's input is cut into blocks of `block` along K and quantized to
@@ -141,3 +143,20 @@ def quantized_sites_copy(module: torch.nn.Module, sites: list[QuantizedSite]) ->
                 linear.register_forward_pre_hook(int8_input_hook(site.int8_block))
     return clone
 
+
+def quantized_sites_view(module: torch.nn.Module, sites: list[QuantizedSite]) -> torch.nn.Module:
+    """What `quantized_sites_copy` computes, for the cost of the quantized weights alone: a copy of
+    `module`'s structure that shares every parameter and buffer with it except the quantized
+    linears' (and embeddings') weights (so writing to the view's other weights writes to `module`'s).
+    A weight tied to another module (an LM head tied to the embedding) is untied: only the site
+    computes with the quantized values, as in the exported graph, where the other reads its own table."""
+    clone = copy.deepcopy(module, {id(t): t for t in (*module.parameters(), *module.buffers())})
+    for site in sites:
+        linears = list(_linears(clone, site.linears, (torch.nn.Linear, torch.nn.Embedding)).values())
+        weight = torch.cat([linear.weight.detach() for linear in linears])  # [N, K], outputs stacked
+        decoded = dequantized_weight(weight, site.format, f"{'+'.join(site.linears)} weight")
+        for linear, part in zip(linears, decoded.split([linear.weight.shape[0] for linear in linears])):
+            linear.weight = torch.nn.Parameter(part, requires_grad=linear.weight.requires_grad)
+            if site.int8_block:
+                linear.register_forward_pre_hook(int8_input_hook(site.int8_block))
+    return clone

@@ -17,6 +17,7 @@ import numpy as np
 
 from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import step
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache
@@ -135,19 +136,21 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         ref_side = onnx_candidate(reference)
         ref_runner, ref_manifest = ref_side.make_runner("reference:onnxruntime"), ref_side.manifest
     judge = options.task_reference or baseline
-    with quiet_polygraphy(), ref_runner, candidate.make_runner("candidate") as cand_runner:
+    with step("outputs"), quiet_polygraphy(), ref_runner, candidate.make_runner("candidate") as cand_runner:
         run_reference = Remembered(ref_runner)  # a cached decoder's prefill runs once: its cache feeds the decode step
         inputs = _inputs(options, candidate, reference, judge, ref_manifest, run_reference)
         outputs = compare_outputs(cand_runner.infer, run_reference, inputs.feeds, tolerance, inputs.names)
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
-        layers = _layer_report(reference, candidate, inputs.feeds[0], tolerance)
+        with step("layers"):
+            layers = _layer_report(reference, candidate, inputs.feeds[0], tolerance)
     bisect = _bisect_report(reference, candidate, inputs.feeds[0], tolerance, options) if options.bisect or options.reduce else None
     if options.task or options.max_metric_delta is not None:
         if not isinstance(judge, ModelBundle) or judge.task is None:
             raise MlpdeployError("task metrics need a torch reference with a task: a trained zoo model (see `mlpdeploy zoo`), or --data FILE (docs/data.md)")
-        task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
-                            relative=options.relative_metric_delta)
+        with step("task"):
+            task = compare_task(judge, candidate, limit=options.task_limit, max_metric_delta=options.max_metric_delta,
+                                relative=options.relative_metric_delta)
     passed = all(o.passed for o in outputs.values()) and (task or {}).get("passed", True)
     return ValidationReport(
         reference=reference.source if isinstance(reference, ModelBundle) else str(reference),

@@ -15,10 +15,12 @@ import numpy as np
 import onnx_ir as ir
 
 from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights, has_fp4_weights
+from mlpdeploy.memory import release_memory
 from mlpdeploy.model.bundle import ModelBundle
 from mlpdeploy.model.hooks import capture_outputs
+from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.torch_run import run_module, to_numpy
-from mlpdeploy.onnx_io import load_ir
+from mlpdeploy.onnx_io import external_data_folder, load_ir
 from mlpdeploy.scopes import inherited_scopes, is_layer_path, natural_key
 from mlpdeploy.validate.metrics import ErrorStats, error_stats
 from mlpdeploy.validate.tolerance import Tolerance
@@ -60,6 +62,7 @@ def layer_values(model: ir.Model, layers_only: bool = True) -> tuple[dict[str, i
 def _torch_layer_outputs(bundle: ModelBundle, feed: dict[str, np.ndarray], paths: list[str]) -> dict[str, np.ndarray]:
     with capture_outputs(bundle.module, paths) as captured:
         run_module(bundle.module, feed, [s.name for s in bundle.inputs])
+    release_weights(bundle.module)  # not resident while ONNX Runtime runs the graph next
     return {path: to_numpy(tensor) for path, tensor in captured.items()}
 
 
@@ -78,10 +81,16 @@ def run_values(model: ir.Model, values: list[ir.Value], feed: dict[str, np.ndarr
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
+    folder = external_data_folder(model)
+    if folder is not None:  # weights stay in their file: ONNX Runtime maps them from there
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", str(folder))
     session = ort.InferenceSession(ir.to_proto(model).SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = list(dict.fromkeys(v.name for v in values))
     wanted = {i.name for i in session.get_inputs()}
-    return dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
+    results = dict(zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})))
+    del session
+    release_memory()  # what the session freed goes back to the system now, not when glibc sees fit
+    return results
 
 
 def layer_arrays(bundle: ModelBundle, model: ir.Model, values: dict[str, ir.Value], feed: dict[str, np.ndarray],

@@ -17,7 +17,9 @@ from polygraphy.common import TensorMetadata
 from mlpdeploy.backends import Candidate
 from mlpdeploy.contract import numpy_dtype
 from mlpdeploy.errors import MlpdeployError
+from mlpdeploy.memory import release_memory
 from mlpdeploy.model.bundle import ModelBundle, set_eval
+from mlpdeploy.model.paging import release_weights
 from mlpdeploy.model.torch_run import run_module
 
 
@@ -42,10 +44,12 @@ class TorchRunner(BaseRunner):
         start = time.perf_counter()
         outputs = run_module(self.bundle.module, feed_dict, self.input_names)
         self.inference_time = time.perf_counter() - start
+        release_weights(self.bundle.module)  # not resident while another runner (the candidate's session) runs
         return OrderedDict(zip(self.bundle.resolved_output_names(len(outputs)), outputs))
 
     def deactivate_impl(self):
-        pass
+        release_weights(self.bundle.module)  # memory-mapped weights leave memory until the next run
+        release_memory()
 
 
 class RecordedRunner(BaseRunner):

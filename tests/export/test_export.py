@@ -53,7 +53,7 @@ def test_exported_model_runs_at_other_shapes(tiny_export, tiny_spec, batch, seq)
 
 
 def test_big_models_use_external_data(tmp_path, tiny_spec, monkeypatch):
-    """Past the 2 GB protobuf limit weights go to `<name>.data` (threshold lowered to test it)."""
+    """Past EXTERNAL_DATA_THRESHOLD (64 MiB) weights go to `<name>.data` (threshold lowered to test it)."""
     from mlpdeploy import onnx_io
     from mlpdeploy.export.torch_export import export_model
     from mlpdeploy.model.source import load_model

@@ -29,7 +29,6 @@ from __future__ import annotations
 import onnx_ir as ir
 from onnx_ir.passes.common import RemoveUnusedNodesPass, RemoveUnusedOpsetsPass, ShapeInferencePass
 from onnxscript import optimizer
-from onnxscript.rewriter import pattern
 from onnxscript.rewriter.ort_fusions.rms_normalization import fuse_rms_normalization
 from onnxscript.rewriter.ort_fusions.rotary_embedding import fuse_rotary_embedding
 from onnxscript.rewriter.ort_fusions.sdpa import fuse_sdpa
@@ -38,7 +37,7 @@ from onnxscript.rewriter.ort_fusions.skip_normalization import fuse_skip_layer_n
 from mlpdeploy.backends.onnxruntime.passes import adopt, copy_model
 from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shapes
 from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
-from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, AttentionToGQA, GQAInputs
+from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, GQAInputs, attention_rules
 from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
 from mlpdeploy.backends.onnxruntime.passes.pack_siblings import pack_sibling_nbits
 from mlpdeploy.contract import CACHE_INPUT
@@ -109,8 +108,7 @@ class OrtDecoder(RewritePass):
         fuse_rotary_embedding(model)
         fuse_sdpa(model)
         inputs = GQAInputs.add_to(model, self.config["max_positions"] or 4096)
-        rules = pattern.RewriteRuleSet([AttentionToGQA.rule(inputs, rotary=True), AttentionToGQA.rule(inputs, rotary=False)])
-        gqa = rules.apply_to_model(model) if inputs.ok else 0
+        gqa = attention_rules(inputs).apply_to_model(model) if inputs.ok else 0
         RemoveUnusedNodesPass()(model)
         left = sorted({n.op_type for n in model.graph if n.domain == INTERMEDIATE_DOMAIN})
         if gqa != layers or left:

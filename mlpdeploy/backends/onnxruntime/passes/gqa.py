@@ -155,16 +155,26 @@ def _heads(op, x_BSD, name: str):
     return op.Transpose(op.Reshape(x_BSD, ANY, _outputs=[name]), perm=[0, 2, 1, 3])
 
 
-def _repeat_kv(op, x):
-    return pattern.OrValue([op.Reshape(op.Expand(op.Unsqueeze(x, ANY), ANY), ANY), x])
+def _repeat_kv(op, x, repeat: bool):
+    return op.Reshape(op.Expand(op.Unsqueeze(x, ANY), ANY), ANY) if repeat else x
+
+
+def attention_rules(inputs: GQAInputs) -> pattern.RewriteRuleSet:
+    """The rules for every variant: with or without rotary, with or without repeated KV heads.
+
+    One rule per variant rather than a pattern.OrValue for the repeat: onnxscript's matcher does
+    not look through an OrValue for a pattern's output nodes, so the cache Concats became output
+    nodes of their own, matched by trying every Reshape × Concat × Concat of the graph (56 s of
+    a 62 s SmolLM2-135M build); without it each match starts at one node."""
+    return pattern.RewriteRuleSet([AttentionToGQA.rule(inputs, rotary=rotary, repeat=repeat) for rotary in (True, False) for repeat in (True, False)])
 
 
 class AttentionToGQA(pattern.RewriteRuleClassBase):
     """One cached attention layer → GroupQueryAttention, rotating q and k inside (module docstring)."""
 
-    def __init__(self, inputs: GQAInputs, rotary: bool):
-        super().__init__("AttentionToGQA" + ("" if rotary else "NoRotary"), remove_nodes=False)
-        self.inputs, self.rotary = inputs, rotary
+    def __init__(self, inputs: GQAInputs, rotary: bool, repeat: bool = True):
+        super().__init__("AttentionToGQA" + ("" if rotary else "NoRotary") + ("" if repeat else "NoRepeat"), remove_nodes=False)
+        self.inputs, self.rotary, self.repeat = inputs, rotary, repeat
 
     def pattern(self, op, q_BSD, k_BSD, v_BSD, past_k, past_v, mask):
         q = _heads(op, q_BSD, "q_BSHD")
@@ -175,7 +185,7 @@ class AttentionToGQA(pattern.RewriteRuleClassBase):
             k = op.RotaryEmbedding(k, ANY, ANY, _domain=INTERMEDIATE_DOMAIN, _allow_other_attributes=True, _outputs=["k_rot"])
         present_k = op.Concat(past_k, k, _allow_other_attributes=True, _outputs=["present_k"])
         present_v = op.Concat(past_v, v, _allow_other_attributes=True, _outputs=["present_v"])
-        attn = op.SDPA(q, _repeat_kv(op, present_k), _repeat_kv(op, present_v), mask,
+        attn = op.SDPA(q, _repeat_kv(op, present_k, self.repeat), _repeat_kv(op, present_v, self.repeat), mask,
                        _domain=INTERMEDIATE_DOMAIN, _allow_other_attributes=True, _outputs=["attn"])
         return op.Reshape(op.Transpose(attn, perm=[0, 2, 1, 3]), ANY), present_k, present_v
 

@@ -18,7 +18,7 @@ the table gets its own codes. A table that some other node still reads as float 
 left in float) is skipped: quantizing it would only add bytes.
 
 Exact against its torch reference: the embedding's weight replaced by what its codes decode to
-(`mlpdeploy.quant.quantized_copy`, which the pass's `sites` feed like quantize-weights').
+(`mlpdeploy.quant.quantized_sites_view`, which the pass's `sites` feed like quantize-weights').
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.base import PassReport, ReferenceEdit, RewritePass
 from mlpdeploy.passes.matching import add_initializer, constant, remove_dead, unique_name, value_names
 from mlpdeploy.passes.options import Option
-from mlpdeploy.quant import QuantError, QuantizedSite, column_blobs, make_format, parse_format, quantized_sites_copy, signed_int4
+from mlpdeploy.quant import QuantError, QuantizedSite, column_blobs, make_format, parse_format, quantized_sites_view, signed_int4
 from mlpdeploy.scopes import module_path
 
 FORMATS = ("int4",)
@@ -60,7 +60,7 @@ class QuantizeEmbedding(RewritePass):
         if not sites:
             return None
         note = f"the torch model's {len(sites)} quantized embedding table(s) hold what their 4-bit codes decode to"
-        return ReferenceEdit(lambda module: quantized_sites_copy(module, sites), note)
+        return ReferenceEdit(lambda module: quantized_sites_view(module, sites), note)
 
     def rewrite(self, model: ir.Model) -> PassReport:
         fmt_name, block = str(self.config["format"]), int(self.config["block"])
