@@ -1,7 +1,7 @@
 """Generation on real prompts: every mlpdeploy decoding mode vs onnxruntime-genai plain and n-gram, one run.
 
     python bench/decode_prompts.py --artifact DIR [--model .cache/real/smollm2-135m] [--genai DIR]
-        [--sets bench/prompts/grounded.jsonl,bench/prompts/open.jsonl] [--modes plain,ngram,self:PLAN,draft:DIR,heads]
+        [--sets bench/prompts/grounded.jsonl,bench/prompts/open.jsonl] [--modes plain,ngram,self:PLAN,draft:DIR,heads@DIR]
         [--new-tokens 96] [--threads 2] [--rounds 1] [--json PATH]
 
 (also `python bench/decode.py --prompts ...`). `--artifact` is an mlpdeploy `compile --kv-cache`
@@ -13,7 +13,9 @@ Variants take turns prompt by prompt (every other prompt in reverse order), --ro
 prompt's time is its median over rounds. Reported per set: tokens/s (all generated tokens over
 all prefill + decode wall time), the ratio to onnxruntime-genai's best mode, acceptance, and
 whether greedy outputs equal the same engine's plain decoding (mlpdeploy: a departure must sit
-at a recorded near-tie; genai records none).
+at a recorded near-tie; genai records none). A mode written `MODE@DIR` runs on the artifact in DIR
+instead of --artifact (e.g. `heads@out-heads`: the draft heads' build, while plain and ngram run on
+the build without heads, whose steps do not pay for the heads' outputs).
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ class Genai:
         output = [int(t) for t in generator.get_sequence(0)[len(prompt):]]
         stats = generator.get_speculative_stats() if self.ngram else None
         return {"output_ids": output, "prefill_s": prefill, "wall_s": wall, "speculative": _plain_dict(stats), "near_ties": []}
+
+
+def _plain_name(name: str, variants: dict) -> str:
+    """The plain variant a mode's output is checked against: the same artifact's plain run if there is one."""
+    if not name.startswith("mlpdeploy"):
+        return "genai plain"
+    where = name.partition("@")[2]
+    return f"mlpdeploy plain@{where}" if where and f"mlpdeploy plain@{where}" in variants else "mlpdeploy plain"
 
 
 def _plain_dict(stats):
@@ -167,7 +177,13 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = tokenizer_for(engine.manifest, engine.path.parent)
     stop = list(tokenizer.stop_token_ids)
     modes = [m for m in (args.modes.split(";") if ";" in args.modes else args.modes.split(",")) if m]
-    variants = {("mlpdeploy " + m): Mlpdeploy(engine, None if m == "plain" else m, args.threads, stop) for m in modes}
+    engines = {None: engine}
+    variants = {}
+    for spec in modes:
+        mode, _, where = spec.partition("@")
+        if where and where not in engines:
+            engines[where] = Engine.load(Path(where), threads=args.threads)
+        variants["mlpdeploy " + spec] = Mlpdeploy(engines[where or None], None if mode == "plain" else mode, args.threads, stop)
     with tempfile.TemporaryDirectory() as tmp:
         genai_dir = args.genai or build_genai(args.model, Path(tmp))
         variants["genai plain"] = Genai(genai_dir, args.threads, None)
@@ -175,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
         sets = load_sets([ROOT / s if not Path(s).is_absolute() else Path(s) for s in args.sets.split(",")], tokenizer)
         for variant in variants.values():  # warm-up: first runs allocate
             variant.run(next(iter(sets.values()))[0], 8)
-        plain_of = {name: ("mlpdeploy plain" if name.startswith("mlpdeploy") else "genai plain") for name in variants}
+        plain_of = {name: _plain_name(name, variants) for name in variants}
         plain_of = {k: v for k, v in plain_of.items() if k != v and v in variants}
         results = {}
         for set_name, prompts in sets.items():

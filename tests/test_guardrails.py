@@ -40,7 +40,7 @@ FLOORS = [
     {"export", "analyze", "passes", "backends", "validate"},
     {"zoo"},  # models/: above model/, which names its models only as data (mlpdeploy.model.zoo)
     {"model", "quant"},
-    {"onnx_io", "scopes", "errors", "contract", "atomic", "dtypes", "registry", "html_parts", "plugins", ""},
+    {"onnx_io", "scopes", "errors", "contract", "atomic", "dtypes", "registry", "html_parts", "memory", "plugins", ""},
 ]
 # part → the only parts it may import (besides itself), or the parts it must not import ("not": ...)
 FENCES = {
