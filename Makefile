@@ -8,7 +8,7 @@ REAL_DIR := .cache/real
 DEMO_DIR := out/demo
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup real-models real-models-test demo test test-slow fuzz bench models ort-kernels report-check clean
+.PHONY: setup real-models real-models-test demo test test-slow fuzz bench docs models ort-kernels report-check clean
 
 setup: $(STAMP)
 
@@ -63,6 +63,12 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: setup $(BENCH_STAMP)
 	$(PY) bench/run_all.py
+
+# The generated docs: docs/cli.md (the click commands), docs/passes.md (the pass registry), the generated part of
+# docs/backends.md (the backend registry) and BENCHMARKS.md (bench/results/*.json). Tests fail when one is stale.
+docs: setup
+	$(PY) -m mlpdeploy.cli.docs
+	$(PY) bench/benchmarks_md.py
 
 models: setup
 	$(PY) -m mlpdeploy.zoo.train all

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
+import datetime
 import os
 import platform
 import statistics
+import subprocess
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Callable
 
@@ -83,15 +85,48 @@ def machine() -> dict:
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": onnxruntime.__version__,
         "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # > cores: other work ran beside the benchmark
     }
 
 
+# The packages whose versions a result names (those not installed are left out).
+VERSIONED = ("mlpdeploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxruntime-genai", "onnxscript", "onnx-ir",
+             "numpy", "transformers", "tensorrt", "tensorrt-rtx-cu13-bindings", "triton")
+
+
+def versions() -> dict:
+    """The versions of what was measured: the packages installed, and the commit of this checkout."""
+    found = {}
+    for package in VERSIONED:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty", "--abbrev=12"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        found["commit"] = commit
+    return found
+
+
+def stamp(name: str) -> dict:
+    """What heads every result file: the benchmark's name, when (UTC), the machine and the versions."""
+    return {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "versions": versions()}
+
+
 def write_results(name: str, data: dict, path: str | Path | None = None) -> Path:
-    """Write `data` (plus the machine) as JSON to `path` or bench/results/NAME.json."""
-    out = Path(path) if path else RESULTS / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"benchmark": name, "machine": machine(), **data}, indent=2) + "\n")
-    return out
+    """Write `data` under its stamp (name, date, machine, versions; `data` may extend "machine") as JSON to
+    `path` or bench/results/NAME.json, atomically. `make bench` renders every such file into BENCHMARKS.md."""
+    from mlpdeploy.atomic import write_json
+
+    head = stamp(name)
+    if isinstance(data.get("machine"), dict):
+        data = {**data, "machine": {**head["machine"], **data["machine"]}}
+    return write_json(Path(path) if path else RESULTS / f"{name}.json", {**head, **data})
 
 
 def run_queue_seconds() -> float:

@@ -37,10 +37,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, machine  # noqa: E402
+from common import RESULTS, write_results  # noqa: E402
 
 from mlpdeploy.analyze import AnalyzeOptions, analyze_model  # noqa: E402
-from mlpdeploy.atomic import write_json  # noqa: E402
 from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.passes import parse_pass_spec  # noqa: E402
 from mlpdeploy.runtime.engine import Engine  # noqa: E402
@@ -188,8 +187,8 @@ def main() -> None:
             results["plan"] = planned(args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    out = write_json(args.json, {"benchmark": "drop_layers", "machine": {**machine(), "ort_intra_op_threads": args.threads},
-                                 "config": {k: v for k, v in vars(args).items() if k != "json"}, "results": results})
+    out = write_results("drop_layers", {"machine": {"ort_intra_op_threads": args.threads},
+                                        "config": {k: v for k, v in vars(args).items() if k != "json"}, "results": results}, args.json)
     print(f"wrote {out}")
 
 

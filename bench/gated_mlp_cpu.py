@@ -37,9 +37,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, cpu_session, machine  # noqa: E402
+from common import RESULTS, cpu_session, machine, write_results  # noqa: E402
 
-from mlpdeploy.atomic import write_json  # noqa: E402
 from mlpdeploy.passes.pipeline import PassSpec, run_pipeline  # noqa: E402
 
 SHAPES = {"prefill b1 x 128": (1, 128), "prefill b16 x 128": (16, 128), "decode b1 x 1": (1, 1)}
@@ -156,8 +155,7 @@ def main() -> None:
         }
         min_ratio = min(t_unfused) / min(t_fused)
         print(f"{label:20s} {med_u:11.2f} {med_f:10.2f} {med_u / med_f:13.3f}x {min_ratio:9.3f}x {diff:11.2e}", flush=True)
-    out = write_json(args.json, {
-        "benchmark": "gated_mlp_cpu",
+    out = write_results("gated_mlp_cpu", {
         "machine": info,
         "config": {"layers": args.layers, "d": args.d, "h": args.h, "dtype": "float32", "warmup": args.warmup},
         "pass_report": report,

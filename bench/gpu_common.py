@@ -6,11 +6,15 @@ triton are imported where they are needed.
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import platform
 import statistics
+import subprocess
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
 
 
@@ -49,8 +53,33 @@ def time_ms(smoke: bool, fn) -> float:
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
 
 
+def stamp(name: str) -> dict:
+    """What heads every result file (as bench/common.py's stamp): name, date (UTC), the GPU, versions."""
+    import torch
+
+    versions = {}
+    for package in ("mlpdeploy", "torch", "triton", "tensorrt"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty", "--abbrev=12"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    if commit:
+        versions["commit"] = commit
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (Triton's CPU interpreter)"
+    return {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"gpu": gpu, "cuda": torch.version.cuda, "host": platform.node(), "cores": os.cpu_count()}, "versions": versions}
+
+
 def write_json(path: Path, data: dict) -> None:
-    """Write `data` to `path` atomically (temp file + rename)."""
+    """Write `data` under its stamp (stamp(); `data` may extend "machine") to `path` atomically (temp file + rename)."""
+    head = stamp(data.get("benchmark") or Path(path).stem)
+    data = {**head, **data, "machine": {**head["machine"], **data.get("machine", {})}}
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:

@@ -37,9 +37,8 @@ import onnx_ir as ir
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, cpu_session, machine  # noqa: E402
+from common import RESULTS, cpu_session, machine, write_results  # noqa: E402
 
-from mlpdeploy.atomic import write_json  # noqa: E402
 from mlpdeploy.errors import MlpdeployError  # noqa: E402
 from mlpdeploy.plugins.group_rational.onnx_function import make_model  # noqa: E402
 from mlpdeploy.plugins.group_rational.reference import group_rational  # noqa: E402
@@ -190,7 +189,7 @@ def main() -> None:
         print(f"{'candidate':12s} {'median ms':>10s} {'min ms':>8s} {'x body':>7s}")
         for name, r in kat["results"].items():
             print(f"{name:12s} {r['median_ms']:10.2f} {r['min_ms']:8.2f} {r['over_body']:7.2f}")
-    out = write_json(args.json, {"benchmark": "kan_ops", "machine": info, "compiled_kernel": why_not or "built", "group_rational": op, "kat_tiny": kat})
+    out = write_results("kan_ops", {"machine": info, "compiled_kernel": why_not or "built", "group_rational": op, "kat_tiny": kat}, args.json)
     print(f"wrote {out}")
 
 

@@ -1,4 +1,4 @@
-"""`make bench`: run every CPU benchmark in turn (GPU ones live in bench/gpu.sh)."""
+"""`make bench`: run every CPU benchmark in turn (GPU ones live in bench/gpu.sh), then render BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ BENCHMARKS = [
     ["serve_load.py", "--threads", "1"],
     ["sparse_mlp.py"],
     ["quant.py"],
-    ["report.py"],  # last: bench/results/report.html from suite.json and decode.json
+    ["report.py"],  # bench/results/report.html from suite.json and decode.json
+    ["benchmarks_md.py"],  # last: BENCHMARKS.md from every result file
 ]
 
 

@@ -21,7 +21,7 @@ import pytest
 
 SCRIPT = Path(__file__).parent / "fixtures" / "scale_run.py"
 WEIGHT_MIB = 16 * 3 * 2048 * 5632 * 4 / 2**20  # 2112 MiB (tests/fixtures/big_mlp.py)
-# Peak RSS allowed per stage, in multiples of the fp32 weight bytes. Measured (README, Reliability):
+# Peak RSS allowed per stage, in multiples of the fp32 weight bytes. Measured (CHANGELOG.md, issue 9 scale run):
 # export 1.22x, rewrite 1.83x, build 1.19x (3.19x before the ORT fusions stopped copying the weights),
 # validate 2.16x (torch model and ONNX Runtime session together), quantize (int4) 1.56x, build of the
 # int4 model 1.41x.

@@ -1,4 +1,4 @@
-"""plan.json: the contract between analyze and rewrite (schema in DESIGN.md).
+"""plan.json: the contract between analyze and rewrite (schema in docs/analyze.md).
 
 Module scopes (`layers.3.mlp`) are the keys that tie a torch-side measurement to an ONNX
 rewrite site. A plan belongs to one model (its source spec); using it on another is refused.

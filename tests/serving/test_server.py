@@ -199,13 +199,13 @@ def test_metrics_in_prometheus_text_format(served, client):
     assert samples[("mlpdeploy_request_duration_seconds_count", (("endpoint", "infer"), ("model", "mixer-tiny")))] == ok
 
 
-def test_readme_client_script_runs_unchanged(served, capsys):
-    """The tritonclient script in README.md, pointed at this server (its model names swapped for the test's)."""
+def test_docs_client_script_runs_unchanged(served, capsys):
+    """The tritonclient script in docs/serving.md, pointed at this server (its model names swapped for the test's)."""
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    script = next(block.split("```", 1)[0] for block in readme.split("```python")[1:] if "tritonclient.http as httpclient" in block)
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    script = next(block.split("```", 1)[0] for block in page.split("```python")[1:] if "tritonclient.http as httpclient" in block)
     script = script.replace("localhost:8000", served[0].url).replace("llama-small", "llama-tiny-kv")
-    exec(compile(script, "README.md", "exec"), {})
+    exec(compile(script, "docs/serving.md", "exec"), {})
     out = capsys.readouterr().out.splitlines()
     assert "'name': 'mixer-tiny'" in out[0] and out[1].startswith("[") and len(out) >= 3

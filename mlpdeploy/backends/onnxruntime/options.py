@@ -20,5 +20,5 @@ class OrtOptions(BuildOptions):
                                 "any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, SkipLayerNormalization "
                                 "(pass ort-fusions)). --no-decoder-fusions is the old name.")
     kernels: bool = option(False, flags=("--ort-kernels",),
-                           help="compile mlpdeploy's CPU kernels (GroupRational, float32) with the system C compiler and register them "
+                           help="compile mlpdeploy's CPU kernels (GroupRational, SparseMLP; float32) with the system C compiler and register them "
                                 "(default: the portable function bodies).")

@@ -25,7 +25,7 @@ DEFAULT_OPT_LEVEL = "all"
 PORTABLE_LEVEL = "ORT_ENABLE_EXTENDED"
 
 # ORT fuses DQ(int4)->MatMul into MatMulNBits; at accuracy level 4 it quantizes activations to
-# int8 (error 1.9e-5 -> 0.42 measured, see ENVIRONMENT.md). mlpdeploy keeps it exact (level 0).
+# int8 (error 1.9e-5 -> 0.42 measured; docs/formats.md). mlpdeploy keeps it exact (level 0).
 CONFIG_ENTRIES = {"session.qdq_matmulnbits_accuracy_level": "0"}
 
 

@@ -45,6 +45,7 @@ class QuantizeEmbedding(RewritePass):
 
     name = "quantize-embedding"
     description = "token embedding tables as INT4 GatherBlockQuantized (ONNX Runtime), sharing a tied 4-bit lm_head's codes"
+    reference = "edited: each quantized embedding table holds what its codes decode to (a tied lm_head keeps its own weight)"
     options = {
         "format": Option("int4", "symmetric INT4 (quantize-weights' int4)", choices=FORMATS),
         "block": Option(32, "values per scale along the embedding dim", choices=WEIGHT_BLOCKS["int4"]),
