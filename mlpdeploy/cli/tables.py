@@ -52,7 +52,8 @@ def print_validation(console, validation: dict, title: str) -> None:
     console.print(f"inputs: {summary.inputs}", markup=False)
     tolerance = validation.get("tolerance") or {}
     if tolerance:
-        console.print(f"tolerance: {tolerance['description']}; an element fails when over both atol and rtol·|reference|", markup=False)
+        check = tolerance.get("check", "an element fails when over both atol and rtol·|reference|")
+        console.print(f"tolerance: {tolerance['description']}; {check}", markup=False)
     console.print(f"ran: {validation['executed']}", markup=False)
     if validation.get("reference_overrides"):
         edits = ", ".join(f"{k} → {v}" for k, v in validation["reference_overrides"].items())

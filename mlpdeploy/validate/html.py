@@ -33,8 +33,8 @@ def validation_section(val: dict) -> list[str]:
     parts += [
         "<h3>Outputs</h3>",
         html_table(["output", "max abs", "mean abs", "RMS(reference)", "atol", "of tolerance", "cosine", "verdict"], rows),
-        f"<p>Tolerance: {escape(tolerance.get('description', ''))}; an element fails when its error is over both atol and "
-        "rtol·|reference| (Polygraphy's elementwise check); numbered outputs of one kind are folded into one row showing the worst "
+        f"<p>Tolerance: {escape(tolerance.get('description', ''))}; "
+        f"{escape(tolerance.get('check', 'an element fails when over both atol and rtol·|reference|'))}; numbered outputs of one kind are folded into one row showing the worst "
         "layer's numbers.</p>",
         f"<p>Reference {escape(val['reference'])} vs candidate {escape(val['candidate'])}, run as: {escape(val['executed'])}.</p>",
         f"<p>Inputs: {escape(summary.inputs)}.</p>",

@@ -125,5 +125,6 @@ def compare_layers(bundle: ModelBundle, candidate: Path | str, feed: dict[str, n
     if not values:
         return {}, skipped or {"*": NO_SCOPES}
     arrays = layer_arrays(bundle, model, values, feed, skipped)
-    errors = {path: error_stats(cand, ref, tolerance=tolerance.for_output(ref) if tolerance else None) for path, (cand, ref) in arrays.items()}
+    errors = {path: error_stats(cand, ref, tolerance=tolerance.for_output(ref) if tolerance else None,
+                                      stat=tolerance.stat if tolerance else "elementwise") for path, (cand, ref) in arrays.items()}
     return dict(sorted(errors.items(), key=lambda kv: natural_key(kv[0]))), skipped

@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.validate.tolerance import TOLERANCES, Tolerance, rms, tolerances, used, used_of  # noqa: F401
+from mlpdeploy.validate.tolerance import TOLERANCES, Tolerance, rms, rms_of, tolerances, used, used_of  # noqa: F401
 
 
 @dataclass
@@ -18,7 +18,8 @@ class ErrorStats:
     """How far a candidate tensor is from its reference. `passed` is None where no verdict applies
     (per-layer errors are reported, not judged). `scale` is the reference's RMS; `atol`/`rtol` the
     tolerance this tensor was judged with and `used` the share of it its worst element took
-    (≤ 1 passes); `feed` names the feed these numbers come from when there were several."""
+    (≤ 1 passes); `feed` names the feed these numbers come from when there were several.
+    `rel_rms` is the relative RMS error ‖c − r‖₂ / ‖r‖₂ (what the int8 rule judges)."""
 
     max_abs: float
     max_rel: float
@@ -31,6 +32,7 @@ class ErrorStats:
     rtol: float | None = None
     used: float | None = None
     feed: str | None = None
+    rel_rms: float | None = None
 
     def to_json(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -50,9 +52,10 @@ class ErrorStats:
 
 
 def error_stats(cand: np.ndarray, ref: np.ndarray, passed: bool | None = None, tolerance: tuple[float, float] | None = None,
-                feed: str | None = None) -> ErrorStats:
-    """max_abs, max_rel (relative to the reference), mean_abs, cosine similarity and the reference's
-    RMS, in float64; with `tolerance` (atol, rtol), also how much of it the worst element used."""
+                feed: str | None = None, stat: str = "elementwise") -> ErrorStats:
+    """max_abs, max_rel (relative to the reference), mean_abs, cosine similarity, relative RMS error
+    and the reference's RMS, in float64; with `tolerance` (atol, rtol), also how much of it was used
+    (`stat`: by the worst element, or by the RMS error — mlpdeploy.validate.tolerance)."""
     if cand.shape != ref.shape:
         raise MlpdeployError(f"output shapes differ: candidate {list(cand.shape)} vs reference {list(ref.shape)}")
     c, r = cand.astype(np.float64).ravel(), ref.astype(np.float64).ravel()
@@ -70,7 +73,8 @@ def error_stats(cand: np.ndarray, ref: np.ndarray, passed: bool | None = None, t
         scale=rms(r),
         feed=feed,
     )
+    stats.rel_rms = rms_of(diff) / stats.scale if stats.scale > 0 else (0.0 if stats.max_abs == 0 else float("inf"))
     if tolerance is not None:
         stats.atol, stats.rtol = tolerance
-        stats.used = used_of(diff, abs_ref, *tolerance)
+        stats.used = used_of(diff, abs_ref, *tolerance, stat=stat)
     return stats

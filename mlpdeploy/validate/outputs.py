@@ -1,5 +1,5 @@
 """Output comparison: reference and candidate (Polygraphy runners) on the same feeds, each output
-judged by Polygraphy's elementwise rule with its own tolerance (`mlpdeploy.validate.tolerance`).
+judged with its own tolerance (Polygraphy's elementwise rule; relative RMS error for int8 activations) (`mlpdeploy.validate.tolerance`).
 
 The feeds run one at a time, reference first, so a cached decoder's decode feed can be made from
 what the reference returned on the prefill (`mlpdeploy.validate.inputs`) without running it twice.
@@ -63,7 +63,7 @@ def compare_outputs(run_candidate: Callable[[Feed], dict], run_reference: Callab
             raise MlpdeployError(f"candidate has no output(s) {', '.join(missing)}; its outputs are {', '.join(cand)}")
         for name, want in ref.items():
             limits = tolerance.for_output(want)
-            stats = error_stats(cand[name], want, tolerance=limits, feed=feed_name)
+            stats = error_stats(cand[name], want, tolerance=limits, feed=feed_name, stat=tolerance.stat)
             stats.passed = bool(stats.used <= 1.0)
             errors[name] = stats if name not in errors else errors[name].worst(stats)
     return errors

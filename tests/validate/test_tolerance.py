@@ -11,7 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.validate.metrics import error_stats
-from mlpdeploy.validate.tolerance import SCALED, rms, tolerances, used
+from mlpdeploy.validate.tolerance import A_INT8, SCALED, rms, tolerances, used
 
 FINITE = st.floats(-1e4, 1e4, allow_nan=False, width=32)
 ARRAYS = hnp.arrays(np.float32, hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6), elements=FINITE)
@@ -115,3 +115,61 @@ def test_worst_keeps_one_feeds_numbers_together():
     worst = small.worst(large)
     assert worst.feed == "decode" and worst.max_abs == large.max_abs and worst.used == large.used and worst.passed is False
     assert large.worst(small).feed == "decode"
+
+
+# ---------------------------------------------------------------- int8 activations: relative RMS error
+
+
+def test_int8_activations_are_judged_by_relative_rms_error():
+    tol = tolerances("int8")
+    assert tol.stat == "rms" and tol.atol_rms == A_INT8 and tol.to_json()["stat"] == "rms"
+    assert "relative RMS error" in tol.describe() and "(int8)" in tol.describe()
+    assert tolerances("fp32").stat == "elementwise" and tolerances("int8", rtol=0.05).stat == "elementwise"  # --rtol: elementwise
+    assert tolerances("int8", atol=0.5).stat == "elementwise"
+
+
+def test_int8_rule_passes_rounding_flips_and_fails_a_scaled_output():
+    """A few elements far off (activations that rounded to the other int8 code) pass; the whole
+    output off by a few percent of itself fails, though no element is far off."""
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal(4096) * 3.0
+    tol = tolerances("int8")
+    atol, rtol = tol.for_output(ref)
+    flips = ref.copy()
+    flips[rng.choice(ref.size, 4, replace=False)] += 2.0 * rms(ref)  # 4 of 4096 elements off by 2 × RMS
+    assert used(flips, ref, atol, rtol, "rms") < 1.0 < used(flips, ref, 0.05 * rms(ref), 0.05)  # the elementwise rule fails it
+    scaled = ref * (1 + 1.5 * A_INT8)
+    assert used(scaled, ref, atol, rtol, "rms") == pytest.approx(1.5, rel=1e-9)
+    stats = error_stats(flips, ref, tolerance=(atol, rtol), stat="rms")
+    assert stats.used == pytest.approx(stats.rel_rms / A_INT8, rel=1e-9)
+
+
+def test_int8_rule_nan_fails_and_zero_reference():
+    tol = tolerances("int8")
+    zero = np.zeros(8)
+    atol, rtol = tol.for_output(zero)
+    assert used(zero, zero, atol, rtol, "rms") == 0.0 and used(zero + 1.0, zero, atol, rtol, "rms") > 1.0
+    assert used(np.array([1.0, np.nan]), np.array([1.0, 2.0]), 1.0, 0.0, "rms") == np.inf
+
+
+@settings(max_examples=60, deadline=None)
+@given(ref=ARRAYS, data=st.data())
+def test_int8_rule_is_polygraphys_snr_check(ref, data):
+    """RMS(c − r) ≤ a · RMS(r) ⇔ Polygraphy's SnrCompareFunc (signal: the reference) at −20·log10(a) dB."""
+    from polygraphy.comparator import Comparator, IterationResult, RunResults, SnrCompareFunc
+    from polygraphy.logger import G_LOGGER
+
+    ref = ref.astype(np.float64)
+    cand = ref + data.draw(st.floats(0.0, 3.0)) * A_INT8 * rms(ref) * np.random.default_rng(data.draw(st.integers(0, 99))).standard_normal(ref.shape)
+    atol, rtol = tolerances("int8").for_output(ref)
+    u = used(cand, ref, atol, rtol, "rms")
+    if rms(ref) * A_INT8 <= 2.0**-24 or abs(u - 1.0) < 1e-6 or u == 0.0:
+        return  # the floor, the boundary, and an exact match (Polygraphy: inf dB) are not what this compares
+    results = RunResults([("ref", [IterationResult({"y": ref}, runner_name="ref")]), ("cand", [IterationResult({"y": cand}, runner_name="cand")])])
+    old = G_LOGGER.module_severity
+    G_LOGGER.module_severity = G_LOGGER.CRITICAL
+    try:
+        accuracy = Comparator.compare_accuracy(results, compare_func=SnrCompareFunc(snr_threshold=-20 * np.log10(A_INT8)))
+    finally:
+        G_LOGGER.module_severity = old
+    assert (u <= 1.0) == bool(accuracy[0][("ref", "cand")][0]["y"])
