@@ -11,11 +11,16 @@ only memory).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 from onnx import numpy_helper
+
+from mlpdeploy.onnx_io import write_onnx
 
 
 def shared_views(model_path: Path) -> dict[str, tuple[str, np.ndarray]]:
@@ -41,26 +46,36 @@ def shared_views(model_path: Path) -> dict[str, tuple[str, np.ndarray]]:
 
 
 def restore_views(saved: Path, views: dict[str, tuple[str, np.ndarray]]) -> list[str]:
-    """In the model ONNX Runtime saved at `saved` (weights inside the file), replace each folded
-    view that sits beside its source initializer by the Reshape again; returns the views restored."""
+    """In the model ONNX Runtime saved at `saved`, replace each folded view that sits beside its
+    source initializer by the Reshape again; returns the views restored. Weights in an external
+    data file are rewritten into a new one without the folded copies (streamed, not loaded)."""
     if not views:
         return []
-    model = onnx.load(str(saved), load_external_data=False)
+    model = ir.load(saved)  # external weights stay memory-mapped until written
     graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.initializer):
-        return []  # a model past 2 GB keeps its weights in a .data file that this does not rewrite
-    restored, nodes = [], []
+    restored = []
     for view, (source, shape) in views.items():
-        if view not in initializers or source not in initializers:
+        folded, original = graph.initializers.get(view), graph.initializers.get(source)
+        if folded is None or original is None or folded.is_graph_output():
             continue
-        graph.initializer.remove(initializers[view])
-        shape_name = f"{view}.view_shape"
-        graph.initializer.append(numpy_helper.from_array(np.asarray(shape, np.int64), shape_name))
-        nodes.append(onnx.helper.make_node("Reshape", [source, shape_name], [view], name=f"{view}/view"))
+        graph.initializers.pop(view)
+        shape_value = ir.Value(name=f"{view}.view_shape", const_value=ir.tensor(np.asarray(shape, np.int64), name=f"{view}.view_shape"))
+        graph.register_initializer(shape_value)
+        reshape = ir.node("Reshape", [original, shape_value], name=f"{view}/view")
+        graph.insert_before(graph[0], reshape)
+        folded.name = None
+        ir.convenience.replace_all_uses_with(folded, reshape.outputs[0])
+        reshape.outputs[0].name = view
         restored.append(view)
     if restored:
-        for node in reversed(nodes):
-            graph.node.insert(0, node)
-        onnx.save(model, str(saved))
+        with tempfile.TemporaryDirectory(dir=saved.parent, prefix=".views.") as folder:
+            rewritten = Path(folder) / saved.name
+            write_onnx(model, rewritten)  # past the threshold, weights to `<name>.data` again
+            del model, graph
+            data = saved.with_name(saved.name + ".data")
+            if (rewritten.parent / data.name).exists():
+                os.replace(rewritten.parent / data.name, data)
+            elif data.exists():
+                data.unlink()
+            os.replace(rewritten, saved)
     return restored

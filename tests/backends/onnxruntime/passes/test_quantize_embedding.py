@@ -180,22 +180,30 @@ def test_tied_lm_head_quantized_alone_keeps_the_reference_embedding_in_float(h):
     np.testing.assert_allclose(h.run(model, {"ids": ids})[0], want, atol=3e-5, rtol=1e-4)
 
 
-def test_built_model_keeps_one_copy_of_the_shared_codes(h, tmp_path):
+@pytest.mark.parametrize("external", [False, True], ids=["inline", "external-data"])
+def test_built_model_keeps_one_copy_of_the_shared_codes(h, tmp_path, monkeypatch, external):
     """ONNX Runtime folds the embedding's Reshape view into a second copy of the codes when it saves
-    the optimized model; the build puts the view back (one copy on disk), and the model computes the same."""
+    the optimized model; the build puts the view back (one copy on disk, also when the weights sit in
+    an external data file, as a real model's do), and the model computes the same."""
     import onnx
 
+    from mlpdeploy import onnx_io
     from mlpdeploy.backends import get_backend
     from mlpdeploy.backends.onnxruntime import OrtOptions
-    from mlpdeploy.onnx_io import save_onnx
 
+    if external:
+        monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 1024)
     module = TinyLM(300, 96, tied=True)
     ids = _ids(300, 2, 4)
     model = h.export(module, (torch.from_numpy(ids),))
     _passes(model, PassSpec("quantize-weights", {"format": "int4"}), PassSpec("quantize-embedding"))
     want = h.run(model, {"ids": ids})[0]
-    save_onnx(model, tmp_path / "q.onnx")
+    onnx_io.save_onnx(model, tmp_path / "q.onnx")
     get_backend("onnxruntime").build(tmp_path / "q.onnx", tmp_path / "q.ort.onnx", OrtOptions(device="cpu"))
+    data = tmp_path / "q.ort.onnx.data"
+    assert data.exists() == external and not list(tmp_path.glob(".views.*"))
+    if external:  # no second copy in the data file either: the codes (14,400 bytes) are stored once
+        assert data.stat().st_size < (tmp_path / "q.onnx.data").stat().st_size + 14_400
     built = onnx.load(str(tmp_path / "q.ort.onnx"))
     codes = [t for t in built.graph.initializer if t.data_type == onnx.TensorProto.UINT8 and len(t.raw_data) == 300 * 96 // 2]
     assert len(codes) == 1  # the lm_head's codes, read by MatMulNBits and (through a Reshape) by GatherBlockQuantized
