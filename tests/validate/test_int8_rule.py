@@ -1,6 +1,7 @@
 """The int8-activation rule (relative RMS error, validate/tolerance.py) on a real decoder: a correct
 int4 build at accuracy level 4 passes though single elements sit past the elementwise tolerance, a
 large planted fault fails. Calibration and margins: bench/int8_rule.py, docs/validation.md.
+Slow (an int4 compile of the 4-layer model, ~1 min); the rule itself: test_tolerance.py.
 """
 
 from __future__ import annotations
@@ -40,6 +41,9 @@ def _scaled_down_proj(built: Path, dst: Path, layer: int, factor: float) -> Path
     return dst
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def int4_build(smollm2_small, tmp_path_factory):
     out = tmp_path_factory.mktemp("smollm2-4l-int4") / "out"
@@ -58,7 +62,7 @@ def test_correct_int4_level4_build_passes_by_relative_rms(int4_build):
     assert max(o["max_abs"] / o["scale"] for o in outputs) > 0.05
 
 
-@pytest.mark.parametrize(("factor", "fails"), [(1.0, False), (2.0, True)])
+@pytest.mark.parametrize(("factor", "fails"), [(1.0, False), (1.5, True)])
 def test_planted_fault_in_one_mlp(int4_build, tmp_path, factor, fails):
     model_dir, _, report = int4_build
     bad = _scaled_down_proj(Path(report["artifacts"]["build_model"]), tmp_path / "fault.onnx", layer=1, factor=factor)
