@@ -35,6 +35,9 @@ TITLES = {
     "quant": ("Low-bit weights", "bench/quant.py", "Perplexity per weight format, FP4 forms on ONNX Runtime, int4 decode against onnxruntime-genai."),
     "quant_real": ("int4 against ONNX Runtime's quantizer", "bench/quant_real.py",
                    "mlpdeploy's int4 against ONNX Runtime's MatMulNBitsQuantizer on real models and held-out text."),
+    "int8_rule": ("int8 activations: the relative RMS rule", "bench/int8_rule.py",
+                  "Correct MatMulNBits builds at accuracy level 4 against planted faults (one down_proj's scales × factor): "
+                  "each output's relative RMS error, the elementwise share, the task metric."),
     "ort_vs_torch": ("ONNX Runtime build against torch eager", "bench/ort_vs_torch.py", "The zoo's tiny models, one run."),
     "ort_opt_level": ("ONNX Runtime optimization level", "bench/ort_opt_level.py", "`--opt-level extended` against `all`, with and without fusions."),
     "gated_mlp_cpu": ("fuse-gated-mlp on the CPU", "bench/gated_mlp_cpu.py", "A LLaMA MLP stack, unfused against fused, ONNX Runtime CPU."),
@@ -324,4 +327,17 @@ def _decode(data: dict) -> list[str]:
     return out + _generic(rest, [])
 
 
-RENDERERS = {"roofline": _roofline, "suite": _suite, "decode": _decode}
+def _int8_rule(data: dict) -> list[str]:
+    """One row per build and candidate: the worst output's relative RMS error (the rule allows 0.1), the
+    elementwise rule's share, and the task metric against the unquantized model."""
+    rows = []
+    for spec, build in data["builds"].items():
+        for name, c in build["candidates"].items():
+            worst, task = c["worst"], c["task"]
+            rows.append([f"`{spec}`", name, f"{worst['rel_rms']['value']:.3f} ({worst['rel_rms']['output']})",
+                         f"{100 * worst['elementwise']['value']:,.0f}%", f"{100 * task['relative_delta']:+.2f}%", f"{100 * task['agreement']:.1f}%"])
+    return [f"model `{data['model']}` · data `{data['data']}`", "",
+            *_table(["build", "candidate", "worst relative RMS error", "elementwise share", "perplexity Δ", "top-1"], rows), ""]
+
+
+RENDERERS = {"roofline": _roofline, "suite": _suite, "decode": _decode, "int8_rule": _int8_rule}
