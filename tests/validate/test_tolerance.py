@@ -1,5 +1,6 @@
 """The tolerance rule (validate/tolerance.py): atol scales with each output's RMS, the verdict is
-Polygraphy's elementwise check, and `used` ≤ 1 exactly when that check passes."""
+Polygraphy's elementwise check, and `used` ≤ 1 exactly when that check passes; int8 activations are
+judged by relative RMS error, Polygraphy's SNR check."""
 
 from __future__ import annotations
 
