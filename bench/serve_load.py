@@ -208,6 +208,7 @@ def batching(args) -> int:
     engine = Engine.load(args.decoder, threads=args.threads)
     generator = CachedGenerator(engine)
     from mlpdeploy.serving.models import _tokenizer
+    from mlpdeploy.serving.package import model_name
 
     tokenizer = _tokenizer(engine)
     prompts = bl.chat_prompts(tokenizer, args.prompts)
@@ -221,7 +222,7 @@ def batching(args) -> int:
     proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size)])
     host, port = url.rsplit(":", 1)
     port = int(port)
-    name = args.decoder.name
+    name = model_name(args.decoder)  # the server's name for it: a directory's name, a file's stem
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
                      "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "prompts": str(args.prompts),
                                   "prompt_tokens": [len(p) for p in prompts], "max_batch_size": args.max_batch_size}}
