@@ -17,6 +17,7 @@ import threading
 import time
 
 import numpy as np
+from common import timed_threads
 
 
 def chat_prompts(tokenizer, path, limit: int | None = None) -> list[list[int]]:
@@ -68,22 +69,15 @@ def stream_request(host: str, port: int, model: str, prompt: list[int], max_toke
 def closed_loop(clients: int, per_client: int, send, prompts: list[list[int]]) -> tuple[list[dict], float]:
     """`clients` threads each sending `per_client` requests back to back; (results, wall seconds)."""
     results: list[list[dict]] = [[] for _ in range(clients)]
-    barrier = threading.Barrier(clients + 1)
 
-    def client(k: int) -> None:
+    def client(k: int, barrier: threading.Barrier) -> None:
         barrier.wait()
         for i in range(per_client):
             prompt = prompts[(k * per_client + i) % len(prompts)]
             results[k].append(send(prompt))
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    return [r for rs in results for r in rs], time.perf_counter() - start
+    seconds = timed_threads(clients, client)
+    return [r for rs in results for r in rs], seconds
 
 
 def summarize(results: list[dict], seconds: float, expected: dict[tuple, list[int]]) -> dict:

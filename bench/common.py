@@ -7,6 +7,7 @@ import os
 import platform
 import statistics
 import subprocess
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
@@ -94,10 +95,10 @@ VERSIONED = ("mlpdeploy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "on
              "numpy", "transformers", "tensorrt", "tensorrt-rtx-cu13-bindings", "triton")
 
 
-def versions() -> dict:
-    """The versions of what was measured: the packages installed, and the commit of this checkout."""
+def versions(packages: tuple[str, ...] = VERSIONED) -> dict:
+    """The versions of what was measured: the `packages` installed, and the commit of this checkout."""
     found = {}
-    for package in VERSIONED:
+    for package in packages:
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -171,3 +172,17 @@ class Sampler:
             "samples": len(self.samples),
             "clean": len(clean),
         }
+
+
+def timed_threads(clients: int, worker: Callable[[int, threading.Barrier], None]) -> float:
+    """Run `worker(k, barrier)` in `clients` threads; each waits on `barrier` when ready to start.
+    Returns the wall seconds from the moment all are ready until the last one ends."""
+    barrier = threading.Barrier(clients + 1)
+    threads = [threading.Thread(target=worker, args=(k, barrier)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start

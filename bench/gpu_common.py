@@ -11,11 +11,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
+
+from common import versions as common_versions  # standard library only, like this module
 
 
 def preflight(name: str, smoke: bool) -> int | None:
@@ -57,19 +57,7 @@ def stamp(name: str) -> dict:
     """What heads every result file (as bench/common.py's stamp): name, date (UTC), the GPU, versions."""
     import torch
 
-    versions = {}
-    for package in ("mlpdeploy", "torch", "triton", "tensorrt"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    try:
-        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "describe", "--always", "--dirty", "--abbrev=12"],
-                                capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        commit = ""
-    if commit:
-        versions["commit"] = commit
+    versions = common_versions(("mlpdeploy", "torch", "triton", "tensorrt"))
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none (Triton's CPU interpreter)"
     return {"benchmark": name, "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": {"gpu": gpu, "cuda": torch.version.cuda, "host": platform.node(), "cores": os.cpu_count()}, "versions": versions}

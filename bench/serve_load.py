@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import write_results  # noqa: E402
+from common import timed_threads, write_results  # noqa: E402
 
 from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.runtime.engine import Engine  # noqa: E402
@@ -111,9 +111,8 @@ def run_load(make_client, clients: int, seconds: float) -> dict:
     latencies: list[list[float]] = [[] for _ in range(clients)]
     wrong = [0] * clients
     errors: list[str] = []
-    barrier = threading.Barrier(clients + 1)
 
-    def worker(k: int) -> None:
+    def worker(k: int, barrier: threading.Barrier) -> None:
         one, close = make_client()
         one(k)  # warm the connection
         barrier.wait()
@@ -130,14 +129,7 @@ def run_load(make_client, clients: int, seconds: float) -> dict:
         finally:
             close()
 
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = timed_threads(clients, worker)
     flat = np.array([x for lat in latencies for x in lat]) * 1e3
     return {
         "clients": clients, "seconds": round(elapsed, 2), "requests": int(flat.size),
