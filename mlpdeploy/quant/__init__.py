@@ -5,7 +5,7 @@ Public API:
     parse_format("nvfp4" | "mxfp4" | "int4[-64|-128]" | "int4asym[-…]") -> Format
     Format.quantize(w [K, N]) -> QuantizedWeight (.dequantize(), .codes, .scales, .nbytes(), ...)
     encode_e2m1 / decode_e2m1, encode_e4m3 / decode_e4m3, decode_e8m0, pack_nibbles / unpack_nibbles
-    quantized_linears(module, {path: Format}) — a context with those nn.Linear weights fake-quantized; quantized_copy(...) a copy
+    quantized_linears(module, {path: Format}) — a context with those nn.Linear weights fake-quantized
     quantized_sites_copy(module, [QuantizedSite(linears, format, int8_block)]) — a copy as a rewritten graph reports its sites;
     quantized_sites_view(...) the same, sharing every weight it does not quantize with the model
     QuantError (a MlpdeployError: NaN/inf weights, unknown formats, bad blocks)
@@ -26,7 +26,6 @@ from mlpdeploy.quant.packing import column_blobs, column_nibbles, pack_nibbles, 
 from mlpdeploy.quant.torch_apply import (  # noqa: F401
     QuantizedSite,
     dequantized_weight,
-    quantized_copy,
     quantized_linears,
     quantized_sites_copy,
     quantized_sites_view,

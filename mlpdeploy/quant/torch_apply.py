@@ -3,7 +3,7 @@
 `quantized_linears(module, {"layers.0.mlp.down_proj": parse_format("nvfp4"), ...})` is a context
 in which those linears compute with `dequantize(quantize(Wᵀ))ᵀ` (the [out, in] torch weight
 quantized as the [in, out] matrix ONNX multiplies by, so blocks run along the input dim), and
-get their own weights back on exit; `quantized_copy` makes a copy that keeps them. A weight
+get their own weights back on exit. A weight
 tied to another module (an LM head and its token embedding) is swapped, never written into:
 the export quantizes the head's MatMul and leaves the embedding's Gather alone. This is the
 oracle a quantized graph is compared with.
@@ -96,28 +96,6 @@ def quantized_linears(module: torch.nn.Module, sites: dict[str, Format],
             handle.remove()
         for path, weight in saved.items():
             linears[path].weight = weight
-
-
-def quantized_copy(module: torch.nn.Module, sites: dict[str, Format], int8_activations: dict[str, int] | None = None) -> torch.nn.Module:
-    """A deep copy of `module` whose linears (and embeddings) at `sites` keep their quantized weights (and int8
-    inputs at `int8_activations`); paths that are not nn.Linear or nn.Embedding modules of it are ignored (a
-    fused weight's torch linears may be named differently).
-
-    Each site gets a weight of its own: a tied lm_head quantized alone leaves the embedding it
-    shares a table with in float, as the graph does (an embedding's [vocab, dim] table is
-    quantized like a linear's [out, in] weight: blocks along dim)."""
-    clone = copy.deepcopy(module)
-    modules = dict(clone.named_modules())
-    with torch.no_grad():
-        for path, fmt in sites.items():
-            linear = modules.get(path)
-            if isinstance(linear, (torch.nn.Linear, torch.nn.Embedding)):
-                decoded = dequantized_weight(linear.weight, fmt, f"{path}.weight")
-                linear.weight = torch.nn.Parameter(decoded, requires_grad=linear.weight.requires_grad)
-    for path, block in (int8_activations or {}).items():
-        if isinstance(modules.get(path), torch.nn.Linear):
-            modules[path].register_forward_pre_hook(int8_input_hook(block))
-    return clone
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,7 @@ def test_fuse_gated_mlp_quantize_weights_then_fp16_serializes():
 def test_quantize_weights_reports_the_packed_gate_up_linear_of_a_fused_mlp():
     """After fuse-gated-mlp on a packed gate_up MLP (Phi-3's layout), quantize-weights reported its
     gate_up weight as standing for `mlp.gate_proj` and `mlp.up_proj`, modules the model does not
-    have: a reference built from the report (compile's validation: quantized_copy) silently kept
+    have: a reference built from the report (compile's validation reference) silently kept
     that weight unquantized. fuse-gated-mlp now records the linears it fused on the node."""
     for layout in ("packed_gate_first", "packed_up_first"):
         spec = {"family": "gated", "params": {"act": "silu", "bias": True, "cut": "split", "depth": 1, "dim": 5, "head": False, "hidden": 3,

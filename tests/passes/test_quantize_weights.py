@@ -18,8 +18,8 @@ from mlpdeploy.backends.tensorrt.fp4_weights import decode_fp4_weights
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.passes.pipeline import PassSpec, reference_edits, run_pipeline
 from mlpdeploy.passes.quantize_weights import quantized_sites
-from mlpdeploy.quant import QuantizedSite, parse_format, quantized_copy
-from mlpdeploy.quant.torch_apply import int8_blocks
+from mlpdeploy.quant import QuantizedSite, parse_format, quantized_sites_copy
+from mlpdeploy.quant.torch_apply import int8_blocks, int8_input_hook
 
 from ..conftest import checked, export, op_counts, run
 from .conftest import GraphBuilder
@@ -304,7 +304,7 @@ TRT_GATED_BUG = ("known bug: for TensorRT forms the opset-23 conversion (onnxscr
 @pytest.mark.parametrize("spec, target, level, op", [("int4", "ort", 0, "MatMulNBits"),
                                                      pytest.param("nvfp4", "trt", 0, "GatedMLP", marks=pytest.mark.xfail(reason=TRT_GATED_BUG, strict=True)),
                                                      ("nvfp4", "ort", 4, "MatMulNBits")])
-def test_gated_mlp_weights_match_quantized_copy(exported_gated, spec, target, level, op):
+def test_gated_mlp_weights_match_quantized_sites_copy(exported_gated, spec, target, level, op):
     """After fuse-gated-mlp: the fused gate_up weight is quantized as one (one MatMulNBits for
     ONNX Runtime; DequantizeLinear feeding the GatedMLP node for TensorRT), equal to the torch
     MLP whose gate, up and down weights hold the same codes."""
@@ -327,8 +327,11 @@ def test_gated_mlp_weights_match_quantized_copy(exported_gated, spec, target, le
     # scale, so the reference decodes each from the fused codes (split back), not separately
     w_gate_up = torch.cat([module.mlp.gate_proj.weight, module.mlp.up_proj.weight]).detach().numpy().T
     decoded = parse_format(spec).quantize(w_gate_up).dequantize().T
-    int8 = {path: site.int8_block for site in sites for path in site.linears if site.int8_block}
-    reference_module = quantized_copy(module, {"mlp.down_proj": sites[1].format}, int8)
+    down = QuantizedSite(("mlp.down_proj",), sites[1].format, sites[1].int8_block)
+    reference_module = quantized_sites_copy(module, [down])
+    for linear in (reference_module.mlp.gate_proj, reference_module.mlp.up_proj):  # int8 inputs where MatMulNBits takes them
+        if sites[0].int8_block:
+            linear.register_forward_pre_hook(int8_input_hook(sites[0].int8_block))
     with torch.no_grad():
         reference_module.mlp.gate_proj.weight.copy_(torch.from_numpy(decoded[:80].copy()))
         reference_module.mlp.up_proj.weight.copy_(torch.from_numpy(decoded[80:].copy()))

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlpdeploy.quant import parse_format, quantized_copy, quantized_linears
+from mlpdeploy.quant import QuantizedSite, parse_format, quantized_linears, quantized_sites_copy
 
 
 class TiedLM(torch.nn.Module):
@@ -27,6 +27,6 @@ def test_tied_head_is_quantized_alone():
         assert torch.equal(model.embed.weight, original)
         assert not torch.equal(model.head.weight, original)
     assert model.head.weight is model.embed.weight and torch.equal(model.embed.weight, original)
-    copy = quantized_copy(model, {"head": parse_format("int4")})
+    copy = quantized_sites_copy(model, [QuantizedSite(("head",), parse_format("int4"))])
     assert torch.equal(copy.embed.weight, original) and not torch.equal(copy.head.weight, original)
     assert torch.equal(model.head.weight, original)  # the original model is untouched
