@@ -65,8 +65,6 @@ def run_measured(cmd: list[str], timeout: float) -> tuple[int, float, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="measured 3.74x (1,918 MiB at the validate stage's outputs step: the ORT candidate's session "
-                   "on top of the paged-out torch reference); 2.91x before validation drew real inputs; issue 22 item 4")
 def test_smollm2_compiles_with_its_cache_within_three_times_its_weights(smollm2_full, tmp_path):
     """`compile .cache/real/smollm2-135m --kv-cache`: the whole process's peak resident memory is at
     most 3x the fp32 weight bytes (538 MB), and the report's per-stage peaks say the same (run it

@@ -111,9 +111,9 @@ def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[s
     model = load_ir(layer_model)  # run_values marked outputs on the first copy
     nodes = scope_members(model, layers_only=False)[scope]
     entering = _entering(nodes)
-    captured = run_values(model, entering, feed) if entering else {}
-    feed_in = {v.name: captured[v.name] if v.name in captured else feed[v.name] for v in entering}
     out_name = layer_values(model, layers_only=False)[0][scope].name
+    captured = run_values(model, entering, feed) if entering else {}  # prunes `model` to what `entering` needs
+    feed_in = {v.name: captured[v.name] if v.name in captured else feed[v.name] for v in entering}
     sub = onnx.utils.Extractor(ir.to_proto(load_ir(layer_model))).extract_model([v.name for v in entering], [out_name])
     got = _run_proto(sub, feed_in)[out_name]
     reproduced = _judge(np.asarray(got, np.float32), reference, tolerance)

@@ -17,7 +17,7 @@ import numpy as np
 
 from mlpdeploy.backends import Candidate, onnx_candidate
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.memory import step
+from mlpdeploy.memory import release_memory, step
 from mlpdeploy.model.bundle import InputSpec, ModelBundle
 from mlpdeploy.model.draft_heads import heads_reference
 from mlpdeploy.model.kv_cache import CacheLayout, with_kv_cache
@@ -27,7 +27,7 @@ from mlpdeploy.validate.bisect import bisect_layers, reduce_divergence
 from mlpdeploy.validate.inputs import ValidationInputs, validation_inputs
 from mlpdeploy.validate.layers import compare_layers
 from mlpdeploy.validate.metrics import ErrorStats
-from mlpdeploy.validate.outputs import Remembered, compare_outputs, quiet_polygraphy
+from mlpdeploy.validate.outputs import Remembered, compare_outputs, quiet_polygraphy, run_all
 from mlpdeploy.validate.runners import TorchRunner
 from mlpdeploy.validate.task import compare_task
 from mlpdeploy.validate.tolerance import Tolerance, tolerances
@@ -136,10 +136,20 @@ def validate(reference: ModelBundle | Path | str, candidate: Candidate | Path | 
         ref_side = onnx_candidate(reference)
         ref_runner, ref_manifest = ref_side.make_runner("reference:onnxruntime"), ref_side.manifest
     judge = options.task_reference or baseline
-    with step("outputs"), quiet_polygraphy(), ref_runner, candidate.make_runner("candidate") as cand_runner:
-        run_reference = Remembered(ref_runner)  # a cached decoder's prefill runs once: its cache feeds the decode step
-        inputs = _inputs(options, candidate, reference, judge, ref_manifest, run_reference)
-        outputs = compare_outputs(cand_runner.infer, run_reference, inputs.feeds, tolerance, inputs.names)
+    with step("outputs"), quiet_polygraphy():
+        # one model resident at a time: the reference runs every feed and lets its weights go before
+        # the candidate's session is made, and that session is freed before the outputs are compared
+        with ref_runner:
+            run_reference = Remembered(ref_runner)  # a cached decoder's prefill runs once: its cache feeds the decode step
+            inputs = _inputs(options, candidate, reference, judge, ref_manifest, run_reference)
+            references = run_all(run_reference, inputs.feeds)
+        release_memory()
+        with candidate.make_runner("candidate") as cand_runner:
+            candidates = run_all(cand_runner.infer, inputs.feeds)
+        release_memory()
+        outputs = compare_outputs(candidates, references, tolerance, inputs.names)
+        del candidates, references, run_reference
+        release_memory()  # the comparison's float64 copies of the logits go back to the system before the layers run
     layers = task = None
     if options.layers and isinstance(reference, ModelBundle):
         with step("layers"):

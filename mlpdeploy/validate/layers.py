@@ -68,14 +68,15 @@ def _torch_layer_outputs(bundle: ModelBundle, feed: dict[str, np.ndarray], paths
 
 def run_values(model: ir.Model, values: list[ir.Value], feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The arrays `values` take when `model` runs on `feed` in ONNX Runtime (its optimizations off),
-    by value name. Marks them as outputs of `model` (a copy the caller owns)."""
+    by value name. Makes them the outputs of `model` (a copy the caller owns) and removes the nodes
+    they do not need: a decoder's lm_head (SmolLM2: its transposed tied embedding, 108 MiB, and the
+    logits) is not computed to compare the layers before it."""
     import onnxruntime as ort
+    from onnx_ir.passes.common import RemoveUnusedNodesPass
 
-    existing = {v.name for v in model.graph.outputs}
-    for value in values:
-        if value.name not in existing:
-            model.graph.outputs.append(value)
-            existing.add(value.name)
+    model.graph.outputs.clear()
+    model.graph.outputs.extend(dict.fromkeys(values))
+    RemoveUnusedNodesPass()(model)
     if has_fp4_weights(model):  # ONNX Runtime's CPU provider cannot dequantize FP4: decode them exactly
         decode_fp4_weights(model)
     options = ort.SessionOptions()

@@ -1,8 +1,9 @@
 """Output comparison: reference and candidate (Polygraphy runners) on the same feeds, each output
 judged with its own tolerance (Polygraphy's elementwise rule; relative RMS error for int8 activations) (`mlpdeploy.validate.tolerance`).
 
-The feeds run one at a time, reference first, so a cached decoder's decode feed can be made from
-what the reference returned on the prefill (`mlpdeploy.validate.inputs`) without running it twice.
+The reference runs every feed first (a cached decoder's decode feed is made from what it returned
+on the prefill, `mlpdeploy.validate.inputs`, without running it twice), then the candidate; the
+comparison takes both sides' outputs, so neither model needs to be resident while it runs.
 """
 
 from __future__ import annotations
@@ -47,17 +48,18 @@ class Remembered:
         return self.seen[id(feed)][1]
 
 
-def compare_outputs(run_candidate: Callable[[Feed], dict], run_reference: Callable[[Feed], dict], feeds: list[Feed],
-                    tolerance: Tolerance, feed_names: list[str | None] | None = None) -> dict[str, ErrorStats]:
-    """Per-output errors with verdicts, the worst over `feeds`; each output of each feed judged with
-    `tolerance.for_output(its reference)`."""
-    names = feed_names or [None] * len(feeds)
+def run_all(run: Callable[[Feed], dict], feeds: list[Feed]) -> list[dict[str, np.ndarray]]:
+    """`run(feed)` for each feed in order, each output as a numpy array."""
+    return [{k: np.asarray(v) for k, v in run(feed).items()} for feed in feeds]
+
+
+def compare_outputs(candidates: list[dict[str, np.ndarray]], references: list[dict[str, np.ndarray]], tolerance: Tolerance,
+                    feed_names: list[str | None] | None = None) -> dict[str, ErrorStats]:
+    """Per-output errors with verdicts, the worst over the feeds (`candidates[i]` and `references[i]`
+    are the outputs of feed i); each output of each feed judged with `tolerance.for_output(its reference)`."""
+    names = feed_names or [None] * len(references)
     errors: dict[str, ErrorStats] = {}
-    # every reference run first: a torch reference releases its weights after each run, so they are
-    # not resident while the candidate's session runs (SmolLM2: 4.5x -> 3x the weights at peak)
-    refs = [run_reference(feed) for feed in feeds]
-    for feed_name, feed, ref in zip(names, feeds, refs):
-        cand = {k: np.asarray(v) for k, v in run_candidate(feed).items()}
+    for feed_name, cand, ref in zip(names, candidates, references):
         missing = [name for name in ref if name not in cand]
         if missing:
             raise MlpdeployError(f"candidate has no output(s) {', '.join(missing)}; its outputs are {', '.join(cand)}")
