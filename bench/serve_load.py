@@ -4,7 +4,7 @@
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
     python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48]
                                [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
-                               [--genai GENAI_DIR] [--threads 2] [--json PATH]
+                               [--prefill-stall 1.5] [--prefill-min-chunk 16] [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
 The server runs as its own process (`mlpdeploy serve --port 0`, as a user starts it); the clients
 are threads of this process, each with its own unmodified `tritonclient.http` client, sending
@@ -153,6 +153,8 @@ def main() -> int:
     parser.add_argument("--stall-clients", type=int, default=4, help="batching: clients decoding when the long prompt arrives")
     parser.add_argument("--genai", type=Path, help="batching: an onnxruntime-genai build of the same model, run by its Engine")
     parser.add_argument("--max-batch-size", type=int, default=16, help="batching: the server's --max-batch-size")
+    parser.add_argument("--prefill-stall", type=float, default=1.5, help="batching: the server's --prefill-stall")
+    parser.add_argument("--prefill-min-chunk", type=int, default=16, help="batching: the server's --prefill-min-chunk")
     parser.add_argument("--model", type=Path, help="a compile directory of a classifier taking pixel_values (default: compile mixer-tiny)")
     parser.add_argument("--decoder", type=Path, help="a `compile --kv-cache` directory (default: compile llama-small --kv-cache)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads in the server (default: the build's)")
@@ -211,13 +213,15 @@ def batching(args) -> int:
     long_solo = generator.generate([long], 4, stop_tokens=stops) if long else None
     del generator, engine
     load_before = os.getloadavg()
-    proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size)])
+    proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size), "--prefill-stall", str(args.prefill_stall),
+                                                            "--prefill-min-chunk", str(args.prefill_min_chunk)])
     host, port = url.rsplit(":", 1)
     port = int(port)
     name = model_name(args.decoder)  # the server's name for it: a directory's name, a file's stem
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
                      "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "prompts": str(args.prompts),
-                                  "prompt_tokens": [len(p) for p in prompts], "max_batch_size": args.max_batch_size}}
+                                  "prompt_tokens": [len(p) for p in prompts], "max_batch_size": args.max_batch_size,
+                                  "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk}}
 
     def per_client(clients: int) -> int:
         return max(2, -(-16 // clients))

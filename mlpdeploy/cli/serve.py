@@ -69,10 +69,15 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-cache-tokens", type=int, help="Decoders: the KV cache budget, prompt + max_tokens summed over the sequences admitted at once "
               "(more wait) [default: max-batch-size x min(context, 2048)].")
 @click.option("--max-queue-size", default=0, show_default=True, help="Decoders: requests that may wait beyond the batch and budget; more get 503 (0: no limit).")
+@click.option("--prefill-stall", default=1.5, show_default=True, type=float,
+              help="Decoders: while others decode, a joining prompt is prefilled in chunks that each take about this many of "
+                   "their decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
+@click.option("--prefill-min-chunk", default=16, show_default=True, type=int,
+              help="Decoders: the fewest prompt tokens a prefill chunk takes (smaller chunks cost more per token).")
 @SPECULATIVE
 @debug_option
 def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_size, max_queue_delay_us, max_cache_tokens, max_queue_size,
-          speculative, debug) -> None:
+          prefill_stall, prefill_min_chunk, speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
@@ -85,7 +90,7 @@ def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_
     from mlpdeploy.serving.server import Server
 
     batching = SchedulerOptions(max_batch=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_cache_tokens=max_cache_tokens,
-                                max_queue_size=max_queue_size)
+                                max_queue_size=max_queue_size, prefill_stall=prefill_stall, smallest_chunk=prefill_min_chunk)
     server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative, batching)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"

@@ -17,6 +17,13 @@ def test_serve_missing_artifact(tmp_path):
     assert result.exit_code == 2 and "does not exist; build one with `mlpdeploy build` or `mlpdeploy compile`" in result.output
 
 
+@pytest.mark.parametrize("args, message", [(["--prefill-stall", "0"], "the prefill stall (--prefill-stall) must be positive, got 0.0"),
+                                           (["--prefill-min-chunk", "0"], "prefill chunks (--prefill-min-chunk) take at least 1 token, got 0")])
+def test_serve_refuses_bad_prefill_chunking(tmp_path, args, message):
+    result = CliRunner().invoke(cli, ["serve", str(tmp_path / "nothing"), *args])
+    assert result.exit_code == 2 and message in result.output
+
+
 def test_serve_port_in_use(zoo_build):
     from mlpdeploy.serving.server import Server
 
