@@ -4,9 +4,11 @@ KV cache carried over, per-row positions and masks.
     stepper = Stepper(engine)
     state = stepper.new_state(batch, capacity)     # an empty cache with room for `capacity` columns
     logits = stepper.step(state, ids, valid)        # ids [batch, s]: s columns appended, logits [batch, s, vocab]
+    logits = stepper.step(state, ids, last_only=True)  # ... logits of the last column only [batch, 1, vocab]
     stepper.rewind(state, counts)                   # keep the first counts[r] tokens of each row
 
-A prefill is a step on an empty state; a plain decode step feeds one token per row; a speculative
+A prefill is a step on an empty state (it asks for its last column's logits only: builds with a
+`logits_to_keep` input then skip the lm_head on the other columns); a plain decode step feeds one token per row; a speculative
 verify step feeds the last token and k drafts and rewinds what was rejected (`valid` marks the
 real tokens of a step: a row with fewer tokens than the step's width pads its chunk with invalid
 columns, first).
@@ -36,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpdeploy.contract import numpy_dtype
+from mlpdeploy.contract import LOGITS_TO_KEEP, numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 
@@ -104,6 +106,9 @@ class Stepper:
         fixed = self.layout.shared_buffer and self.vocab is not None and logits.type == "tensor(float)"
         self.step_vocab = self.vocab if fixed else None
         self.extra_outputs = [n for n in engine.output_names if n.startswith(DRAFT_OUTPUT)]
+        # the build computes the lm_head on the positions asked for only (backends/onnxruntime/passes/last_logits.py)
+        self.keeps_logits = LOGITS_TO_KEEP in {i.name for i in engine.session.get_overridable_initializers()}
+        self._keep_values: dict = {}
 
     @property
     def row_lengths(self) -> bool:
@@ -149,15 +154,16 @@ class Stepper:
             ids[row, longest - len(prompt):] = prompt
             valid[row, longest - len(prompt):] = True
         state = self.new_state(batch, capacity)
-        return self.step(state, ids, None if valid.all() else valid)[:, -1], state
+        return self.step(state, ids, None if valid.all() else valid, last_only=True)[:, -1], state
 
-    def step(self, state: StepState, ids: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    def step(self, state: StepState, ids: np.ndarray, valid: np.ndarray | None = None, last_only: bool = False) -> np.ndarray:
         """Append `ids` [batch, s] (the columns where `valid` [batch, s] is false are padding, not
-        attended to and not counted in positions); the logits of every fed column [batch, s, vocab]."""
+        attended to and not counted in positions); the logits of every fed column [batch, s, vocab],
+        with `last_only` those of the last column [batch, 1, vocab]."""
         ids = np.ascontiguousarray(ids, np.int64)
         width = ids.shape[1]
         if state.row_lengths:
-            return self._step_rows(state, ids, valid)
+            return self._step_rows(state, ids, valid, last_only)
         start, end = state.length, state.length + width
         if end > state.capacity:
             raise MlpdeployError(f"the generation was prefilled for {state.capacity} positions and has used them all")
@@ -172,9 +178,9 @@ class Stepper:
             state.positions = state.positions + counted[:, -1]
             state.contiguous = False
         state.length = end
-        return self._run(state, ids, positions)
+        return self._run(state, ids, positions, last_only)
 
-    def _step_rows(self, state: StepState, ids: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    def _step_rows(self, state: StepState, ids: np.ndarray, valid: np.ndarray | None, last_only: bool) -> np.ndarray:
         """A row-lengths step: row r's tokens go to columns lengths[r]..lengths[r]+s-1."""
         if valid is not None and not np.asarray(valid).all():
             raise MlpdeployError("a step on rows of their own lengths takes no padding: feed every row the same number of tokens "
@@ -185,7 +191,7 @@ class Stepper:
             raise MlpdeployError(f"the generation was prefilled for {state.capacity} positions and has used them all")
         positions = state.positions[:, None] + np.arange(width)
         state.positions, state.length = ends, int(ends.max(initial=0))
-        return self._run(state, ids, positions)
+        return self._run(state, ids, positions, last_only)
 
     def rewind(self, state: StepState, counts) -> None:
         """Keep each row's first `counts[r]` tokens (counted in its valid columns) and forget the
@@ -220,8 +226,9 @@ class Stepper:
         empty = np.zeros((batch, self.layout.kv_heads, 0, self.layout.head_dim), dtype)
         return {name: empty for name in self.past_names}
 
-    def _run(self, state: StepState, ids: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """One session run: ids, the mask so far and positions in; logits out, the cache grown."""
+    def _run(self, state: StepState, ids: np.ndarray, positions: np.ndarray, last_only: bool = False) -> np.ndarray:
+        """One session run: ids, the mask so far and positions in; logits out (of the last column
+        only, with `last_only`, where the build can), the cache grown."""
         session, past, shared = self.engine.session, state.past, self.shared
         binding = state.binding
         if binding is None:
@@ -242,6 +249,8 @@ class Stepper:
         binding.bind_cpu_input("attention_mask", state.mask)
         if self.layout.position_ids:
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, np.int64))
+        if self.keeps_logits:  # bound every step: the binding outlives it
+            binding.bind_ortvalue_input(LOGITS_TO_KEEP, self._keep(1 if last_only else ids.shape[1]))
         preallocated = self.step_vocab is not None and ids.shape[1] == 1
         if preallocated and not state.logits_preallocated:
             import onnxruntime as ort
@@ -262,6 +271,16 @@ class Stepper:
         if self.extra_outputs:
             state.outputs = {name: outputs[name].numpy() for name in self.extra_outputs}
         return state.step_logits.copy() if preallocated else outputs["logits"].numpy()
+
+
+    def _keep(self, count: int):
+        """`logits_to_keep` = count as an OrtValue, made once per count (an overridable initializer
+        binds only as an OrtValue: ONNX Runtime's bind_cpu_input looks for it among the required inputs)."""
+        import onnxruntime as ort
+
+        if count not in self._keep_values:
+            self._keep_values[count] = ort.OrtValue.ortvalue_from_numpy(np.array([count], np.int64))
+        return self._keep_values[count]
 
 
 def _columns(value, length: int) -> np.ndarray:

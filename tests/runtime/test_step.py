@@ -168,3 +168,22 @@ def test_lazy_zeros_map_only_the_pages_written():
         buffer[1, :, :40] = 1.0
     assert resident() - before < 16 << 20
     assert all(float(b.sum()) == 3 * 40 * 64 for b in buffers)
+
+
+@pytest.mark.parametrize("kind, keeps", [("shared", True), ("plain", False)])
+def test_last_only_gives_the_last_columns_logits(builds, kind, keeps):
+    """A build with `logits_to_keep` (GroupQueryAttention builds) computes the lm_head on the last
+    column only; one without gives every column and the step keeps the last. Both equal the full step's."""
+    stepper = Stepper(builds[kind])
+    assert stepper.keeps_logits is keeps
+    capacity = len(PROMPT) + len(FED) + len(THEN)
+    _, full = stepper.prefill([PROMPT], capacity)
+    every = stepper.step(full, np.array([FED]))
+    _, state = stepper.prefill([PROMPT], capacity)
+    last = stepper.step(state, np.array([FED]), last_only=True)
+    assert last.shape == ((1, 1, stepper.vocab) if keeps else (1, len(FED), stepper.vocab))
+    np.testing.assert_allclose(last[:, -1], every[:, -1], atol=1e-6, rtol=1e-6)
+    then = stepper.step(state, np.array([[THEN[0]]]))  # the next step gets every column again: the binding does not keep 1
+    np.testing.assert_allclose(then, stepper.step(full, np.array([[THEN[0]]])), atol=1e-6, rtol=1e-6)
+    two = stepper.step(state, np.array([THEN[1:]]))
+    assert two.shape == (1, len(THEN) - 1, stepper.vocab)

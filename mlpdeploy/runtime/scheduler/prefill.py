@@ -40,7 +40,7 @@ class Prefill:
         """Prefill the next `tokens` prompt tokens; seconds taken."""
         start = time.perf_counter()
         chunk = np.array([self.request.prompt[self.done:self.done + tokens]], np.int64)
-        logits = self.stepper.step(self.state, chunk)
+        logits = self.stepper.step(self.state, chunk, last_only=True)
         self.done += chunk.shape[1]
         if self.remaining == 0:
             self.logits = logits[0, -1]

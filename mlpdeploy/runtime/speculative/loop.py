@@ -70,7 +70,7 @@ def speculative_generate(stepper: Stepper, drafter: Drafter, prompts, max_new_to
     result = Generation(rows.tokens, rows.finish, prefill_seconds=time.perf_counter() - began)
     for row, token in enumerate(firsts.tolist()):
         rows.emit(row, [token], logits[row:row + 1])
-    run.observe(Verified([[t] for t in firsts.tolist()], [longest - 1] * batch, state.outputs))
+    run.observe(Verified([[t] for t in firsts.tolist()], [-1] * batch, state.outputs))  # the prefill's last column (it may be its only one)
     pending = firsts.astype(np.int64)
     estimates = policy.start(batch)
     stats = {"rounds": 0, "drafted": 0, "accepted": 0, "rounds_with_drafts": 0, "tokens_per_round": [], "widths": {}}

@@ -59,7 +59,7 @@ class ModelRun(DraftRun):
         for row, tokens in enumerate(self.pending):  # right-aligned: every row's last column is its last token
             if tokens:
                 ids[row, width - len(tokens):], valid[row, width - len(tokens):] = tokens, True
-        logits = self.stepper.step(self.state, ids, None if valid.all() else valid)[:, -1]
+        logits = self.stepper.step(self.state, ids, None if valid.all() else valid, last_only=True)[:, -1]
         self.pending = [[] for _ in range(batch)]
         self.base = self.state.positions.copy()
         tokens = [[] for _ in range(batch)]

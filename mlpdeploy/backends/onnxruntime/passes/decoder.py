@@ -16,7 +16,9 @@ packs the q, k and v projections into one MatMul whose output is the attention's
 (no Split), packs 4-bit siblings (a quantized MLP's gate and up: `pack_siblings.py`) into one
 MatMulNBits and a Split, and makes the cache's length come from
 `attention_mask` (`cache_shapes.py`), so the cache may be one preallocated buffer per layer that
-ONNX Runtime appends to in place (`shared_cache_buffer` in the report). Exact for any padding
+ONNX Runtime appends to in place (`shared_cache_buffer` in the report), and gives the lm_head an
+optional `logits_to_keep` input (`last_logits.py`: a prefill computes its last token's logits
+only). Exact for any padding
 (left-padded batches included), since positions and mask are the model's, not derived.
 
 All or nothing: when the attention of some cached layer is not matched, the attention fusions
@@ -38,6 +40,7 @@ from mlpdeploy.backends.onnxruntime.passes import adopt, copy_model
 from mlpdeploy.backends.onnxruntime.passes.cache_shapes import detach_cache_shapes
 from mlpdeploy.backends.onnxruntime.passes.compact_mask import compact_attention_bias
 from mlpdeploy.backends.onnxruntime.passes.gqa import INTERMEDIATE_DOMAIN, GQAInputs, attention_rules
+from mlpdeploy.backends.onnxruntime.passes.last_logits import keep_last_logits
 from mlpdeploy.backends.onnxruntime.passes.pack_qkv import pack_qkv
 from mlpdeploy.backends.onnxruntime.passes.pack_siblings import pack_sibling_nbits
 from mlpdeploy.contract import CACHE_INPUT
@@ -98,6 +101,11 @@ class OrtDecoder(RewritePass):
             else:
                 report.skipped["attention"] = why
         fusions["packed MatMulNBits siblings"] = pack_sibling_nbits(model)  # a gated MLP's gate and up, once quantized
+        if layers:
+            why_not_last = keep_last_logits(model)
+            fusions["logits for the last positions"] = int(why_not_last is None)
+            if why_not_last:
+                report.skipped["logits for the last positions"] = why_not_last
         RemoveUnusedNodesPass()(model)
         RemoveUnusedOpsetsPass()(model)
         report.rewritten = sum(fusions.values())
