@@ -70,7 +70,8 @@ class OrtDecoder(RewritePass):
     """Fuse a cached decoder's norms and attention into ONNX Runtime contrib ops."""
 
     name = "ort-decoder"
-    description = "cached decoders for ONNX Runtime: fused RMS/skip norms, one GroupQueryAttention per layer with rotary inside and packed QKV (exact masks and positions)"
+    description = ("cached decoders for ONNX Runtime: fused RMS/skip norms, one GroupQueryAttention per layer with rotary inside and packed QKV "
+                   "(exact masks and positions), an optional logits_to_keep input on the lm_head")
     options = {"max_positions": Option(0, "rows of the rotary tables (0: the manifest's max positions, else 4096)", minimum=0)}
     phase = "lowering"
 
