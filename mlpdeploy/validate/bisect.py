@@ -108,7 +108,7 @@ def reduce_divergence(bundle: ModelBundle, layer_model: Path | str, feed: dict[s
         return None
     scope = min(diverging, key=lambda p: (len(members[p]), diverging.index(p)))
     stats, _, reference = judged[scope]
-    model = load_ir(layer_model)  # run_values marked outputs on the first copy
+    model = load_ir(layer_model)  # run_values pruned the first copy to the values it ran
     nodes = scope_members(model, layers_only=False)[scope]
     entering = _entering(nodes)
     out_name = layer_values(model, layers_only=False)[0][scope].name
