@@ -48,12 +48,27 @@ def _cache_of(candidate: Candidate, bundle: ModelBundle) -> CacheLayout | None:
     return bundle.cache
 
 
+LOGITS_BUDGET = 128 << 20  # bytes of one batch's output per side (SmolLM2 at 256 tokens: 50 MB a window)
+
+
+def task_batch_size(task, candidate: Candidate, most: int) -> int:
+    """Samples per batch for the task metric: `most`, fewer where one batch's logits would pass
+    `LOGITS_BUDGET` (a causal LM's [batch, seq, vocab]: 16 windows of SmolLM2 are 805 MB, and
+    torch's log-softmax over them several times that)."""
+    seq = getattr(task, "seq_len", None)
+    outputs = candidate.manifest.outputs if candidate.manifest is not None else []
+    vocab = outputs[0].get("shape", [None])[-1] if outputs else None
+    if not isinstance(seq, int) or not isinstance(vocab, int) or len(outputs[0].get("shape", [])) != 3:
+        return most
+    return max(1, min(most, LOGITS_BUDGET // (seq * vocab * 4)))
+
+
 def compare_task(
     bundle: ModelBundle,
     candidate: Candidate,
     *,
     limit: int | None = None,
-    batch_size: int = 16,
+    batch_size: int | None = None,
     max_metric_delta: float | None = None,
     relative: bool = False,
 ) -> dict:
@@ -67,6 +82,7 @@ def compare_task(
     task = bundle.task
     if task is None:
         raise MlpdeployError(f"{bundle.source} has no evaluation task; task metrics need a zoo model with a task, or --data FILE (docs/data.md)")
+    batch_size = batch_size or task_batch_size(task, candidate, 16)
     reference = evaluate_runner(task, TorchRunner(bundle, name="reference:torch"), batch_size=batch_size, limit=limit, cache=bundle.cache)
     result = evaluate_runner(task, candidate.make_runner("candidate"), batch_size=batch_size, limit=limit, cache=_cache_of(candidate, bundle))
     delta = result["value"] - reference["value"]

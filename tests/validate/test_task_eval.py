@@ -62,3 +62,17 @@ def test_degraded_candidate_fails_the_budget(vit, tmp_path):
 def test_task_needs_a_task(tiny_spec, tiny_export):
     with pytest.raises(MlpdeployError, match="task metrics need a torch reference with a task"):
         validate(load_model(tiny_spec), tiny_export.model_path, ValidateOptions(task=True))
+
+
+@pytest.mark.parametrize("seq, shape, expected", [(256, ["batch", "seq", 49152], 2),  # SmolLM2: 50 MB of logits a window
+                                                  (128, ["batch", "seq", 256], 16),  # the zoo's byte-level LMs: the default
+                                                  (4096, ["batch", "seq", 262144], 1),  # never below one window
+                                                  (None, ["batch", 10], 16)])  # a classifier: no seq, no budget
+def test_task_batches_keep_their_logits_within_the_budget(seq, shape, expected):
+    from types import SimpleNamespace
+
+    from mlpdeploy.validate.task import task_batch_size
+
+    candidate = SimpleNamespace(manifest=SimpleNamespace(outputs=[{"name": "logits", "dtype": "float32", "shape": shape}]))
+    assert task_batch_size(SimpleNamespace(seq_len=seq), candidate, 16) == expected
+    assert task_batch_size(SimpleNamespace(seq_len=seq), SimpleNamespace(manifest=None), 16) == 16
