@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from mlpdeploy.html_parts import badge, escape, fmt, html_table
 from mlpdeploy.validate.summary import percent, summarize
+from mlpdeploy.validate.tolerance import ELEMENTWISE_CHECK
 
 
 def validation_section(val: dict) -> list[str]:
@@ -34,7 +35,7 @@ def validation_section(val: dict) -> list[str]:
         "<h3>Outputs</h3>",
         html_table(["output", "max abs", "mean abs", "RMS(reference)", "atol", "of tolerance", "cosine", "verdict"], rows),
         f"<p>Tolerance: {escape(tolerance.get('description', ''))}; "
-        f"{escape(tolerance.get('check', 'an element fails when over both atol and rtol·|reference|'))}; numbered outputs of one kind are folded into one row showing the worst "
+        f"{escape(tolerance.get('check', ELEMENTWISE_CHECK))}; numbered outputs of one kind are folded into one row showing the worst "
         "layer's numbers.</p>",
         f"<p>Reference {escape(val['reference'])} vs candidate {escape(val['candidate'])}, run as: {escape(val['executed'])}.</p>",
         f"<p>Inputs: {escape(summary.inputs)}.</p>",

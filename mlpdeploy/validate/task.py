@@ -57,10 +57,10 @@ def task_batch_size(task, candidate: Candidate, most: int) -> int:
     torch's log-softmax over them several times that)."""
     seq = getattr(task, "seq_len", None)
     outputs = candidate.manifest.outputs if candidate.manifest is not None else []
-    vocab = outputs[0].get("shape", [None])[-1] if outputs else None
-    if not isinstance(seq, int) or not isinstance(vocab, int) or len(outputs[0].get("shape", [])) != 3:
+    shape = outputs[0].get("shape", []) if outputs else []  # a causal LM's first output: [batch, seq, vocab]
+    if not isinstance(seq, int) or len(shape) != 3 or not isinstance(shape[-1], int):
         return most
-    return max(1, min(most, LOGITS_BUDGET // (seq * vocab * 4)))
+    return max(1, min(most, LOGITS_BUDGET // (seq * shape[-1] * 4)))
 
 
 def compare_task(

@@ -46,6 +46,7 @@ SCALED = {
     "int8": (A_INT8, 0.0, 2.0**-24),
 }
 STATS = {"int8": "rms"}  # how an output's error is aggregated where not elementwise (Polygraphy's check)
+ELEMENTWISE_CHECK = "an element fails when over both atol and rtol·|reference|"  # the reports' words for Polygraphy's check
 TOLERANCES = {k: (a, r) for k, (a, r, _) in SCALED.items()}  # (atol × RMS, rtol) per precision
 
 
@@ -90,7 +91,7 @@ class Tolerance:
         """What fails an output, in words (the reports print it under the table)."""
         if self.stat == "rms":
             return "an output fails when RMS(candidate − reference) is over atol = that share of RMS(reference); no single element decides"
-        return "an element fails when over both atol and rtol·|reference|"
+        return ELEMENTWISE_CHECK
 
 
 def tolerances(precision: str, atol: float | None = None, rtol: float | None = None) -> Tolerance:

@@ -6,6 +6,7 @@ cache budget and the queue limit; speculative rounds when a sequence runs alone;
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -276,3 +277,10 @@ def test_builds_without_row_lengths_generate_alone(zoo_export, tmp_path):
     generator = CachedGenerator(engine)
     for prompt, handle in zip(prompts, handles):
         assert handle.wait(30) == (generator.generate([prompt], 8).tokens[0], "length")
+
+
+@pytest.mark.parametrize("field, message", [("smallest_chunk", "prefill chunks (--prefill-min-chunk) take at least 1 token, got 0"),
+                                            ("prefill_chunk", "a fixed prefill chunk (prefill_chunk) takes at least 1 token, got 0")])
+def test_chunk_options_refused_by_name(field, message):
+    with pytest.raises(MlpdeployError, match=re.escape(message)):
+        SchedulerOptions(**{field: 0})

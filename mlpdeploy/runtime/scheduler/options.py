@@ -39,8 +39,10 @@ class SchedulerOptions:
             raise MlpdeployError(f"max_cache_tokens must be at least 2 (a one-token prompt and one new token), got {self.max_cache_tokens}")
         if self.prefill_stall <= 0:
             raise MlpdeployError(f"the prefill stall (--prefill-stall) must be positive, got {self.prefill_stall}")
-        if self.smallest_chunk < 1 or (self.prefill_chunk is not None and self.prefill_chunk < 1):
-            raise MlpdeployError(f"prefill chunks (--prefill-min-chunk) take at least 1 token, got {self.smallest_chunk if self.smallest_chunk < 1 else self.prefill_chunk}")
+        if self.smallest_chunk < 1:
+            raise MlpdeployError(f"prefill chunks (--prefill-min-chunk) take at least 1 token, got {self.smallest_chunk}")
+        if self.prefill_chunk is not None and self.prefill_chunk < 1:
+            raise MlpdeployError(f"a fixed prefill chunk (prefill_chunk) takes at least 1 token, got {self.prefill_chunk}")
 
     def budget(self, context: int) -> int:
         """The cache budget in tokens for a model of `context` positions."""

@@ -50,5 +50,6 @@ def keep_last_logits(model: ir.Model) -> str | None:
     cut.outputs[0].dtype, cut.outputs[0].shape = hidden.dtype, ir.Shape([hidden.shape[0], None, hidden.shape[2]])
     graph.insert_before(head, [neg, cut])
     head.replace_input_with(0, cut.outputs[0])
-    logits.shape = ir.Shape([logits.shape[0], None, logits.shape[2]]) if logits.shape is not None and len(logits.shape) == 3 else logits.shape
+    if logits.shape is not None and len(logits.shape) == 3:  # its positions are now min(N, seq), not seq
+        logits.shape = ir.Shape([logits.shape[0], None, logits.shape[2]])
     return None
