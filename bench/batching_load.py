@@ -20,10 +20,14 @@ import numpy as np
 from common import timed_threads
 
 
-def chat_prompts(tokenizer, path, limit: int | None = None) -> list[list[int]]:
-    """Token ids of each `{"prompt": ...}` line of `path`, formatted as one user turn."""
-    lines = [json.loads(line)["prompt"] for line in open(path) if line.strip()]
-    return [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in lines[:limit]]
+def chat_prompts(tokenizer, path, limit: int | None = None, numbers: range | None = None) -> list[list[int]]:
+    """Token ids of each `{"prompt": ...}` line of `path`, formatted as one user turn; with `numbers`,
+    one distinct prompt per number i: "Request i. " and line i-1 (cycling), so that no two requests
+    send the same prompt (only the chat template and system prompt are shared, as between users)."""
+    lines = [json.loads(line)["prompt"] for line in open(path) if line.strip()][:limit]
+    if numbers is not None:
+        lines = [f"Request {i}. {lines[(i - 1) % len(lines)]}" for i in numbers]
+    return [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in lines]
 
 
 def long_prompt(tokenizer, data_path, tokens: int) -> list[int]:
@@ -134,12 +138,19 @@ def stall(host: str, port: int, model: str, prompts: list[list[int]], long: list
             "long_tokens": arrival["tokens"], "errors": [r["error"] for r in results + [arrival] if r["error"]]}
 
 
-def _metric(host: str, port: int, name: str) -> float:
+def _metric(host: str, port: int, name: str, label: str = "") -> float:
+    """The sum of the server's samples named `name` (with `label`, e.g. 'cache="reused"', in their labels)."""
     conn = http.client.HTTPConnection(host, port, timeout=10)
     conn.request("GET", "/metrics")
     text = conn.getresponse().read().decode()
     conn.close()
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name) and label in line)
+
+
+def prompt_tokens(host: str, port: int) -> tuple[float, float]:
+    """The server's prompt tokens so far: (prefilled, reused from kept prefixes)."""
+    name = "mlpdeploy_prompt_tokens_total{"
+    return _metric(host, port, name, 'cache="prefilled"'), _metric(host, port, name, 'cache="reused"')
 
 
 def occupancy(host: str, port: int) -> tuple[float, float]:

@@ -4,7 +4,7 @@
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
     python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48]
                                [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
-                               [--prefill-stall 1.5] [--prefill-min-chunk 16] [--genai GENAI_DIR] [--threads 2] [--json PATH]
+                               [--prefill-stall 1.5] [--prefill-min-chunk 16] [--prefix-cache-mb 128] [--repeat-prompts] [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
 The server runs as its own process (`mlpdeploy serve --port 0`, as a user starts it); the clients
 are threads of this process, each with its own unmodified `tritonclient.http` client, sending
@@ -18,7 +18,9 @@ requests back to back for --seconds (--quick: 5 s).
   runtime's `CachedGenerator` gives in-process.
 
 * batching: in-flight batching (`bench/batching_load.py`): at each level C closed-loop clients
-  stream chat answers (`generate_stream`, --max-tokens each); tokens/s, TTFT p50/p99, ITL p50/p99,
+  stream chat answers (`generate_stream`, --max-tokens each; every request its own prompt,
+  "Request i. " before a --prompts line, so only the chat template is shared between requests, as
+  between users — the server's prefix cache, --prefix-cache-mb, reuses that); tokens/s, TTFT p50/p99, ITL p50/p99,
   mean rows per decode step (from /metrics), every answer against its solo answer (the runtime's
   batch-1 loop, in-process, before the server starts); then a --long-prompt-token prompt arrives
   while --stall-clients others decode (their inter-token gaps during its prefill against before);
@@ -155,6 +157,9 @@ def main() -> int:
     parser.add_argument("--max-batch-size", type=int, default=16, help="batching: the server's --max-batch-size")
     parser.add_argument("--prefill-stall", type=float, default=1.5, help="batching: the server's --prefill-stall")
     parser.add_argument("--prefill-min-chunk", type=int, default=16, help="batching: the server's --prefill-min-chunk")
+    parser.add_argument("--prefix-cache-mb", type=int, default=128, help="batching: the server's --prefix-cache-mb (0: off)")
+    parser.add_argument("--repeat-prompts", action="store_true",
+                        help="batching: cycle the --prompts lines as they are (default: each request a distinct 'Request i. ...' prompt)")
     parser.add_argument("--model", type=Path, help="a compile directory of a classifier taking pixel_values (default: compile mixer-tiny)")
     parser.add_argument("--decoder", type=Path, help="a `compile --kv-cache` directory (default: compile llama-small --kv-cache)")
     parser.add_argument("--threads", type=int, help="ONNX Runtime intra-op threads in the server (default: the build's)")
@@ -199,6 +204,10 @@ def batching(args) -> int:
     if args.decoder is None:
         raise SystemExit("--mode batching needs --decoder DIR (a `compile --kv-cache` directory of a model with a chat template)")
     levels = [int(c) for c in args.levels.split(",")]
+
+    def per_client(clients: int) -> int:
+        return max(2, -(-16 // clients))
+
     engine = Engine.load(args.decoder, threads=args.threads)
     generator = CachedGenerator(engine)
     from mlpdeploy.serving.models import _tokenizer
@@ -206,31 +215,37 @@ def batching(args) -> int:
 
     tokenizer = _tokenizer(engine)
     prompts = bl.chat_prompts(tokenizer, args.prompts)
+    level_prompts, first = {}, 1
+    for clients in levels:  # every request its own prompt unless --repeat-prompts (a repeated prompt reuses its whole prefix)
+        count = clients * per_client(clients)
+        level_prompts[clients] = prompts if args.repeat_prompts else bl.chat_prompts(tokenizer, args.prompts, numbers=range(first, first + count))
+        first += count
     stops = list(tokenizer.stop_token_ids)
-    print(f"solo answers for {len(prompts)} prompts ({args.max_tokens} tokens, in-process) ...", flush=True)
-    expected = {tuple(p): generator.generate([p], args.max_tokens, stop_tokens=stops).tokens[0] for p in prompts}
+    distinct = {tuple(p): p for ps in [prompts, *level_prompts.values()] for p in ps}
+    print(f"solo answers for {len(distinct)} prompts ({args.max_tokens} tokens, in-process) ...", flush=True)
+    expected = {key: generator.generate([p], args.max_tokens, stop_tokens=stops).tokens[0] for key, p in distinct.items()}
     long = bl.long_prompt(tokenizer, Path(__file__).parent / "data" / "mlpdeploy-notes.jsonl", args.long_prompt) if args.long_prompt else None
     long_solo = generator.generate([long], 4, stop_tokens=stops) if long else None
     del generator, engine
     load_before = os.getloadavg()
     proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size), "--prefill-stall", str(args.prefill_stall),
-                                                            "--prefill-min-chunk", str(args.prefill_min_chunk)])
+                                                            "--prefill-min-chunk", str(args.prefill_min_chunk),
+                                                            "--prefix-cache-mb", str(args.prefix_cache_mb)])
     host, port = url.rsplit(":", 1)
     port = int(port)
     name = model_name(args.decoder)  # the server's name for it: a directory's name, a file's stem
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
                      "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "prompts": str(args.prompts),
-                                  "prompt_tokens": [len(p) for p in prompts], "max_batch_size": args.max_batch_size,
-                                  "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk}}
-
-    def per_client(clients: int) -> int:
-        return max(2, -(-16 // clients))
+                                  "prompt_tokens": [len(p) for p in prompts], "repeat_prompts": args.repeat_prompts, "max_batch_size": args.max_batch_size,
+                                  "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk,
+                                  "prefix_cache_mb": args.prefix_cache_mb}}
 
     try:
         bl.stream_request(host, port, name, prompts[0], 4)  # warm up
         for clients in levels:
             steps, rows = bl.occupancy(host, port)
-            got, seconds = bl.closed_loop(clients, per_client(clients), lambda p: bl.stream_request(host, port, name, p, args.max_tokens), prompts)
+            got, seconds = bl.closed_loop(clients, per_client(clients), lambda p: bl.stream_request(host, port, name, p, args.max_tokens),
+                                          level_prompts[clients])
             steps_after, rows_after = bl.occupancy(host, port)
             r = results["levels"][clients] = {**bl.summarize(got, seconds, expected),
                                               "mean_rows_per_step": round((rows_after - rows) / max(steps_after - steps, 1), 2)}
@@ -238,6 +253,9 @@ def batching(args) -> int:
             print(f"{clients:3d} clients: {r['tokens_per_s']:7.1f} tokens/s ({r['tokens_per_s'] / base:.2f}x), TTFT p50 {r['ttft_p50_ms']} p99 "
                   f"{r['ttft_p99_ms']} ms, ITL p50 {r['itl_p50_ms']} p99 {r['itl_p99_ms']} ms, rows/step {r['mean_rows_per_step']}, "
                   f"answers {r['identical']}/{r['requests']} = solo, errors {len(r['errors'])}", flush=True)
+        prefilled, reused = bl.prompt_tokens(host, port)
+        results["prompt_tokens"] = {"prefilled": prefilled, "reused": reused}
+        print(f"prompt tokens over every level: {prefilled:.0f} prefilled, {reused:.0f} reused from kept prefixes", flush=True)
         if long:
             s = results["stall"] = bl.stall(host, port, name, prompts, long, args.stall_clients, 6 * args.max_tokens)
             s["long_answer_is_solo"] = s.pop("long_tokens") == long_solo.tokens[0]

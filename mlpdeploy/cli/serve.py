@@ -74,10 +74,13 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
                    "their decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
 @click.option("--prefill-min-chunk", default=16, show_default=True, type=int,
               help="Decoders: the fewest prompt tokens a prefill chunk takes (smaller chunks cost more per token).")
+@click.option("--prefix-cache-mb", default=128, show_default=True, type=int,
+              help="Decoders: finished prompts' KV caches kept (MiB, least recently used out first), so a prompt that starts "
+                   "like one of them (a chat template, a system prompt) prefills only the rest; 0: off.")
 @SPECULATIVE
 @debug_option
 def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_size, max_queue_delay_us, max_cache_tokens, max_queue_size,
-          prefill_stall, prefill_min_chunk, speculative, debug) -> None:
+          prefill_stall, prefill_min_chunk, prefix_cache_mb, speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
@@ -90,7 +93,8 @@ def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_
     from mlpdeploy.serving.server import Server
 
     batching = SchedulerOptions(max_batch=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_cache_tokens=max_cache_tokens,
-                                max_queue_size=max_queue_size, prefill_stall=prefill_stall, smallest_chunk=prefill_min_chunk)
+                                max_queue_size=max_queue_size, prefill_stall=prefill_stall, smallest_chunk=prefill_min_chunk,
+                                prefix_cache_mb=prefix_cache_mb)
     server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative, batching)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"

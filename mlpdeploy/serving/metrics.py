@@ -34,6 +34,9 @@ class Metrics:
                                           ["model"], buckets=BUCKETS, registry=self.registry)
         self.inter_token = prom.Histogram("mlpdeploy_inter_token_seconds", "Generate requests: time between consecutive tokens.",
                                           ["model"], buckets=BUCKETS, registry=self.registry)
+        self.prompt_tokens = prom.Counter("mlpdeploy_prompt_tokens", "Generate requests' prompt tokens, by how their cache was made "
+                                          "(prefilled | reused: copied from a kept prompt's prefix, --prefix-cache-mb).",
+                                          ["model", "cache"], registry=self.registry)
         self.finished = prom.Counter("mlpdeploy_generate_finished", "Generate requests ended, by finish reason (stop | length | cancelled | error).",
                                      ["model", "finish"], registry=self.registry)
 
@@ -58,6 +61,7 @@ class SchedulerMetrics:
         self.occupancy, self.step_seconds = metrics.occupancy.labels(model), metrics.step_seconds.labels(model)
         self.queue, self.first_token = metrics.queue.labels(model), metrics.first_token.labels(model)
         self.inter_token, self.finished_counter = metrics.inter_token.labels(model), metrics.finished.labels
+        self.prefilled, self.reused = metrics.prompt_tokens.labels(model, "prefilled"), metrics.prompt_tokens.labels(model, "reused")
         self.model = model
 
     def step(self, rows: int, seconds: float) -> None:
@@ -68,7 +72,9 @@ class SchedulerMetrics:
         if request.admitted is not None:
             self.queue.observe(request.admitted - request.arrived)
         times = request.token_times
-        if times:
+        if times:  # its prefill ran to the end
+            self.reused.inc(request.reused_tokens)
+            self.prefilled.inc(len(request.prompt) - request.reused_tokens)
             self.first_token.observe(times[0] - request.arrived)
         for before, after in zip(times, times[1:]):
             self.inter_token.observe(after - before)

@@ -16,7 +16,8 @@ sent where the Python backend handles strings (see `triton_tensors`). Each reque
 tokens in a worker thread, through `run_generation` (the one entry point into the runtime): the
 model's in-flight batching scheduler generates them, every request in one decode step. A full
 scheduler queue is answered UNAVAILABLE "Exceeds maximum queue size" (HTTP 503), as Triton's own
-queue; a request Triton reports cancelled stops at its next token and frees its row.
+queue; a request Triton reports cancelled stops at its next token and frees its row (the server's
+log says so, with the scheduler's load after it left: `CancelLog`).
 """
 
 from __future__ import annotations
@@ -48,11 +49,28 @@ def triton_error(pb_utils, message: str, code: str = "INVALID_ARG"):
     return pb_utils.TritonError(message) if status is None else pb_utils.TritonError(message, status)
 
 
+class CancelLog:
+    """A scheduler observer that logs each cancelled request as it leaves (its row and budget free again)."""
+
+    def __init__(self, log, scheduler):
+        self.log, self.scheduler = log, scheduler
+
+    def step(self, rows: int, seconds: float) -> None:
+        pass
+
+    def finished(self, request) -> None:
+        if request.finish == "cancelled":
+            self.log.log_info(f"mlpdeploy: a cancelled request left after {len(request.tokens)} of {request.max_tokens} tokens; "
+                              f"the scheduler now: {self.scheduler.stats()}")
+
+
 class TritonGenerate:
     """The decoupled generate side of the Triton model for one cached decoder."""
 
     def __init__(self, pb_utils, model: ServedModel, log):
         self.pb, self.model = pb_utils, model
+        if hasattr(model.scheduler, "observers"):
+            model.scheduler.observers.append(CancelLog(log, model.scheduler))
         self.strings = numpy_path_sound(pb_utils)
         if not self.strings:
             log.log_warn("this Python backend predates numpy-2 support (pybind11 < 2.12, Triton < 24.11): token ids only, "

@@ -111,7 +111,7 @@ def scheduler_options(params: dict[str, str]):
     from mlpdeploy.runtime.scheduler import SchedulerOptions
 
     fields = {"max_batch": "max_batch_size", "max_queue_delay_us": "max_queue_delay_us", "max_cache_tokens": "max_cache_tokens",
-              "max_queue_size": "max_queue_size"}
+              "max_queue_size": "max_queue_size", "prefix_cache_mb": "prefix_cache_mb"}
     try:
         return SchedulerOptions(**{field: int(params[key]) for field, key in fields.items() if params.get(key, "") != ""})
     except ValueError as exc:

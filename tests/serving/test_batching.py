@@ -205,3 +205,26 @@ def test_metrics_has_the_scheduler_histograms(batched):
         count = next(line for line in text.splitlines() if line.startswith(f'{name}_count{{model="{MODEL}"}}'))
         assert float(count.split()[-1]) > 0, name
     assert f'mlpdeploy_generate_finished_total{{finish="length",model="{MODEL}"}}' in text
+
+
+def _prompt_tokens(server) -> dict[str, float]:
+    conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    return {cache: sum(float(line.split()[-1]) for line in text.splitlines()
+                       if line.startswith("mlpdeploy_prompt_tokens_total{") and f'cache="{cache}"' in line and f'model="{MODEL}"' in line)
+            for cache in ("prefilled", "reused")}
+
+
+def test_a_shared_prompt_prefix_is_reused_and_counted(batched):
+    """The second prompt starts with the first's 16 tokens: they are copied from the kept prefix, not
+    prefilled again (/metrics counts them), and its answer is the runtime's solo answer."""
+    server, scheduler, generator = batched
+    first, second = list(range(40, 60)), list(range(40, 56)) + [91, 92, 93, 94]
+    before = _prompt_tokens(server)
+    for prompt in (first, second):
+        status, body = _post(server, f"/v2/models/{MODEL}/generate", {"input_ids": prompt, "max_tokens": 4})
+        assert status == 200 and json.loads(body)["output_ids"] == generator.generate([prompt], 4).tokens[0], body
+    _until(lambda: sum(_prompt_tokens(server).values()) - sum(before.values()) == len(first) + len(second))  # counted as each request ends
+    after = _prompt_tokens(server)
+    assert after["reused"] - before["reused"] >= 16

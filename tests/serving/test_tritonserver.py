@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -180,6 +182,37 @@ def test_grpc_stream_equals_the_runtime(triton, generator):
     client.stop_stream()
     client.close()
     assert tokens == generator.generate([prompt], 7).tokens[0] and responses == len(tokens) + 1
+
+
+def test_a_cancelled_grpc_stream_leaves_the_scheduler_at_once(triton, generator):
+    """tritonclient's stop_stream(cancel_requests=True) after the first token: the Python backend's
+    scheduler lets the request go at its next token (the server's log says so, with no row active and
+    no budget reserved after it), and the next request is answered as the runtime answers it."""
+    prompt, max_tokens = list(b"if "), generator.layout.max_positions - 3
+    client = grpc.InferenceServerClient(triton.grpc_url)
+    results: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: results.put((result, error)))
+    tensors = []
+    for name, value, datatype in (("input_ids", np.array(prompt, np.int64), "INT64"), ("max_tokens", np.array([max_tokens], np.int32), "INT32"),
+                                  ("stream", np.array([True]), "BOOL")):
+        tensor = grpc.InferInput(name, list(value.shape), datatype)
+        tensor.set_data_from_numpy(value)
+        tensors.append(tensor)
+    client.async_stream_infer(DECODER, tensors, request_id="c1")
+    result, error = results.get(timeout=120)
+    assert error is None, error
+    client.stop_stream(cancel_requests=True)
+    client.close()
+    deadline, line = time.monotonic() + 60, None
+    while line is None and time.monotonic() < deadline:
+        line = next((x for x in triton.log().splitlines() if "a cancelled request left after" in x), None)
+        time.sleep(0.1)
+    assert line is not None, triton.log()[-2000:]
+    left_after = int(re.search(r"left after (\d+) of (\d+) tokens", line).group(1))
+    assert 1 <= left_after < max_tokens, line
+    assert "'active': 0" in line and "'reserved_tokens': 0" in line, line
+    status, body = _post(triton, f"/v2/models/{DECODER}/generate", {"input_ids": prompt, "max_tokens": 5})
+    assert status == 200 and _ids(json.loads(body)["output_ids"]) == generator.generate([prompt], 5).tokens[0], body
 
 
 def test_text_follows_what_the_python_backend_can_do(triton, generator):

@@ -35,6 +35,7 @@ from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.sampling import Sampling
 from mlpdeploy.runtime.scheduler.options import SchedulerOptions
 from mlpdeploy.runtime.scheduler.prefill import ChunkPolicy, Prefill
+from mlpdeploy.runtime.scheduler.prefix import PrefixCache
 from mlpdeploy.runtime.scheduler.request import QueueFull, Request
 from mlpdeploy.runtime.scheduler.slots import Slots
 from mlpdeploy.runtime.step import Stepper
@@ -58,6 +59,7 @@ class Scheduler:
         self.columns = min(context, self.budget)  # one row holds a whole budget's sequence at most
         self.slots = Slots(self.stepper, self.options.max_batch, self.columns)
         self.chunks = ChunkPolicy(self.options.prefill_stall, self.options.prefill_chunk, self.options.smallest_chunk)
+        self.prefixes = PrefixCache(self.options.prefix_cache_mb << 20)
         self.drafting = None
         if drafter is not None:
             from mlpdeploy.runtime.scheduler.drafting import SoloDrafting
@@ -188,7 +190,8 @@ class Scheduler:
                 return
             with self._cond:
                 request = self._admitted.popleft()
-            self._prefill = Prefill(self.stepper, request)
+            self._prefill = Prefill(self.stepper, request, self.prefixes.match(request.prompt))
+            request.reused_tokens = self._prefill.reused
         job = self._prefill
         if job.request.cancelled:
             self._prefill = None
@@ -202,6 +205,7 @@ class Scheduler:
             return
         self._prefill = None
         request = job.request
+        self.prefixes.keep(request.prompt, job.buffers)  # the row gets a copy (Slots.join): these stay as they are
         token = request.pick(job.logits)
         if request.emit(token):
             self._release(request)

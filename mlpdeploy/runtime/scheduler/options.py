@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from mlpdeploy.errors import MlpdeployError
 
+DEFAULT_PREFIX_CACHE_MB = 128
 DEFAULT_COLUMNS = 2048  # the default cache budget: this many tokens per row (or the model's context, if shorter)
 
 
@@ -20,7 +21,9 @@ class SchedulerOptions:
     `default_queue_policy.max_queue_size`), more are refused with "Exceeds maximum queue size".
     `prefill_stall`: while other sequences decode, a prompt is prefilled in chunks that each take
     about this many of their decode steps' time, `smallest_chunk` tokens at least
-    (`prefill.ChunkPolicy`); `prefill_chunk` fixes the chunk (tokens) instead."""
+    (`prefill.ChunkPolicy`); `prefill_chunk` fixes the chunk (tokens) instead. `prefix_cache_mb`:
+    finished prompts' caches kept, MiB at most, so that a prompt sharing a prefix with one of them
+    prefills only the rest (`prefix.PrefixCache`; 0: none kept)."""
 
     max_batch: int = 16
     max_queue_delay_us: int = 100
@@ -29,6 +32,7 @@ class SchedulerOptions:
     prefill_stall: float = 1.5
     prefill_chunk: int | None = None
     smallest_chunk: int = 16
+    prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -41,6 +45,8 @@ class SchedulerOptions:
             raise MlpdeployError(f"the prefill stall (--prefill-stall) must be positive, got {self.prefill_stall}")
         if self.smallest_chunk < 1:
             raise MlpdeployError(f"prefill chunks (--prefill-min-chunk) take at least 1 token, got {self.smallest_chunk}")
+        if self.prefix_cache_mb < 0:
+            raise MlpdeployError(f"the prefix cache (--prefix-cache-mb) takes 0 MiB (off) or more, got {self.prefix_cache_mb}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise MlpdeployError(f"a fixed prefill chunk (prefill_chunk) takes at least 1 token, got {self.prefill_chunk}")
 

@@ -22,13 +22,18 @@ DECAY = 0.8  # weight of the past in the running estimates
 
 
 class Prefill:
-    """One request's prompt going into a cache of its own (`buffers`)."""
+    """One request's prompt going into a cache of its own (`buffers`); with `prefix` (tokens, one-row
+    buffers holding at least them: `PrefixCache.match`) its first tokens are copied, not run."""
 
-    def __init__(self, stepper: Stepper, request: Request):
+    def __init__(self, stepper: Stepper, request: Request, prefix: tuple[int, dict[str, np.ndarray] | None] = (0, None)):
         self.stepper, self.request = stepper, request
         self.buffers = stepper.cache_buffers(1, len(request.prompt))
-        self.state: StepState = stepper.rows_state(self.buffers, [0])
-        self.done = 0  # prompt tokens in the cache so far
+        reused, kept = prefix
+        for name, buffer in self.buffers.items():
+            if reused:
+                buffer[:, :, :reused] = kept[name][:, :, :reused]
+        self.state: StepState = stepper.rows_state(self.buffers, [reused])
+        self.done = self.reused = reused  # prompt tokens in the cache so far; of them, copied from a kept prefix
         self.logits: np.ndarray | None = None  # the last prompt token's logits, once done
         self.last: tuple[int, float] | None = None  # (tokens, seconds) of its latest chunk
 

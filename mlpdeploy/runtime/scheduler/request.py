@@ -29,7 +29,8 @@ class Request:
     gets every event through `on_event(kind, value)` — ("token", id) then ("end", finish) or
     ("error", message) — called on the scheduler's thread (it must not block). `cancel()` frees
     the request's row at the scheduler's next step. Timings (perf_counter seconds): `arrived`,
-    `admitted` (its prefill began), `token_times` (one per token)."""
+    `admitted` (its prefill began), `token_times` (one per token); `reused_tokens`: prompt tokens
+    whose cache was copied from an earlier prompt's (`prefix.PrefixCache`), not run."""
 
     def __init__(self, prompt: Sequence[int], max_tokens: int, sampling: Sampling | None = None, stop_tokens: Sequence[int] = (),
                  on_event: Callable[[str, object], None] | None = None, tie_margin: float = 0.0):
@@ -43,6 +44,7 @@ class Request:
         self.error: str | None = None
         self.arrived, self.admitted = time.perf_counter(), None
         self.token_times: list[float] = []
+        self.reused_tokens = 0
         self.tie_margin = tie_margin if self.sampling.greedy else 0.0
         self._on_event = on_event
         self._events: queue.SimpleQueue | None = None if on_event is not None else queue.SimpleQueue()
