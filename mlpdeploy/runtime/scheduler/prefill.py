@@ -29,8 +29,8 @@ class Prefill:
         self.stepper, self.request = stepper, request
         self.buffers = stepper.cache_buffers(1, len(request.prompt))
         reused, kept = prefix
-        for name, buffer in self.buffers.items():
-            if reused:
+        if reused:
+            for name, buffer in self.buffers.items():
                 buffer[:, :, :reused] = kept[name][:, :, :reused]
         self.state: StepState = stepper.rows_state(self.buffers, [reused])
         self.done = self.reused = reused  # prompt tokens in the cache so far; of them, copied from a kept prefix
