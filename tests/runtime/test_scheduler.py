@@ -1,5 +1,5 @@
 """The in-flight scheduler: every request's greedy answer is its solo answer under random arrival
-orders, lengths, batch limits and prefill chunks (on the zoo llama-tiny and llama-small and the
+orders, lengths, batch limits, prefill chunks and shared prompt prefixes (on the zoo llama-tiny and llama-small and the
 truncated real SmolLM2); sampled answers follow each request's own seed; stop tokens and max tokens
 per request; cancellation frees rows and budget (no leak after 1,000 requests); the batch limit, the
 cache budget and the queue limit; speculative rounds when a sequence runs alone; the solo fallback."""
@@ -74,8 +74,13 @@ class Gate:
 
 
 def _workloads(vocab: int, longest: int):
-    request = st.tuples(st.lists(st.integers(1, vocab - 1), min_size=1, max_size=longest), st.integers(1, 10), st.floats(0, 0.003))
-    return st.tuples(st.lists(request, min_size=1, max_size=7), st.integers(1, 4), st.sampled_from([None, 3, 10_000]))
+    """(requests, max_batch, chunk): each request (prompt, max_tokens, pause before the next); a
+    prompt may start with the workload's shared prefix (a chat template: the prefix cache reuses it)."""
+    tokens = st.lists(st.integers(1, vocab - 1), min_size=1, max_size=longest)
+    request = st.tuples(st.booleans(), tokens, st.integers(1, 10), st.floats(0, 0.003))
+    workload = st.tuples(st.lists(st.integers(1, vocab - 1), min_size=4, max_size=12), st.lists(request, min_size=1, max_size=7), st.integers(1, 4),
+                         st.sampled_from([None, 3, 10_000]))
+    return workload.map(lambda w: ([((w[0] if shared else []) + prompt, n, pause) for shared, prompt, n, pause in w[1]], w[2], w[3]))
 
 
 def _run_workload(engine: Engine, solo: Solo, workload) -> None:
