@@ -70,7 +70,12 @@ def bench(target, decode, batches, dims, warmup, iterations, min_seconds, contex
     with tempfile.TemporaryDirectory(prefix="mlpdeploy-bench-") as scratch:
         is_artifact = Path(target).exists() and not _is_model_dir(Path(target))
         artifact = Path(target) if is_artifact else _compile_for_bench(target, Path(scratch) / "build", decode, data)
-        engine = Engine.load(artifact, threads=threads)
+        entries = None
+        if speculative:  # a drafter model's session and this one step in turn: neither spins between its runs
+            from mlpdeploy.runtime.speculative import parse_mode, session_entries
+
+            entries = session_entries(parse_mode(speculative))
+        engine = Engine.load(artifact, threads=threads, session_entries=entries)
         task = _task(target if not is_artifact else engine.manifest.source, data) if data.path is not None else None
         if decode and prompts_path:
             from mlpdeploy.cli.bench_prompts import bench_prompt_set

@@ -32,7 +32,7 @@ def generate(artifact, prompt, prompt_ids, chat, system, max_new_tokens, tempera
     """Generate text from ARTIFACT (a `compile --kv-cache` directory or its .ort.onnx), streaming tokens."""
     from mlpdeploy.runtime.engine import Engine
     from mlpdeploy.runtime.generate import CachedGenerator, Sampling
-    from mlpdeploy.runtime.speculative import make_drafter, parse_mode
+    from mlpdeploy.runtime.speculative import make_drafter, parse_mode, session_entries
     from mlpdeploy.runtime.tokenizer import chat_messages, tokenizer_for
 
     if (prompt is None) == (prompt_ids is None):
@@ -41,7 +41,7 @@ def generate(artifact, prompt, prompt_ids, chat, system, max_new_tokens, tempera
         raise MlpdeployError("--chat and --system format text; with --prompt-ids the ids are sent as they are")
     mode = parse_mode(speculative) if speculative else None  # a bad mode fails before anything loads
     sampling = Sampling(temperature, top_k, top_p, seed)
-    engine = Engine.load(artifact, threads=threads)
+    engine = Engine.load(artifact, threads=threads, session_entries=session_entries(mode))
     generator = CachedGenerator(engine, make_drafter(mode, engine, threads) if mode else None)
     tokenizer = tokenizer_for(engine.manifest, engine.path.parent) if prompt is not None else None
     if tokenizer is not None and chat is None:

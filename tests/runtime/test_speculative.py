@@ -11,7 +11,7 @@ from mlpdeploy.compile import CompileOptions, compile_model
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.generate import CachedGenerator
-from mlpdeploy.runtime.speculative import DraftLength, make_drafter, parse_mode
+from mlpdeploy.runtime.speculative import DraftLength, make_drafter, parse_mode, session_entries
 from mlpdeploy.runtime.ties import NearTie, TieRecorder, check_same_greedy, top2_gap
 
 from .speculative_fixtures import drop_plan, with_draft_heads
@@ -112,6 +112,21 @@ def test_model_drafters_are_plain_greedy_on_smollm2(smollm2_small_kv, tmp_path, 
         for prompt in _smollm2_prompts(engine, smollm2_small_kv):
             _, spec = _same_as_plain(smollm2_small_kv, drafter, [prompt], 24)
             assert spec.speculative["accepted"] > 0
+
+
+def test_a_drafter_models_session_and_the_models_stop_spinning_between_runs(llama, monkeypatch):
+    """self: and draft: step two sessions in turn: both are made with session.force_spinning_stop (each
+    one's threads spinning after its run slowed the other's SmolLM2 steps twofold); ngram and heads
+    leave the model's session as built."""
+    monkeypatch.setenv("MLPDEPLOY_CACHE_DIR", str(llama["root"] / "cache"))
+
+    def stops(engine) -> str:
+        return engine.session.get_session_options().get_session_config_entry("session.force_spinning_stop")
+
+    for mode in (f"self:{llama['plan']}", f"draft:{llama['draft']}"):
+        engine = Engine.load(llama["model"], session_entries=session_entries(parse_mode(mode)))
+        assert stops(engine) == "1" and stops(make_drafter(mode, engine).stepper.engine) == "1", mode
+    assert session_entries(parse_mode("ngram")) is None and session_entries(parse_mode("heads")) is None and session_entries(None) is None
 
 
 def test_near_tie_recorder():

@@ -228,3 +228,11 @@ def test_a_shared_prompt_prefix_is_reused_and_counted(batched):
     _until(lambda: sum(_prompt_tokens(server).values()) - sum(before.values()) == len(first) + len(second))  # counted as each request ends
     after = _prompt_tokens(server)
     assert after["reused"] - before["reused"] >= 16
+
+
+def test_a_decoders_threads_stop_spinning_when_a_step_returns(batched):
+    """Between steps the scheduler and the event loop need the cores: the decoder's session is made with
+    session.force_spinning_stop (its threads spin within a step only)."""
+    server, _, _ = batched
+    options = server.models[MODEL].engine.session.get_session_options()
+    assert options.get_session_config_entry("session.force_spinning_stop") == "1"

@@ -11,5 +11,5 @@ from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, DraftRun, D
 from mlpdeploy.runtime.speculative.heads import HeadsDrafter  # noqa: F401
 from mlpdeploy.runtime.speculative.loop import speculative_generate  # noqa: F401
 from mlpdeploy.runtime.speculative.model import ModelDrafter  # noqa: F401
-from mlpdeploy.runtime.speculative.modes import MODES, make_drafter, parse_mode  # noqa: F401
+from mlpdeploy.runtime.speculative.modes import MODES, make_drafter, parse_mode, session_entries  # noqa: F401
 from mlpdeploy.runtime.speculative.ngram import NgramDrafter  # noqa: F401

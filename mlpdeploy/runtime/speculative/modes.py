@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.runtime.engine import IDLE_BETWEEN_RUNS, Engine
 from mlpdeploy.runtime.speculative.base import Drafter
 
 MODES = "ngram[:n=3,k=8], heads[:k=N], self:PLAN or draft:ARTIFACT"
@@ -65,6 +65,12 @@ def _known(kind: str) -> str:
     return ", ".join(f"{k}=" for k in OPTIONS[kind])
 
 
+def session_entries(mode: Mode | None) -> dict[str, str] | None:
+    """What the model's own session needs for `mode`: with a drafter model (self:, draft:) the two
+    sessions step in turn, so each one's threads stop spinning when its run returns (`IDLE_BETWEEN_RUNS`)."""
+    return IDLE_BETWEEN_RUNS if mode is not None and mode.kind in NEEDS_PATH else None
+
+
 def make_drafter(text: str | Mode, engine: Engine, threads: int | None = None) -> Drafter:
     """The drafter `text` describes, for the model `engine` runs."""
     mode = parse_mode(text) if isinstance(text, str) else text
@@ -96,7 +102,7 @@ def load_draft(path: str, target: Engine, threads: int | None = None) -> Engine:
     """The draft artifact at `path`, checked to fit `target`: a KV cache, the same vocabulary, the same tokenizer."""
     from mlpdeploy.runtime.step import Stepper
 
-    draft = Engine.load(path, threads=threads)
+    draft = Engine.load(path, threads=threads, session_entries=IDLE_BETWEEN_RUNS)
     if draft.cache is None:
         raise MlpdeployError(f"--speculative draft:{path}: the draft artifact has no KV cache; compile the draft model with --kv-cache")
     ours, theirs = Stepper(target).vocab, Stepper(draft).vocab

@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 
 from mlpdeploy.errors import MlpdeployError
-from mlpdeploy.runtime.engine import Engine
+from mlpdeploy.runtime.engine import IDLE_BETWEEN_RUNS, Engine
 
 
 def cache_root() -> Path:
@@ -48,7 +48,7 @@ def build_self_drafter(target: Engine, plan: Path, threads: int | None = None, r
     model = out / f"draft{_suffix(build)}"
     if not model.is_file():
         _build(rewritten, plan, build, target.manifest.last("build"), out)
-    return Engine.load(model, threads=threads)
+    return Engine.load(model, threads=threads, session_entries=IDLE_BETWEEN_RUNS)
 
 
 def _key(rewritten: Path, plan: Path, build: dict) -> str:
