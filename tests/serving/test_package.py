@@ -209,3 +209,16 @@ def test_python_backend_copies_the_tokenizer_files(tmp_path, zoo_build):
     version_dir = tmp_path / "repo" / "m" / "1"
     copy_artifact(zoo_build("mixer-tiny"), SimpleNamespace(kind="hf", source=str(source)), version_dir)
     assert (version_dir / "tokenizer.json").read_text() == "{}" and (version_dir / "model.py").is_file()
+
+
+def test_python_backend_scheduler_parameters_read_from_the_config():
+    """A python-backend decoder's config parameters set its scheduler (the prefix cache by `prefix_cache_mb`);
+    absent ones keep the defaults, and one that is not an integer is refused in one line."""
+    from mlpdeploy.runtime.scheduler.options import DEFAULT_PREFIX_CACHE_MB
+    from mlpdeploy.serving.triton_model import scheduler_options
+
+    options = scheduler_options({"max_batch_size": "4", "prefix_cache_mb": "0", "max_cache_tokens": ""})
+    assert (options.max_batch, options.prefix_cache_mb, options.max_cache_tokens) == (4, 0, None)
+    assert scheduler_options({"max_batch_size": "4"}).prefix_cache_mb == DEFAULT_PREFIX_CACHE_MB
+    with pytest.raises(MlpdeployError, match="a scheduler parameter in config.pbtxt is not an integer"):
+        scheduler_options({"prefix_cache_mb": "lots"})
