@@ -22,6 +22,18 @@ RESULTS = Path(__file__).parent / "results"
 # batch 16 depending on its place in the rotation.
 NO_SPINNING = {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"}
 
+# Decoders are timed as users run them, threads spinning (onnxruntime-genai and `generate` alike), so
+# a benchmark that takes turns between their sessions waits this long (untimed) before each turn:
+# an idle session's threads spin on for 20-100 ms after its run (measured on this 2-core machine:
+# SmolLM2 int4 steps 15 ms right after another session's step with a 20 ms pause, 6.8 ms after
+# 100 ms, 6.2 ms alone), and a prefill timed in that window pays for them.
+SETTLE_SECONDS = 0.2
+
+
+def settle() -> None:
+    """Let the previous variant's idle threads stop spinning before the next one is timed."""
+    time.sleep(SETTLE_SECONDS)
+
 
 def cpu_session(model, threads: int, kernels: Path | None = None, level=None):
     """An ONNX Runtime CPU session on `threads` intra-op threads for `model` (an onnx_ir Model, a

@@ -6,7 +6,8 @@
 
 The model is a Hugging Face directory (`--model`, e.g. .cache/real/smollm2-135m), else the
 anchor-shaped decoder (bench/anchor.py, `--kv-heads`). Variants, all on the same directory,
-interleaved round by round (every other round in reverse order, so no variant always runs right
+interleaved round by round (each turn after a 0.2 s pause that lets the previous variant's idle
+threads stop spinning; every other round in reverse order, so no variant always runs right
 after the same one):
   * mlpdeploy: `compile --kv-cache` (ONNX Runtime, ort-decoder fusions, shared cache buffer),
     driven by mlpdeploy.runtime.CachedGenerator (with --model: only with --fp32);
@@ -44,7 +45,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from anchor import anchor_dir  # noqa: E402
-from common import RESULTS, Sampler, machine, write_results  # noqa: E402
+from common import RESULTS, Sampler, machine, settle, write_results  # noqa: E402
 from roofline import bandwidth_fraction, measure_roofline  # noqa: E402
 
 
@@ -216,6 +217,7 @@ def measure(variants: dict, context: int, new_tokens: int, rounds: int, vocab: i
         prompt = rng.integers(2, vocab, context).tolist()
         order = list(variants.items())
         for name, variant in order if round_index % 2 == 0 else order[::-1]:  # no variant always follows the same one
+            settle()
             state, token = prefill[name].call(variant.prefill, prompt, new_tokens + 1)
             for _ in range(new_tokens):
                 token = decode[name].call(variant.step, state, token)

@@ -9,8 +9,9 @@ build of `--model` (e.g. `--pass quantize-weights:format=int4`); `--genai` an on
 build of the same directory (default: its model builder makes one, int4, in a temporary
 directory). Every prompt is encoded once with the model's chat template and the same ids go to
 every variant; each generates greedily up to --new-tokens, stopping at the model's end tokens.
-Variants take turns prompt by prompt (every other prompt in reverse order), --rounds times; a
-prompt's time is its median over rounds. Reported per set: tokens/s (all generated tokens over
+Variants take turns prompt by prompt (every other prompt in reverse order, each turn after a
+0.2 s pause that lets the previous variant's idle threads stop spinning: bench/common.py),
+--rounds times; a prompt's time is its median over rounds. Reported per set: tokens/s (all generated tokens over
 all prefill + decode wall time), the ratio to onnxruntime-genai's best mode, acceptance, and
 whether greedy outputs equal the same engine's plain decoding (mlpdeploy: a departure must sit
 at a recorded near-tie; genai records none). A mode written `MODE@DIR` runs on the artifact in DIR
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import machine, write_results  # noqa: E402
+from common import machine, settle, write_results  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,6 +118,7 @@ def measure(variants: dict, prompts: list[list[int]], new_tokens: int, rounds: i
     for r in range(rounds):
         for i, prompt in enumerate(prompts):
             for name, variant in order if (i + r) % 2 == 0 else order[::-1]:
+                settle()
                 runs[name][i].append(variant.run(prompt, new_tokens))
     return {name: [sorted(rs, key=lambda x: x["wall_s"])[len(rs) // 2] for rs in per] for name, per in runs.items()}
 
