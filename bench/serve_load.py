@@ -50,6 +50,7 @@ from common import timed_threads, write_results  # noqa: E402
 from mlpdeploy.compile import CompileOptions, compile_model  # noqa: E402
 from mlpdeploy.runtime.engine import Engine  # noqa: E402
 from mlpdeploy.runtime.generate import CachedGenerator  # noqa: E402
+from mlpdeploy.runtime.scheduler.options import SchedulerOptions  # noqa: E402
 
 PROMPTS = [b"def __init__(self", b"import os\n", b"for i in range(", b"class ", b"return ", b"if __name__ == ", b"    x = ", b"print("]
 
@@ -154,10 +155,11 @@ def main() -> int:
     parser.add_argument("--long-prompt", type=int, default=1000, help="batching: tokens of the prompt arriving mid-stream (0: skip)")
     parser.add_argument("--stall-clients", type=int, default=4, help="batching: clients decoding when the long prompt arrives")
     parser.add_argument("--genai", type=Path, help="batching: an onnxruntime-genai build of the same model, run by its Engine")
-    parser.add_argument("--max-batch-size", type=int, default=16, help="batching: the server's --max-batch-size")
-    parser.add_argument("--prefill-stall", type=float, default=1.5, help="batching: the server's --prefill-stall")
-    parser.add_argument("--prefill-min-chunk", type=int, default=16, help="batching: the server's --prefill-min-chunk")
-    parser.add_argument("--prefix-cache-mb", type=int, default=128, help="batching: the server's --prefix-cache-mb (0: off)")
+    serve = SchedulerOptions()  # the server's defaults (serve's options of the same names)
+    parser.add_argument("--max-batch-size", type=int, default=serve.max_batch, help="batching: the server's --max-batch-size")
+    parser.add_argument("--prefill-stall", type=float, default=serve.prefill_stall, help="batching: the server's --prefill-stall")
+    parser.add_argument("--prefill-min-chunk", type=int, default=serve.smallest_chunk, help="batching: the server's --prefill-min-chunk")
+    parser.add_argument("--prefix-cache-mb", type=int, default=serve.prefix_cache_mb, help="batching: the server's --prefix-cache-mb (0: off)")
     parser.add_argument("--repeat-prompts", action="store_true",
                         help="batching: cycle the --prompts lines as they are (default: each request a distinct 'Request i. ...' prompt)")
     parser.add_argument("--model", type=Path, help="a compile directory of a classifier taking pixel_values (default: compile mixer-tiny)")
@@ -199,7 +201,6 @@ def batching(args) -> int:
 
     import batching_load as bl
 
-    from mlpdeploy.runtime.scheduler.options import SchedulerOptions  # noqa: F401 - the serve options this drives
 
     if args.decoder is None:
         raise SystemExit("--mode batching needs --decoder DIR (a `compile --kv-cache` directory of a model with a chat template)")
