@@ -62,3 +62,16 @@ def test_package_cli_errors(tmp_path, zoo_build):
     assert not (tmp_path / "repo").exists()
     result = CliRunner().invoke(cli, ["package", built])
     assert result.exit_code == 2 and "--triton" in result.output
+
+
+def test_serve_option_defaults_are_the_schedulers():
+    """`serve` states its scheduler defaults as literals (importing the scheduler would slow every CLI
+    start by ~1.5 s); they must stay those of SchedulerOptions."""
+    from mlpdeploy.runtime.scheduler import SchedulerOptions
+
+    defaults = {p.name: p.default for p in cli.commands["serve"].params}
+    options = SchedulerOptions()
+    assert (defaults["max_batch_size"], defaults["max_queue_delay_us"], defaults["max_queue_size"], defaults["prefill_stall"],
+            defaults["prefill_min_chunk"], defaults["prefix_cache_mb"]) == (
+        options.max_batch, options.max_queue_delay_us, options.max_queue_size, options.prefill_stall, options.smallest_chunk,
+        options.prefix_cache_mb)
