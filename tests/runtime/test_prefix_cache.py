@@ -43,6 +43,57 @@ def test_match_is_the_longest_kept_prefix_leaving_tokens_to_prefill(kept, prompt
         assert buffers["past.0.key"].shape[2] >= reused
 
 
+class _ScanReference:
+    """The prefix cache as a linear scan over kept prompts in LRU order (what the trie replaces)."""
+
+    def __init__(self, budget: int):
+        self.budget, self.entries = budget, {}
+
+    def keep(self, key, buffers):
+        size = sum(b.nbytes for b in buffers.values())
+        if size > self.budget or len(key) < MIN_REUSE + MIN_REST:
+            return
+        if key in self.entries:
+            self.entries[key] = self.entries.pop(key)
+            return
+        self.entries[key] = buffers
+        while sum(sum(b.nbytes for b in v.values()) for v in self.entries.values()) > self.budget:
+            del self.entries[next(iter(self.entries))]
+
+    def match(self, prompt):
+        limit = len(prompt) - MIN_REST
+        shared = {key: min(_shared(prompt, key), limit) for key in self.entries}
+        best = max(shared.values(), default=0)
+        if limit < MIN_REUSE or best < MIN_REUSE:
+            return 0, None
+        key = [k for k in self.entries if shared[k] == best][-1]  # the most recently used of the longest
+        self.entries[key] = self.entries.pop(key)
+        return best, self.entries[key]
+
+
+@given(ops=st.lists(st.tuples(st.booleans(), st.lists(st.integers(0, 2), min_size=1, max_size=11)), max_size=40),
+       budget_tokens=st.integers(0, 40))
+@settings(max_examples=300, deadline=None)
+def test_the_trie_matches_and_evicts_as_a_scan_over_kept_prompts_in_lru_order(ops, budget_tokens):
+    """Random keeps and matches (small alphabet: many shared prefixes, ties between equally long
+    matches, evictions): the same lengths and the same kept buffers as the reference scan; the
+    trie holds exactly the kept prompts (evicted ones leave no nodes behind)."""
+    per_token = sum(b.nbytes for b in _buffers(1).values())
+    cache, reference = PrefixCache(budget_tokens * per_token), _ScanReference(budget_tokens * per_token)
+    for is_keep, tokens in ops:
+        if is_keep:
+            buffers = _buffers(len(tokens))
+            cache.keep(tokens, buffers)
+            reference.keep(tuple(tokens), buffers)
+        else:
+            got, expected = cache.match(tokens), reference.match(tokens)
+            assert got[0] == expected[0] and got[1] is expected[1]
+        assert list(cache.entries) == list(reference.entries)
+    assert cache.bytes == sum(sum(b.nbytes for b in v.values()) for v in reference.entries.values())
+    below_root = set().union(*(node.keys for node in cache._root.children.values()))
+    assert below_root == set(cache.entries)
+
+
 def test_least_recently_used_prompts_go_first_past_the_budget():
     one = sum(b.nbytes for b in _buffers(8).values())
     cache = PrefixCache(2 * one)
