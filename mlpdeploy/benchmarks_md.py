@@ -32,6 +32,9 @@ TITLES = {
     "decode_prompts": ("Chat prompts: tokens/s with speculative decoding", "bench/decode_prompts.py",
                        "Prompt sets end to end (prefill + decode): mlpdeploy's decoding modes against onnxruntime-genai plain and n-gram."),
     "serve_load": ("Serving under load", "bench/serve_load.py", "`mlpdeploy serve` with concurrent clients: throughput and latency, every answer checked."),
+    "batch_step": ("A decode step against its rows: the ceiling of batching", "bench/batch_step.py",
+                   "One decode step of r rows (the scheduler's own step) in one-row steps, r × t(1) / t(r) — the most batching "
+                   "gives over one client at that occupancy — and ONNX Runtime's profile of it by operator."),
     "quant": ("Low-bit weights", "bench/quant.py", "Perplexity per weight format, FP4 forms on ONNX Runtime, int4 decode against onnxruntime-genai."),
     "quant_real": ("int4 against ONNX Runtime's quantizer", "bench/quant_real.py",
                    "mlpdeploy's int4 against ONNX Runtime's MatMulNBitsQuantizer on real models and held-out text."),
