@@ -30,14 +30,14 @@ def chat_prompts(tokenizer, path, limit: int | None = None, numbers: range | Non
     return [tokenizer.encode_chat([{"role": "user", "content": p}]) for p in lines]
 
 
-def long_prompt(tokenizer, data_path, tokens: int) -> list[int]:
-    """`tokens` ids of held-out English text (the first documents of `data_path`)."""
+def long_prompt(tokenizer, data_path, tokens: int, skip: int = 0) -> list[int]:
+    """`tokens` ids of held-out English text: the documents of `data_path` in order, the first `skip` ids left out."""
     ids: list[int] = []
     for line in open(data_path):
         ids += tokenizer.encode(json.loads(line)["text"])
-        if len(ids) >= tokens:
-            return ids[:tokens]
-    raise SystemExit(f"{data_path} has fewer than {tokens} tokens")
+        if len(ids) >= skip + tokens:
+            return ids[skip:skip + tokens]
+    raise SystemExit(f"{data_path} has fewer than {skip + tokens} tokens")
 
 
 def stream_request(host: str, port: int, model: str, prompt: list[int], max_tokens: int) -> dict:
@@ -100,8 +100,10 @@ def summarize(results: list[dict], seconds: float, expected: dict[tuple, list[in
 
 
 def stall(host: str, port: int, model: str, prompts: list[list[int]], long: list[int], others: int, max_tokens: int) -> dict:
-    """`others` clients stream long answers; once they are all decoding, a long prompt arrives.
-    Their inter-token gaps while it is prefilled, against their gaps before it arrived."""
+    """`others` clients stream long answers (`prompts[k]`: text they continue, so that they outlast the
+    long prefill); once they are all decoding, a long prompt arrives. Their inter-token gaps while it
+    is prefilled, against their gaps before it arrived; `others_outlasted_prefill` says whether every
+    one of them was still decoding when its first token came (if not, the late gaps are missing)."""
     results: list[dict] = [None] * others  # type: ignore[list-item]
     threads = [threading.Thread(target=lambda k=k: results.__setitem__(k, stream_request(host, port, model, prompts[k % len(prompts)], max_tokens)))
                for k in range(others)]
@@ -135,6 +137,7 @@ def stall(host: str, port: int, model: str, prompts: list[list[int]], long: list
             "others_itl_p90_during_ms": round(float(np.percentile(during, 90)) * 1e3, 1) if during else None,
             "others_gaps_during": len(during),
             "delay_in_steps": round((worst - step) / step, 2) if step and worst else None,
+            "others_outlasted_prefill": first is not None and all(r["times"] and r["times"][-1] > first for r in results),
             "long_tokens": arrival["tokens"], "errors": [r["error"] for r in results + [arrival] if r["error"]]}
 
 

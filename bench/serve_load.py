@@ -52,6 +52,9 @@ from mlpdeploy.runtime.engine import Engine  # noqa: E402
 from mlpdeploy.runtime.generate import CachedGenerator  # noqa: E402
 from mlpdeploy.runtime.scheduler.options import SchedulerOptions  # noqa: E402
 
+# tokens each client decoding beside the long prompt streams: enough to outlast its prefill in small
+# chunks (SmolLM2 int4, `--prefill-stall 1 --prefill-min-chunk 2`: 4.6 s of ~12 ms steps, ~380)
+STALL_TOKENS = 640
 PROMPTS = [b"def __init__(self", b"import os\n", b"for i in range(", b"class ", b"return ", b"if __name__ == ", b"    x = ", b"print("]
 
 
@@ -225,7 +228,10 @@ def batching(args) -> int:
     distinct = {tuple(p): p for ps in [prompts, *level_prompts.values()] for p in ps}
     print(f"solo answers for {len(distinct)} prompts ({args.max_tokens} tokens, in-process) ...", flush=True)
     expected = {key: generator.generate([p], args.max_tokens, stop_tokens=stops).tokens[0] for key, p in distinct.items()}
-    long = bl.long_prompt(tokenizer, Path(__file__).parent / "data" / "mlpdeploy-notes.jsonl", args.long_prompt) if args.long_prompt else None
+    text = Path(__file__).parent / "data" / "mlpdeploy-notes.jsonl"
+    long = bl.long_prompt(tokenizer, text, args.long_prompt) if args.long_prompt else None
+    # the clients decoding while it arrives continue later text (no chat turn to end, no prefix shared with it)
+    stall_prompts = [bl.long_prompt(tokenizer, text, 64, skip=args.long_prompt + 64 * k) for k in range(args.stall_clients)] if long else []
     long_solo = generator.generate([long], 4, stop_tokens=stops) if long else None
     del generator, engine
     load_before = os.getloadavg()
@@ -258,12 +264,13 @@ def batching(args) -> int:
         results["prompt_tokens"] = {"prefilled": prefilled, "reused": reused}
         print(f"prompt tokens over every level: {prefilled:.0f} prefilled, {reused:.0f} reused from kept prefixes", flush=True)
         if long:
-            s = results["stall"] = bl.stall(host, port, name, prompts, long, args.stall_clients, 6 * args.max_tokens)
+            s = results["stall"] = bl.stall(host, port, name, stall_prompts, long, args.stall_clients, STALL_TOKENS)
             s["long_answer_is_solo"] = s.pop("long_tokens") == long_solo.tokens[0]
             print(f"long prompt ({len(long)} tokens) with {args.stall_clients} decoding: TTFT {s['long_ttft_ms']} ms; others' ITL p50 before "
                   f"{s['others_itl_p50_before_ms']} ms, during its prefill p50 {s['others_itl_p50_during_ms']} p90 {s['others_itl_p90_during_ms']} "
                   f"worst {s['others_max_itl_during_ms']} ms "
-                  f"(+{s['delay_in_steps']} steps); its answer = solo: {s['long_answer_is_solo']}", flush=True)
+                  f"(+{s['delay_in_steps']} steps); its answer = solo: {s['long_answer_is_solo']}; "
+                  f"the others decoded throughout: {s['others_outlasted_prefill']}", flush=True)
     finally:
         proc.terminate()
         results["server_exit"] = proc.wait(timeout=60)

@@ -74,18 +74,20 @@ class Gate:
 
 
 def _workloads(vocab: int, longest: int):
-    """(requests, max_batch, chunk): each request (prompt, max_tokens, pause before the next); a
-    prompt may start with the workload's shared prefix (a chat template: the prefix cache reuses it)."""
+    """(requests, max_batch, chunk, join bytes): each request (prompt, max_tokens, pause before the
+    next); a prompt may start with the workload's shared prefix (a chat template: the prefix cache
+    reuses it); join bytes 1 copies a prefilled prompt into its row one column a step (rows leaving
+    meanwhile), the default at once."""
     tokens = st.lists(st.integers(1, vocab - 1), min_size=1, max_size=longest)
     request = st.tuples(st.booleans(), tokens, st.integers(1, 10), st.floats(0, 0.003))
     workload = st.tuples(st.lists(st.integers(1, vocab - 1), min_size=4, max_size=12), st.lists(request, min_size=1, max_size=7), st.integers(1, 4),
-                         st.sampled_from([None, 3, 10_000]))
-    return workload.map(lambda w: ([((w[0] if shared else []) + prompt, n, pause) for shared, prompt, n, pause in w[1]], w[2], w[3]))
+                         st.sampled_from([None, 3, 10_000]), st.sampled_from([1, SchedulerOptions().join_step_bytes]))
+    return workload.map(lambda w: ([((w[0] if shared else []) + prompt, n, pause) for shared, prompt, n, pause in w[1]], w[2], w[3], w[4]))
 
 
 def _run_workload(engine: Engine, solo: Solo, workload) -> None:
-    requests, max_batch, chunk = workload
-    scheduler = Scheduler(engine, SchedulerOptions(max_batch=max_batch, prefill_chunk=chunk))
+    requests, max_batch, chunk, join_bytes = workload
+    scheduler = Scheduler(engine, SchedulerOptions(max_batch=max_batch, prefill_chunk=chunk, join_step_bytes=join_bytes))
     try:
         handles = []
         for prompt, max_tokens, pause in requests:
@@ -99,7 +101,7 @@ def _run_workload(engine: Engine, solo: Solo, workload) -> None:
                 assert tokens == expected, (prompt, max_tokens)
             else:  # a prompt prefilled in chunks may flip a near-tie, never anything else
                 check_same_greedy(expected, tokens, handle.near_ties, expected_ties)
-        assert scheduler.stats() == {"active": 0, "prefilling": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
+        assert scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
     finally:
         scheduler.close()
 
@@ -191,10 +193,70 @@ def test_cancellation_frees_rows_and_budget_no_leak(tiny):
                 assert handle.finish in ("cancelled", "length")  # cancelled, unless it had run already
             else:
                 assert handle.finish == "cancelled" or len(handle.tokens) <= max_tokens + 2
-        assert scheduler.stats() == {"active": 0, "prefilling": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
+        assert scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
         assert scheduler.slots.requests == [] and not scheduler.slots.lengths.any()
         assert sum(h.finish == "cancelled" for *_, h in handles) > 300
         assert scheduler.generate(prompts[0], 5) == (solo(prompts[0], 5)[0], "length")  # still healthy
+    finally:
+        scheduler.close()
+
+
+def _until(condition, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+class HoldWhileJoining:
+    """A scheduler observer that holds the loop after a decode step while a prompt is joining its row."""
+
+    def __init__(self, scheduler: Scheduler):
+        self.scheduler, self.held, self.release = scheduler, threading.Event(), threading.Event()
+
+    def step(self, rows, seconds):
+        if self.scheduler.stats()["joining"] and not self.release.is_set():
+            self.held.set()
+            self.release.wait(30)
+
+    def finished(self, request):
+        pass
+
+
+def test_a_prefilled_prompt_joins_its_row_a_piece_a_step_while_others_decode(tiny):
+    """join_step_bytes of one column: a 76-token prompt's cache goes into its row one column a step
+    beside decoding rows that leave meanwhile (the next free row moves down: the copy starts over),
+    and every answer is its solo answer; a request cancelled while it joins frees its row and budget."""
+    solo = _solo_for(tiny)
+    long = list(b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\ndef sub(a,")
+    others = [(list(b"def f(x):"), 60), (list(b"import "), 30), (list(b"class A:"), 40)]
+    scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, join_step_bytes=1))
+    staged_rows = []
+    stage = scheduler.slots.stage
+    scheduler.slots.stage = lambda *args: (staged_rows.append(scheduler.slots.active), stage(*args))[1]
+    try:
+        handles = [scheduler.submit(prompt, n) for prompt, n in others]
+        _until(lambda: scheduler.stats()["active"] == 3)
+        joiner = scheduler.submit(long, 20)
+        for (prompt, n), handle in zip(others, handles):
+            assert handle.wait(60) == (solo(prompt, n)[0], "length")
+        assert joiner.wait(60) == (solo(long, 20)[0], "length")
+        assert len(set(staged_rows)) >= 2, staged_rows  # a row left while it joined: staged into another row
+
+        hold = HoldWhileJoining(scheduler)
+        scheduler.observers.append(hold)
+        decoding = scheduler.submit(others[0][0], 110)
+        _until(lambda: scheduler.stats()["active"] == 1)
+        joiner = scheduler.submit(long, 5)
+        assert hold.held.wait(30)
+        joiner.cancel()
+        hold.release.set()
+        assert joiner.wait(30)[1] == "cancelled" and len(joiner.tokens) == 1  # its first token came with its prefill
+        _until(lambda: scheduler.stats()["joining"] == 0)
+        assert scheduler.stats()["active"] == 1 and scheduler.stats()["reserved_tokens"] == len(others[0][0]) + 110
+        decoding.cancel()
+        decoding._done.wait(30)
+        _until(lambda: scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0})
     finally:
         scheduler.close()
 
@@ -285,7 +347,8 @@ def test_builds_without_row_lengths_generate_alone(zoo_export, tmp_path):
 
 
 @pytest.mark.parametrize("field, message", [("smallest_chunk", "prefill chunks (--prefill-min-chunk) take at least 1 token, got 0"),
-                                            ("prefill_chunk", "a fixed prefill chunk (prefill_chunk) takes at least 1 token, got 0")])
+                                            ("prefill_chunk", "a fixed prefill chunk (prefill_chunk) takes at least 1 token, got 0"),
+                                            ("join_step_bytes", "join_step_bytes must be at least 1, got 0")])
 def test_chunk_options_refused_by_name(field, message):
     with pytest.raises(MlpdeployError, match=re.escape(message)):
         SchedulerOptions(**{field: 0})

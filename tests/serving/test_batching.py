@@ -18,7 +18,7 @@ from mlpdeploy.runtime.generate import CachedGenerator
 from mlpdeploy.runtime.scheduler import Scheduler, SchedulerOptions
 
 MODEL = "llama-tiny-kv"
-IDLE = {"active": 0, "prefilling": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
+IDLE = {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
 
 
 @pytest.fixture(scope="module")

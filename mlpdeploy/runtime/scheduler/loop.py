@@ -7,7 +7,8 @@
 
 One thread runs the loop. Each iteration it admits waiting requests (FIFO) while a row is free
 and the cache budget holds their prompt + max_tokens, runs one prefill chunk of the request at
-the head of the prefill line (`prefill.py`), and one decode step for every active row: each row
+the head of the prefill line (`prefill.py`) — or, once it is prefilled, a piece of its cache's
+copy into its row (`joining.py`) — and one decode step for every active row: each row
 feeds its own next token at its own position and length (`Slots`, the step function's row-lengths
 layout), so every row computes bit for bit what it computes alone — every greedy answer is its
 solo answer (a prompt prefilled in chunks can differ where a near-tie flips: `near_ties`). A
@@ -33,6 +34,7 @@ import numpy as np
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.sampling import Sampling
+from mlpdeploy.runtime.scheduler.joining import Joining
 from mlpdeploy.runtime.scheduler.options import SchedulerOptions
 from mlpdeploy.runtime.scheduler.prefill import ChunkPolicy, Prefill
 from mlpdeploy.runtime.scheduler.prefix import PrefixCache
@@ -70,6 +72,7 @@ class Scheduler:
         self._waiting: deque[Request] = deque()
         self._admitted: deque[Request] = deque()  # admitted, waiting for their prefill
         self._prefill: Prefill | None = None
+        self._joining: Joining | None = None  # prefilled, its cache going into a row
         self._reserved = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="mlpdeploy-scheduler", daemon=True)
@@ -114,7 +117,8 @@ class Scheduler:
     def stats(self) -> dict:
         """Where requests are now: active rows, prefilling, admitted, waiting, cache tokens reserved."""
         with self._cond:
-            return {"active": self.slots.active, "prefilling": int(self._prefill is not None), "admitted": len(self._admitted),
+            return {"active": self.slots.active, "prefilling": int(self._prefill is not None), "joining": int(self._joining is not None),
+                    "admitted": len(self._admitted),
                     "waiting": len(self._waiting), "reserved_tokens": self._reserved}
 
     def close(self) -> None:
@@ -132,7 +136,7 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not (self._waiting or self._admitted or self._prefill or self.slots.active):
+                while not self._closed and not (self._waiting or self._admitted or self._prefill or self._joining or self.slots.active):
                     self._cond.wait()
                 if self._closed:
                     break
@@ -147,7 +151,7 @@ class Scheduler:
     def _fill_delay(self) -> None:
         """Idle (nothing running) with requests waiting: give the batch up to max_queue_delay_us to fill."""
         delay = self.options.max_queue_delay_us / 1e6
-        if not delay or self.slots.active or self._prefill or self._admitted or not self._waiting:
+        if not delay or self.slots.active or self._prefill or self._joining or self._admitted or not self._waiting:
             return
         deadline = self._waiting[0].arrived + delay
         while not self._closed and len(self._waiting) < self.options.max_batch and (left := deadline - time.perf_counter()) > 0:
@@ -162,7 +166,7 @@ class Scheduler:
                 request.end("cancelled")
                 self._notify(request)
                 continue
-            rows = self.slots.active + len(self._admitted) + (self._prefill is not None)
+            rows = self.slots.active + len(self._admitted) + (self._prefill is not None) + (self._joining is not None)
             if rows >= self.options.max_batch or self._reserved + request.reserved > self.budget:
                 return
             self._waiting.popleft()
@@ -176,13 +180,17 @@ class Scheduler:
                 self._leave(row, "cancelled")
         self._prefill_chunk()
         if self.slots.active:
-            if self.drafting is not None and self.slots.active == 1 and not (self._prefill or self._admitted or self._waiting):
+            if self.drafting is not None and self.slots.active == 1 and not (self._prefill or self._joining or self._admitted or self._waiting):
                 self._speculative_round()
             else:
                 self._decode_step()
 
     def _prefill_chunk(self) -> None:
-        """One chunk of the head prefill (started from the admitted line when none runs)."""
+        """One chunk of the head prefill (started from the admitted line when none runs), or while a
+        prefilled prompt joins its row, the next piece of that (`joining.py`)."""
+        if self._joining is not None:
+            self._join_piece()
+            return
         if self._prefill is None:
             while self._admitted and self._admitted[0].cancelled:
                 self._release(self._admitted.popleft(), "cancelled")
@@ -210,7 +218,16 @@ class Scheduler:
         if request.emit(token):
             self._release(request)
             return
-        self.slots.join(request, job.buffers, len(request.prompt), token)
+        self._joining = Joining(request, job.buffers, len(request.prompt), token)
+        self._join_piece()
+
+    def _join_piece(self) -> None:
+        joining = self._joining
+        if joining.request.cancelled:
+            self._joining = None
+            self._release(joining.request, "cancelled")
+        elif joining.advance(self.slots, self.options.join_step_bytes):
+            self._joining = None
 
     def _decode_step(self) -> None:
         state = self.slots.state()
@@ -267,6 +284,9 @@ class Scheduler:
             if self._prefill is not None:
                 failed.append(self._prefill.request)
                 self._prefill = None
+            if self._joining is not None:
+                failed.append(self._joining.request)
+                self._joining = None
             if self._closed:
                 failed += list(self._waiting)
                 self._waiting.clear()

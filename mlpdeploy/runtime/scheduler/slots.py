@@ -40,13 +40,26 @@ class Slots:
             self._state = self.stepper.rows_state(views, self.lengths[: self.active])
         return self._state
 
-    def join(self, request: Request, prefilled: dict[str, np.ndarray], length: int, pending: int) -> None:
-        """Add `request` as the next active row: its `length` prompt tokens copied from `prefilled`
-        (one-row cache arrays, as `Stepper.cache_buffers(1, …)` makes them), `pending` its next token."""
-        self._sync()
+    @property
+    def column_bytes(self) -> int:
+        """Bytes of one cache column of one row, over every buffer."""
+        return sum(b[0, :, 0].nbytes for b in self.buffers.values())
+
+    def stage(self, prefilled: dict[str, np.ndarray], start: int, end: int) -> None:
+        """Copy columns start..end-1 of `prefilled` (one-row cache arrays, as `Stepper.cache_buffers(1, …)`
+        makes them) into the next free row, which no step binds yet: a long prompt's cache goes into its
+        row over several steps (`Joining`). A row leaving meanwhile moves the next free row down: what
+        was staged is then in the wrong row (`Joining` starts over)."""
         row = self.active
         for name, buffer in self.buffers.items():
-            buffer[row, :, :length] = prefilled[name][0, :, :length]
+            buffer[row, :, start:end] = prefilled[name][0, :, start:end]
+
+    def join(self, request: Request, prefilled: dict[str, np.ndarray], length: int, pending: int, staged: int = 0) -> None:
+        """Add `request` as the next active row: its `length` prompt tokens copied from `prefilled`
+        (the first `staged` columns are there already: `stage`), `pending` its next token."""
+        self._sync()
+        row = self.active
+        self.stage(prefilled, staged, length)
         self.lengths[row] = length
         self.requests.append(request)
         self.pending.append(pending)
