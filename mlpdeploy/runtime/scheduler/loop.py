@@ -115,11 +115,10 @@ class Scheduler:
         return self.submit(prompt, max_tokens, sampling, stop_tokens).wait()
 
     def stats(self) -> dict:
-        """Where requests are now: active rows, prefilling, admitted, waiting, cache tokens reserved."""
+        """Where requests are now: active rows, prefilling, joining their row, admitted, waiting, cache tokens reserved."""
         with self._cond:
             return {"active": self.slots.active, "prefilling": int(self._prefill is not None), "joining": int(self._joining is not None),
-                    "admitted": len(self._admitted),
-                    "waiting": len(self._waiting), "reserved_tokens": self._reserved}
+                    "admitted": len(self._admitted), "waiting": len(self._waiting), "reserved_tokens": self._reserved}
 
     def close(self) -> None:
         """Stop the loop; requests not finished end with an error."""

@@ -14,8 +14,8 @@ on SmolLM2 int4 and tested on the zoo decoders), so a reused prefix changes no a
 prompts are evicted least recently used first once their bytes pass the budget.
 
 Kept prompts sit in a token trie, so finding the longest shared prefix walks the new prompt once
-(O(prompt length), whatever the number kept; a scan over every kept prompt took 9 ms at 3,000 of
-them on the scheduler's thread). Each trie node lists the kept prompts through it in the order
+(O(prompt length), whatever the number kept; a scan over every kept prompt took 9–12 ms at 3,000
+of them on the scheduler's thread). Each trie node lists the kept prompts through it in the order
 they were last used, and a match takes the most recently used of the deepest node's. The trie
 costs about 270 bytes of Python objects per kept token, beside the token's cache (SmolLM2-135M:
 45 KB).
