@@ -60,6 +60,7 @@ class MlpdeployDecoder:
 
     def prefill(self, prompt: list[int], new_tokens: int):
         logits, state = self.generator.prefill([prompt], new_tokens)
+        state.reuse_logits = True  # as generate's loop: each step's logits are used before the next
         return state, int(logits[0].argmax())
 
     def step(self, state, token: int) -> int:

@@ -70,6 +70,7 @@ class CachedGenerator:
         ties = TieRecorder(batch, self.tie_margin) if sampling.greedy and self.tie_margin else None
         start = began = time.perf_counter()
         logits, state = self.prefill(prompts, max_new_tokens, pad_token)
+        state.reuse_logits = True  # each step's logits are used before the next step
         result = Generation(tokens, finish, prefill_seconds=time.perf_counter() - start)
         for step in range(max_new_tokens):
             next_ids = sampling.pick(logits, rng)

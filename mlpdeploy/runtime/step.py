@@ -56,7 +56,9 @@ class StepState:
     heads), `contiguous` is true while every row's tokens fill columns 0..length-1 with no gap
     (batch-1 generation), so positions equal column indices. With `row_lengths` there is no mask
     buffer: `positions[r]` is row r's length, its mask ones over columns 0..positions[r]-1, and
-    `length` the longest row."""
+    `length` the longest row. `reuse_logits`: one-token steps return the bound logits array itself,
+    which the next step overwrites, instead of a copy — for loops that use each step's logits
+    before their next step."""
 
     mask_buffer: np.ndarray  # [batch, capacity] int64
     length: int  # columns in use
@@ -69,6 +71,7 @@ class StepState:
     contiguous: bool = True
     row_lengths: bool = False  # each row its own length (positions[r]), no padding (module docstring)
     capacity_columns: int = 0  # with row_lengths: the columns of each buffer row
+    reuse_logits: bool = False
 
     @property
     def batch(self) -> int:
@@ -264,7 +267,7 @@ class Stepper:
                 binding.bind_output(name, "cpu")
         session.run_with_iobinding(binding)
         if preallocated and not self.extra_outputs and shared:
-            return state.step_logits.copy()
+            return state.step_logits if state.reuse_logits else state.step_logits.copy()
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
         if not shared:
             state.past = {p: outputs[o] for p, o in zip(self.past_names, self.present_names)}

@@ -187,3 +187,23 @@ def test_last_only_gives_the_last_columns_logits(builds, kind, keeps):
     np.testing.assert_allclose(then, stepper.step(full, np.array([[THEN[0]]])), atol=1e-6, rtol=1e-6)
     two = stepper.step(state, np.array([THEN[1:]]))
     assert two.shape == (1, len(THEN) - 1, stepper.vocab)
+
+
+def test_reuse_logits_returns_the_bound_array_and_the_default_a_copy(builds):
+    """A one-token step returns a fresh array by default (earlier results stay as they were); with
+    `reuse_logits` it returns the array the next step overwrites, holding the same values."""
+    stepper = Stepper(builds["shared"])
+    fresh = stepper.new_state(1, 64)
+    stepper.step(fresh, np.array([PROMPT]))
+    first = stepper.step(fresh, np.array([[THEN[0]]]))
+    kept = first.copy()
+    second = stepper.step(fresh, np.array([[THEN[1]]]))
+    assert first is not second and np.array_equal(first, kept) and not np.array_equal(first, second)
+
+    reused = stepper.new_state(1, 64)
+    reused.reuse_logits = True
+    stepper.step(reused, np.array([PROMPT]))
+    a = stepper.step(reused, np.array([[THEN[0]]]))
+    assert np.array_equal(a, kept)
+    b = stepper.step(reused, np.array([[THEN[1]]]))
+    assert a is b and np.array_equal(b, second)

@@ -38,6 +38,7 @@ class Slots:
         if self._state is None:
             views = {name: buffer[: self.active] for name, buffer in self.buffers.items()}
             self._state = self.stepper.rows_state(views, self.lengths[: self.active])
+            self._state.reuse_logits = True  # the scheduler picks every row's token before the next step
         return self._state
 
     @property
