@@ -74,20 +74,21 @@ class Gate:
 
 
 def _workloads(vocab: int, longest: int):
-    """(requests, max_batch, chunk, join bytes): each request (prompt, max_tokens, pause before the
+    """(requests, max_batch, chunk, copy bytes): each request (prompt, max_tokens, pause before the
     next); a prompt may start with the workload's shared prefix (a chat template: the prefix cache
-    reuses it); join bytes 1 copies a prefilled prompt into its row one column a step (rows leaving
-    meanwhile), the default at once."""
+    reuses it); copy bytes 1 copies a prefilled prompt into its row one column a step and moves a
+    last row into the place of one that left two columns a step (rows leaving meanwhile), the
+    default at once."""
     tokens = st.lists(st.integers(1, vocab - 1), min_size=1, max_size=longest)
     request = st.tuples(st.booleans(), tokens, st.integers(1, 10), st.floats(0, 0.003))
     workload = st.tuples(st.lists(st.integers(1, vocab - 1), min_size=4, max_size=12), st.lists(request, min_size=1, max_size=7), st.integers(1, 4),
-                         st.sampled_from([None, 3, 10_000]), st.sampled_from([1, SchedulerOptions().join_step_bytes]))
+                         st.sampled_from([None, 3, 10_000]), st.sampled_from([1, SchedulerOptions().copy_step_bytes]))
     return workload.map(lambda w: ([((w[0] if shared else []) + prompt, n, pause) for shared, prompt, n, pause in w[1]], w[2], w[3], w[4]))
 
 
 def _run_workload(engine: Engine, solo: Solo, workload) -> None:
-    requests, max_batch, chunk, join_bytes = workload
-    scheduler = Scheduler(engine, SchedulerOptions(max_batch=max_batch, prefill_chunk=chunk, join_step_bytes=join_bytes))
+    requests, max_batch, chunk, copy_bytes = workload
+    scheduler = Scheduler(engine, SchedulerOptions(max_batch=max_batch, prefill_chunk=chunk, copy_step_bytes=copy_bytes))
     try:
         handles = []
         for prompt, max_tokens, pause in requests:
@@ -224,20 +225,19 @@ class HoldWhileJoining:
 
 
 def test_a_prefilled_prompt_joins_its_row_a_piece_a_step_while_others_decode(tiny):
-    """join_step_bytes of one column: a 76-token prompt's cache goes into its row one column a step
+    """copy_step_bytes of one byte: a 76-token prompt's cache goes into its row one column a step
     beside decoding rows that leave meanwhile (the next free row moves down: the copy starts over),
     and every answer is its solo answer; a request cancelled while it joins frees its row and budget."""
     solo = _solo_for(tiny)
     long = list(b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\ndef sub(a,")
     others = [(list(b"def f(x):"), 60), (list(b"import "), 30), (list(b"class A:"), 40)]
-    scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, join_step_bytes=1))
+    scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, copy_step_bytes=1))
     staged_rows = []
     stage = scheduler.slots.stage
     scheduler.slots.stage = lambda *args: (staged_rows.append(scheduler.slots.active), stage(*args))[1]
     try:
         handles = [scheduler.submit(prompt, n) for prompt, n in others]
-        _until(lambda: scheduler.stats()["active"] == 3)
-        joiner = scheduler.submit(long, 20)
+        joiner = scheduler.submit(long, 20)  # prefilled after the others (in turn): it joins beside them
         for (prompt, n), handle in zip(others, handles):
             assert handle.wait(60) == (solo(prompt, n)[0], "length")
         assert joiner.wait(60) == (solo(long, 20)[0], "length")
@@ -257,6 +257,28 @@ def test_a_prefilled_prompt_joins_its_row_a_piece_a_step_while_others_decode(tin
         decoding.cancel()
         decoding._done.wait(30)
         _until(lambda: scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0})
+    finally:
+        scheduler.close()
+
+
+def test_a_long_last_row_moves_into_a_left_row_a_piece_a_step(tiny):
+    """copy_step_bytes of one byte: when a short row leaves, the long last row moves into its place
+    two columns a step while the left row runs as a hole; another row leaving meanwhile ends that
+    move first. Every answer is its solo answer and nothing is left behind."""
+    solo = _solo_for(tiny)
+    short = [(list(b"import "), 20), (list(b"x = "), 30)]
+    long = (list(b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return"), 40)
+    scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, copy_step_bytes=1))
+    holes = []
+    advance = scheduler.slots.advance_move
+    scheduler.slots.advance_move = lambda piece: (holes.append(scheduler.slots.moving and scheduler.slots.moving[0]), advance(piece))[1]
+    try:
+        handles = [scheduler.submit(prompt, n) for prompt, n in [*short, long]]  # prefilled in turn: the long one joins last
+        for (prompt, n), handle in zip([*short, long], handles):
+            assert handle.wait(60) == (solo(prompt, n)[0], "length")
+        assert any(hole is not None for hole in holes), "no row moved a piece at a time"
+        _until(lambda: scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0})
+        assert scheduler.slots.moving is None and not scheduler.slots.lengths.any()
     finally:
         scheduler.close()
 
@@ -348,7 +370,7 @@ def test_builds_without_row_lengths_generate_alone(zoo_export, tmp_path):
 
 @pytest.mark.parametrize("field, message", [("smallest_chunk", "prefill chunks (--prefill-min-chunk) take at least 1 token, got 0"),
                                             ("prefill_chunk", "a fixed prefill chunk (prefill_chunk) takes at least 1 token, got 0"),
-                                            ("join_step_bytes", "join_step_bytes must be at least 1, got 0")])
+                                            ("copy_step_bytes", "copy_step_bytes must be at least 1, got 0")])
 def test_chunk_options_refused_by_name(field, message):
     with pytest.raises(MlpdeployError, match=re.escape(message)):
         SchedulerOptions(**{field: 0})

@@ -27,7 +27,10 @@ class Joining:
         self.row: int | None = None
 
     def advance(self, slots: Slots, step_bytes: int) -> bool:
-        """Copy the next piece into the next free row, or the rest and join; True once joined."""
+        """Copy the next piece into the next free row, or the rest and join; True once joined. While a
+        row moves into a hole (`Slots.leave`), nothing: the next free row is known once it is done."""
+        if slots.moving is not None:
+            return False
         if self.row != slots.active:  # a row left since the last piece: the next free row is another one now
             self.row, self.staged = slots.active, 0
         piece = max(1, step_bytes // slots.column_bytes) if slots.active else self.length

@@ -174,10 +174,10 @@ class Scheduler:
             self._admitted.append(request)
 
     def _iteration(self) -> None:
-        for row in reversed(range(self.slots.active)):
-            if self.slots.requests[row].cancelled:
-                self._leave(row, "cancelled")
+        for request in [r for r in self.slots.requests if r is not None and r.cancelled]:
+            self._leave(self.slots.requests.index(request), "cancelled")  # a leave may move rows: look each up
         self._prefill_chunk()
+        self.slots.advance_move(self.options.copy_step_bytes)
         if self.slots.active:
             if self.drafting is not None and self.slots.active == 1 and not (self._prefill or self._joining or self._admitted or self._waiting):
                 self._speculative_round()
@@ -218,14 +218,15 @@ class Scheduler:
             self._release(request)
             return
         self._joining = Joining(request, job.buffers, len(request.prompt), token)
-        self._join_piece()
+        if self._joining.advance(self.slots, self.options.copy_step_bytes):  # whole, at once: cancelled or not,
+            self._joining = None  # it joins, as a row's request does, and the next iteration's sweep lets it go
 
     def _join_piece(self) -> None:
         joining = self._joining
         if joining.request.cancelled:
             self._joining = None
             self._release(joining.request, "cancelled")
-        elif joining.advance(self.slots, self.options.join_step_bytes):
+        elif joining.advance(self.slots, self.options.copy_step_bytes):
             self._joining = None
 
     def _decode_step(self) -> None:
@@ -236,17 +237,19 @@ class Scheduler:
         seconds = time.perf_counter() - start
         self.chunks.observe_step(rows, seconds)
         for observer in self.observers:
-            observer.step(rows, seconds)
+            observer.step(self.slots.live, seconds)
         finished = []
         for row, request in enumerate(self.slots.requests):
+            if request is None:  # a hole: its dummy token's logits are not used
+                continue
             token = request.pick(logits[row])
             self.slots.pending[row] = token
             if request.emit(token):
                 finished.append(row)
         if self.drafting is not None:
             self.drafting.reset()  # a plain step: the drafts' state no longer follows the row
-        for row in reversed(finished):
-            self._leave(row)
+        for request in [self.slots.requests[row] for row in reversed(finished)]:
+            self._leave(self.slots.requests.index(request))
 
     def _speculative_round(self) -> None:
         start = time.perf_counter()
@@ -257,17 +260,18 @@ class Scheduler:
             self._leave(0)
 
     def _leave(self, row: int, finish: str | None = None) -> None:
-        request = self.slots.leave(row)
+        request = self.slots.leave(row, self.options.copy_step_bytes)
         if self.drafting is not None:
             self.drafting.reset()
         self._release(request, finish)
 
     def _release(self, request: Request, finish: str | None = None) -> None:
-        """End an admitted request and give back its share of the budget."""
-        with self._cond:
-            self._reserved -= request.reserved
+        """End an admitted request and give back its share of the budget (last: once `stats()` shows
+        the budget back, the observers have seen the request end)."""
         request.end(finish)
         self._notify(request)
+        with self._cond:
+            self._reserved -= request.reserved
 
     def _notify(self, request: Request) -> None:
         for observer in self.observers:

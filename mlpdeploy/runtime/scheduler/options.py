@@ -23,9 +23,10 @@ class SchedulerOptions:
     about this many of their decode steps' time, `smallest_chunk` tokens at least
     (`prefill.ChunkPolicy`); `prefill_chunk` fixes the chunk (tokens) instead. `prefix_cache_mb`:
     finished prompts' caches kept, MiB at most, so that a prompt sharing a prefix with one of them
-    prefills only the rest (`prefix.PrefixCache`; 0: none kept). `join_step_bytes`: while others
-    decode, a prefilled prompt's cache goes into its batch row at most this many bytes a step
-    (`joining.Joining`; SmolLM2-135M: 46 KB a token, 8 MiB ≈ 180 tokens ≈ 4 ms)."""
+    prefills only the rest (`prefix.PrefixCache`; 0: none kept). `copy_step_bytes`: while others
+    decode, a copy of cache columns between rows goes at most this many bytes a step — a prefilled
+    prompt going into its batch row (`joining.Joining`), the last row moving into the place of one
+    that left (`Slots.leave`); SmolLM2-135M: 46 KB a token, 8 MiB ≈ 180 tokens ≈ 4 ms."""
 
     max_batch: int = 16
     max_queue_delay_us: int = 100
@@ -35,7 +36,7 @@ class SchedulerOptions:
     prefill_chunk: int | None = None
     smallest_chunk: int = 16
     prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB
-    join_step_bytes: int = 8 << 20
+    copy_step_bytes: int = 8 << 20
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -50,8 +51,8 @@ class SchedulerOptions:
             raise MlpdeployError(f"prefill chunks (--prefill-min-chunk) take at least 1 token, got {self.smallest_chunk}")
         if self.prefix_cache_mb < 0:
             raise MlpdeployError(f"the prefix cache (--prefix-cache-mb) takes 0 MiB (off) or more, got {self.prefix_cache_mb}")
-        if self.join_step_bytes < 1:
-            raise MlpdeployError(f"join_step_bytes must be at least 1, got {self.join_step_bytes}")
+        if self.copy_step_bytes < 1:
+            raise MlpdeployError(f"copy_step_bytes must be at least 1, got {self.copy_step_bytes}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise MlpdeployError(f"a fixed prefill chunk (prefill_chunk) takes at least 1 token, got {self.prefill_chunk}")
 

@@ -5,7 +5,11 @@ r's tokens in columns 0..length-1 (the step function's row-lengths layout). The 
 batch occupy rows 0..active-1 and a decode step binds exactly those rows — contiguous leading-row
 views of the arrays, so no row is copied to run. A joining sequence's prompt, prefilled in buffers
 of its own, is copied into the next free row; a sequence that leaves hands its row to the last one
-(its columns copied). The arrays are zeroed once and the OS maps their pages as rows write them,
+(its columns copied). When the last row holds more than `piece_bytes` of cache, that copy goes a
+piece a step (a 1,000-token SmolLM2 row is 46 MB, ~25 ms at once): the row left stays in the batch
+as a hole — stepped with a dummy token at the last row's length, its logits unused, so that its
+own writes land past the columns copied so far — until the last row's columns are all in it; then
+the last row's sequence takes it over. The arrays are zeroed once and the OS maps their pages as rows write them,
 so memory follows the tokens held. (Prefilling straight into a row would not: ONNX Runtime's
 GroupQueryAttention writes a first prompt's whole cache buffer, every column of it.)
 """
@@ -25,13 +29,20 @@ class Slots:
         self.stepper, self.rows, self.columns = stepper, rows, columns
         self.buffers = stepper.cache_buffers(rows, columns)
         self.lengths = np.zeros(rows, np.int64)
-        self.requests: list[Request] = []
+        self.requests: list[Request | None] = []  # None: a hole (module docstring)
         self.pending: list[int] = []  # per active row: the token its next step feeds
+        self.moving: list[int] | None = None  # [hole, columns of the last row copied into it]
         self._state: StepState | None = None
 
     @property
     def active(self) -> int:
+        """Rows a step runs: the sequences, and a hole while the last row moves into it."""
         return len(self.requests)
+
+    @property
+    def live(self) -> int:
+        """Sequences in the batch (the active rows but a hole)."""
+        return self.active - (self.moving is not None)
 
     def state(self) -> StepState:
         """The step state over rows 0..active-1 (kept while the batch does not change)."""
@@ -66,32 +77,69 @@ class Slots:
         self.pending.append(pending)
         self._state = None
 
-    def leave(self, row: int) -> Request:
-        """Remove the sequence of active row `row`; the last active row moves into it."""
+    def leave(self, row: int, piece_bytes: int | None = None) -> Request:
+        """Remove the sequence of active row `row`; the last active row moves into it — at once, or
+        with `piece_bytes` and a last row holding more, a piece a step (`advance_move`; module docstring)."""
+        request = self.requests[row]
+        if self.moving is not None:  # one move at a time: the one under way ends first
+            self.finish_move()
+            row = self.requests.index(request)
         self._sync()
         last = self.active - 1
-        request = self.requests[row]
+        if row != last and piece_bytes is not None and int(self.lengths[last]) * self.column_bytes > piece_bytes:
+            self.requests[row], self.pending[row], self.lengths[row] = None, 0, self.lengths[last]
+            self.moving = [row, 0]
+            self._state = None
+            return request
         if row != last:
-            self._copy(last, row, int(self.lengths[last]))
+            self._copy(last, row, 0, int(self.lengths[last]))
             self.lengths[row] = self.lengths[last]
             self.requests[row], self.pending[row] = self.requests[last], self.pending[last]
+        self._pop()
+        return request
+
+    def advance_move(self, piece_bytes: int) -> None:
+        """Copy the next piece of the last row into the hole, or the rest and end the move."""
+        if self.moving is None:
+            return
+        self._sync()
+        hole, copied = self.moving
+        length = int(self.lengths[self.active - 1])
+        end = copied + max(2, piece_bytes // self.column_bytes)  # 2 at least: the row grows 1 a step
+        if end >= length:
+            self.finish_move()
+            return
+        self._copy(self.active - 1, hole, copied, end)
+        self.moving[1] = end
+
+    def finish_move(self) -> None:
+        """The rest of the last row into the hole; the last row's sequence takes the hole's place."""
+        self._sync()
+        (hole, copied), last = self.moving, self.active - 1
+        self.moving = None
+        self._copy(last, hole, copied, int(self.lengths[last]))
+        self.lengths[hole] = self.lengths[last]
+        self.requests[hole], self.pending[hole] = self.requests[last], self.pending[last]
+        self._pop()
+
+    def _pop(self) -> None:
+        """Drop the last active row."""
         self.requests.pop()
         self.pending.pop()
-        self.lengths[last] = 0
+        self.lengths[self.active] = 0
         self._state = None
-        return request
 
     def clear(self) -> list[Request]:
         """Drop every sequence (after a failed step); returns them."""
-        requests, self.requests, self.pending, self._state = self.requests, [], [], None
+        requests, self.requests, self.pending, self._state, self.moving = self.requests, [], [], None, None
         self.lengths[:] = 0
-        return requests
+        return [r for r in requests if r is not None]
 
     def _sync(self) -> None:
         """Fold the live state's lengths (the step function advances them) back into `lengths`."""
         if self._state is not None:
             self.lengths[: self.active] = self._state.positions
 
-    def _copy(self, source: int, target: int, length: int) -> None:
+    def _copy(self, source: int, target: int, start: int, end: int) -> None:
         for buffer in self.buffers.values():
-            buffer[target, :, :length] = buffer[source, :, :length]
+            buffer[target, :, start:end] = buffer[source, :, start:end]
