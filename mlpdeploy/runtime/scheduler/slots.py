@@ -6,12 +6,13 @@ batch occupy rows 0..active-1 and a decode step binds exactly those rows — con
 views of the arrays, so no row is copied to run. A joining sequence's prompt, prefilled in buffers
 of its own, is copied into the next free row; a sequence that leaves hands its row to the last one
 (its columns copied). When the last row holds more than `piece_bytes` of cache, that copy goes a
-piece a step (a 1,000-token SmolLM2 row is 46 MB, ~25 ms at once): the row left stays in the batch
-as a hole — stepped with a dummy token at the last row's length, its logits unused, so that its
-own writes land past the columns copied so far — until the last row's columns are all in it; then
-the last row's sequence takes it over. The arrays are zeroed once and the OS maps their pages as rows write them,
-so memory follows the tokens held. (Prefilling straight into a row would not: ONNX Runtime's
-GroupQueryAttention writes a first prompt's whole cache buffer, every column of it.)
+piece a step (a 1,000-token SmolLM2 row is 46 MB: 25–44 ms at once, measured): the row left stays
+in the batch as a hole — stepped with a dummy token at the last row's length, its logits unused,
+so that its own writes land past the columns copied so far — until the last row's columns are all
+in it; then the last row's sequence takes it over. The arrays are zeroed once and the OS maps
+their pages as rows write them, so memory follows the tokens held. (Prefilling straight into a
+row would not: ONNX Runtime's GroupQueryAttention writes a first prompt's whole cache buffer, every
+column of it.)
 """
 
 from __future__ import annotations
