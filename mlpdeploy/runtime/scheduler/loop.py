@@ -266,12 +266,13 @@ class Scheduler:
         self._release(request, finish)
 
     def _release(self, request: Request, finish: str | None = None) -> None:
-        """End an admitted request and give back its share of the budget (last: once `stats()` shows
-        the budget back, the observers have seen the request end)."""
-        request.end(finish)
-        self._notify(request)
+        """End an admitted request and give back its share of the budget. Under the lock (reentrant),
+        so that `stats()` elsewhere shows the budget back only once the observers have seen the
+        request end, while an observer's own `stats()` shows it back already."""
         with self._cond:
             self._reserved -= request.reserved
+            request.end(finish)
+            self._notify(request)
 
     def _notify(self, request: Request) -> None:
         for observer in self.observers:
