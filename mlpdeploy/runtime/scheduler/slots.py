@@ -29,6 +29,7 @@ class Slots:
     def __init__(self, stepper: Stepper, rows: int, columns: int):
         self.stepper, self.rows, self.columns = stepper, rows, columns
         self.buffers = stepper.cache_buffers(rows, columns)
+        self.column_bytes = sum(b[0, :, 0].nbytes for b in self.buffers.values())  # one row's column, every buffer
         self.lengths = np.zeros(rows, np.int64)
         self.requests: list[Request | None] = []  # None: a hole (module docstring)
         self.pending: list[int] = []  # per active row: the token its next step feeds
@@ -52,11 +53,6 @@ class Slots:
             self._state = self.stepper.rows_state(views, self.lengths[: self.active])
             self._state.reuse_logits = True  # the scheduler picks every row's token before the next step
         return self._state
-
-    @property
-    def column_bytes(self) -> int:
-        """Bytes of one cache column of one row, over every buffer."""
-        return sum(b[0, :, 0].nbytes for b in self.buffers.values())
 
     def stage(self, prefilled: dict[str, np.ndarray], start: int, end: int) -> None:
         """Copy columns start..end-1 of `prefilled` (one-row cache arrays, as `Stepper.cache_buffers(1, …)`
