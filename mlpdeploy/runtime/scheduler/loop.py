@@ -175,7 +175,7 @@ class Scheduler:
 
     def _iteration(self) -> None:
         for request in [r for r in self.slots.requests if r is not None and r.cancelled]:
-            self._leave(self.slots.requests.index(request), "cancelled")  # a leave may move rows: look each up
+            self._leave(request, "cancelled")
         self._prefill_chunk()
         self.slots.advance_move(self.options.copy_step_bytes)
         if self.slots.active:
@@ -245,11 +245,11 @@ class Scheduler:
             token = request.pick(logits[row])
             self.slots.pending[row] = token
             if request.emit(token):
-                finished.append(row)
+                finished.append(request)
         if self.drafting is not None:
             self.drafting.reset()  # a plain step: the drafts' state no longer follows the row
-        for request in [self.slots.requests[row] for row in reversed(finished)]:
-            self._leave(self.slots.requests.index(request))
+        for request in reversed(finished):
+            self._leave(request)
 
     def _speculative_round(self) -> None:
         start = time.perf_counter()
@@ -257,10 +257,10 @@ class Scheduler:
         for observer in self.observers:
             observer.step(1, time.perf_counter() - start)
         if done:
-            self._leave(0)
+            self._leave(self.slots.requests[0])
 
-    def _leave(self, row: int, finish: str | None = None) -> None:
-        request = self.slots.leave(row, self.options.copy_step_bytes)
+    def _leave(self, request: Request, finish: str | None = None) -> None:
+        self.slots.leave(request, self.options.copy_step_bytes)
         if self.drafting is not None:
             self.drafting.reset()
         self._release(request, finish)

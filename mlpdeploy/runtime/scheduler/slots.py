@@ -74,26 +74,25 @@ class Slots:
         self.pending.append(pending)
         self._state = None
 
-    def leave(self, row: int, piece_bytes: int | None = None) -> Request:
-        """Remove the sequence of active row `row`; the last active row moves into it — at once, or
-        with `piece_bytes` and a last row holding more, a piece a step (`advance_move`; module docstring)."""
-        request = self.requests[row]
+    def leave(self, request: Request, piece_bytes: int | None = None) -> None:
+        """Remove `request`'s row; the last active row moves into it — at once, or with `piece_bytes`
+        and a last row holding more, a piece a step (`advance_move`; module docstring). Rows move as
+        sequences leave, so a sequence is named, not its row."""
         if self.moving is not None:  # one move at a time: the one under way ends first
             self.finish_move()
-            row = self.requests.index(request)
+        row = self.requests.index(request)
         self._sync()
         last = self.active - 1
         if row != last and piece_bytes is not None and int(self.lengths[last]) * self.column_bytes > piece_bytes:
             self.requests[row], self.pending[row], self.lengths[row] = None, 0, self.lengths[last]
             self.moving = [row, 0]
             self._state = None
-            return request
+            return
         if row != last:
             self._copy(last, row, 0, int(self.lengths[last]))
             self.lengths[row] = self.lengths[last]
             self.requests[row], self.pending[row] = self.requests[last], self.pending[last]
         self._pop()
-        return request
 
     def advance_move(self, piece_bytes: int) -> None:
         """Copy the next piece of the last row into the hole, or the rest and end the move."""
