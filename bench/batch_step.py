@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, settle, write_results  # noqa: E402
 
 SPREAD = 7  # rows hold past + 0..SPREAD-1 tokens: different lengths, as in serving
-NAMED_OPS = ("MatMulNBits", "GroupQueryAttention")
+NAMED_OPS = ("MatMulNBits", "MatMulInt4", "GroupQueryAttention")
 
 
 def step_state(stepper, rows: int, past: int, steps: int):
@@ -60,6 +60,8 @@ def profile_ops(artifact: Path, threads: int, rows: int, past: int, steps: int) 
     import onnxruntime as ort
 
     from mlpdeploy.backends.onnxruntime.runner import OrtRunner
+    from mlpdeploy.backends.onnxruntime.session import saved_session_config
+    from mlpdeploy.plugins.ort.library import register
     from mlpdeploy.runtime.engine import Engine, find_manifest, resolve_artifact
     from mlpdeploy.runtime.step import Stepper
 
@@ -67,6 +69,8 @@ def profile_ops(artifact: Path, threads: int, rows: int, past: int, steps: int) 
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.enable_profiling, options.log_severity_level = threads, True, 3
     options.profile_file_prefix = f"batch_step_{os.getpid()}_{rows}"
+    for library in saved_session_config(model).get("custom_ops_libraries", []):  # --ort-kernels: e.g. MatMulInt4
+        register(options, model.parent / library)
     session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
     engine = Engine(model, find_manifest(model), OrtRunner(session), "onnxruntime")
     time_steps(Stepper(engine), rows, past, steps)

@@ -56,6 +56,7 @@ enum {
   MD_SLOT_KernelContext_GetOutput = 91,
   MD_SLOT_ReleaseStatus = 93,
   MD_SLOT_ReleaseTensorTypeAndShapeInfo = 99,
+  MD_SLOT_KernelContext_ParallelFor = 274, /* API version 17 (ONNX Runtime 1.17) on: used only through md_api17 */
 };
 
 /* The signature of each slot used, as a function pointer type. */
@@ -73,6 +74,8 @@ typedef OrtStatus* (*MdKernelContext_GetInput)(const OrtKernelContext* context, 
 typedef OrtStatus* (*MdKernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims, size_t count, OrtValue** out);
 typedef void (*MdReleaseStatus)(OrtStatus* status);
 typedef void (*MdReleaseTensorTypeAndShapeInfo)(OrtTensorTypeAndShapeInfo* info);
+typedef OrtStatus* (*MdKernelContext_ParallelFor)(const OrtKernelContext* context, void (*fn)(void* data, size_t index),
+                                                  size_t total, size_t batches, void* data);
 
 #define MD_ORT(api, name) ((Md##name)((api)[MD_SLOT_##name]))
 
@@ -106,8 +109,11 @@ typedef struct MdTensor {
   int type;
 } MdTensor;
 
-/* Filled by ort_library.c: the API table of the running ONNX Runtime. */
+/* Filled by ort_library.c: the API table of the running ONNX Runtime, and the same table asked
+ * for as version 17 (NULL on runtimes older than 1.17: then md_kernel_parallel_for uses threads
+ * of its own). */
 extern const MdOrtApi* md_api;
+extern const MdOrtApi* md_api17;
 
 /* Read input `index` (rank <= 8) of a kernel context; returns 0 on success. */
 int md_input(OrtKernelContext* context, size_t index, MdTensor* out);
@@ -115,5 +121,8 @@ int md_input(OrtKernelContext* context, size_t index, MdTensor* out);
 void* md_output(OrtKernelContext* context, size_t index, const int64_t* dims, size_t rank);
 /* Split [0, n) into jobs run on up to md_threads(work) threads; `run(arg, begin, end)`. */
 void md_parallel_for(int64_t n, int64_t work_per_item, void (*run)(void* arg, int64_t begin, int64_t end), void* arg);
+/* Run `run(arg, i, i + 1)` for i in [0, n) on ONNX Runtime's own intra-op threads (the session's
+ * pool, already awake between nodes), else as md_parallel_for. */
+void md_kernel_parallel_for(OrtKernelContext* context, int64_t n, void (*run)(void* arg, int64_t begin, int64_t end), void* arg);
 
 #endif

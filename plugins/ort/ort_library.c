@@ -9,11 +9,13 @@
 #include "ort_abi.h"
 
 const MdOrtApi* md_api = NULL;
+const MdOrtApi* md_api17 = NULL;
 
 /* One entry per kernel: its OrtCustomOp, defined in the op's ort_kernel.c. */
 extern MdCustomOp md_group_rational_op;
 extern MdCustomOp md_sparse_mlp_op;
-static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op};
+extern MdCustomOp md_matmul_int4_op;
+static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op, &md_matmul_int4_op};
 
 /* The ABI this library was built for, checked by the Python loader before registering it. */
 const char* mlpdeploy_ort_abi(void) { return MD_ABI_TAG; }
@@ -32,6 +34,7 @@ OrtStatus* RegisterCustomOps(OrtSessionOptions* options, const MdOrtApiBase* bas
   md_api = (const MdOrtApi*)base->GetApi(MD_ORT_API_VERSION);
   if (md_api == NULL)
     return md_error(base, "this ONNX Runtime has no C API version 13 (it is older than 1.13); upgrade onnxruntime");
+  md_api17 = (const MdOrtApi*)base->GetApi(17);
   OrtCustomOpDomain* domain = NULL;
   OrtStatus* status = MD_ORT(md_api, CreateCustomOpDomain)("mlpdeploy", &domain);
   for (size_t i = 0; status == NULL && i < sizeof md_ops / sizeof md_ops[0]; i++)
@@ -102,4 +105,25 @@ void md_parallel_for(int64_t n, int64_t work_per_item, void (*run)(void*, int64_
     if (started[t]) pthread_join(ids[t], NULL);
     else md_job(&jobs[t]); /* no thread: run its share here */
   }
+}
+
+typedef struct {
+  void (*run)(void*, int64_t, int64_t);
+  void* arg;
+} MdPoolJob;
+
+static void md_pool_item(void* p, size_t i) {
+  const MdPoolJob* job = (const MdPoolJob*)p;
+  job->run(job->arg, (int64_t)i, (int64_t)i + 1);
+}
+
+void md_kernel_parallel_for(OrtKernelContext* context, int64_t n, void (*run)(void*, int64_t, int64_t), void* arg) {
+  if (n <= 0) return;
+  if (md_api17 != NULL) {
+    MdPoolJob job = {run, arg};
+    OrtStatus* status = MD_ORT(md_api17, KernelContext_ParallelFor)(context, md_pool_item, (size_t)n, 0, &job);
+    if (status == NULL) return;
+    MD_ORT(md_api, ReleaseStatus)(status); /* the runtime refused: run it here */
+  }
+  md_parallel_for(n, 1 << 16, run, arg);
 }
