@@ -1,7 +1,7 @@
 """Decode with a KV cache: mlpdeploy vs onnxruntime-genai vs torch, one run.
 
     python bench/decode.py [--model DIR] [--contexts 16,128,512] [--new-tokens 32] [--rounds 4] [--threads 2]
-                           [--kv-heads 16] [--int4] [--int4-embedding] [--no-validate] [--keep DIR] [--json PATH]
+                           [--kv-heads 16] [--int4] [--int4-embedding] [--int4-kernels] [--no-validate] [--keep DIR] [--json PATH]
     python bench/decode.py --prompts --artifact DIR [...]   (real prompts: bench/decode_prompts.py)
 
 The model is a Hugging Face directory (`--model`, e.g. .cache/real/smollm2-135m), else the
@@ -16,6 +16,8 @@ after the same one):
     what `analyze --quant --max-metric-delta 1%` plans on llama-small, the trained counterpart);
   * with --int4-embedding, mlpdeploy int4+emb: the same plus `--pass quantize-embedding` (the
     token table as INT4 GatherBlockQuantized, sharing a tied lm_head's codes);
+  * with --int4-kernels, mlpdeploy int4+emb kernels: the same built with --ort-kernels, so its
+    int4 MatMulNBits nodes run mlpdeploy's MatMulInt4 kernel (plugins/matmul_int4);
   * with --gated-sparsity S,..., mlpdeploy sparse S: `--pass sparse-mlp` in threshold mode, each
     MLP's threshold the S-quantile of |silu(gate)| on calibration tokens (`analyze --sparsity`),
     with `--ort-kernels` (the compiled SparseMLP kernel);
@@ -131,7 +133,7 @@ def gated_thresholds(hf: Path, sparsities: list[float]) -> dict[float, dict[str,
 
 
 def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float], int4_embedding: bool = False,
-                       fp32: bool = True) -> dict[str, tuple[list, dict]]:
+                       fp32: bool = True, int4_kernels: bool = False) -> dict[str, tuple[list, dict]]:
     """name -> (passes, build options) of every mlpdeploy variant asked for."""
     from mlpdeploy.passes.pipeline import PassSpec
 
@@ -141,6 +143,8 @@ def mlpdeploy_variants(hf: Path, int4: bool, sparsities: list[float], int4_embed
         variants["mlpdeploy int4"] = ([int4_pass], {})
     if int4_embedding:
         variants["mlpdeploy int4+emb"] = ([int4_pass, PassSpec("quantize-embedding")], {})
+    if int4_kernels:  # the same graph, its int4 MatMulNBits nodes run mlpdeploy's MatMulInt4 kernel
+        variants["mlpdeploy int4+emb kernels"] = ([int4_pass, PassSpec("quantize-embedding")], {"kernels": True})
     for s, sites in (gated_thresholds(hf, sparsities) if sparsities else {}).items():
         variants[f"mlpdeploy sparse {s:.0%}"] = ([PassSpec("sparse-mlp", sites=sites)], {"kernels": True})
     return variants
@@ -183,10 +187,11 @@ def build_mlpdeploy(hf: Path, work: Path, variants: dict[str, tuple[list, dict]]
 
 
 def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: list[float] = (), int4_embedding: bool = False,
-                   fp32: bool = True, validate: bool = True, genai_fp32: bool = True, torch_eager: bool = True) -> tuple[dict, dict]:
+                   fp32: bool = True, validate: bool = True, genai_fp32: bool = True, torch_eager: bool = True,
+                   int4_kernels: bool = False) -> tuple[dict, dict]:
     """Every variant that can be built here, and a note for each that cannot."""
     variants, notes = {}, {}
-    outputs = build_mlpdeploy(hf, work, mlpdeploy_variants(hf, int4, list(sparsities), int4_embedding, fp32), validate)
+    outputs = build_mlpdeploy(hf, work, mlpdeploy_variants(hf, int4, list(sparsities), int4_embedding, fp32, int4_kernels), validate)
     for name, out in outputs.items():
         variants[name] = MlpdeployDecoder(out, threads)
     try:
@@ -194,7 +199,7 @@ def build_variants(hf: Path, work: Path, threads: int, int4: bool, sparsities: l
     except ImportError:
         notes["genai"] = "onnxruntime-genai is not installed (pip install 'mlpdeploy[bench]')"
     else:
-        for precision in (("fp32",) if genai_fp32 else ()) + (("int4",) if int4 or int4_embedding else ()):
+        for precision in (("fp32",) if genai_fp32 else ()) + (("int4",) if int4 or int4_embedding or int4_kernels else ()):
             out = work / f"genai-{precision}"
             if not (out / "genai_config.json").exists():
                 subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out), "-p", precision,
@@ -253,6 +258,8 @@ def main() -> None:
     parser.add_argument("--kv-heads", type=int, default=16, help="the anchor decoder's KV heads")
     parser.add_argument("--int4", action="store_true", help="also onnxruntime-genai's int4 build and mlpdeploy's")
     parser.add_argument("--int4-embedding", action="store_true", help="also mlpdeploy int4 with quantize-embedding")
+    parser.add_argument("--int4-kernels", action="store_true",
+                        help="also mlpdeploy int4+emb built with --ort-kernels (MatMulNBits nodes run mlpdeploy's MatMulInt4 kernel)")
     parser.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
                         help="mlpdeploy's float32 builds (default: on for the anchor, off with --model)")
     parser.add_argument("--no-genai-fp32", action="store_true", help="leave out onnxruntime-genai's float32 build")
@@ -272,7 +279,8 @@ def main() -> None:
         work = Path(args.keep) if args.keep else Path(tmp)
         sparsities = [float(s) for s in args.gated_sparsity.split(",") if s]
         variants, notes = build_variants(hf, work, args.threads, args.int4, sparsities, args.int4_embedding, fp32,
-                                         validate=not args.no_validate, genai_fp32=not args.no_genai_fp32, torch_eager=not args.no_torch)
+                                         validate=not args.no_validate, genai_fp32=not args.no_genai_fp32, torch_eager=not args.no_torch,
+                                         int4_kernels=args.int4_kernels)
         vocab = shape["vocab"]
         results = {f"context {c}": measure(variants, c, args.new_tokens, args.rounds, vocab, seed=c) for c in contexts}
         results["prefill 128"] = measure(variants, 128, 2, args.rounds * 2, vocab, seed=7)

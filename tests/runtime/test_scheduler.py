@@ -41,6 +41,22 @@ def smollm2(smollm2_small_kv):
     return Engine.load(smollm2_small_kv)
 
 
+@pytest.fixture(scope="module")
+def small_int4_kernels(zoo_export, tmp_path_factory):
+    """llama-small int4 (block 32, accuracy level 4) built with --ort-kernels: its linears run MatMulInt4."""
+    from mlpdeploy.backends import get_backend
+    from mlpdeploy.backends.onnxruntime import OrtOptions
+    from mlpdeploy.passes import rewrite_model
+    from mlpdeploy.passes.pipeline import PassSpec
+
+    _, exported = zoo_export("llama-small", True)
+    out = tmp_path_factory.mktemp("int4-kernels")
+    rewritten = rewrite_model(exported, out / "model.opt.onnx", [PassSpec("quantize-weights", {"format": "int4"})]).model_path
+    result = get_backend("onnxruntime").build(rewritten, out / "model.ort.onnx", OrtOptions(device="cpu", kernels=True))
+    assert result.info["ort_kernels"]["nodes"]["MatMulInt4"] > 0
+    return Engine.load(out / "model.ort.onnx")
+
+
 class Solo:
     """Solo answers (the plain batch-1 loop), each computed once."""
 
@@ -117,6 +133,13 @@ def test_random_arrivals_equal_solo_llama_tiny(tiny, workload):
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_llama_small(small, workload):
     _run_workload(small, _solo_for(small), workload)
+
+
+@given(workload=_workloads(256, 60))
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_random_arrivals_equal_solo_int4_kernels(small_int4_kernels, workload):
+    """Batched steps and verify-sized chunks through mlpdeploy's int4 kernel: each row is its solo row."""
+    _run_workload(small_int4_kernels, _solo_for(small_int4_kernels), workload)
 
 
 @given(workload=_workloads(49152, 30))
