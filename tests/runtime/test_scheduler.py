@@ -142,6 +142,17 @@ def test_random_arrivals_equal_solo_int4_kernels(small_int4_kernels, workload):
     _run_workload(small_int4_kernels, _solo_for(small_int4_kernels), workload)
 
 
+def test_verify_costs_follow_the_build(small, small_int4_kernels):
+    """An --ort-kernels int4 build weighs drafts against its own (cheaper) verify passes."""
+    from mlpdeploy.runtime.speculative.base import VERIFY_COST, VERIFY_COST_INT4_KERNEL, DraftLength, verify_costs
+
+    assert verify_costs(small.path) == VERIFY_COST
+    assert verify_costs(small_int4_kernels.path) == VERIFY_COST_INT4_KERNEL
+    estimate = np.array([0.3, 1.0])  # 30% acceptance: too little for MatMulNBits' verify passes, enough for the kernel's
+    assert DraftLength(8).choose(estimate) == 0
+    assert DraftLength(8, costs=VERIFY_COST_INT4_KERNEL).choose(estimate) >= 1
+
+
 @given(workload=_workloads(49152, 30))
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_smollm2(smollm2, workload):

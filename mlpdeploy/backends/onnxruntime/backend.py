@@ -26,8 +26,8 @@ import onnx_ir as ir
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildResult
 from mlpdeploy.backends.candidate import Candidate
-from mlpdeploy.backends.onnxruntime.int4_kernel import KERNEL_OP, use_int4_kernel
 from mlpdeploy.backends.onnxruntime.genai_config import CONFIG_NAME, genai_config, write_genai_config
+from mlpdeploy.backends.onnxruntime.int4_kernel import KERNEL_OP, use_int4_kernel
 from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, restore_function_bodies
 from mlpdeploy.backends.onnxruntime.options import OrtOptions
 from mlpdeploy.backends.onnxruntime.runner import OrtRunner, onnx_candidate, ort_runner

@@ -21,7 +21,9 @@ import onnx
 from onnx import helper
 
 from mlpdeploy.contract import DOMAIN, MS_DOMAIN
-from mlpdeploy.plugins.matmul_int4.onnx_function import ATTRIBUTES, OP as KERNEL_OP, matmul_int4_function
+from mlpdeploy.plugins.matmul_int4.onnx_function import ATTRIBUTES, matmul_int4_function
+from mlpdeploy.plugins.matmul_int4.onnx_function import OP as KERNEL_OP
+
 
 def _takes(node: onnx.NodeProto, uint8_initializers: set[str]) -> bool:
     if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits":

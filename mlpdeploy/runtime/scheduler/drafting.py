@@ -17,7 +17,7 @@ import numpy as np
 
 from mlpdeploy.runtime.sampling import accept_greedy, accept_sampled
 from mlpdeploy.runtime.scheduler.request import Request
-from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, Verified
+from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, Verified, verify_costs
 from mlpdeploy.runtime.step import Stepper
 
 
@@ -26,7 +26,8 @@ class SoloDrafting:
 
     def __init__(self, stepper: Stepper, drafter: Drafter, columns: int):
         self.stepper, self.drafter, self.columns = stepper, drafter, columns
-        self.policy = DraftLength(drafter.k_max, drafter.draft_cost, fixed=not drafter.adaptive)
+        self.policy = DraftLength(drafter.k_max, drafter.draft_cost, fixed=not drafter.adaptive,
+                                  costs=verify_costs(stepper.engine.path))
         self.request: Request | None = None
         self.run = None
         self.estimate: np.ndarray | None = None

@@ -10,14 +10,19 @@ column of the step's outputs that scored that last token (where draft heads read
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 # Cost of one session run over s tokens of one sequence relative to a one-token step: SmolLM2-135M
 # int4 at past 128, 2 threads (measured on a 2-core x86 CPU). A verify step of k drafts runs s = k + 1 tokens.
 VERIFY_COST = ((1, 1.0), (2, 1.43), (4, 1.87), (8, 2.56), (16, 4.0))
+# The same for an `--ort-kernels` build, whose int4 linears run mlpdeploy's MatMulInt4 (codes unpacked
+# once for up to 8 rows): bench/verify_cost.py, beside the MatMulNBits build (1.32 / 1.90 / 2.91 / 5.00 then).
+VERIFY_COST_INT4_KERNEL = ((1, 1.0), (2, 1.26), (4, 1.47), (8, 2.33), (16, 4.36))
 
 
 @dataclass
@@ -69,12 +74,31 @@ class Drafter(ABC):
         return self.name
 
 
-def verify_cost(width: int) -> float:
-    """A `width`-token step's cost relative to a one-token step (VERIFY_COST, interpolated)."""
-    sizes, costs = zip(*VERIFY_COST)
+def verify_cost(width: int, table=VERIFY_COST) -> float:
+    """A `width`-token step's cost relative to a one-token step (`table`, interpolated)."""
+    sizes, costs = zip(*table)
     if width >= sizes[-1]:
         return costs[-1] * width / sizes[-1]
     return float(np.interp(width, sizes, costs))
+
+
+def verify_costs(model_path: Path | str | None) -> tuple:
+    """The verify-cost table for a built model: VERIFY_COST_INT4_KERNEL when its graph has
+    mlpdeploy::MatMulInt4 nodes (an `--ort-kernels` int4 build), else VERIFY_COST."""
+    return _verify_costs(str(model_path)) if model_path is not None else VERIFY_COST
+
+
+@functools.lru_cache(maxsize=32)
+def _verify_costs(model_path: str) -> tuple:
+    if not model_path.endswith(".onnx"):
+        return VERIFY_COST
+    import onnx
+
+    from mlpdeploy.contract import DOMAIN
+    from mlpdeploy.plugins.matmul_int4.onnx_function import OP
+
+    graph = onnx.load(model_path, load_external_data=False).graph
+    return VERIFY_COST_INT4_KERNEL if any(n.domain == DOMAIN and n.op_type == OP for n in graph.node) else VERIFY_COST
 
 
 class DraftLength:
@@ -87,15 +111,16 @@ class DraftLength:
     emits (1 − α^(k+1)) / (1 − α) tokens on average and costs `verify_cost(k + 1) + k · draft_cost`
     one-token steps; k = 0 (no speculation, a plain step) is chosen when nothing pays. A row that
     does not draft drifts back to the prior, so it tries again later (the drafts may pay by then).
-    `fixed` turns the adaptation off (always k_max).
+    `fixed` turns the adaptation off (always k_max); `costs` is the model's verify-cost table
+    (`verify_costs`).
     """
 
     def __init__(self, k_max: int, draft_cost: float = 0.0, prior_rate: float = 0.6, decay: float = 0.7, window: float = 8.0,
-                 fixed: bool = False):
+                 fixed: bool = False, costs=VERIFY_COST):
         self.k_max, self.draft_cost, self.decay, self.window, self.fixed = k_max, draft_cost, decay, window, fixed
         self.prior = (prior_rate, 1.0)  # (accepted, trials) pseudo-counts
         ks = np.arange(k_max + 1)
-        cost = np.array([verify_cost(k + 1) + k * draft_cost for k in ks])
+        cost = np.array([verify_cost(k + 1, costs) + k * draft_cost for k in ks])
         alphas = np.linspace(0, 0.999, 1000)[:, None]  # the best k for α in steps of 0.001, looked up per round
         expected = (1 - alphas ** (ks + 1)) / (1 - alphas)
         self._best = np.argmax(expected / cost, axis=1)

@@ -17,7 +17,7 @@ import numpy as np
 
 from mlpdeploy.runtime.generation import Generation
 from mlpdeploy.runtime.sampling import Sampling, accept_greedy, accept_sampled
-from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, Verified
+from mlpdeploy.runtime.speculative.base import Drafter, DraftLength, Drafts, Verified, verify_costs
 from mlpdeploy.runtime.step import Stepper
 from mlpdeploy.runtime.ties import TieRecorder
 
@@ -61,7 +61,7 @@ def speculative_generate(stepper: Stepper, drafter: Drafter, prompts, max_new_to
     batch, longest = len(prompts), max(len(p) for p in prompts)
     slack = 0 if batch == 1 else 2 * (drafter.k_max + 1)  # rows keep different counts: the holes need room
     capacity = min(stepper.layout.max_positions, longest + max_new_tokens + slack)
-    policy = DraftLength(drafter.k_max, drafter.draft_cost, fixed=not drafter.adaptive)
+    policy = DraftLength(drafter.k_max, drafter.draft_cost, fixed=not drafter.adaptive, costs=verify_costs(stepper.engine.path))
     rows = Rows(batch, max_new_tokens, stop_tokens, on_token, TieRecorder(batch, tie_margin) if sampling.greedy and tie_margin else None)
     began = time.perf_counter()
     logits, state = stepper.prefill(prompts, capacity, pad_token)
