@@ -24,10 +24,12 @@ def heldout_perplexity(model_dir: Path, data: Path, artifacts: dict[str, Path], 
     """name -> {"perplexity", "relative_delta", "agreement", "bytes"} for torch ("torch fp32") and each artifact."""
     import onnxruntime as ort
 
+    from mlpdeploy.backends.onnxruntime.session import saved_session_config
     from mlpdeploy.model import load_model
     from mlpdeploy.model.kv_cache import prefill_feed, with_kv_cache
     from mlpdeploy.model.tasks import DataOptions, resolve_task
     from mlpdeploy.model.torch_run import first_output_fn
+    from mlpdeploy.plugins.ort.library import register
     from mlpdeploy.runtime.latency import model_bytes
 
     bundle = with_kv_cache(load_model(str(model_dir)))
@@ -40,6 +42,8 @@ def heldout_perplexity(model_dir: Path, data: Path, artifacts: dict[str, Path], 
     for name, path in artifacts.items():
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.log_severity_level = threads, 3
+        for library in saved_session_config(path).get("custom_ops_libraries", []):  # an --ort-kernels build (MatMulInt4)
+            register(options, Path(path).parent / library)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         wanted = {i.name for i in session.get_inputs()}
 

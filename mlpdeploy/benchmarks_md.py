@@ -35,6 +35,9 @@ TITLES = {
     "batch_step": ("A decode step against its rows: the ceiling of batching", "bench/batch_step.py",
                    "One decode step of r rows (the scheduler's own step) in one-row steps, r × t(1) / t(r) — the most batching "
                    "gives over one client at that occupancy — and ONNX Runtime's profile of it by operator."),
+    "verify_cost": ("What a speculative verify pass costs", "bench/verify_cost.py",
+                    "One run over s tokens of one sequence against a one-token step, per build (MatMulNBits, and --ort-kernels' "
+                    "MatMulInt4): what the adaptive draft length weighs acceptance against."),
     "quant": ("Low-bit weights", "bench/quant.py", "Perplexity per weight format, FP4 forms on ONNX Runtime, int4 decode against onnxruntime-genai."),
     "quant_real": ("int4 against ONNX Runtime's quantizer", "bench/quant_real.py",
                    "mlpdeploy's int4 against ONNX Runtime's MatMulNBitsQuantizer on real models and held-out text."),
