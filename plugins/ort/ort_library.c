@@ -15,7 +15,8 @@ const MdOrtApi* md_api17 = NULL;
 extern MdCustomOp md_group_rational_op;
 extern MdCustomOp md_sparse_mlp_op;
 extern MdCustomOp md_matmul_int4_op;
-static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op, &md_matmul_int4_op};
+extern MdCustomOp md_matmul_int8_op;
+static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op, &md_matmul_int4_op, &md_matmul_int8_op};
 
 /* The ABI this library was built for, checked by the Python loader before registering it. */
 const char* mlpdeploy_ort_abi(void) { return MD_ABI_TAG; }

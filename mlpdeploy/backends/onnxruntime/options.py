@@ -21,5 +21,6 @@ class OrtOptions(BuildOptions):
                                 "(pass ort-fusions)). --no-decoder-fusions is the old name.")
     kernels: bool = option(False, flags=("--ort-kernels",),
                            help="compile mlpdeploy's CPU kernels (GroupRational, SparseMLP; float32) with the system C compiler and register them "
-                                "(default: the portable function bodies); int4 MatMulNBits nodes (block 32, accuracy level 4) then run "
-                                "its MatMulInt4 kernel, faster at every row count and 2x at 8-16 rows (batched decoding, verify passes).")
+                                "(default: the portable function bodies); int4 and int8 MatMulNBits nodes (block 32, accuracy level 4) "
+                                "then run its MatMulInt4 / MatMulInt8 kernels, faster at every row count and 2x at 8-16 rows "
+                                "(batched decoding, verify passes).")
