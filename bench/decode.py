@@ -17,7 +17,7 @@ after the same one):
   * with --int4-embedding, mlpdeploy int4+emb: the same plus `--pass quantize-embedding` (the
     token table as INT4 GatherBlockQuantized, sharing a tied lm_head's codes);
   * with --int4-kernels, mlpdeploy int4+emb kernels: the same built with --ort-kernels, so its
-    int4 MatMulNBits nodes run mlpdeploy's MatMulInt4 kernel (plugins/matmul_int4);
+    int4 MatMulNBits nodes run mlpdeploy's MatMulInt4 kernel (plugins/matmul_nbits);
   * with --gated-sparsity S,..., mlpdeploy sparse S: `--pass sparse-mlp` in threshold mode, each
     MLP's threshold the S-quantile of |silu(gate)| on calibration tokens (`analyze --sparsity`),
     with `--ort-kernels` (the compiled SparseMLP kernel);

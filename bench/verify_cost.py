@@ -6,8 +6,8 @@ Each artifact is a `compile --kv-cache` directory (onnxruntime backend). A promp
 is prefilled; then, round after round, s tokens are appended in one run and rewound (the cache's
 length only), every width in turn (every other round reversed), artifacts alternating round by
 round after a pause that lets the other's idle threads stop spinning. The ratios are what
-`mlpdeploy.runtime.speculative.base.VERIFY_COST` (MatMulNBits builds) and `VERIFY_COST_INT4_KERNEL`
-(`--ort-kernels` builds, whose int4 linears run MatMulInt4) hold, and what the adaptive draft length
+`mlpdeploy.runtime.speculative.base.VERIFY_COST` (MatMulNBits builds) and `VERIFY_COST_NBITS_KERNELS`
+(`--ort-kernels` builds, whose int4 and int8 linears run MatMulInt4 / MatMulInt8) hold, and what the adaptive draft length
 weighs acceptance against.
 """
 

@@ -37,7 +37,7 @@ TITLES = {
                    "gives over one client at that occupancy — and ONNX Runtime's profile of it by operator."),
     "verify_cost": ("What a speculative verify pass costs", "bench/verify_cost.py",
                     "One run over s tokens of one sequence against a one-token step, per build (MatMulNBits, and --ort-kernels' "
-                    "MatMulInt4): what the adaptive draft length weighs acceptance against."),
+                    "MatMulInt4 / MatMulInt8): what the adaptive draft length weighs acceptance against."),
     "quant": ("Low-bit weights", "bench/quant.py", "Perplexity per weight format, FP4 forms on ONNX Runtime, int4 decode against onnxruntime-genai."),
     "quant_real": ("int4 against ONNX Runtime's quantizer", "bench/quant_real.py",
                    "mlpdeploy's int4 against ONNX Runtime's MatMulNBitsQuantizer on real models and held-out text."),

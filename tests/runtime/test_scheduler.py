@@ -144,13 +144,13 @@ def test_random_arrivals_equal_solo_int4_kernels(small_int4_kernels, workload):
 
 def test_verify_costs_follow_the_build(small, small_int4_kernels):
     """An --ort-kernels int4 build weighs drafts against its own (cheaper) verify passes."""
-    from mlpdeploy.runtime.speculative.base import VERIFY_COST, VERIFY_COST_INT4_KERNEL, DraftLength, verify_costs
+    from mlpdeploy.runtime.speculative.base import VERIFY_COST, VERIFY_COST_NBITS_KERNELS, DraftLength, verify_costs
 
     assert verify_costs(small.path) == VERIFY_COST
-    assert verify_costs(small_int4_kernels.path) == VERIFY_COST_INT4_KERNEL
+    assert verify_costs(small_int4_kernels.path) == VERIFY_COST_NBITS_KERNELS
     estimate = np.array([0.3, 1.0])  # 30% acceptance: too little for MatMulNBits' verify passes, enough for the kernel's
     assert DraftLength(8).choose(estimate) == 0
-    assert DraftLength(8, costs=VERIFY_COST_INT4_KERNEL).choose(estimate) >= 1
+    assert DraftLength(8, costs=VERIFY_COST_NBITS_KERNELS).choose(estimate) >= 1
 
 
 @given(workload=_workloads(49152, 30))

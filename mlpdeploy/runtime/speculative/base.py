@@ -23,7 +23,7 @@ VERIFY_COST = ((1, 1.0), (2, 1.43), (4, 1.87), (8, 2.56), (16, 4.0))
 # The same for an `--ort-kernels` build, whose int4 linears run mlpdeploy's MatMulInt4 (codes unpacked
 # once for up to 8 rows; MatMulInt8 for 8-bit ones): bench/verify_cost.py, the mean of two runs' milliseconds
 # (the one-token step is the one the kernel shortens most, so these ratios are not much below VERIFY_COST's).
-VERIFY_COST_INT4_KERNEL = ((1, 1.0), (2, 1.28), (4, 1.64), (8, 2.65), (16, 4.73))
+VERIFY_COST_NBITS_KERNELS = ((1, 1.0), (2, 1.28), (4, 1.64), (8, 2.65), (16, 4.73))
 
 
 @dataclass
@@ -84,7 +84,7 @@ def verify_cost(width: int, table=VERIFY_COST) -> float:
 
 
 def verify_costs(model_path: Path | str | None) -> tuple:
-    """The verify-cost table for a built model: VERIFY_COST_INT4_KERNEL when its graph has
+    """The verify-cost table for a built model: VERIFY_COST_NBITS_KERNELS when its graph has
     mlpdeploy::MatMulInt4 / MatMulInt8 nodes (an `--ort-kernels` build of int4 or int8 linears), else
     VERIFY_COST (the int4 kernel's table: the 8-bit kernel does the same work a row)."""
     return _verify_costs(str(model_path)) if model_path is not None else VERIFY_COST
@@ -100,7 +100,7 @@ def _verify_costs(model_path: str) -> tuple:
     from mlpdeploy.plugins.matmul_nbits.onnx_function import OPS
 
     graph = onnx.load(model_path, load_external_data=False).graph
-    return VERIFY_COST_INT4_KERNEL if any(n.domain == DOMAIN and n.op_type in OPS.values() for n in graph.node) else VERIFY_COST
+    return VERIFY_COST_NBITS_KERNELS if any(n.domain == DOMAIN and n.op_type in OPS.values() for n in graph.node) else VERIFY_COST
 
 
 class DraftLength:
