@@ -22,14 +22,11 @@ from common import write_results  # noqa: E402
 def heldout_perplexity(model_dir: Path, data: Path, artifacts: dict[str, Path], threads: int = 2, limit: int | None = None,
                        batch_size: int = 4) -> dict:
     """name -> {"perplexity", "relative_delta", "agreement", "bytes"} for torch ("torch fp32") and each artifact."""
-    import onnxruntime as ort
-
-    from mlpdeploy.backends.onnxruntime.session import saved_session_config
+    from mlpdeploy.backends.onnxruntime.loader import session_from_artifact
     from mlpdeploy.model import load_model
     from mlpdeploy.model.kv_cache import prefill_feed, with_kv_cache
     from mlpdeploy.model.tasks import DataOptions, resolve_task
     from mlpdeploy.model.torch_run import first_output_fn
-    from mlpdeploy.plugins.ort.library import register
     from mlpdeploy.runtime.latency import model_bytes
 
     bundle = with_kv_cache(load_model(str(model_dir)))
@@ -40,11 +37,8 @@ def heldout_perplexity(model_dir: Path, data: Path, artifacts: dict[str, Path], 
     reference = task.evaluate(lambda feed: torch_run(prefill_feed(feed["input_ids"], layout)), batch_size=batch_size, limit=limit)
     results = {"torch fp32": {"perplexity": reference["value"], "relative_delta": 0.0, "agreement": 1.0, "samples": reference["samples"]}}
     for name, path in artifacts.items():
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.log_severity_level = threads, 3
-        for library in saved_session_config(path).get("custom_ops_libraries", []):  # an --ort-kernels build (MatMulInt4)
-            register(options, Path(path).parent / library)
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # the settings its build saved (an --ort-kernels build's library), else the defaults (genai's model)
+        session = session_from_artifact(path, threads=threads)
         wanted = {i.name for i in session.get_inputs()}
 
         def run(feed, session=session, wanted=wanted):

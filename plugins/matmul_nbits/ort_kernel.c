@@ -66,9 +66,8 @@ typedef struct {
   int64_t m, n;
 } MiWork;
 
-/* The zero point of (col, block): 4-bit two a byte (low nibble first), 8-bit one a byte; 2^(bits-1) without the input. */
+/* The zero point of (col, block) from the zero-point input: 4-bit two a byte (low nibble first), 8-bit one a byte. */
 static int mi_zero(const unsigned char* z, int bits, int64_t blocks, int64_t col, int64_t block) {
-  if (z == NULL) return 1 << (bits - 1);
   if (bits == 8) return z[col * blocks + block];
   const unsigned char byte = z[col * ((blocks + 1) / 2) + block / 2];
   return block % 2 ? byte >> 4 : byte & 15;

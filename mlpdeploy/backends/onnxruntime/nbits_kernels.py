@@ -24,11 +24,9 @@ from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.plugins.matmul_nbits.onnx_function import ACCURACY_LEVEL, BLOCK_SIZE, OPS, matmul_nbits_function
 
 
-def kernel_bits(node: onnx.NodeProto, uint8_initializers: set[str]) -> int | None:
-    """The bits of the kernel op that computes `node`, or None when no kernel takes it."""
-    if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits":
-        return None
-    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+def kernel_bits(node: onnx.NodeProto, attrs: dict, uint8_initializers: set[str]) -> int | None:
+    """The bits of the kernel op that computes `node` (a MatMulNBits node with attributes `attrs`), or None
+    when no kernel takes it."""
     bits = attrs.get("bits", 4)
     if bits not in OPS or (attrs.get("block_size"), attrs.get("accuracy_level", 0)) != (BLOCK_SIZE, ACCURACY_LEVEL):
         return None
@@ -44,10 +42,12 @@ def use_nbits_kernels(saved: Path) -> dict[str, int]:
     uint8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
     counts: dict[str, int] = {}
     for node in model.graph.node:
-        bits = kernel_bits(node, uint8)
-        if bits is None:
+        if node.domain != MS_DOMAIN or node.op_type != "MatMulNBits":
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        bits = kernel_bits(node, attrs, uint8)
+        if bits is None:
+            continue
         node.domain, node.op_type = DOMAIN, OPS[bits]
         del node.attribute[:]
         node.attribute.extend([helper.make_attribute("K", attrs["K"]), helper.make_attribute("N", attrs["N"])])
