@@ -2,7 +2,7 @@
 
     python bench/serve_load.py [--clients 8] [--seconds 30] [--quick] [--mode infer|generate|both]
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
-    python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48]
+    python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48] [--requests-per-client 4]
                                [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
                                [--prefill-stall 1.5] [--prefill-min-chunk 16] [--prefix-cache-mb 128] [--repeat-prompts] [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
@@ -18,7 +18,8 @@ requests back to back for --seconds (--quick: 5 s).
   runtime's `CachedGenerator` gives in-process.
 
 * batching: in-flight batching (`bench/batching_load.py`): at each level C closed-loop clients
-  stream chat answers (`generate_stream`, --max-tokens each; every request its own prompt,
+  stream chat answers (`generate_stream`, --max-tokens each, --requests-per-client back to back,
+  16 requests a level at least; every request its own prompt,
   "Request i. " before a --prompts line, so only the chat template is shared between requests, as
   between users — the server's prefix cache, --prefix-cache-mb, reuses that); tokens/s, TTFT p50/p99, ITL p50/p99,
   mean rows per decode step (from /metrics), every answer against its solo answer (the runtime's
@@ -154,6 +155,9 @@ def main() -> int:
     parser.add_argument("--mode", choices=["infer", "generate", "both", "batching"], default="both")
     parser.add_argument("--levels", default="1,2,4,8,16", help="batching: client counts")
     parser.add_argument("--max-tokens", type=int, default=48, help="batching: new tokens per request")
+    parser.add_argument("--requests-per-client", type=int, default=4,
+                        help="batching: requests each client sends back to back (a level sends 16 at least); the first and last "
+                             "weigh less the more there are (every client starts at once; the last ones finish alone)")
     parser.add_argument("--prompts", type=Path, default=Path(__file__).parent / "prompts" / "open.jsonl", help="batching: chat prompts")
     parser.add_argument("--long-prompt", type=int, default=1000, help="batching: tokens of the prompt arriving mid-stream (0: skip)")
     parser.add_argument("--stall-clients", type=int, default=4, help="batching: clients decoding when the long prompt arrives")
@@ -209,8 +213,8 @@ def batching(args) -> int:
         raise SystemExit("--mode batching needs --decoder DIR (a `compile --kv-cache` directory of a model with a chat template)")
     levels = [int(c) for c in args.levels.split(",")]
 
-    def per_client(clients: int) -> int:
-        return max(2, -(-16 // clients))
+    def per_client(clients: int) -> int:  # 16 requests a level at least; each client args.requests_per_client or more
+        return max(args.requests_per_client, -(-16 // clients))
 
     engine = Engine.load(args.decoder, threads=args.threads)
     generator = CachedGenerator(engine)
@@ -242,7 +246,7 @@ def batching(args) -> int:
     port = int(port)
     name = model_name(args.decoder)  # the server's name for it: a directory's name, a file's stem
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
-                     "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "prompts": str(args.prompts),
+                     "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "prompts": str(args.prompts),
                                   "prompt_tokens": [len(p) for p in prompts], "repeat_prompts": args.repeat_prompts, "max_batch_size": args.max_batch_size,
                                   "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk,
                                   "prefix_cache_mb": args.prefix_cache_mb}}

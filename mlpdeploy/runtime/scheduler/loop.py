@@ -218,8 +218,10 @@ class Scheduler:
             self._release(request)
             return
         self._joining = Joining(request, job.buffers, len(request.prompt), token)
-        if self._joining.advance(self.slots, self.options.copy_step_bytes):  # whole, at once: cancelled or not,
-            self._joining = None  # it joins, as a row's request does, and the next iteration's sweep lets it go
+        # whole, at once, when it is one piece (cancelled or not, it joins, as a row's request does, and the
+        # next iteration's sweep lets it go); else its first piece goes next iteration, not on top of this chunk
+        if self._joining.whole(self.slots, self.options.copy_step_bytes) and self._joining.advance(self.slots, self.options.copy_step_bytes):
+            self._joining = None
 
     def _join_piece(self) -> None:
         joining = self._joining
