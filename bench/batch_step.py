@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import machine, settle, write_results  # noqa: E402
 
 SPREAD = 7  # rows hold past + 0..SPREAD-1 tokens: different lengths, as in serving
-NAMED_OPS = ("MatMulNBits", "MatMulInt4", "MatMulInt8", "GroupQueryAttention")
+NAMED_OPS = ("MatMulNBits", "MatMulInt4", "MatMulInt8", "GroupQueryAttention", "CachedAttention")
 
 
 def step_state(stepper, rows: int, past: int, steps: int):

@@ -35,11 +35,12 @@ from mlpdeploy.errors import MlpdeployError
 HERE = Path(__file__).resolve().parent
 PLUGINS = HERE.parent
 SOURCES = (HERE / "ort_abi.h", HERE / "ort_library.c", PLUGINS / "group_rational" / "ort_kernel.c", PLUGINS / "sparse_mlp" / "ort_kernel.c",
-           PLUGINS / "matmul_nbits" / "ort_kernel.c")
+           PLUGINS / "matmul_nbits" / "ort_kernel.c", PLUGINS / "cached_attention" / "ort_kernel.c")
 LIBRARY_NAME = "libmlpdeploy_ort.so"
 ABI_TAG = "mlpdeploy-ort-abi-1 api13 customop13"
 MIN_ONNXRUNTIME = (1, 13)
-KERNEL_OPS = {"GroupRational": ("float32",), "SparseMLP": ("float32",), "MatMulInt4": ("float32",), "MatMulInt8": ("float32",)}  # op type -> the dtypes the library computes
+KERNEL_OPS = {"GroupRational": ("float32",), "SparseMLP": ("float32",), "MatMulInt4": ("float32",), "MatMulInt8": ("float32",),
+              "CachedAttention": ("float32",)}  # op type -> the dtypes the library computes
 DEFAULT_CFLAGS = ("-O3", "-march=native", "-std=c11", "-fPIC", "-pthread", "-Wall")
 COMPILERS = ("cc", "gcc", "clang")
 

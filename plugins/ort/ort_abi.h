@@ -51,6 +51,8 @@ enum {
   MD_SLOT_GetDimensionsCount = 61,
   MD_SLOT_GetDimensions = 62,
   MD_SLOT_GetTensorTypeAndShape = 65,
+  MD_SLOT_KernelInfoGetAttribute_float = 85,
+  MD_SLOT_KernelInfoGetAttribute_int64 = 86,
   MD_SLOT_KernelInfoGetAttribute_string = 87,
   MD_SLOT_KernelContext_GetInput = 90,
   MD_SLOT_KernelContext_GetOutput = 91,
@@ -69,6 +71,8 @@ typedef OrtStatus* (*MdGetTensorElementType)(const OrtTensorTypeAndShapeInfo* in
 typedef OrtStatus* (*MdGetDimensionsCount)(const OrtTensorTypeAndShapeInfo* info, size_t* out);
 typedef OrtStatus* (*MdGetDimensions)(const OrtTensorTypeAndShapeInfo* info, int64_t* dims, size_t count);
 typedef OrtStatus* (*MdGetTensorTypeAndShape)(const OrtValue* value, OrtTensorTypeAndShapeInfo** out);
+typedef OrtStatus* (*MdKernelInfoGetAttribute_float)(const OrtKernelInfo* info, const char* name, float* out);
+typedef OrtStatus* (*MdKernelInfoGetAttribute_int64)(const OrtKernelInfo* info, const char* name, int64_t* out);
 typedef OrtStatus* (*MdKernelInfoGetAttribute_string)(const OrtKernelInfo* info, const char* name, char* out, size_t* size);
 typedef OrtStatus* (*MdKernelContext_GetInput)(const OrtKernelContext* context, size_t index, const OrtValue** out);
 typedef OrtStatus* (*MdKernelContext_GetOutput)(OrtKernelContext* context, size_t index, const int64_t* dims, size_t count, OrtValue** out);

@@ -16,7 +16,9 @@ extern MdCustomOp md_group_rational_op;
 extern MdCustomOp md_sparse_mlp_op;
 extern MdCustomOp md_matmul_int4_op;
 extern MdCustomOp md_matmul_int8_op;
-static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op, &md_matmul_int4_op, &md_matmul_int8_op};
+extern MdCustomOp md_cached_attention_op;
+static MdCustomOp* const md_ops[] = {&md_group_rational_op, &md_sparse_mlp_op, &md_matmul_int4_op, &md_matmul_int8_op,
+                                     &md_cached_attention_op};
 
 /* The ABI this library was built for, checked by the Python loader before registering it. */
 const char* mlpdeploy_ort_abi(void) { return MD_ABI_TAG; }

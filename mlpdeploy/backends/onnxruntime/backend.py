@@ -26,6 +26,7 @@ import onnx_ir as ir
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildResult
 from mlpdeploy.backends.candidate import Candidate
+from mlpdeploy.backends.onnxruntime.attention_kernels import use_attention_kernels
 from mlpdeploy.backends.onnxruntime.genai_config import CONFIG_NAME, genai_config, write_genai_config
 from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, restore_function_bodies
 from mlpdeploy.backends.onnxruntime.nbits_kernels import use_nbits_kernels
@@ -77,6 +78,7 @@ class OnnxRuntimeBackend(Backend):
             if kernels:  # the artifact carries its library; the saved settings name it relative to the model
                 restored = restore_function_bodies(tmp, model_path)
                 kernels.nodes.update(use_nbits_kernels(tmp))  # after ONNX Runtime's own fusions, which know MatMulNBits only
+                kernels.nodes.update(use_attention_kernels(tmp))  # GroupQueryAttention of a cached decoder -> CachedAttention
                 shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
                 config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")

@@ -79,7 +79,7 @@ def write_genai_config(directory: Path, config: dict) -> Path:
 
 def _attention_heads(model: ir.Model) -> int | None:
     for node in model.graph:
-        if node.op_type in ("GroupQueryAttention", "MultiHeadAttention") and "num_heads" in node.attributes:
+        if node.op_type in ("GroupQueryAttention", "MultiHeadAttention", "CachedAttention") and "num_heads" in node.attributes:
             return node.attributes["num_heads"].as_int()
     return None
 

@@ -20,7 +20,8 @@ class OrtOptions(BuildOptions):
                                 "any other graph through onnxscript's ORT fusions, e.g. Attention, BiasGelu, SkipLayerNormalization "
                                 "(pass ort-fusions)). --no-decoder-fusions is the old name.")
     kernels: bool = option(False, flags=("--ort-kernels",),
-                           help="compile mlpdeploy's CPU kernels (GroupRational, SparseMLP, MatMulInt4, MatMulInt8; float32) with the system C compiler and register them "
-                                "(default: the portable function bodies); int4 and int8 MatMulNBits nodes (block 32, accuracy level 4) "
-                                "then run its MatMulInt4 / MatMulInt8 kernels, faster at every row count and 2x at 8-16 rows "
-                                "(batched decoding, verify passes).")
+                           help="compile mlpdeploy's CPU kernels (GroupRational, SparseMLP, MatMulInt4, MatMulInt8, CachedAttention; float32) "
+                                "with the system C compiler and register them (default: the portable function bodies); int4 and int8 "
+                                "MatMulNBits nodes (block 32, accuracy level 4) then run its MatMulInt4 / MatMulInt8 kernels, faster at every "
+                                "row count and 2x at 8-16 rows (batched decoding, verify passes), and a cached decoder's GroupQueryAttention "
+                                "nodes its CachedAttention kernel (2-4x faster per node).")

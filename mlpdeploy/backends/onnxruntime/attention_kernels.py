@@ -1,0 +1,119 @@
+"""`--ort-kernels`: GroupQueryAttention nodes of a cached decoder run mlpdeploy's CachedAttention kernel (plugins/cached_attention).
+
+ONNX Runtime 1.32's GroupQueryAttention costs ~24 µs per SmolLM2-135M layer for one decode row and
+~13× that for 16 rows, for a few hundred kFLOP a row (per-head GEMM calls, transposes and
+temporaries). mlpdeploy's kernel computes the same attention per (row, kv head) on ONNX Runtime's
+own intra-op threads, the query heads of one kv head together (plugins/cached_attention/README.md).
+
+After ONNX Runtime has written the optimized model, each GroupQueryAttention node of the subset the
+kernel takes becomes `mlpdeploy::CachedAttention` with the same inputs (less the empty ones) and
+num_heads, kv_num_heads, scale: float32, packed QKV, rotary inside (`do_rotary` 1, rotate-half), past
+and present cache, `position_ids` and `query_seqlens` given, `attention_bias` given or not, and every
+other feature off (no sliding window, softcap, smooth softmax, head sink, quantized cache, q/k norm
+or qk output). The model also gets the op's function body, that GroupQueryAttention node, so the
+artifact still runs in stock ONNX Runtime. Other nodes keep GroupQueryAttention (`kernel_refusal`
+says why).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+from onnx import helper
+
+from mlpdeploy.contract import DOMAIN, MS_DOMAIN
+from mlpdeploy.plugins.cached_attention.onnx_function import GQA_INPUTS, INPUTS, OP, cached_attention_function
+
+# GroupQueryAttention attributes the kernel does not read, each with the values that leave its feature off
+# (absent = the schema default, which is off).
+OFF = {
+    "do_rotary": (1,),                 # rotary inside: the kernel always rotates (a node without it stays GQA)
+    "rotary_interleaved": (0,),        # rotate-half only
+    "causal": (1,),
+    "local_window_size": (-1,),        # no sliding window
+    "sliding_window_cache": (0,),
+    "softcap": (0.0,),
+    "smooth_softmax": (-1, 0),
+    "qk_output": (0,),
+    "k_quant_type": (b"NONE", "NONE"),
+    "v_quant_type": (b"NONE", "NONE"),
+}
+REQUIRED = {"do_rotary"}  # must be present (with an OFF value), not defaulted
+IGNORED = {"num_heads", "kv_num_heads", "scale", "kv_cache_bit_width", "qk_norm_epsilon", "q_norm_epsilon", "k_norm_epsilon"}
+MAX_HEAD_SIZE = 256  # the kernel's D / 16 <= 16
+
+
+def _float_tensors(model: onnx.ModelProto) -> set[str]:
+    """Names of the float32 tensors the graph declares (initializers, inputs, value infos)."""
+    names = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    for info in (*model.graph.input, *model.graph.value_info, *model.graph.output):
+        if info.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            names.add(info.name)
+    return names
+
+
+def kernel_refusal(node: onnx.NodeProto, attrs: dict, floats: set[str], head_sizes: dict[str, int]) -> str | None:
+    """Why CachedAttention cannot compute `node` (a GroupQueryAttention node with attributes `attrs`), or None when it can.
+    `floats`: float32 tensor names; `head_sizes`: cos_cache initializer name → head size (2 × its width)."""
+    inputs = list(node.input) + [""] * (len(GQA_INPUTS) - len(node.input))
+    if len(node.input) > len(GQA_INPUTS):
+        return "more inputs than GroupQueryAttention has"
+    for name, given in zip(GQA_INPUTS, inputs):
+        if bool(name) != bool(given) and name != "attention_bias":
+            return f"input {name or 'key/value/head_sink/k_scale/v_scale/q_norm/k_norm'} is {'absent' if name else 'given'}"
+    outputs = [o for o in node.output]
+    if len(outputs) < 3 or not all(outputs[:3]) or any(outputs[3:]):
+        return "not exactly output, present_key and present_value"
+    for key in REQUIRED:
+        if key not in attrs:
+            return f"attribute {key} is absent"
+    for key, value in attrs.items():
+        if key in OFF and value not in OFF[key]:
+            return f"{key} = {value!r} (the kernel takes {OFF[key]})"
+        if key not in OFF and key not in IGNORED:
+            return f"attribute {key} is not one the kernel knows"
+    heads, kv_heads = attrs.get("num_heads", 0), attrs.get("kv_num_heads", 0)
+    if heads <= 0 or kv_heads <= 0 or heads % kv_heads:
+        return f"num_heads {heads} is not a multiple of kv_num_heads {kv_heads}"
+    head_size = head_sizes.get(inputs[7])
+    if head_size is None:
+        return "cos_cache is not a float32 initializer (its width gives the head size)"
+    if head_size % 16 or head_size > MAX_HEAD_SIZE:
+        return f"head size {head_size} is not a multiple of 16 up to {MAX_HEAD_SIZE}"
+    if inputs[3] not in floats:  # GroupQueryAttention's one type T: query, cache and tables share it
+        return "past_key is not declared float32"
+    return None
+
+
+def use_attention_kernels(saved: Path) -> dict[str, int]:
+    """Rewrite the optimized model at `saved` in place (see the module docstring); returns op type → nodes rewritten."""
+    model = onnx.load(str(saved), load_external_data=False)
+    floats = _float_tensors(model)
+    head_sizes = {t.name: 2 * t.dims[1] for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
+    count = 0
+    for node in model.graph.node:
+        if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":
+            continue
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if kernel_refusal(node, attrs, floats, head_sizes) is not None:
+            continue
+        given = dict(zip(GQA_INPUTS, list(node.input) + [""] * (len(GQA_INPUTS) - len(node.input))))
+        inputs = [given[name] for name in INPUTS]
+        while not inputs[-1]:
+            inputs.pop()
+        outputs = list(node.output[:3])
+        node.domain, node.op_type = DOMAIN, OP
+        del node.input[:], node.output[:], node.attribute[:]
+        node.input.extend(inputs)
+        node.output.extend(outputs)
+        node.attribute.extend(helper.make_attribute(key, attrs[key]) for key in ("num_heads", "kv_num_heads", "scale") if key in attrs)
+        count += 1
+    if count:
+        if not any((f.domain, f.name) == (DOMAIN, OP) for f in model.functions):
+            model.functions.append(cached_attention_function())
+        for domain, version in ((DOMAIN, 1), (MS_DOMAIN, 1)):
+            if not any(o.domain == domain for o in model.opset_import):
+                model.opset_import.append(helper.make_opsetid(domain, version))
+        onnx.save(model, str(saved))
+    return {OP: count} if count else {}
