@@ -2,7 +2,7 @@
 
     python bench/serve_load.py [--clients 8] [--seconds 30] [--quick] [--mode infer|generate|both]
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
-    python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48] [--requests-per-client 4]
+    python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48] [--requests-per-client 4] [--rounds 1]
                                [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
                                [--prefill-stall 1.5] [--prefill-min-chunk 16] [--prefix-cache-mb 128] [--repeat-prompts] [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
@@ -155,6 +155,8 @@ def main() -> int:
     parser.add_argument("--mode", choices=["infer", "generate", "both", "batching"], default="both")
     parser.add_argument("--levels", default="1,2,4,8,16", help="batching: client counts")
     parser.add_argument("--max-tokens", type=int, default=48, help="batching: new tokens per request")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="batching: run the levels in turn this many times (new prompts each round); each level's figures pool its rounds")
     parser.add_argument("--requests-per-client", type=int, default=4,
                         help="batching: requests each client sends back to back (a level sends 16 at least); the first and last "
                              "weigh less the more there are (every client starts at once; the last ones finish alone)")
@@ -224,10 +226,11 @@ def batching(args) -> int:
     tokenizer = _tokenizer(engine)
     prompts = bl.chat_prompts(tokenizer, args.prompts)
     level_prompts, first = {}, 1
-    for clients in levels:  # every request its own prompt unless --repeat-prompts (a repeated prompt reuses its whole prefix)
-        count = clients * per_client(clients)
-        level_prompts[clients] = prompts if args.repeat_prompts else bl.chat_prompts(tokenizer, args.prompts, numbers=range(first, first + count))
-        first += count
+    for round_ in range(args.rounds):  # every request its own prompt unless --repeat-prompts (a repeated prompt reuses its whole prefix)
+        for clients in levels:
+            count = clients * per_client(clients)
+            level_prompts[round_, clients] = prompts if args.repeat_prompts else bl.chat_prompts(tokenizer, args.prompts, numbers=range(first, first + count))
+            first += count
     stops = list(tokenizer.stop_token_ids)
     distinct = {tuple(p): p for ps in [prompts, *level_prompts.values()] for p in ps}
     print(f"solo answers for {len(distinct)} prompts ({args.max_tokens} tokens, in-process) ...", flush=True)
@@ -246,20 +249,32 @@ def batching(args) -> int:
     port = int(port)
     name = model_name(args.decoder)  # the server's name for it: a directory's name, a file's stem
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
-                     "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "prompts": str(args.prompts),
+                     "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "rounds": args.rounds, "prompts": str(args.prompts),
                                   "prompt_tokens": [len(p) for p in prompts], "repeat_prompts": args.repeat_prompts, "max_batch_size": args.max_batch_size,
                                   "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk,
                                   "prefix_cache_mb": args.prefix_cache_mb}}
 
     try:
         bl.stream_request(host, port, name, prompts[0], 4)  # warm up
+        runs = {clients: {"got": [], "seconds": 0.0, "steps": 0.0, "rows": 0.0, "rounds": []} for clients in levels}
+        for round_ in range(args.rounds):  # the levels in turn, every round: a slow spell of the machine falls on every level
+            for clients in levels:
+                steps, rows = bl.occupancy(host, port)
+                got, seconds = bl.closed_loop(clients, per_client(clients), lambda p: bl.stream_request(host, port, name, p, args.max_tokens),
+                                              level_prompts[round_, clients])
+                steps_after, rows_after = bl.occupancy(host, port)
+                run = runs[clients]
+                run["got"] += got
+                run["seconds"] += seconds
+                run["steps"] += steps_after - steps
+                run["rows"] += rows_after - rows
+                run["rounds"].append(round(sum(len(g["tokens"]) for g in got) / seconds, 1))
+                if args.rounds > 1:
+                    print(f"round {round_ + 1}: {clients:3d} clients {run['rounds'][-1]:7.1f} tokens/s", flush=True)
         for clients in levels:
-            steps, rows = bl.occupancy(host, port)
-            got, seconds = bl.closed_loop(clients, per_client(clients), lambda p: bl.stream_request(host, port, name, p, args.max_tokens),
-                                          level_prompts[clients])
-            steps_after, rows_after = bl.occupancy(host, port)
-            r = results["levels"][clients] = {**bl.summarize(got, seconds, expected),
-                                              "mean_rows_per_step": round((rows_after - rows) / max(steps_after - steps, 1), 2)}
+            run = runs[clients]
+            r = results["levels"][clients] = {**bl.summarize(run["got"], run["seconds"], expected), "tokens_per_s_by_round": run["rounds"],
+                                              "mean_rows_per_step": round(run["rows"] / max(run["steps"], 1), 2)}
             base = results["levels"][levels[0]]["tokens_per_s"]
             print(f"{clients:3d} clients: {r['tokens_per_s']:7.1f} tokens/s ({r['tokens_per_s'] / base:.2f}x), TTFT p50 {r['ttft_p50_ms']} p99 "
                   f"{r['ttft_p99_ms']} ms, ITL p50 {r['itl_p50_ms']} p99 {r['itl_p99_ms']} ms, rows/step {r['mean_rows_per_step']}, "

@@ -66,7 +66,7 @@ class ChunkPolicy:
     would take the decode kernels, whose last bits differ. A remainder smaller than `smallest` goes
     with the chunk before it. With nothing decoding, the whole prompt in one step."""
 
-    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 16):
+    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 4):
         self.stall, self.fixed, self.smallest = stall, fixed, smallest
         self.step_seconds: dict[int, float] = {}
         self.base: float | None = None
