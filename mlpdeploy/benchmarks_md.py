@@ -32,6 +32,9 @@ TITLES = {
     "decode_prompts": ("Chat prompts: tokens/s with speculative decoding", "bench/decode_prompts.py",
                        "Prompt sets end to end (prefill + decode): mlpdeploy's decoding modes against onnxruntime-genai plain and n-gram."),
     "serve_load": ("Serving under load", "bench/serve_load.py", "`mlpdeploy serve` with concurrent clients: throughput and latency, every answer checked."),
+    "attention_kernel": ("CachedAttention against GroupQueryAttention, one node", "bench/attention_kernel.py",
+                         "ONNX Runtime's GroupQueryAttention and mlpdeploy's CachedAttention kernel on the same decode rows (a shared "
+                         "cache buffer bound through IO binding) and a one-row prefill: µs per node from ONNX Runtime's profiler."),
     "batch_step": ("A decode step against its rows: the ceiling of batching", "bench/batch_step.py",
                    "One decode step of r rows (the scheduler's own step) in one-row steps, r × t(1) / t(r) — the most batching "
                    "gives over one client at that occupancy — and ONNX Runtime's profile of it by operator."),
