@@ -9,7 +9,6 @@ import shutil
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -21,6 +20,8 @@ from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.plugins.matmul_nbits.onnx_function import OPS
 from mlpdeploy.plugins.matmul_nbits.reference import matmul_nbits
 from mlpdeploy.plugins.ort import library
+
+from .ort_kernel_helpers import rewritten, session
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
 
@@ -54,20 +55,6 @@ def model(k: int, n: int, packed, scales, zeros, bits: int = 4) -> onnx.ModelPro
     return proto
 
 
-def rewritten(proto: onnx.ModelProto, tmp_path) -> onnx.ModelProto:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "m.onnx"
-    onnx.save(proto, str(path))
-    assert sum(use_nbits_kernels(path).values()) == 1
-    return onnx.load(str(path))
-
-
-def session(proto: onnx.ModelProto, lib=None, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.log_severity_level = threads, 3
-    if lib is not None:
-        library.register(options, lib)
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def torch_reference(a: np.ndarray, packed, scales, zeros, bits: int = 4) -> np.ndarray:
@@ -91,7 +78,7 @@ def test_kernel_matches_the_torch_reference(lib, tmp_path, shape, asym, bits):
     batch, seq, k, n = shape
     packed, scales, zeros = weights(k, n, asym, bits=bits)
     a = np.random.default_rng(1).standard_normal((batch, seq, k)).astype(np.float32)
-    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path)
+    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path, use_nbits_kernels)
     assert [node.op_type for node in proto.graph.node] == [OPS[bits]]
     y = session(proto, lib).run(None, {"A": a})[0]
     assert y.shape == (batch, seq, n)
@@ -105,7 +92,7 @@ def test_without_the_library_the_body_is_matmulnbits_and_close(lib, tmp_path, as
     packed, scales, zeros = weights(k, n, asym, bits=bits)
     a = np.random.default_rng(2).standard_normal((2, 3, k)).astype(np.float32)
     original = model(k, n, packed, scales, zeros, bits)
-    proto = rewritten(original, tmp_path)
+    proto = rewritten(original, tmp_path, use_nbits_kernels)
     assert [(node.domain, node.op_type) for node in proto.graph.node] == [(DOMAIN, OPS[bits])]
     stock = session(original).run(None, {"A": a})[0]
     body = session(proto).run(None, {"A": a})[0]
@@ -124,7 +111,7 @@ def test_each_row_is_its_solo_result_and_the_reference(lib, tmp_path_factory, m,
     rng = np.random.default_rng(m + n)
     a = (rng.standard_normal((1, m, k)) * magnitude).astype(np.float32)
     a[0, rng.integers(0, m)] = 0.0  # an all-zero row: codes 0, output exactly 0
-    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path_factory.mktemp("m"))
+    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path_factory.mktemp("m"), use_nbits_kernels)
     run = session(proto, lib, threads)
     batched = run.run(None, {"A": a})[0]
     solo = np.concatenate([run.run(None, {"A": a[:, i : i + 1]})[0] for i in range(m)], axis=1)
@@ -138,7 +125,7 @@ def test_an_extreme_value_saturates_only_its_own_block(lib, tmp_path):
     packed, scales, zeros = weights(k, n, False)
     a = np.ones((1, 1, k), np.float32)
     a[0, 0, 0] = 3e38  # block 0 quantizes to one code; block 1 is untouched
-    y = session(rewritten(model(k, n, packed, scales, zeros), tmp_path), lib).run(None, {"A": a})[0]
+    y = session(rewritten(model(k, n, packed, scales, zeros), tmp_path, use_nbits_kernels), lib).run(None, {"A": a})[0]
     assert_close_to_reference(y, torch_reference(a, packed, scales, zeros))
 
 
@@ -173,5 +160,5 @@ def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
     for asym, bits in ((False, 4), (True, 4), (False, 8), (True, 8)):
         packed, scales, zeros = weights(k, n, asym, bits=bits)
         a = np.random.default_rng(5).standard_normal((2, 7, k)).astype(np.float32)
-        proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path / f"m{asym}{bits}")
+        proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path / f"m{asym}{bits}", use_nbits_kernels)
         np.testing.assert_array_equal(session(proto, portable).run(None, {"A": a})[0], session(proto, lib).run(None, {"A": a})[0])
