@@ -69,10 +69,10 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-cache-tokens", type=int, help="Decoders: the KV cache budget, prompt + max_tokens summed over the sequences admitted at once "
               "(more wait) [default: max-batch-size x min(context, 2048)].")
 @click.option("--max-queue-size", default=0, show_default=True, help="Decoders: requests that may wait beyond the batch and budget; more get 503 (0: no limit).")
-@click.option("--prefill-stall", default=1.25, show_default=True, type=float,
+@click.option("--prefill-stall", default=1.0, show_default=True, type=float,
               help="Decoders: while others decode, a joining prompt is prefilled in chunks that each take about this many of "
                    "their decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
-@click.option("--prefill-min-chunk", default=4, show_default=True, type=int,
+@click.option("--prefill-min-chunk", default=2, show_default=True, type=int,
               help="Decoders: the fewest prompt tokens a prefill chunk takes (smaller chunks cost more per token).")
 @click.option("--prefix-cache-mb", default=128, show_default=True, type=int,
               help="Decoders: finished prompts' KV caches kept (MiB, least recently used out first), so a prompt that starts "

@@ -19,6 +19,7 @@ from mlpdeploy.runtime.scheduler.request import Request
 from mlpdeploy.runtime.step import Stepper, StepState
 
 DECAY = 0.8  # weight of the past in the running estimates
+FINISH = 1.5  # a prompt whose rest fits this many times a chunk's stall goes in one chunk
 
 
 class Prefill:
@@ -64,9 +65,12 @@ class ChunkPolicy:
     every weight, so small chunks cost more per token (SmolLM2-135M int4, 2 threads: 4 tokens cost
     1.9 one-token steps, 16 tokens 4.0, 64 tokens ~14) — and a prompt prefilled in one-token steps
     would take the decode kernels, whose last bits differ. A remainder smaller than `smallest` goes
-    with the chunk before it. With nothing decoding, the whole prompt in one step."""
+    with the chunk before it, and a prompt whose rest is estimated to take at most `FINISH` × `stall`
+    steps goes in one chunk: a chat prompt joining a busy batch pays one read of the weights, not
+    two, while a long prompt's chunks keep to `stall`. With nothing decoding, the whole prompt in
+    one step."""
 
-    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 4):
+    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 2):
         self.stall, self.fixed, self.smallest = stall, fixed, smallest
         self.step_seconds: dict[int, float] = {}
         self.base: float | None = None
@@ -88,6 +92,8 @@ class ChunkPolicy:
                 per_token = max(per_token, max(last[1] - self.base, 0.0) / (last[0] - 1))  # the larger: chunks err small
             per_token = max(per_token, self.base / 32)  # a noisy chunk timed at or under `base` must not make tokens look free
             tokens = max(tokens, 1 + int(max(0.0, self.stall * step - self.base) / per_token))
+            if remaining <= 1 + int(max(0.0, FINISH * self.stall * step - self.base) / per_token):
+                return remaining  # the prompt's last chunk: a little longer rather than one more read of every weight
         return remaining if remaining - tokens < self.smallest else tokens
 
     def observe_step(self, rows: int, seconds: float) -> None:
