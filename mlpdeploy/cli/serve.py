@@ -72,7 +72,7 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--prefill-stall", default=1.0, show_default=True, type=float,
               help="Decoders: while others decode, a joining prompt is prefilled in chunks that each take about this many of "
                    "their decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
-@click.option("--prefill-min-chunk", default=2, show_default=True, type=int,
+@click.option("--prefill-min-chunk", default=4, show_default=True, type=int,
               help="Decoders: the fewest prompt tokens a prefill chunk takes (smaller chunks cost more per token).")
 @click.option("--prefix-cache-mb", default=128, show_default=True, type=int,
               help="Decoders: finished prompts' KV caches kept (MiB, least recently used out first), so a prompt that starts "

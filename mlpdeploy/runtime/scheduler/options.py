@@ -34,7 +34,7 @@ class SchedulerOptions:
     max_queue_size: int = 0
     prefill_stall: float = 1.0
     prefill_chunk: int | None = None
-    smallest_chunk: int = 2
+    smallest_chunk: int = 4
     prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB
     copy_step_bytes: int = 8 << 20
 

@@ -70,7 +70,7 @@ class ChunkPolicy:
     two, while a long prompt's chunks keep to `stall`. With nothing decoding, the whole prompt in
     one step."""
 
-    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 2):
+    def __init__(self, stall: float, fixed: int | None = None, smallest: int = 4):
         self.stall, self.fixed, self.smallest = stall, fixed, smallest
         self.step_seconds: dict[int, float] = {}
         self.base: float | None = None
