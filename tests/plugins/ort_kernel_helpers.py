@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
 
+from mlpdeploy.backends.onnxruntime.kernels import KernelRewrite, use_kernel_ops
 from mlpdeploy.plugins.ort import library
 
 
-def rewritten(proto: onnx.ModelProto, tmp_path: Path, rewrite: Callable[[Path], dict[str, int]]) -> onnx.ModelProto:
-    """`proto` after `rewrite` (a kernel pass on a saved model), which must rewrite exactly one node."""
+def rewritten(proto: onnx.ModelProto, tmp_path: Path, rewrite: KernelRewrite) -> onnx.ModelProto:
+    """`proto` saved and rewritten by `rewrite` (through `use_kernel_ops`, as a build does), which must rewrite exactly one node."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "m.onnx"
     onnx.save(proto, str(path))
-    assert sum(rewrite(path).values()) == 1
+    assert sum(use_kernel_ops(path, [rewrite]).values()) == 1
     return onnx.load(str(path))
 
 

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from mlpdeploy.backends.onnxruntime.attention_kernels import use_attention_kernels
+from mlpdeploy.backends.onnxruntime.attention_kernels import attention_rewrite
+from mlpdeploy.backends.onnxruntime.kernels import use_kernel_ops
 from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.plugins.cached_attention.onnx_function import OP, cached_attention_function
 from mlpdeploy.plugins.cached_attention.reference import cached_attention
@@ -132,7 +133,7 @@ def test_kernel_matches_the_reference_and_ort(lib, tmp_path, case):
     heads, kv_heads, head_size, lengths, seq, capacity, total, pads = CASES[case]
     proto = gqa_model(heads, kv_heads, head_size)
     feed = feeds(np.random.default_rng(len(case)), heads, kv_heads, head_size, lengths, seq, capacity, total, pads)
-    kernel = session(rewritten(proto, tmp_path, use_attention_kernels), lib).run(None, feed)
+    kernel = session(rewritten(proto, tmp_path, attention_rewrite), lib).run(None, feed)
     ours = [o for o in kernel]
     stock = session(proto).run(None, feed)
     expected = reference(feed, proto, heads, kv_heads)
@@ -148,7 +149,7 @@ def test_kernel_matches_the_reference_and_ort(lib, tmp_path, case):
 def test_without_the_library_the_body_is_gqa(lib, tmp_path, bias):
     proto = gqa_model(9, 3, 64, bias=bias)
     feed = feeds(np.random.default_rng(3), 9, 3, 64, [5, 9], 2, 8, 9, bias=bias)
-    ours = rewritten(proto, tmp_path, use_attention_kernels)
+    ours = rewritten(proto, tmp_path, attention_rewrite)
     assert [(n.domain, n.op_type) for n in ours.graph.node] == [(DOMAIN, OP)]
     onnx.checker.check_model(ours, full_check=True)
     stock, body, kernel = session(proto).run(None, feed), session(ours).run(None, feed), session(ours, lib).run(None, feed)
@@ -180,7 +181,7 @@ def test_shared_buffer_through_io_binding(lib, tmp_path):
     the other columns stay as they were, and every output is ONNX Runtime's."""
     heads, kv_heads, head_size, capacity = 9, 3, 64, 40
     proto = gqa_model(heads, kv_heads, head_size)
-    ours, stock = session(rewritten(proto, tmp_path, use_attention_kernels), lib), session(proto)
+    ours, stock = session(rewritten(proto, tmp_path, attention_rewrite), lib), session(proto)
     rng = np.random.default_rng(7)
     start = [rng.standard_normal((3, kv_heads, capacity, head_size)).astype(np.float32) for _ in range(2)]
     caches = {"ours": tuple(a.copy() for a in start), "stock": tuple(a.copy() for a in start)}
@@ -234,7 +235,7 @@ def test_each_row_is_its_solo_result_and_the_reference(lib, tmp_path_factory, ba
     rng = np.random.default_rng(batch * 1000 + seq * 10 + past)
     proto = gqa_model(heads, kv_heads, head_size)
     feed = feeds(rng, heads, kv_heads, head_size, lengths, seq, max(lengths) - seq + 2, magnitude=magnitude)
-    run = session(rewritten(proto, tmp_path_factory.mktemp("m"), use_attention_kernels), lib, threads)
+    run = session(rewritten(proto, tmp_path_factory.mktemp("m"), attention_rewrite), lib, threads)
     batched = run.run(None, feed)
     expected = reference(feed, proto, heads, kv_heads)
     assert_close(batched[0], expected[0], 5e-5 if magnitude > 1 else 2e-5)
@@ -252,7 +253,7 @@ def test_extreme_scores_stay_finite(lib, tmp_path):
     proto = gqa_model(4, 2, 32)
     feed = feeds(np.random.default_rng(11), 4, 2, 32, [9, 9], 3, 6, magnitude=1e3)
     feed["bias"][1, 0, 0, :] = MASKED  # row 1's first query sees no key
-    out, key, value = session(rewritten(proto, tmp_path, use_attention_kernels), lib).run(None, feed)
+    out, key, value = session(rewritten(proto, tmp_path, attention_rewrite), lib).run(None, feed)
     stock = session(proto).run(None, feed)
     assert np.isfinite(out).all()
     heads = out.reshape(2, 3, 4, 32)
@@ -262,7 +263,7 @@ def test_extreme_scores_stay_finite(lib, tmp_path):
             assert (heads[b, :, h] >= attended.min(0) - 1e-5).all() and (heads[b, :, h] <= attended.max(0) + 1e-5).all()
     assert (out[1, 0] == 0).all() and (stock[0][1, 0] == 0).all()
     feed["bias"][1, 0, 0, :] = -1e30
-    out = session(rewritten(proto, tmp_path / "finite", use_attention_kernels), lib).run(None, feed)[0]
+    out = session(rewritten(proto, tmp_path / "finite", attention_rewrite), lib).run(None, feed)[0]
     uniform = feed["past_value"][1, :, :6].astype(np.float64).sum(axis=1)  # query row 0 of row 1: 6 cached columns + itself
     uniform = (uniform + feed["qkv"][1, 0].reshape(8, 32)[6:]) / 7
     assert_close(out[1, 0].reshape(4, 32), uniform.repeat(2, axis=0))
@@ -295,7 +296,7 @@ def test_rewrite_takes_only_nodes_the_kernel_computes(tmp_path):
     proto.graph.node.extend([*refused, no_rotary, unpacked, no_bias])
     path = tmp_path / "m.onnx"
     onnx.save(proto, str(path))
-    assert use_attention_kernels(path) == {OP: 2}
+    assert use_kernel_ops(path, [attention_rewrite]) == {OP: 2}
     kinds = [(n.domain, n.op_type) for n in onnx.load(str(path)).graph.node]
     gqa = (MS_DOMAIN, "GroupQueryAttention")
     assert kinds == [(DOMAIN, OP)] + [gqa] * (len(refused) + 2) + [(DOMAIN, OP)]
@@ -304,7 +305,7 @@ def test_rewrite_takes_only_nodes_the_kernel_computes(tmp_path):
                                                           "", "query_seqlens"]
     assert [f.name for f in rewritten_proto.functions] == [OP]
     before = path.read_bytes()
-    assert use_attention_kernels(path) == {} and path.read_bytes() == before  # nothing left to take: untouched
+    assert use_kernel_ops(path, [attention_rewrite]) == {} and path.read_bytes() == before  # nothing left to take: untouched
 
 
 def test_function_definition_checks():
@@ -320,7 +321,7 @@ def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
     assert portable != lib
     for name in ("prefill-left-padded", "decode-row-lengths", "odd-heads", "long-chunk-blocks"):
         heads, kv_heads, head_size, lengths, seq, capacity, total, pads = CASES[name]
-        proto = rewritten(gqa_model(heads, kv_heads, head_size), tmp_path / name, use_attention_kernels)
+        proto = rewritten(gqa_model(heads, kv_heads, head_size), tmp_path / name, attention_rewrite)
         feed = feeds(np.random.default_rng(5), heads, kv_heads, head_size, lengths, seq, capacity, total, pads, magnitude=3.0)
         for a, b in zip(session(proto, portable).run(None, feed), session(proto, lib).run(None, feed)):
             np.testing.assert_array_equal(a, b)
@@ -351,12 +352,12 @@ def small_kernels_builds(zoo_export, tmp_path_factory):
     quantized = rewrite_model(exported, out / "model.opt.onnx", [PassSpec("quantize-weights", {"format": "int4"})]).model_path
     backend = get_backend("onnxruntime")
     with_kernel = backend.build(quantized, out / "with" / "model.ort.onnx", OrtOptions(device="cpu", kernels=True))
-    original = backend_module.use_attention_kernels
-    backend_module.use_attention_kernels = lambda saved: {}
+    original = backend_module.attention_rewrite
+    backend_module.attention_rewrite = lambda model: ({}, [])
     try:
         without = backend.build(quantized, out / "without" / "model.ort.onnx", OrtOptions(device="cpu", kernels=True))
     finally:
-        backend_module.use_attention_kernels = original
+        backend_module.attention_rewrite = original
     return with_kernel, without
 
 

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from mlpdeploy.backends.onnxruntime.nbits_kernels import use_nbits_kernels
+from mlpdeploy.backends.onnxruntime.kernels import use_kernel_ops
+from mlpdeploy.backends.onnxruntime.nbits_kernels import nbits_rewrite
 from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.plugins.matmul_nbits.onnx_function import OPS
 from mlpdeploy.plugins.matmul_nbits.reference import matmul_nbits
@@ -78,7 +79,7 @@ def test_kernel_matches_the_torch_reference(lib, tmp_path, shape, asym, bits):
     batch, seq, k, n = shape
     packed, scales, zeros = weights(k, n, asym, bits=bits)
     a = np.random.default_rng(1).standard_normal((batch, seq, k)).astype(np.float32)
-    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path, use_nbits_kernels)
+    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path, nbits_rewrite)
     assert [node.op_type for node in proto.graph.node] == [OPS[bits]]
     y = session(proto, lib).run(None, {"A": a})[0]
     assert y.shape == (batch, seq, n)
@@ -92,7 +93,7 @@ def test_without_the_library_the_body_is_matmulnbits_and_close(lib, tmp_path, as
     packed, scales, zeros = weights(k, n, asym, bits=bits)
     a = np.random.default_rng(2).standard_normal((2, 3, k)).astype(np.float32)
     original = model(k, n, packed, scales, zeros, bits)
-    proto = rewritten(original, tmp_path, use_nbits_kernels)
+    proto = rewritten(original, tmp_path, nbits_rewrite)
     assert [(node.domain, node.op_type) for node in proto.graph.node] == [(DOMAIN, OPS[bits])]
     stock = session(original).run(None, {"A": a})[0]
     body = session(proto).run(None, {"A": a})[0]
@@ -111,7 +112,7 @@ def test_each_row_is_its_solo_result_and_the_reference(lib, tmp_path_factory, m,
     rng = np.random.default_rng(m + n)
     a = (rng.standard_normal((1, m, k)) * magnitude).astype(np.float32)
     a[0, rng.integers(0, m)] = 0.0  # an all-zero row: codes 0, output exactly 0
-    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path_factory.mktemp("m"), use_nbits_kernels)
+    proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path_factory.mktemp("m"), nbits_rewrite)
     run = session(proto, lib, threads)
     batched = run.run(None, {"A": a})[0]
     solo = np.concatenate([run.run(None, {"A": a[:, i : i + 1]})[0] for i in range(m)], axis=1)
@@ -125,7 +126,7 @@ def test_an_extreme_value_saturates_only_its_own_block(lib, tmp_path):
     packed, scales, zeros = weights(k, n, False)
     a = np.ones((1, 1, k), np.float32)
     a[0, 0, 0] = 3e38  # block 0 quantizes to one code; block 1 is untouched
-    y = session(rewritten(model(k, n, packed, scales, zeros), tmp_path, use_nbits_kernels), lib).run(None, {"A": a})[0]
+    y = session(rewritten(model(k, n, packed, scales, zeros), tmp_path, nbits_rewrite), lib).run(None, {"A": a})[0]
     assert_close_to_reference(y, torch_reference(a, packed, scales, zeros))
 
 
@@ -144,11 +145,11 @@ def test_rewrite_takes_only_nodes_a_kernel_computes(tmp_path):
     proto.graph.output.extend([helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in ("Y0", "Y1", "Y2")])
     path = tmp_path / "m.onnx"
     onnx.save(proto, str(path))
-    assert use_nbits_kernels(path) == {"MatMulInt4": 1, "MatMulInt8": 1}
+    assert use_kernel_ops(path, [nbits_rewrite]) == {"MatMulInt4": 1, "MatMulInt8": 1}
     kinds = [(node.domain, node.op_type) for node in onnx.load(str(path)).graph.node]
     assert kinds == [(DOMAIN, "MatMulInt4"), (MS_DOMAIN, "MatMulNBits"), (MS_DOMAIN, "MatMulNBits"), (DOMAIN, "MatMulInt8")]
     before = path.read_bytes()
-    assert use_nbits_kernels(path) == {} and path.read_bytes() == before  # nothing left to take: untouched
+    assert use_kernel_ops(path, [nbits_rewrite]) == {} and path.read_bytes() == before  # nothing left to take: untouched
 
 
 def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
@@ -160,5 +161,5 @@ def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
     for asym, bits in ((False, 4), (True, 4), (False, 8), (True, 8)):
         packed, scales, zeros = weights(k, n, asym, bits=bits)
         a = np.random.default_rng(5).standard_normal((2, 7, k)).astype(np.float32)
-        proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path / f"m{asym}{bits}", use_nbits_kernels)
+        proto = rewritten(model(k, n, packed, scales, zeros, bits), tmp_path / f"m{asym}{bits}", nbits_rewrite)
         np.testing.assert_array_equal(session(proto, portable).run(None, {"A": a})[0], session(proto, lib).run(None, {"A": a})[0])

@@ -17,8 +17,6 @@ says why).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 from onnx import helper
 
@@ -62,7 +60,7 @@ def kernel_refusal(node: onnx.NodeProto, attrs: dict, floats: set[str], head_siz
     for name, given in zip(GQA_INPUTS, inputs):
         if bool(name) != bool(given) and name != "attention_bias":
             return f"input {name or 'key/value/head_sink/k_scale/v_scale/q_norm/k_norm'} is {'absent' if name else 'given'}"
-    outputs = [o for o in node.output]
+    outputs = list(node.output)
     if len(outputs) < 3 or not all(outputs[:3]) or any(outputs[3:]):
         return "not exactly output, present_key and present_value"
     for key in REQUIRED:
@@ -86,9 +84,9 @@ def kernel_refusal(node: onnx.NodeProto, attrs: dict, floats: set[str], head_siz
     return None
 
 
-def use_attention_kernels(saved: Path) -> dict[str, int]:
-    """Rewrite the optimized model at `saved` in place (see the module docstring); returns op type → nodes rewritten."""
-    model = onnx.load(str(saved), load_external_data=False)
+def attention_rewrite(model: onnx.ModelProto) -> tuple[dict[str, int], list[onnx.FunctionProto]]:
+    """Rewrite `model`'s GroupQueryAttention nodes the kernel takes (see the module docstring), in memory; returns
+    (op type → nodes rewritten, the op's function). `kernels.use_kernel_ops` runs it on a saved model."""
     floats = _float_tensors(model)
     head_sizes = {t.name: 2 * t.dims[1] for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
     count = 0
@@ -109,11 +107,4 @@ def use_attention_kernels(saved: Path) -> dict[str, int]:
         node.output.extend(outputs)
         node.attribute.extend(helper.make_attribute(key, attrs[key]) for key in ("num_heads", "kv_num_heads", "scale") if key in attrs)
         count += 1
-    if count:
-        if not any((f.domain, f.name) == (DOMAIN, OP) for f in model.functions):
-            model.functions.append(cached_attention_function())
-        for domain, version in ((DOMAIN, 1), (MS_DOMAIN, 1)):
-            if not any(o.domain == domain for o in model.opset_import):
-                model.opset_import.append(helper.make_opsetid(domain, version))
-        onnx.save(model, str(saved))
-    return {OP: count} if count else {}
+    return ({OP: count}, [cached_attention_function()]) if count else ({}, [])

@@ -26,10 +26,10 @@ import onnx_ir as ir
 from mlpdeploy.atomic import staged_files
 from mlpdeploy.backends.base import Backend, BuildResult
 from mlpdeploy.backends.candidate import Candidate
-from mlpdeploy.backends.onnxruntime.attention_kernels import use_attention_kernels
+from mlpdeploy.backends.onnxruntime.attention_kernels import attention_rewrite
 from mlpdeploy.backends.onnxruntime.genai_config import CONFIG_NAME, genai_config, write_genai_config
-from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, restore_function_bodies
-from mlpdeploy.backends.onnxruntime.nbits_kernels import use_nbits_kernels
+from mlpdeploy.backends.onnxruntime.kernels import kernel_file_name, prepare, restore_function_bodies, use_kernel_ops
+from mlpdeploy.backends.onnxruntime.nbits_kernels import nbits_rewrite
 from mlpdeploy.backends.onnxruntime.options import OrtOptions
 from mlpdeploy.backends.onnxruntime.runner import OrtRunner, onnx_candidate, ort_runner
 from mlpdeploy.backends.onnxruntime.session import OPT_LEVELS, PORTABLE_LEVEL, make_session, session_config, session_options_path
@@ -77,8 +77,8 @@ class OnnxRuntimeBackend(Backend):
                 raise MlpdeployError(f"ONNX Runtime wrote no optimized model for {model_path}")
             if kernels:  # the artifact carries its library; the saved settings name it relative to the model
                 restored = restore_function_bodies(tmp, model_path)
-                kernels.nodes.update(use_nbits_kernels(tmp))  # after ONNX Runtime's own fusions, which know MatMulNBits only
-                kernels.nodes.update(use_attention_kernels(tmp))  # GroupQueryAttention of a cached decoder -> CachedAttention
+                # after ONNX Runtime's own fusions, which know MatMulNBits and GroupQueryAttention only
+                kernels.nodes.update(use_kernel_ops(tmp, (nbits_rewrite, attention_rewrite)))
                 shutil.copy2(kernels.path, tmp.parent / kernel_file_name(output))
                 config["custom_ops_libraries"] = [kernel_file_name(output)]
             session_options_path(tmp).write_text(json.dumps(config, indent=2) + "\n")

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import collections
 import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+from onnx import helper
 
-from mlpdeploy.contract import DOMAIN
+from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.onnx_io import load_onnx
 from mlpdeploy.plugins.ort.library import KERNEL_OPS, build_library
@@ -31,6 +33,30 @@ class KernelLibrary:
 
     def to_json(self) -> dict:
         return {"library": str(self.path), "nodes": self.nodes}
+
+
+# A rewrite of a loaded optimized model onto kernel ops: (op type -> nodes rewritten, the op functions they call).
+KernelRewrite = Callable[[onnx.ModelProto], tuple[dict[str, int], list[onnx.FunctionProto]]]
+
+
+def use_kernel_ops(saved: Path, rewrites: Sequence[KernelRewrite]) -> dict[str, int]:
+    """Run `rewrites` (nbits_kernels.nbits_rewrite, attention_kernels.attention_rewrite) on the optimized
+    model at `saved`, loaded and saved once: the functions the rewritten nodes call (their bodies, the
+    com.microsoft nodes they stand for) and the opsets those need are added. Returns op type → nodes rewritten."""
+    model = onnx.load(str(saved), load_external_data=False)
+    counts, functions = {}, []
+    for rewrite in rewrites:
+        done, needed = rewrite(model)
+        counts.update(done)
+        functions += needed
+    if counts:
+        have = {(f.domain, f.name) for f in model.functions}
+        model.functions.extend(f for f in functions if (f.domain, f.name) not in have)
+        for domain, version in ((DOMAIN, 1), (MS_DOMAIN, 1)):
+            if not any(o.domain == domain for o in model.opset_import):
+                model.opset_import.append(helper.make_opsetid(domain, version))
+        onnx.save(model, str(saved))
+    return counts
 
 
 def kernel_file_name(output: Path) -> str:

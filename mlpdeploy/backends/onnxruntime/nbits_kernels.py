@@ -15,8 +15,6 @@ is inlined). Nodes at accuracy level 0 (exact float activations, a plan's choice
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import onnx
 from onnx import helper
 
@@ -36,9 +34,9 @@ def kernel_bits(node: onnx.NodeProto, attrs: dict, uint8_initializers: set[str])
     return bits if 3 <= len(inputs) <= 4 and (len(inputs) == 3 or inputs[3] in uint8_initializers) else None
 
 
-def use_nbits_kernels(saved: Path) -> dict[str, int]:
-    """Rewrite the optimized model at `saved` in place (see the module docstring); returns op type → nodes rewritten."""
-    model = onnx.load(str(saved), load_external_data=False)
+def nbits_rewrite(model: onnx.ModelProto) -> tuple[dict[str, int], list[onnx.FunctionProto]]:
+    """Rewrite `model`'s MatMulNBits nodes a kernel takes (see the module docstring), in memory; returns
+    (op type → nodes rewritten, the functions of the ops used). `kernels.use_kernel_ops` runs it on a saved model."""
     uint8 = {t.name for t in model.graph.initializer if t.data_type == onnx.TensorProto.UINT8}
     counts: dict[str, int] = {}
     for node in model.graph.node:
@@ -52,11 +50,4 @@ def use_nbits_kernels(saved: Path) -> dict[str, int]:
         del node.attribute[:]
         node.attribute.extend([helper.make_attribute("K", attrs["K"]), helper.make_attribute("N", attrs["N"])])
         counts[OPS[bits]] = counts.get(OPS[bits], 0) + 1
-    if counts:
-        have = {(f.domain, f.name) for f in model.functions}
-        model.functions.extend(matmul_nbits_function(bits) for bits, op in OPS.items() if op in counts and (DOMAIN, op) not in have)
-        for domain, version in ((DOMAIN, 1), (MS_DOMAIN, 1)):
-            if not any(o.domain == domain for o in model.opset_import):
-                model.opset_import.append(helper.make_opsetid(domain, version))
-        onnx.save(model, str(saved))
-    return counts
+    return counts, [matmul_nbits_function(bits) for bits, op in OPS.items() if op in counts]

@@ -91,8 +91,12 @@ class ChunkPolicy:
             if last is not None and last[0] > 1:
                 per_token = max(per_token, max(last[1] - self.base, 0.0) / (last[0] - 1))  # the larger: chunks err small
             per_token = max(per_token, self.base / 32)  # a noisy chunk timed at or under `base` must not make tokens look free
-            tokens = max(tokens, 1 + int(max(0.0, self.stall * step - self.base) / per_token))
-            if remaining <= 1 + int(max(0.0, FINISH * self.stall * step - self.base) / per_token):
+
+            def fitting(seconds: float) -> int:  # the tokens of a chunk estimated to take `seconds`
+                return 1 + int(max(0.0, seconds - self.base) / per_token)
+
+            tokens = max(tokens, fitting(self.stall * step))
+            if remaining <= fitting(FINISH * self.stall * step):
                 return remaining  # the prompt's last chunk: a little longer rather than one more read of every weight
         return remaining if remaining - tokens < self.smallest else tokens
 
