@@ -4,7 +4,7 @@
                                [--model DIR] [--decoder DIR] [--threads N] [--json PATH]
     python bench/serve_load.py --mode batching --decoder DIR [--levels 1,2,4,8,16] [--max-tokens 48] [--requests-per-client 4] [--rounds 1]
                                [--prompts bench/prompts/open.jsonl] [--long-prompt 1000] [--stall-clients 4]
-                               [--prefill-stall 1.5] [--prefill-min-chunk 16] [--prefix-cache-mb 128] [--repeat-prompts] [--genai GENAI_DIR] [--threads 2] [--json PATH]
+                               [--prefill auto|fused|separate] [--prefill-stall 1.5] [--prefill-min-chunk 16] [--prefix-cache-mb 128] [--repeat-prompts] [--genai GENAI_DIR] [--threads 2] [--json PATH]
 
 The server runs as its own process (`mlpdeploy serve --port 0`, as a user starts it); the clients
 are threads of this process, each with its own unmodified `tritonclient.http` client, sending
@@ -166,6 +166,7 @@ def main() -> int:
     parser.add_argument("--genai", type=Path, help="batching: an onnxruntime-genai build of the same model, run by its Engine")
     serve = SchedulerOptions()  # the server's defaults (serve's options of the same names)
     parser.add_argument("--max-batch-size", type=int, default=serve.max_batch, help="batching: the server's --max-batch-size")
+    parser.add_argument("--prefill", choices=["auto", "fused", "separate"], default=serve.prefill, help="batching: the server's --prefill")
     parser.add_argument("--prefill-stall", type=float, default=serve.prefill_stall, help="batching: the server's --prefill-stall")
     parser.add_argument("--prefill-min-chunk", type=int, default=serve.smallest_chunk, help="batching: the server's --prefill-min-chunk")
     parser.add_argument("--prefix-cache-mb", type=int, default=serve.prefix_cache_mb, help="batching: the server's --prefix-cache-mb (0: off)")
@@ -242,7 +243,8 @@ def batching(args) -> int:
     long_solo = generator.generate([long], 4, stop_tokens=stops) if long else None
     del generator, engine
     load_before = os.getloadavg()
-    proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size), "--prefill-stall", str(args.prefill_stall),
+    proc, url = start_server([args.decoder], args.threads, ["--max-batch-size", str(args.max_batch_size), "--prefill", args.prefill,
+                                                            "--prefill-stall", str(args.prefill_stall),
                                                             "--prefill-min-chunk", str(args.prefill_min_chunk),
                                                             "--prefix-cache-mb", str(args.prefix_cache_mb)])
     host, port = url.rsplit(":", 1)
@@ -251,7 +253,7 @@ def batching(args) -> int:
     results: dict = {"levels": {}, "load": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_before": load_before},
                      "settings": {"threads": args.threads, "max_tokens": args.max_tokens, "requests_per_client": args.requests_per_client, "rounds": args.rounds, "prompts": str(args.prompts),
                                   "prompt_tokens": [len(p) for p in prompts], "repeat_prompts": args.repeat_prompts, "max_batch_size": args.max_batch_size,
-                                  "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk,
+                                  "prefill": args.prefill, "prefill_stall": args.prefill_stall, "prefill_min_chunk": args.prefill_min_chunk,
                                   "prefix_cache_mb": args.prefix_cache_mb}}
 
     try:

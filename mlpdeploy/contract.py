@@ -43,6 +43,7 @@ PLUGIN_VERSION = "1"
 INPUT_IDS, ATTENTION_MASK, POSITION_IDS, LOGITS = "input_ids", "attention_mask", "position_ids", "logits"
 # optional input of onnxruntime builds ([1] int64, default: every position): logits for the last N fed positions only
 LOGITS_TO_KEEP = "logits_to_keep"
+TOKEN_ROWS = "token_rows"  # CachedAttention's ragged step: the cache row of every fed token (backends/onnxruntime/attention_kernels.py)
 PAST_TEMPLATE = "past_key_values.{layer}.{kind}"  # kind: key | value
 PRESENT_TEMPLATE = "present.{layer}.{kind}"
 CACHE_INPUT = re.compile(r"past_key_values\.(\d+)\.(key|value)")

@@ -69,9 +69,12 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @click.option("--max-cache-tokens", type=int, help="Decoders: the KV cache budget, prompt + max_tokens summed over the sequences admitted at once "
               "(more wait) [default: max-batch-size x min(context, 2048)].")
 @click.option("--max-queue-size", default=0, show_default=True, help="Decoders: requests that may wait beyond the batch and budget; more get 503 (0: no limit).")
+@click.option("--prefill", default="auto", show_default=True, type=click.Choice(["auto", "fused", "separate"]),
+              help="Decoders: fused runs a joining prompt's chunks inside the others' decode steps (builds with --ort-kernels' "
+                   "CachedAttention), separate as steps of their own between theirs; auto: fused where the build allows.")
 @click.option("--prefill-stall", default=1.0, show_default=True, type=float,
-              help="Decoders: while others decode, a joining prompt is prefilled in chunks that each take about this many of "
-                   "their decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
+              help="Decoders: while others decode, a joining prompt's chunks each delay their next token by about this many "
+                   "decode steps (lower: shorter gaps for them, a later first token for the prompt; docs/serving.md).")
 @click.option("--prefill-min-chunk", default=4, show_default=True, type=int,
               help="Decoders: the fewest prompt tokens a prefill chunk takes (smaller chunks cost more per token).")
 @click.option("--prefix-cache-mb", default=128, show_default=True, type=int,
@@ -80,7 +83,7 @@ def package(models, repo, kserve, storage_uri, max_batch_size, instances, max_qu
 @SPECULATIVE
 @debug_option
 def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_size, max_queue_delay_us, max_cache_tokens, max_queue_size,
-          prefill_stall, prefill_min_chunk, prefix_cache_mb, speculative, debug) -> None:
+          prefill, prefill_stall, prefill_min_chunk, prefix_cache_mb, speculative, debug) -> None:
     """Serve built MODELS over HTTP with the KServe v2 protocol, as Triton does (tritonclient works unchanged).
 
     Endpoints: /v2/health/live|ready, /v2/models/NAME[/versions/1][/ready|/config], POST .../infer (JSON and
@@ -94,12 +97,13 @@ def serve(models, host, port, threads, max_body_mb, grace, log_level, max_batch_
 
     batching = SchedulerOptions(max_batch=max_batch_size, max_queue_delay_us=max_queue_delay_us, max_cache_tokens=max_cache_tokens,
                                 max_queue_size=max_queue_size, prefill_stall=prefill_stall, smallest_chunk=prefill_min_chunk,
-                                prefix_cache_mb=prefix_cache_mb)
+                                prefix_cache_mb=prefix_cache_mb, prefill=prefill)
     server = Server(list(models), host, port, threads, max_body_mb << 20, log_level, grace, speculative, batching)
     for name, model in server.models.items():
         kind = "infer + generate" if model.generator is not None else "infer"
         if isinstance(model.scheduler, Scheduler):
-            kind += f", in-flight batching of {max_batch_size}, cache budget {model.scheduler.budget} tokens"
+            kind += (f", in-flight batching of {max_batch_size}, cache budget {model.scheduler.budget} tokens, "
+                     f"{'fused' if model.scheduler.fused else 'separate'} prefill")
         elif model.scheduler is not None:
             kind += ", one request per thread (the build has no per-row cache lengths: rebuild it to batch)"
         if model.generator is not None and model.generator.drafter is not None:

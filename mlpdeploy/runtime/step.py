@@ -6,6 +6,7 @@ KV cache carried over, per-row positions and masks.
     logits = stepper.step(state, ids, valid)        # ids [batch, s]: s columns appended, logits [batch, s, vocab]
     logits = stepper.step(state, ids, last_only=True)  # ... logits of the last column only [batch, 1, vocab]
     stepper.rewind(state, counts)                   # keep the first counts[r] tokens of each row
+    logits = stepper.step_segments(state, [(row, tokens), ...], keep)  # ragged: rows' own token counts, one run
 
 A prefill is a step on an empty state (it asks for its last column's logits only: builds with a
 `logits_to_keep` input then skip the lm_head on the other columns); a plain decode step feeds one token per row; a speculative
@@ -23,7 +24,13 @@ Row lengths (`new_state(..., row_lengths=True)` or `rows_state`, for builds whos
 length, its tokens in columns 0..length-1 of its own buffer row and nothing else — no padding, no
 holes. A step appends each row's tokens at that row's length; a rewind only sets lengths. A row
 then computes bit for bit what it computes alone, whatever the other rows hold (the in-flight
-scheduler, `runtime.scheduler`, runs every active request this way). Through IO binding the cache never goes through numpy: when the
+scheduler, `runtime.scheduler`, runs every active request this way).
+
+Ragged steps (`step_segments`, builds with a `token_rows` input: CachedAttention's ragged mode)
+feed each named row of a row-lengths state its own number of tokens in one run — the tokens
+flattened to one [1, tokens] batch, each row's appended at its length — and return the logits of
+the last `keep` tokens: a prefill chunk for one row and a decode token for every other row share
+one step. A row computes what it computes in a step of its own tokens alone. Through IO binding the cache never goes through numpy: when the
 build made the cache shareable (`CacheLayout.shared_buffer`, GroupQueryAttention graphs) each
 layer's cache is one buffer of `capacity` columns bound once as both past and present (ONNX
 Runtime writes the new columns in place), and a rewind only moves the length; otherwise each
@@ -38,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from mlpdeploy.contract import LOGITS_TO_KEEP, numpy_dtype
+from mlpdeploy.contract import LOGITS_TO_KEEP, TOKEN_ROWS, numpy_dtype
 from mlpdeploy.errors import MlpdeployError
 from mlpdeploy.runtime.engine import Engine
 
@@ -110,8 +117,16 @@ class Stepper:
         self.step_vocab = self.vocab if fixed else None
         self.extra_outputs = [n for n in engine.output_names if n.startswith(DRAFT_OUTPUT)]
         # the build computes the lm_head on the positions asked for only (backends/onnxruntime/passes/last_logits.py)
-        self.keeps_logits = LOGITS_TO_KEEP in {i.name for i in engine.session.get_overridable_initializers()}
+        overridable = {i.name for i in engine.session.get_overridable_initializers()}
+        self.keeps_logits = LOGITS_TO_KEEP in overridable
+        self.ragged = TOKEN_ROWS in overridable and self.keeps_logits and self.layout.position_ids and self.row_lengths
         self._keep_values: dict = {}
+        self._no_rows = self._ragged_mask = None
+        if self.ragged:
+            import onnxruntime as ort
+
+            self._no_rows = ort.OrtValue.ortvalue_from_numpy(np.zeros(0, np.int32))  # token_rows' default: no ragged step
+            self._ragged_mask = np.ones((1, 1), np.int64)  # the kernel takes lengths from token_rows and position_ids
 
     @property
     def row_lengths(self) -> bool:
@@ -196,6 +211,43 @@ class Stepper:
         state.positions, state.length = ends, int(ends.max(initial=0))
         return self._run(state, ids, positions, last_only)
 
+    def step_segments(self, state: StepState, segments, keep: int) -> np.ndarray:
+        """A ragged step (module docstring): `segments` are (row, tokens) pairs, each row at most once,
+        its tokens appended at its length; the logits of the last `keep` tokens fed [keep, vocab]."""
+        import onnxruntime as ort
+
+        if not self.ragged:
+            raise MlpdeployError(f"{self.engine.path.name} takes no ragged steps: rebuild it with --ort-kernels (CachedAttention)")
+        if not state.row_lengths:
+            raise MlpdeployError("a ragged step runs on a state whose rows keep their own lengths (new_state(..., row_lengths=True))")
+        rows = np.array([row for row, _ in segments], np.int64)
+        counts = np.array([len(tokens) for _, tokens in segments], np.int64)
+        if len(np.unique(rows)) != len(rows) or (counts < 1).any() or (rows < 0).any() or (rows >= state.batch).any():
+            raise MlpdeployError(f"a ragged step takes each row of 0..{state.batch - 1} at most once, with a token or more")
+        ends = state.positions[rows] + counts
+        if ends.max(initial=0) > state.capacity:
+            raise MlpdeployError(f"the generation was prefilled for {state.capacity} positions and has used them all")
+        ids = np.concatenate([np.asarray(tokens, np.int64) for _, tokens in segments])[None]
+        token_rows = np.repeat(rows, counts).astype(np.int32)
+        positions = np.concatenate([np.arange(start, end) for start, end in zip(state.positions[rows], ends)])[None]
+        state.positions[rows] = ends
+        state.length = int(state.positions.max(initial=0))
+        binding = self._binding(state)
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", self._ragged_mask)
+        binding.bind_cpu_input("position_ids", positions)
+        binding.bind_ortvalue_input(TOKEN_ROWS, ort.OrtValue.ortvalue_from_numpy(token_rows))
+        binding.bind_ortvalue_input(LOGITS_TO_KEEP, self._keep(keep))
+        state.logits_preallocated = False
+        for name in self.engine.output_names:
+            if name not in self.shared:
+                binding.bind_output(name, "cpu")
+        self.engine.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
+        if self.extra_outputs:
+            state.outputs = {name: outputs[name].numpy() for name in self.extra_outputs}
+        return outputs["logits"].numpy()[0]
+
     def rewind(self, state: StepState, counts) -> None:
         """Keep each row's first `counts[r]` tokens (counted in its valid columns) and forget the
         rest: the mask hides the columns let go, and the cache's length drops to the last column
@@ -232,28 +284,16 @@ class Stepper:
     def _run(self, state: StepState, ids: np.ndarray, positions: np.ndarray, last_only: bool = False) -> np.ndarray:
         """One session run: ids, the mask so far and positions in; logits out (of the last column
         only, with `last_only`, where the build can), the cache grown."""
-        session, past, shared = self.engine.session, state.past, self.shared
-        binding = state.binding
-        if binding is None:
-            binding = session.io_binding()
-            for name, value in past.items():
-                if isinstance(value, np.ndarray):
-                    binding.bind_cpu_input(name, value)
-                else:
-                    binding.bind_ortvalue_input(name, value)
-            for name in self.engine.output_names:  # in order: get_outputs() lists them as first bound
-                if name in shared:
-                    binding.bind_ortvalue_output(name, past[shared[name]])  # written in place
-                else:
-                    binding.bind_output(name, "cpu")
-            if shared:
-                state.binding = binding  # the cache stays bound: later steps rebind only what changes
+        session, shared = self.engine.session, self.shared
+        binding = self._binding(state)
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", state.mask)
         if self.layout.position_ids:
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(positions, np.int64))
         if self.keeps_logits:  # bound every step: the binding outlives it
             binding.bind_ortvalue_input(LOGITS_TO_KEEP, self._keep(1 if last_only else ids.shape[1]))
+        if self.ragged:
+            binding.bind_ortvalue_input(TOKEN_ROWS, self._no_rows)
         preallocated = self.step_vocab is not None and ids.shape[1] == 1
         if preallocated and not state.logits_preallocated:
             import onnxruntime as ort
@@ -275,6 +315,24 @@ class Stepper:
             state.outputs = {name: outputs[name].numpy() for name in self.extra_outputs}
         return state.step_logits.copy() if preallocated else outputs["logits"].numpy()
 
+    def _binding(self, state: StepState):
+        """The state's IO binding with its cache bound (kept from step to step with a shared cache buffer)."""
+        if state.binding is not None:
+            return state.binding
+        binding = self.engine.session.io_binding()
+        for name, value in state.past.items():
+            if isinstance(value, np.ndarray):
+                binding.bind_cpu_input(name, value)
+            else:
+                binding.bind_ortvalue_input(name, value)
+        for name in self.engine.output_names:  # in order: get_outputs() lists them as first bound
+            if name in self.shared:
+                binding.bind_ortvalue_output(name, state.past[self.shared[name]])  # written in place
+            else:
+                binding.bind_output(name, "cpu")
+        if self.shared:
+            state.binding = binding  # the cache stays bound: later steps rebind only what changes
+        return binding
 
     def _keep(self, count: int):
         """`logits_to_keep` = count as an OrtValue, made once per count (an overridable initializer

@@ -1,8 +1,12 @@
 """`mlpdeploy::CachedAttention(query, past_key, past_value, seqlens_k, total_sequence_length, cos_cache,
-sin_cache, position_ids[, attention_bias[, query_seqlens]]) <num_heads, kv_num_heads, scale>` as an ONNX
-function whose body is the com.microsoft GroupQueryAttention node it stands for (packed QKV, rotary
-inside, rotate-half): stock ONNX Runtime inlines the body; with mlpdeploy's kernel library
-registered, the kernel (ort_kernel.c) runs instead."""
+sin_cache, position_ids[, attention_bias[, query_seqlens[, token_rows]]]) <num_heads, kv_num_heads, scale>`
+as an ONNX function whose body is the com.microsoft GroupQueryAttention node it stands for (packed QKV,
+rotary inside, rotate-half): stock ONNX Runtime inlines the body; with mlpdeploy's kernel library
+registered, the kernel (ort_kernel.c) runs instead.
+
+The body does not read token_rows (GroupQueryAttention has no ragged mode), so it computes the op
+only while token_rows is absent or empty (the normal mode); a non-empty token_rows (the kernel's
+ragged mode) needs the kernel library."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 
 OP = "CachedAttention"
 INPUTS = ("query", "past_key", "past_value", "seqlens_k", "total_sequence_length", "cos_cache", "sin_cache", "position_ids",
-          "attention_bias", "query_seqlens")
+          "attention_bias", "query_seqlens", "token_rows")
 OUTPUTS = ("output", "present_key", "present_value")
 ATTRIBUTES = ("num_heads", "kv_num_heads", "scale")
 # GroupQueryAttention's 17 inputs: where each of the op's inputs goes ("" = absent: key and value come packed in query)

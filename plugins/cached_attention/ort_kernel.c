@@ -5,7 +5,8 @@
  * int32 [B] (L_b - 1, L_b = the row's length after the step); 4 total_sequence_length int32 scalar
  * (T); 5 cos_cache, 6 sin_cache [P, D/2] (rotate-half); 7 position_ids int64 [B, S]; 8 optional
  * attention_bias [B or 1, H or 1, S, T]; 9 optional query_seqlens int32 [B] (Q_b valid rows of the
- * chunk, default min(S, L_b)). Attributes num_heads H, kv_num_heads KV, scale (0 or absent:
+ * chunk, default min(S, L_b)); 10 optional token_rows int32 [T'] (absent or empty: the normal mode
+ * below; else the ragged mode). Attributes num_heads H, kv_num_heads KV, scale (0 or absent:
  * 1/sqrt(D)). Outputs: attention [B, S, H D]; present_key, present_value [B, KV, max(C, T), D].
  *
  * Per row b: P_b = L_b - Q_b tokens were cached; the chunk's rows s < Q_b are rotated at
@@ -17,11 +18,23 @@
  * out, and a query whose columns are all masked gets 0 (a bias of -1e30 is a finite score: such a
  * row attends uniformly). Rows s >= Q_b of the output are 0.
  *
+ * Ragged mode (token_rows of T' >= 1 elements: one call attends tokens of many cache rows, e.g. a
+ * prefill chunk and the other sequences' decode tokens): query [1, T', ·], past [R, KV, C, D] (any
+ * R), position_ids [1, T'] (token t's position, the column it is written to); seqlens_k,
+ * total_sequence_length, query_seqlens and attention_bias are ignored (a ragged row holds no padding; mlpdeploy wires
+ * token_rows only where the bias is the plain causal + padding mask, which keeps every column a row attends). Token t
+ * belongs to row token_rows[t]; a segment is a maximal run of tokens of one row at consecutive
+ * positions p0 .. p0 + n - 1, and each row is in one segment at most (0 <= row < R, p0 >= 0,
+ * p0 + n - 1 < C and < the tables' P rows). A segment computes, bit for bit, what the normal mode
+ * does for its row alone (B = 1, P = p0, Q = n), blocked from its first token. Outputs: attention
+ * [1, T', H D]; present [R, KV, C, D] (in place when it is the past's buffer, else the whole past
+ * copied first; other columns untouched).
+ *
  * Why: ONNX Runtime 1.32's GroupQueryAttention costs ~24 us per SmolLM2 layer for one decode row
  * and ~13x that for 16 rows (its per-head GEMM calls, transposes and temporaries), for ~0.2 MFLOP
- * a row. Here one work item is a (row, kv head[, block of 32 query rows]) on ONNX Runtime's
- * intra-op pool, and the H / KV query heads sharing a kv head are computed together, so each K / V
- * column is loaded once for them.
+ * a row. Here one work item is a (row or segment, kv head[, block of 32 of its query rows from its
+ * first]) on ONNX Runtime's intra-op pool, and the H / KV query heads sharing a kv head are computed
+ * together, so each K / V column is loaded once for them.
  *
  * Arithmetic, written once on 16-lane vectors (`vf`): AVX-512 registers where __AVX512F__, else
  * arrays of 16 floats with the same operations in the same order, so both builds give the same
@@ -186,17 +199,26 @@ typedef struct {
   float scale;
 } CaKernel;
 
+/* One cache row's queries at consecutive columns: normal mode's row b (its Q valid chunk rows), or a ragged segment. */
+typedef struct {
+  int64_t row;   /* the cache row */
+  int64_t token; /* its first query's index in the flattened [B * S] query / position_ids / output (b * S in normal mode) */
+  int64_t P, Q;  /* the columns cached before it (its first query's column), its queries */
+  int64_t batch; /* normal mode: b, the bias row */
+} CaSegment;
+
 typedef struct {
   const float* qkv;                  /* [B][S][(H + 2 KV) D] */
-  const float *past_k, *past_v;      /* [B][KV][C][D] */
-  float *present_k, *present_v;      /* [B][KV][Cp][D] */
+  const float *past_k, *past_v;      /* [R][KV][C][D] (R = B in normal mode) */
+  float *present_k, *present_v;      /* [R][KV][Cp][D] */
   const int32_t* seqlens;            /* [B] */
   const int32_t* qlens;              /* [B] or NULL */
   const float *cos, *sin;            /* [positions][D / 2] */
   const int64_t* positions;          /* [B][S] */
   const float* bias;                 /* [bias_batch][bias_heads][S][T] or NULL */
   float* out;                        /* [B][S][H D] */
-  int64_t B, S, H, KV, D, C, Cp, T, max_positions, bias_batch, bias_heads, blocks;
+  const CaSegment* segments;         /* [segments_n]: the work's rows */
+  int64_t B, S, H, KV, D, C, Cp, T, R, max_positions, bias_batch, bias_heads, blocks, segments_n;
   float scale;
   int shared_k, shared_v, write_in_attend;
 } CaWork;
@@ -216,23 +238,24 @@ static void ca_rotate(const CaWork* w, const float* x, int64_t position, float* 
   }
 }
 
-/* Row b, kv head g: present = past's cached columns (unless shared), then the chunk's rotated K and its V appended. */
-static void ca_write(const CaWork* w, int64_t b, int64_t g) {
-  const int64_t D = w->D, Q = ca_valid_rows(w, b), P = (int64_t)w->seqlens[b] + 1 - Q;
+/* Segment `seg`, kv head g: present = past's P cached columns (unless shared), then its queries' rotated K and their V
+ * at columns P .. P + Q - 1 of its row. */
+static void ca_write(const CaWork* w, const CaSegment* seg, int64_t g) {
+  const int64_t D = w->D, Q = seg->Q, P = seg->P, cache = seg->row * w->KV + g;
   const int64_t hidden = (w->H + 2 * w->KV) * D;
-  float* k = w->present_k + (b * w->KV + g) * w->Cp * D;
-  float* v = w->present_v + (b * w->KV + g) * w->Cp * D;
+  float* k = w->present_k + cache * w->Cp * D;
+  float* v = w->present_v + cache * w->Cp * D;
   if (!w->shared_k) {
     memset(k, 0, (size_t)(w->Cp * D) * sizeof(float));
-    if (P) memcpy(k, w->past_k + (b * w->KV + g) * w->C * D, (size_t)(P * D) * sizeof(float));
+    if (P) memcpy(k, w->past_k + cache * w->C * D, (size_t)(P * D) * sizeof(float));
   }
   if (!w->shared_v) {
     memset(v, 0, (size_t)(w->Cp * D) * sizeof(float));
-    if (P) memcpy(v, w->past_v + (b * w->KV + g) * w->C * D, (size_t)(P * D) * sizeof(float));
+    if (P) memcpy(v, w->past_v + cache * w->C * D, (size_t)(P * D) * sizeof(float));
   }
   for (int64_t s = 0; s < Q; s++) {
-    const float* row = w->qkv + (b * w->S + s) * hidden;
-    ca_rotate(w, row + (w->H + g) * D, w->positions[b * w->S + s], k + (P + s) * D);
+    const float* row = w->qkv + (seg->token + s) * hidden;
+    ca_rotate(w, row + (w->H + g) * D, w->positions[seg->token + s], k + (P + s) * D);
     memcpy(v + (P + s) * D, row + (w->H + w->KV + g) * D, (size_t)D * sizeof(float));
   }
 }
@@ -311,13 +334,12 @@ static void ca_weighted(const float* e, int64_t stride, int nq, int nd, const fl
   ca_weighted_tile(e, stride, nq, nd, v, D, c0, c1, acc);
 }
 
-/* Row b, kv head g, query rows [s0, s1) (all < Q_b): the attention of its H / KV query heads. */
-static void ca_attend(const CaWork* w, int64_t b, int64_t g, int64_t s0, int64_t s1, float* scratch) {
-  const int64_t D = w->D, group = w->H / w->KV, nd = D / CA_LANES;
-  const int64_t Q = ca_valid_rows(w, b), P = (int64_t)w->seqlens[b] + 1 - Q;
+/* Segment `seg`, kv head g, its queries [s0, s1) (all < Q): the attention of the H / KV query heads. */
+static void ca_attend(const CaWork* w, const CaSegment* seg, int64_t g, int64_t s0, int64_t s1, float* scratch) {
+  const int64_t D = w->D, group = w->H / w->KV, nd = D / CA_LANES, P = seg->P;
   const int64_t hidden = (w->H + 2 * w->KV) * D, stride = (P + s1 + CA_LANES - 1) / CA_LANES * CA_LANES;
-  const float* k = w->present_k + (b * w->KV + g) * w->Cp * D;
-  const float* v = w->present_v + (b * w->KV + g) * w->Cp * D;
+  const float* k = w->present_k + (seg->row * w->KV + g) * w->Cp * D;
+  const float* v = w->present_v + (seg->row * w->KV + g) * w->Cp * D;
   float* q = scratch;                /* [CA_MQ][D] rotated queries */
   float* e = scratch + CA_MQ * D;    /* [CA_MQ][stride] scores, then exp(score - max) */
   const int64_t total = (s1 - s0) * group;
@@ -330,8 +352,8 @@ static void ca_attend(const CaWork* w, int64_t b, int64_t g, int64_t s0, int64_t
       row[i] = s, head[i] = h, end[i] = P + s + 1;
       end_min = end[i] < end_min ? end[i] : end_min;
       end_max = end[i] > end_max ? end[i] : end_max;
-      ca_rotate(w, w->qkv + (b * w->S + s) * hidden + h * D, w->positions[b * w->S + s], q + i * D);
-      bias[i] = w->bias ? w->bias + (((w->bias_batch > 1 ? b : 0) * w->bias_heads + (w->bias_heads > 1 ? h : 0)) * w->S + s) * w->T
+      ca_rotate(w, w->qkv + (seg->token + s) * hidden + h * D, w->positions[seg->token + s], q + i * D);
+      bias[i] = w->bias ? w->bias + (((w->bias_batch > 1 ? seg->batch : 0) * w->bias_heads + (w->bias_heads > 1 ? h : 0)) * w->S + s) * w->T
                         : NULL;
     }
     /* scores: scale * q.k + bias, for the columns any of the queries attends */
@@ -381,42 +403,41 @@ static void ca_attend(const CaWork* w, int64_t b, int64_t g, int64_t s0, int64_t
         ca_weighted(e + i * stride, stride, 1, (int)nd, v, D, end_min, end[i], one);
         for (int64_t j = 0; j < nd; j++) acc[i][j] = one[0][j];
       }
-      float* out = w->out + (b * w->S + row[i]) * w->H * D + head[i] * D;
+      float* out = w->out + (seg->token + row[i]) * w->H * D + head[i] * D;
       for (int64_t j = 0; j < nd; j++) vf_store(out + j * CA_LANES, vf_mul(acc[i][j], vf_set1(inverse[i])));
     }
   }
 }
 
-static float* ca_scratch(const CaWork* w, int64_t b) {
-  const int64_t length = (int64_t)w->seqlens[b] + 1 + CA_LANES;
+static float* ca_scratch(const CaWork* w, const CaSegment* seg) {
+  const int64_t length = seg->P + seg->Q + CA_LANES;
   return (float*)malloc((size_t)(CA_MQ * (w->D + length)) * sizeof(float));
 }
 
-/* Work item i: (row, kv head) writing its cache and, when the chunk is one block, attending. */
+/* Work item i: (segment, kv head) writing its cache and, when every segment is one block, attending. */
 static void ca_write_items(void* arg, int64_t i0, int64_t i1) {
   const CaWork* w = (const CaWork*)arg;
   for (int64_t i = i0; i < i1; i++) {
-    const int64_t b = i / w->KV, g = i % w->KV;
-    ca_write(w, b, g);
-    if (!w->write_in_attend) continue;
-    const int64_t Q = ca_valid_rows(w, b);
-    if (Q == 0) continue;
-    float* scratch = ca_scratch(w, b);
-    if (scratch) ca_attend(w, b, g, 0, Q, scratch);
+    const CaSegment* seg = &w->segments[i / w->KV];
+    const int64_t g = i % w->KV;
+    ca_write(w, seg, g);
+    if (!w->write_in_attend || seg->Q == 0) continue;
+    float* scratch = ca_scratch(w, seg);
+    if (scratch) ca_attend(w, seg, g, 0, seg->Q, scratch);
     free(scratch);
   }
 }
 
-/* Work item i: (row, kv head, block of CA_POSITIONS query rows) attending (the cache is already written). */
+/* Work item i: (segment, kv head, block of CA_POSITIONS of its queries from its first) attending (the cache is written). */
 static void ca_attend_items(void* arg, int64_t i0, int64_t i1) {
   const CaWork* w = (const CaWork*)arg;
   for (int64_t i = i0; i < i1; i++) {
-    const int64_t block = i % w->blocks, g = i / w->blocks % w->KV, b = i / w->blocks / w->KV;
-    const int64_t Q = ca_valid_rows(w, b), s0 = block * CA_POSITIONS;
-    const int64_t s1 = s0 + CA_POSITIONS < Q ? s0 + CA_POSITIONS : Q;
+    const int64_t block = i % w->blocks, g = i / w->blocks % w->KV;
+    const CaSegment* seg = &w->segments[i / w->blocks / w->KV];
+    const int64_t s0 = block * CA_POSITIONS, s1 = s0 + CA_POSITIONS < seg->Q ? s0 + CA_POSITIONS : seg->Q;
     if (s0 >= s1) continue;
-    float* scratch = ca_scratch(w, b);
-    if (scratch) ca_attend(w, b, g, s0, s1, scratch);
+    float* scratch = ca_scratch(w, seg);
+    if (scratch) ca_attend(w, seg, g, s0, s1, scratch);
     free(scratch);
   }
 }
@@ -476,23 +497,76 @@ static int ca_check(const CaWork* w, const MdTensor* in, const int* present) {
   return 1;
 }
 
+/* Normal mode's segments: row b's Q_b valid chunk rows, at columns P_b .. L_b - 1 of row b (NULL: out of memory). */
+static CaSegment* ca_rows(CaWork* w) {
+  CaSegment* segments = (CaSegment*)malloc((size_t)(w->B > 0 ? w->B : 1) * sizeof(CaSegment));
+  if (segments == NULL) return NULL;
+  for (int64_t b = 0; b < w->B; b++) {
+    const int64_t Q = ca_valid_rows(w, b);
+    segments[b] = (CaSegment){.row = b, .token = b * w->S, .P = (int64_t)w->seqlens[b] + 1 - Q, .Q = Q, .batch = b};
+  }
+  w->segments_n = w->B;
+  return segments;
+}
+
+/* Ragged mode (token_rows given, T = S tokens): whether the inputs are ones the kernel takes; if so *segments (w->segments_n
+ * of them, malloc'd): the maximal runs of tokens of one row at consecutive positions, each row in one run at most. */
+static int ca_check_ragged(CaWork* w, const MdTensor* in, const int* present, CaSegment** segments) {
+  const int64_t T = w->S, D = w->D, R = w->R;
+  if (w->H <= 0 || w->KV <= 0 || w->H % w->KV || D <= 0 || D % CA_LANES || D / CA_LANES > CA_MAX_ND || R < 1) return 0;
+  if (in[0].type != MD_TENSOR_FLOAT || in[0].rank != 3 || in[0].dims[0] != 1 || in[0].dims[2] != (w->H + 2 * w->KV) * D) return 0;
+  for (int t = 1; t <= 2; t++)
+    if (in[t].type != MD_TENSOR_FLOAT || in[t].rank != 4 || in[t].dims[0] != R || in[t].dims[1] != w->KV || in[t].dims[2] != w->C ||
+        in[t].dims[3] != D)
+      return 0;
+  if (in[3].type != CA_TENSOR_INT32 || in[4].type != CA_TENSOR_INT32 || (present[9] && in[9].type != CA_TENSOR_INT32)) return 0;
+  for (int t = 5; t <= 6; t++)
+    if (in[t].type != MD_TENSOR_FLOAT || in[t].rank != 2 || in[t].dims[0] != w->max_positions || in[t].dims[1] != D / 2) return 0;
+  if (in[7].type != CA_TENSOR_INT64 || in[7].rank != 2 || in[7].dims[0] != 1 || in[7].dims[1] != T) return 0;
+  if (in[10].type != CA_TENSOR_INT32 || in[10].rank != 1 || in[10].dims[0] != T) return 0;
+  const int32_t* rows = (const int32_t*)in[10].data;
+  const int64_t* positions = w->positions;
+  CaSegment* runs = (CaSegment*)malloc((size_t)T * sizeof(CaSegment));
+  unsigned char* seen = (unsigned char*)calloc((size_t)R, 1);
+  int ok = runs != NULL && seen != NULL;
+  int64_t n = 0;
+  for (int64_t t = 0; ok && t < T;) {
+    const int64_t r = rows[t], first = positions[t];
+    int64_t end = t + 1;
+    while (end < T && rows[end] == r && positions[end - 1] < INT64_MAX && positions[end] == positions[end - 1] + 1) end++;
+    const int64_t last = positions[end - 1];
+    if (r < 0 || r >= R || seen[r] || first < 0 || last >= w->C || last >= w->max_positions) ok = 0;
+    else seen[r] = 1, runs[n++] = (CaSegment){.row = r, .token = t, .P = first, .Q = end - t, .batch = 0};
+    t = end;
+  }
+  free(seen);
+  if (!ok) {
+    free(runs);
+    return 0;
+  }
+  *segments = runs, w->segments_n = n;
+  return 1;
+}
+
 static void ca_compute(void* k, OrtKernelContext* context) {
   const CaKernel* kernel = (const CaKernel*)k;
-  MdTensor in[10];
-  int present[10];
+  MdTensor in[11];
+  int present[11];
   memset(in, 0, sizeof in);
-  for (size_t i = 0; i < 10; i++) present[i] = md_input(context, i, &in[i]) == 0;
+  for (size_t i = 0; i < 11; i++) present[i] = md_input(context, i, &in[i]) == 0;
   for (size_t i = 0; i < 8; i++)
     if (!present[i]) return;
+  const int ragged = present[10] && ca_count(&in[10]) > 0; /* an empty token_rows: normal mode */
   CaWork w;
   memset(&w, 0, sizeof w);
   w.H = kernel->heads, w.KV = kernel->kv_heads;
   w.B = in[0].rank == 3 ? in[0].dims[0] : 0, w.S = in[0].rank == 3 ? in[0].dims[1] : 0;
   w.D = in[1].rank == 4 ? in[1].dims[3] : 0, w.C = in[1].rank == 4 ? in[1].dims[2] : 0;
-  w.T = in[4].type == CA_TENSOR_INT32 && ca_count(&in[4]) == 1 ? *(const int32_t*)in[4].data : 0;
+  w.R = ragged ? (in[1].rank == 4 ? in[1].dims[0] : 0) : w.B;
+  w.T = !ragged && in[4].type == CA_TENSOR_INT32 && ca_count(&in[4]) == 1 ? *(const int32_t*)in[4].data : 0;
   w.Cp = w.C > w.T ? w.C : w.T;
   w.max_positions = in[5].rank == 2 ? in[5].dims[0] : 0;
-  const int64_t out_dims[3] = {w.B, w.S, w.H * w.D}, cache_dims[4] = {w.B, w.KV, w.Cp, w.D};
+  const int64_t out_dims[3] = {w.B, w.S, w.H * w.D}, cache_dims[4] = {w.R, w.KV, w.Cp, w.D};
   float* out = (float*)md_output(context, 0, out_dims, 3);
   float* present_k = (float*)md_output(context, 1, cache_dims, 4);
   float* present_v = (float*)md_output(context, 2, cache_dims, 4);
@@ -500,40 +574,49 @@ static void ca_compute(void* k, OrtKernelContext* context) {
   w.qkv = (const float*)in[0].data, w.past_k = (const float*)in[1].data, w.past_v = (const float*)in[2].data;
   w.seqlens = (const int32_t*)in[3].data, w.cos = (const float*)in[5].data, w.sin = (const float*)in[6].data;
   w.positions = (const int64_t*)in[7].data;
-  w.bias = present[8] ? (const float*)in[8].data : NULL;
+  w.bias = present[8] && !ragged ? (const float*)in[8].data : NULL;
   w.bias_batch = present[8] && in[8].rank == 4 ? in[8].dims[0] : 1, w.bias_heads = present[8] && in[8].rank == 4 ? in[8].dims[1] : 1;
   w.qlens = present[9] ? (const int32_t*)in[9].data : NULL;
   w.out = out, w.present_k = present_k, w.present_v = present_v;
   w.scale = kernel->scale != 0.0f ? kernel->scale : 1.0f / sqrtf((float)w.D);
   w.shared_k = present_k == w.past_k, w.shared_v = present_v == w.past_v;
-  if (!ca_check(&w, in, present)) {
+  CaSegment* segments = NULL;
+  if (ragged ? !ca_check_ragged(&w, in, present, &segments) : !ca_check(&w, in, present) || (segments = ca_rows(&w)) == NULL) {
     ca_fill_nan(out, w.B * w.S * w.H * w.D);
     return;
   }
+  w.segments = segments;
+  if (ragged) { /* present is the past (every row, every column), then the segments are written in place */
+    const size_t bytes = (size_t)(w.R * w.KV * w.C * w.D) * sizeof(float);
+    if (!w.shared_k) memcpy(present_k, w.past_k, bytes), w.shared_k = 1;
+    if (!w.shared_v) memcpy(present_v, w.past_v, bytes), w.shared_v = 1;
+  }
   int64_t work = 0, longest = 0;
-  for (int64_t b = 0; b < w.B; b++) {
-    const int64_t Q = ca_valid_rows(&w, b);
-    if (Q < w.S) memset(out + (b * w.S + Q) * w.H * w.D, 0, (size_t)((w.S - Q) * w.H * w.D) * sizeof(float));
-    work += 2 * Q * ((int64_t)w.seqlens[b] + 1) * w.H * w.D;
-    longest = Q > longest ? Q : longest;
+  for (int64_t i = 0; i < w.segments_n; i++) {
+    const CaSegment* seg = &segments[i];
+    if (!ragged && seg->Q < w.S) memset(out + (seg->token + seg->Q) * w.H * w.D, 0, (size_t)((w.S - seg->Q) * w.H * w.D) * sizeof(float));
+    work += 2 * seg->Q * (seg->P + seg->Q) * w.H * w.D;
+    longest = seg->Q > longest ? seg->Q : longest;
   }
   w.blocks = (longest + CA_POSITIONS - 1) / CA_POSITIONS;
   w.write_in_attend = w.blocks <= 1;
   const int serial = work < CA_SERIAL_WORK;
-  if (serial) ca_write_items(&w, 0, w.B * w.KV);
-  else md_kernel_parallel_for(context, w.B * w.KV, ca_write_items, &w);
-  if (w.write_in_attend) return;
-  if (serial) ca_attend_items(&w, 0, w.B * w.KV * w.blocks);
-  else md_kernel_parallel_for(context, w.B * w.KV * w.blocks, ca_attend_items, &w);
+  if (serial) ca_write_items(&w, 0, w.segments_n * w.KV);
+  else md_kernel_parallel_for(context, w.segments_n * w.KV, ca_write_items, &w);
+  if (!w.write_in_attend) {
+    if (serial) ca_attend_items(&w, 0, w.segments_n * w.KV * w.blocks);
+    else md_kernel_parallel_for(context, w.segments_n * w.KV * w.blocks, ca_attend_items, &w);
+  }
+  free(segments);
 }
 
 static const char* ca_name(const MdCustomOp* op) { (void)op; return "CachedAttention"; }
 static const char* ca_provider(const MdCustomOp* op) { (void)op; return NULL; /* CPU */ }
 static int ca_input_type(const MdCustomOp* op, size_t i) {
   (void)op;
-  return i == 3 || i == 4 || i == 9 ? CA_TENSOR_INT32 : i == 7 ? CA_TENSOR_INT64 : MD_TENSOR_FLOAT;
+  return i == 3 || i == 4 || i == 9 || i == 10 ? CA_TENSOR_INT32 : i == 7 ? CA_TENSOR_INT64 : MD_TENSOR_FLOAT;
 }
-static size_t ca_inputs(const MdCustomOp* op) { (void)op; return 10; }
+static size_t ca_inputs(const MdCustomOp* op) { (void)op; return 11; }
 static int ca_output_type(const MdCustomOp* op, size_t i) { (void)op; (void)i; return MD_TENSOR_FLOAT; }
 static size_t ca_outputs(const MdCustomOp* op) { (void)op; return 3; }
 static int ca_input_kind(const MdCustomOp* op, size_t i) { (void)op; return i >= 8 ? CA_OPTIONAL : MD_INPUT_OUTPUT_REQUIRED; }

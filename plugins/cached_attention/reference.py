@@ -17,6 +17,8 @@ rot is rotate-half: y[i] = x[i]·cos[p, i] − x[i + D/2]·sin[p, i], y[i + D/2]
 x[i]·sin[p, i]. Rows s ≥ Q of the output are 0. The reference computes in float64; the kernel in
 float32 (rotation as float32 products, then FMA dot products, a polynomial exp, FMA accumulation),
 so they agree to ~1e-6 of the values' magnitude.
+
+`ragged_cached_attention` is the ragged mode (input token_rows): `cached_attention` of each segment's row alone.
 """
 
 from __future__ import annotations
@@ -72,3 +74,49 @@ def cached_attention(query: torch.Tensor, past_key: torch.Tensor, past_value: to
         weights = torch.softmax(scores, dim=-1).nan_to_num(0.0)                                          # nothing kept: 0
         out[b, :valid] = torch.einsum("hsc,hcd->shd", weights, values)
     return out.reshape(B, S, H * D).to(torch.float32), present_k.to(torch.float32), present_v.to(torch.float32)
+
+
+def ragged_segments(token_rows: torch.Tensor, position_ids: torch.Tensor) -> list[tuple[int, int, int]]:
+    """The segments of a ragged call as (cache row, first token, token count): the maximal runs of tokens t of one row
+    (token_rows[t]) at consecutive positions (position_ids[0, t] increasing by 1), in token order."""
+    rows, positions = [int(r) for r in token_rows.reshape(-1)], [int(p) for p in position_ids.reshape(-1)]
+    segments: list[tuple[int, int, int]] = []
+    for t, (row, position) in enumerate(zip(rows, positions)):
+        if t and row == rows[t - 1] and position == positions[t - 1] + 1:
+            segments[-1] = (row, segments[-1][1], segments[-1][2] + 1)
+        else:
+            segments.append((row, t, 1))
+    return segments
+
+
+def ragged_cached_attention(query: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor, cos_cache: torch.Tensor,
+                            sin_cache: torch.Tensor, position_ids: torch.Tensor, token_rows: torch.Tensor, *, num_heads: int,
+                            kv_num_heads: int, scale: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The ragged mode (token_rows given): (output [1, T, H·D], present_key, present_value [R, KV, C, D]), float32.
+
+    query [1, T, (H + 2·KV)·D] holds T tokens of rows token_rows[t] of the past [R, KV, C, D], at positions
+    position_ids [1, T]. Each segment (`ragged_segments`: row r, first position p0, n tokens; each row in one
+    segment at most) is `cached_attention` of its row alone: query = its n tokens, past = row r, position_ids
+    p0 .. p0 + n − 1, seqlens_k = [p0 + n − 1], query_seqlens = [n]. Its keys and values land at columns
+    p0 .. p0 + n − 1 of row r; every other column of present keeps the past's values."""
+    _, T, _ = query.shape
+    R, C = past_key.shape[0], past_key.shape[2]
+    D = past_key.shape[3]
+    out = torch.zeros(1, T, num_heads * D, dtype=torch.float32)
+    present_k, present_v = past_key.to(torch.float32).clone(), past_value.to(torch.float32).clone()
+    seen: set[int] = set()
+    for row, first, count in ragged_segments(token_rows, position_ids):
+        start = int(position_ids[0, first])
+        if not 0 <= row < R or row in seen or start < 0 or start + count > C or start + count > cos_cache.shape[0]:
+            raise ValueError(f"segment of row {row} at positions {start}..{start + count - 1}: not one the kernel takes "
+                             f"(rows 0..{R - 1}, each once; positions 0..{min(C, cos_cache.shape[0]) - 1})")
+        seen.add(row)
+        length = start + count
+        o, k, v = cached_attention(query[:, first : first + count], past_key[row : row + 1], past_value[row : row + 1],
+                                   torch.tensor([length - 1], dtype=torch.int32), length, cos_cache, sin_cache,
+                                   position_ids[:, first : first + count], None, torch.tensor([count], dtype=torch.int32),
+                                   num_heads=num_heads, kv_num_heads=kv_num_heads, scale=scale)
+        out[:, first : first + count] = o
+        present_k[row, :, start:length] = k[0, :, start:length]
+        present_v[row, :, start:length] = v[0, :, start:length]
+    return out, present_k, present_v

@@ -2,8 +2,9 @@
 (plugins/cached_attention): inside ONNX Runtime against the torch reference and ONNX Runtime's own
 GroupQueryAttention node on every case the runtime feeds it (prefill, left-padded prefill, per-row
 decode in a shared buffer through IO binding, chunks continuing a cache), row by row the same
-whatever else is in the batch, its exp, the portable build, the `--ort-kernels` rewrite and a zoo
-decoder built with it."""
+whatever else is in the batch, the ragged mode (token_rows: each cache row its own token count in
+one call, every segment bit for bit its solo normal-mode run), its exp, the portable build, the
+`--ort-kernels` rewrite and a zoo decoder built with it."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from mlpdeploy.backends.onnxruntime.attention_kernels import attention_rewrite
 from mlpdeploy.backends.onnxruntime.kernels import use_kernel_ops
 from mlpdeploy.contract import DOMAIN, MS_DOMAIN
 from mlpdeploy.plugins.cached_attention.onnx_function import OP, cached_attention_function
-from mlpdeploy.plugins.cached_attention.reference import cached_attention
+from mlpdeploy.plugins.cached_attention.reference import cached_attention, ragged_cached_attention
 from mlpdeploy.plugins.ort import library
 
 from .ort_kernel_helpers import rewritten, session
@@ -32,6 +33,7 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc
 
 MAX_POSITIONS = 128
 MASKED = np.finfo(np.float32).min  # the masked value of the exported decoders' attention bias
+TOKEN_ROWS = "token_rows"  # CachedAttention's input 10 (the ragged mode)
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +165,9 @@ def bound_run(sess: ort.InferenceSession, feed: dict, cache: tuple[np.ndarray, n
     key, value = (ort.OrtValue.ortvalue_from_numpy(a) for a in cache)
     binding = sess.io_binding()
     for name, array in feed.items():
-        if name not in ("past_key", "past_value"):
+        if name == TOKEN_ROWS:  # an input with an initializer: bind_cpu_input does not find it, an OrtValue binds
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array))
+        elif name not in ("past_key", "past_value"):
             binding.bind_cpu_input(name, array)
     binding.bind_ortvalue_input("past_key", key)
     binding.bind_ortvalue_input("past_value", value)
@@ -325,6 +329,11 @@ def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
         feed = feeds(np.random.default_rng(5), heads, kv_heads, head_size, lengths, seq, capacity, total, pads, magnitude=3.0)
         for a, b in zip(session(proto, portable).run(None, feed), session(proto, lib).run(None, feed)):
             np.testing.assert_array_equal(a, b)
+    heads, kv_heads, head_size, rows, capacity, segments = RAGGED["chunk-70-and-decodes"]
+    proto = with_token_rows(rewritten(gqa_model(heads, kv_heads, head_size, bias=False), tmp_path / "ragged", attention_rewrite))
+    feed = ragged_feed(np.random.default_rng(5), heads, kv_heads, head_size, rows, capacity, segments, magnitude=3.0)
+    for a, b in zip(session(proto, portable).run(None, feed), session(proto, lib).run(None, feed)):
+        np.testing.assert_array_equal(a, b)
     x = np.linspace(-90, 88, 100_001, dtype=np.float32)
     ys = []
     for path in (portable, lib):
@@ -333,6 +342,209 @@ def test_portable_build_gives_the_same_bits(lib, tmp_path, monkeypatch):
         ys.append(np.empty_like(x))
         exp(x.ctypes.data, ys[-1].ctypes.data, x.size)
     np.testing.assert_array_equal(ys[0], ys[1])
+
+
+# ---- the ragged mode: token_rows (input 10) -----------------------------------------------------------------
+
+def with_token_rows(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """A rewritten one-node model whose CachedAttention node also takes the graph input token_rows (int32 [tokens], an empty
+    initializer by default) as its input 10."""
+    node = proto.graph.node[0]
+    if len(node.input) <= 10 or node.input[10] != TOKEN_ROWS:
+        node.input.extend([""] * (10 - len(node.input)) + [TOKEN_ROWS])
+    if not any(i.name == TOKEN_ROWS for i in proto.graph.input):
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(0, np.int32), TOKEN_ROWS))
+        proto.graph.input.append(helper.make_tensor_value_info(TOKEN_ROWS, TensorProto.INT32, ["tokens"]))
+    return proto
+
+
+def without_token_rows(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """The same model with no input 10 (nor the graph input)."""
+    node = proto.graph.node[0]
+    del node.input[10:]
+    for field in (proto.graph.input, proto.graph.initializer):
+        kept = [x for x in field if x.name != TOKEN_ROWS]
+        del field[:]
+        field.extend(kept)
+    return proto
+
+
+def ragged_feed(rng, heads, kv_heads, head_size, rows, capacity, segments, magnitude=1.0) -> dict:
+    """Inputs of a ragged call: `segments` [(cache row, first position, tokens)] in token order, past [rows, KV, capacity, D];
+    seqlens_k, total and query_seqlens as the graph computes them from a dummy [1, 1] mask (ignored)."""
+    tokens = sum(n for _, _, n in segments)
+    return {
+        "qkv": (rng.standard_normal((1, tokens, (heads + 2 * kv_heads) * head_size)) * magnitude).astype(np.float32),
+        "past_key": rng.standard_normal((rows, kv_heads, capacity, head_size)).astype(np.float32),
+        "past_value": rng.standard_normal((rows, kv_heads, capacity, head_size)).astype(np.float32),
+        "seqlens_k": np.zeros(1, np.int32), "total": np.array(1, np.int32), "query_seqlens": np.ones(1, np.int32),
+        "position_ids": np.concatenate([np.arange(p, p + n) for _, p, n in segments])[None].astype(np.int64),
+        TOKEN_ROWS: np.concatenate([np.full(n, r) for r, _, n in segments]).astype(np.int32),
+    }
+
+
+def firsts(segments) -> list[int]:
+    return np.cumsum([0] + [n for _, _, n in segments])[:-1].tolist()
+
+
+def solo_runs(sess: ort.InferenceSession, feed: dict, segments) -> list:
+    """Each segment alone in the normal mode (a one-row call on its row's past): [(output, present_key, present_value)]."""
+    runs = []
+    for (row, start, n), first in zip(segments, firsts(segments)):
+        solo = {"qkv": feed["qkv"][:, first : first + n], "past_key": feed["past_key"][row : row + 1],
+                "past_value": feed["past_value"][row : row + 1], "seqlens_k": np.array([start + n - 1], np.int32),
+                "total": np.array(start + n, np.int32), "position_ids": feed["position_ids"][:, first : first + n],
+                "query_seqlens": np.array([n], np.int32), TOKEN_ROWS: np.zeros(0, np.int32)}
+        runs.append(sess.run(None, solo))
+    return runs
+
+
+def assert_ragged_is_solo(feed: dict, segments, ragged, solo) -> None:
+    """Every token's output and every written cache column bit for bit its segment's solo run; all else the past's bits."""
+    out, key, value = ragged
+    written = np.zeros(feed["past_key"].shape[::2], bool)  # [rows, capacity]
+    for (row, start, n), first, (o, k, v) in zip(segments, firsts(segments), solo):
+        np.testing.assert_array_equal(out[:, first : first + n], o)
+        np.testing.assert_array_equal(key[row, :, start : start + n], k[0, :, start : start + n])
+        np.testing.assert_array_equal(value[row, :, start : start + n], v[0, :, start : start + n])
+        written[row, start : start + n] = True
+    for got, past in ((key, feed["past_key"]), (value, feed["past_value"])):
+        assert got.shape == past.shape
+        np.testing.assert_array_equal(got.transpose(0, 2, 1, 3)[~written], past.transpose(0, 2, 1, 3)[~written])
+
+
+@pytest.fixture(scope="module")
+def ragged_sessions(lib, tmp_path_factory):
+    """(heads, kv heads, head size, threads[, bias]) -> (model with token_rows, its kernel session), built once."""
+    built = {}
+
+    def get(heads, kv_heads, head_size, threads=2, bias=False):
+        key = (heads, kv_heads, head_size, threads, bias)
+        if key not in built:
+            proto = rewritten(gqa_model(heads, kv_heads, head_size, bias=bias), tmp_path_factory.mktemp("ragged"), attention_rewrite)
+            proto = with_token_rows(proto)
+            built[key] = proto, session(proto, lib, threads)
+        return built[key]
+
+    return get
+
+
+# (heads, kv heads, head size, cache rows, capacity, segments [(row, first position, tokens)] in token order)
+RAGGED = {
+    "decode-only-scrambled": (9, 3, 64, 6, 40, [(4, 17, 1), (0, 3, 1), (5, 39, 1), (2, 0, 1)]),  # rows 1 and 3 unreferenced
+    "chunk-5-and-decodes": (9, 3, 64, 5, 48, [(2, 10, 5), (0, 20, 1), (4, 7, 1), (1, 30, 1)]),
+    "chunk-33-and-decodes": (4, 2, 32, 4, 64, [(1, 0, 33), (3, 12, 1), (0, 40, 1)]),
+    "chunk-70-and-decodes": (6, 2, 48, 3, 96, [(0, 5, 70), (2, 50, 1), (1, 0, 1)]),
+    "one-row-one-segment": (5, 1, 32, 1, 24, [(0, 6, 9)]),
+    "prime-group": (7, 7, 16, 3, 20, [(2, 4, 3), (0, 11, 1)]),
+}
+
+
+@pytest.mark.parametrize("case", RAGGED)
+def test_ragged_matches_the_reference_and_solo_runs(ragged_sessions, case):
+    heads, kv_heads, head_size, rows, capacity, segments = RAGGED[case]
+    proto, sess = ragged_sessions(heads, kv_heads, head_size)
+    feed = ragged_feed(np.random.default_rng(len(case)), heads, kv_heads, head_size, rows, capacity, segments)
+    out, key, value = sess.run(None, feed)
+    cos, sin = tables(proto)
+    t = {k: torch.from_numpy(v) for k, v in feed.items()}
+    expected = ragged_cached_attention(t["qkv"], t["past_key"], t["past_value"], cos, sin, t["position_ids"], t[TOKEN_ROWS],
+                                       num_heads=heads, kv_num_heads=kv_heads, scale=0.125)
+    assert [out.shape, key.shape, value.shape] == [tuple(x.shape) for x in expected]
+    assert out.shape == (1, feed["qkv"].shape[1], heads * head_size) and key.shape == (rows, kv_heads, capacity, head_size)
+    assert_close(out, expected[0].numpy())
+    assert_close(key, expected[1].numpy(), 1e-6)
+    assert_close(value, expected[2].numpy(), 1e-6)
+    assert_ragged_is_solo(feed, segments, (out, key, value), solo_runs(sess, feed, segments))
+
+
+def test_ragged_in_place_through_io_binding(ragged_sessions):
+    """The scheduler's steps: a prompt's chunks (33, then 5 tokens) with every other row's decode token, the cache bound as
+    past and present: outputs and written columns bit for bit each segment's solo run, the rest of the buffer untouched."""
+    heads, kv_heads, head_size, rows, capacity = 9, 3, 64, 5, 48
+    _, sess = ragged_sessions(heads, kv_heads, head_size)
+    rng = np.random.default_rng(17)
+    cache = tuple(rng.standard_normal((rows, kv_heads, capacity, head_size)).astype(np.float32) for _ in range(2))
+    for segments in ([(3, 0, 33), (0, 12, 1), (4, 30, 1), (1, 7, 1)], [(3, 33, 5), (0, 13, 1), (4, 31, 1), (1, 8, 1)]):
+        feed = ragged_feed(rng, heads, kv_heads, head_size, rows, capacity, segments)
+        feed["past_key"], feed["past_value"] = cache[0].copy(), cache[1].copy()
+        solo = solo_runs(sess, feed, segments)
+        plain = sess.run(None, feed)
+        out = bound_run(sess, {k: v for k, v in feed.items() if k not in ("past_key", "past_value")}, cache)
+        assert_ragged_is_solo(feed, segments, (out, *cache), solo)
+        assert_ragged_is_solo(feed, segments, plain, solo)  # present a new buffer: the past copied, then written
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.integers(1, 5), shape=st.sampled_from([(9, 3, 64), (5, 1, 32), (4, 2, 16)]), threads=st.sampled_from([1, 2]),
+       magnitude=st.sampled_from([1.0, 8.0]), data=st.data())
+def test_ragged_segments_are_their_solo_runs(ragged_sessions, rows, shape, threads, magnitude, data):
+    """Any rows (a random subset, in random order), segment lengths 1..40 and starts, 1 or 2 threads: every segment bit for
+    bit its solo normal-mode run, unreferenced rows and columns untouched."""
+    capacity = 48
+    order = data.draw(st.permutations(range(rows)))
+    referenced = order[: data.draw(st.integers(1, rows))]
+    segments = []
+    for row in referenced:
+        n = data.draw(st.integers(1, 40))
+        segments.append((row, data.draw(st.integers(0, capacity - n)), n))
+    _, sess = ragged_sessions(*shape, threads)
+    feed = ragged_feed(np.random.default_rng(rows * 100 + len(segments)), *shape, rows, capacity, segments, magnitude)
+    assert_ragged_is_solo(feed, segments, sess.run(None, feed), solo_runs(sess, feed, segments))
+
+
+@pytest.mark.parametrize("refusal", ["row-in-two-segments", "row-past-R", "negative-row", "position-past-capacity", "negative-position"])
+def test_ragged_inputs_the_kernel_does_not_take_give_nan(ragged_sessions, refusal):
+    heads, kv_heads, head_size, rows, capacity = 4, 2, 32, 3, 16
+    segments = {"row-in-two-segments": [(0, 2, 3), (1, 0, 1), (0, 5, 1)], "row-past-R": [(0, 2, 3), (3, 0, 1)],
+                "negative-row": [(-1, 2, 3), (1, 0, 1)], "position-past-capacity": [(0, 14, 3), (1, 0, 1)],
+                "negative-position": [(0, -1, 3)]}[refusal]
+    feed = ragged_feed(np.random.default_rng(2), heads, kv_heads, head_size, rows, capacity, segments)
+    _, sess = ragged_sessions(heads, kv_heads, head_size)
+    out = sess.run(None, feed)[0]
+    assert out.shape == (1, feed["qkv"].shape[1], heads * head_size) and np.isnan(out).all()
+
+
+def test_ragged_mode_ignores_the_attention_bias(ragged_sessions):
+    """A ragged row holds no padding, and the builds that feed token_rows carry only the causal + padding
+    mask as a bias (attention_kernels.py): whatever the bias holds, the bits of the call without one."""
+    heads, kv_heads, head_size, rows, capacity, segments = RAGGED["chunk-5-and-decodes"]
+    feed = ragged_feed(np.random.default_rng(2), heads, kv_heads, head_size, rows, capacity, segments)
+    expected = ragged_sessions(heads, kv_heads, head_size)[1].run(None, feed)
+    biased = {**feed, "bias": np.full((1, 1, feed["qkv"].shape[1], 1), -3.0e38, np.float32)}
+    for a, b in zip(ragged_sessions(heads, kv_heads, head_size, bias=True)[1].run(None, biased), expected):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["prefill-left-padded", "decode-row-lengths", "long-chunk-blocks"])
+def test_empty_token_rows_is_the_normal_mode(lib, tmp_path, case):
+    """token_rows with no elements (the graph's default initializer, or fed): the bits of the node without input 10."""
+    heads, kv_heads, head_size, lengths, seq, capacity, total, pads = CASES[case]
+    bias = case != "decode-row-lengths"
+    base = rewritten(gqa_model(heads, kv_heads, head_size, bias=bias), tmp_path, attention_rewrite)
+    plain, ragged = onnx.ModelProto(), onnx.ModelProto()
+    plain.CopyFrom(without_token_rows(base))
+    ragged.CopyFrom(with_token_rows(base))
+    feed = feeds(np.random.default_rng(9), heads, kv_heads, head_size, lengths, seq, capacity, total, pads, bias=bias)
+    expected = session(plain, lib).run(None, feed)
+    with_rows = session(ragged, lib)
+    for got in (with_rows.run(None, feed), with_rows.run(None, {**feed, TOKEN_ROWS: np.zeros(0, np.int32)})):
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_without_the_library_an_empty_token_rows_runs_the_body(lib, tmp_path, bias):
+    """Stock ONNX Runtime runs a CachedAttention node given an empty token_rows initializer: its body, GroupQueryAttention."""
+    proto = gqa_model(9, 3, 64, bias=bias)
+    feed = feeds(np.random.default_rng(3), 9, 3, 64, [5, 9], 2, 8, 9, bias=bias)
+    ours = with_token_rows(rewritten(proto, tmp_path, attention_rewrite))
+    assert list(ours.graph.node[0].input)[10:] == [TOKEN_ROWS]
+    onnx.checker.check_model(ours, full_check=True)
+    stock, body, kernel = session(proto).run(None, feed), session(ours).run(None, feed), session(ours, lib).run(None, feed)
+    for a, b, k in zip(stock, body, kernel):
+        np.testing.assert_array_equal(b, a)
+        assert_close(k, a)
 
 
 # ---- a zoo decoder built with --ort-kernels ---------------------------------------------------------------

@@ -25,6 +25,8 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from .scheduler_fixtures import Gate, run_workload, small_int4_kernels, solo_for, workloads  # noqa: E402, F401
+
 
 @pytest.fixture(scope="module")
 def tiny(zoo_build):
@@ -41,105 +43,23 @@ def smollm2(smollm2_small_kv):
     return Engine.load(smollm2_small_kv)
 
 
-@pytest.fixture(scope="module")
-def small_int4_kernels(zoo_export, tmp_path_factory):
-    """llama-small int4 (block 32, accuracy level 4) built with --ort-kernels: its linears run MatMulInt4."""
-    from mlpdeploy.backends import get_backend
-    from mlpdeploy.backends.onnxruntime import OrtOptions
-    from mlpdeploy.passes import rewrite_model
-    from mlpdeploy.passes.pipeline import PassSpec
-
-    _, exported = zoo_export("llama-small", True)
-    out = tmp_path_factory.mktemp("int4-kernels")
-    rewritten = rewrite_model(exported, out / "model.opt.onnx", [PassSpec("quantize-weights", {"format": "int4"})]).model_path
-    result = get_backend("onnxruntime").build(rewritten, out / "model.ort.onnx", OrtOptions(device="cpu", kernels=True))
-    assert result.info["ort_kernels"]["nodes"]["MatMulInt4"] > 0
-    return Engine.load(out / "model.ort.onnx")
-
-
-class Solo:
-    """Solo answers (the plain batch-1 loop), each computed once."""
-
-    def __init__(self, engine: Engine):
-        self.generator, self.done = CachedGenerator(engine), {}
-
-    def __call__(self, prompt, max_tokens, sampling=None, stops=()):
-        key = (tuple(prompt), max_tokens, repr(sampling), tuple(stops))
-        if key not in self.done:
-            result = self.generator.generate([list(prompt)], max_tokens, sampling, list(stops))
-            self.done[key] = (result.tokens[0], result.finish[0], result.near_ties[0])
-        return self.done[key]
-
-
-class Gate:
-    """A scheduler observer that holds the loop after a decode step while closed (tests need it still)."""
-
-    def __init__(self):
-        self.open, self.held = threading.Event(), threading.Event()
-        self.open.set()
-        self.rows: list[int] = []
-
-    def step(self, rows, seconds):
-        self.rows.append(rows)
-        if not self.open.is_set():
-            self.held.set()
-            self.open.wait(30)
-
-    def finished(self, request):
-        pass
-
-
-def _workloads(vocab: int, longest: int):
-    """(requests, max_batch, chunk, copy bytes): each request (prompt, max_tokens, pause before the
-    next); a prompt may start with the workload's shared prefix (a chat template: the prefix cache
-    reuses it); copy bytes 1 copies a prefilled prompt into its row one column a step and moves a
-    last row into the place of one that left two columns a step (rows leaving meanwhile), the
-    default at once."""
-    tokens = st.lists(st.integers(1, vocab - 1), min_size=1, max_size=longest)
-    request = st.tuples(st.booleans(), tokens, st.integers(1, 10), st.floats(0, 0.003))
-    workload = st.tuples(st.lists(st.integers(1, vocab - 1), min_size=4, max_size=12), st.lists(request, min_size=1, max_size=7), st.integers(1, 4),
-                         st.sampled_from([None, 3, 10_000]), st.sampled_from([1, SchedulerOptions().copy_step_bytes]))
-    return workload.map(lambda w: ([((w[0] if shared else []) + prompt, n, pause) for shared, prompt, n, pause in w[1]], w[2], w[3], w[4]))
-
-
-def _run_workload(engine: Engine, solo: Solo, workload) -> None:
-    requests, max_batch, chunk, copy_bytes = workload
-    scheduler = Scheduler(engine, SchedulerOptions(max_batch=max_batch, prefill_chunk=chunk, copy_step_bytes=copy_bytes))
-    try:
-        handles = []
-        for prompt, max_tokens, pause in requests:
-            handles.append(scheduler.submit(prompt, max_tokens))
-            time.sleep(pause)
-        for (prompt, max_tokens, _), handle in zip(requests, handles):
-            tokens, finish = handle.wait(60)
-            expected, expected_finish, expected_ties = solo(prompt, max_tokens)
-            assert finish == expected_finish == "length"
-            if chunk == 10_000:  # never chunked: every row computes bit for bit what it computes alone
-                assert tokens == expected, (prompt, max_tokens)
-            else:  # a prompt prefilled in chunks may flip a near-tie, never anything else
-                check_same_greedy(expected, tokens, handle.near_ties, expected_ties)
-        assert scheduler.stats() == {"active": 0, "prefilling": 0, "joining": 0, "admitted": 0, "waiting": 0, "reserved_tokens": 0}
-    finally:
-        scheduler.close()
-
-
-@given(workload=_workloads(256, 40))
+@given(workload=workloads(256, 40))
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_llama_tiny(tiny, workload):
-    _run_workload(tiny, _solo_for(tiny), workload)
+    run_workload(tiny, solo_for(tiny), workload)
 
 
-@given(workload=_workloads(256, 60))
+@given(workload=workloads(256, 60))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_llama_small(small, workload):
-    _run_workload(small, _solo_for(small), workload)
+    run_workload(small, solo_for(small), workload)
 
 
-@given(workload=_workloads(256, 60))
+@given(workload=workloads(256, 60))
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_int4_kernels(small_int4_kernels, workload):
     """Batched steps and verify-sized chunks through mlpdeploy's int4 kernel: each row is its solo row."""
-    _run_workload(small_int4_kernels, _solo_for(small_int4_kernels), workload)
+    run_workload(small_int4_kernels, solo_for(small_int4_kernels), workload)
 
 
 def test_verify_costs_follow_the_build(small, small_int4_kernels):
@@ -153,22 +73,15 @@ def test_verify_costs_follow_the_build(small, small_int4_kernels):
     assert DraftLength(8, costs=VERIFY_COST_NBITS_KERNELS).choose(estimate) >= 1
 
 
-@given(workload=_workloads(49152, 30))
+@given(workload=workloads(49152, 30))
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_random_arrivals_equal_solo_smollm2(smollm2, workload):
-    _run_workload(smollm2, _solo_for(smollm2), workload)
-
-
-_SOLOS: dict[int, Solo] = {}
-
-
-def _solo_for(engine: Engine) -> Solo:
-    return _SOLOS.setdefault(id(engine), Solo(engine))
+    run_workload(smollm2, solo_for(smollm2), workload)
 
 
 def test_sampled_answers_follow_each_request_seed(tiny):
     """Each request draws from its own generator seeded as the solo loop's: same tokens as alone."""
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=3, prefill_chunk=10_000))
     try:
         settings_ = [Sampling(0.9, top_k=30, seed=s) for s in (1, 2, 3)] + [Sampling(0.7, top_p=0.9, seed=4), Sampling()]
@@ -181,7 +94,7 @@ def test_sampled_answers_follow_each_request_seed(tiny):
 
 
 def test_stop_tokens_and_max_tokens_per_request(tiny):
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     prompt = list(b"def __init__(self")
     full = solo(prompt, 20)[0]
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4))
@@ -203,7 +116,7 @@ def test_stop_tokens_and_max_tokens_per_request(tiny):
 def test_cancellation_frees_rows_and_budget_no_leak(tiny):
     """1,000 requests, a third cancelled before they run, a third after their first token: at the
     end no row, budget or queue entry is left, and the ones not cancelled are their solo answers."""
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     prompts = [list(f"x{i} = ".encode()) for i in range(10)]
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=8))
     rng = np.random.default_rng(0)
@@ -262,7 +175,7 @@ def test_a_prefilled_prompt_joins_its_row_a_piece_a_step_while_others_decode(tin
     """copy_step_bytes of one byte: a 76-token prompt's cache goes into its row one column a step
     beside decoding rows that leave meanwhile (the next free row moves down: the copy starts over),
     and every answer is its solo answer; a request cancelled while it joins frees its row and budget."""
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     long = list(b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return a * b\n\ndef sub(a,")
     others = [(list(b"def f(x):"), 60), (list(b"import "), 30), (list(b"class A:"), 40)]
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, copy_step_bytes=1))
@@ -299,7 +212,7 @@ def test_a_long_last_row_moves_into_a_left_row_a_piece_a_step(tiny):
     """copy_step_bytes of one byte: when a short row leaves, the long last row moves into its place
     two columns a step while the left row runs as a hole; another row leaving meanwhile ends that
     move first. Every answer is its solo answer and nothing is left behind."""
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     short = [(list(b"import "), 20), (list(b"x = "), 30)]
     long = (list(b"def add(a, b):\n    return a + b\n\ndef mul(a, b):\n    return"), 40)
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4, copy_step_bytes=1))
@@ -349,7 +262,7 @@ def test_batch_limit_budget_and_queue(tiny):
 def test_speculative_rounds_only_when_alone(tiny):
     """With an n-gram drafter a sequence alone is decoded by verify rounds (greedy answer = solo, up
     to near-ties); while two run, every step is a plain one-token step for both."""
-    solo = _solo_for(tiny)
+    solo = solo_for(tiny)
     drafter = make_drafter(parse_mode("ngram:k=4"), tiny)
     scheduler = Scheduler(tiny, SchedulerOptions(max_batch=4), drafter=drafter)
     prompt = list(b"def area(w, h):\n    return w * h\n\ndef area(w, h):\n    return ")

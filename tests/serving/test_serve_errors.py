@@ -72,6 +72,6 @@ def test_serve_option_defaults_are_the_schedulers():
     defaults = {p.name: p.default for p in cli.commands["serve"].params}
     options = SchedulerOptions()
     assert (defaults["max_batch_size"], defaults["max_queue_delay_us"], defaults["max_queue_size"], defaults["prefill_stall"],
-            defaults["prefill_min_chunk"], defaults["prefix_cache_mb"]) == (
+            defaults["prefill_min_chunk"], defaults["prefix_cache_mb"], defaults["prefill"]) == (
         options.max_batch, options.max_queue_delay_us, options.max_queue_size, options.prefill_stall, options.smallest_chunk,
-        options.prefix_cache_mb)
+        options.prefix_cache_mb, options.prefill)

@@ -13,14 +13,25 @@ other feature off (no sliding window, softcap, smooth softmax, head sink, quanti
 or qk output). The model also gets the op's function body, that GroupQueryAttention node, so the
 artifact still runs in stock ONNX Runtime. Other nodes keep GroupQueryAttention (`kernel_refusal`
 says why).
+
+When every attention node became CachedAttention and none takes an attention bias but the plain
+causal + padding mask (`passes/compact_mask.py`, proven equal to the model's own: a row of a ragged
+step holds no padding, so it masks nothing the kernel attends), the graph also gets a `token_rows` input (int32 [tokens], an initializer of no elements by default, so callers
+that do not feed it run as before) wired to every node: fed, one run attends tokens of many cache
+rows, each row its own count — a prefill chunk and every other sequence's decode token in one
+step (the kernel's ragged mode; `runtime.step.Stepper.step_segments`, the scheduler's fused
+prefill).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 from onnx import helper
 
-from mlpdeploy.contract import DOMAIN, MS_DOMAIN
+from mlpdeploy.backends.onnxruntime.passes.compact_mask import BIAS_NAME
+from mlpdeploy.contract import DOMAIN, MS_DOMAIN, TOKEN_ROWS
 from mlpdeploy.plugins.cached_attention.onnx_function import GQA_INPUTS, INPUTS, OP, cached_attention_function
 
 # GroupQueryAttention attributes the kernel does not read, each with the values that leave its feature off
@@ -89,15 +100,16 @@ def attention_rewrite(model: onnx.ModelProto) -> tuple[dict[str, int], list[onnx
     (op type → nodes rewritten, the op's function). `kernels.use_kernel_ops` runs it on a saved model."""
     floats = _float_tensors(model)
     head_sizes = {t.name: 2 * t.dims[1] for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
-    count = 0
+    rewritten, kept = [], 0
     for node in model.graph.node:
         if node.domain != MS_DOMAIN or node.op_type != "GroupQueryAttention":
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         if kernel_refusal(node, attrs, floats, head_sizes) is not None:
+            kept += 1
             continue
         given = dict(zip(GQA_INPUTS, list(node.input) + [""] * (len(GQA_INPUTS) - len(node.input))))
-        inputs = [given[name] for name in INPUTS]
+        inputs = [given.get(name, "") for name in INPUTS]
         while not inputs[-1]:
             inputs.pop()
         outputs = list(node.output[:3])
@@ -106,5 +118,27 @@ def attention_rewrite(model: onnx.ModelProto) -> tuple[dict[str, int], list[onnx
         node.input.extend(inputs)
         node.output.extend(outputs)
         node.attribute.extend(helper.make_attribute(key, attrs[key]) for key in ("num_heads", "kv_num_heads", "scale") if key in attrs)
-        count += 1
-    return ({OP: count}, [cached_attention_function()]) if count else ({}, [])
+        rewritten.append(node)
+    if not rewritten:
+        return {}, []
+    if not kept and all(plain_bias(node) for node in rewritten):
+        add_token_rows(model, rewritten)
+    return {OP: len(rewritten)}, [cached_attention_function()]
+
+
+def plain_bias(node: onnx.NodeProto) -> bool:
+    """Whether a CachedAttention node takes no attention bias, or the causal + padding mask `compact_mask` rebuilt."""
+    index = INPUTS.index("attention_bias")
+    bias = node.input[index] if len(node.input) > index else ""
+    return not bias or bias.startswith(BIAS_NAME)
+
+
+def add_token_rows(model: onnx.ModelProto, nodes: list[onnx.NodeProto]) -> None:
+    """The `token_rows` graph input (an empty int32 initializer by default), as input 10 of every node (module docstring)."""
+    if any(i.name == TOKEN_ROWS for i in model.graph.input):
+        return
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(0, np.int32), TOKEN_ROWS))
+    model.graph.input.append(helper.make_tensor_value_info(TOKEN_ROWS, onnx.TensorProto.INT32, ["tokens"]))
+    index = INPUTS.index(TOKEN_ROWS)
+    for node in nodes:
+        node.input.extend([""] * (index - len(node.input)) + [TOKEN_ROWS])

@@ -15,6 +15,11 @@ solo answer (a prompt prefilled in chunks can differ where a near-tie flips: `ne
 sequence that ends (a stop token, max_tokens) or is cancelled leaves at once and frees its row
 and its budget. Each request samples with its own settings and seed, as the solo loop does.
 
+Builds that take ragged steps (`--ort-kernels`' CachedAttention with its `token_rows` input) run
+fused prefill instead (`SchedulerOptions.prefill`): the head prompt goes into a row of its own
+(`rows.Rows`) a chunk at a time inside the decode step of every other row — one session run an
+iteration, no prefill step between decode steps and no copy into the row (`prefill.RowPrefill`).
+
 With a drafter (speculative decoding), a round of drafts is verified whenever one sequence is the
 whole batch and none waits; under load every step is a plain decode step (docs/serving.md: a
 verify step of k drafts for b rows costs b·(k+1) tokens, more than batching saves).
@@ -36,9 +41,10 @@ from mlpdeploy.runtime.engine import Engine
 from mlpdeploy.runtime.sampling import Sampling
 from mlpdeploy.runtime.scheduler.joining import Joining
 from mlpdeploy.runtime.scheduler.options import SchedulerOptions
-from mlpdeploy.runtime.scheduler.prefill import ChunkPolicy, Prefill
+from mlpdeploy.runtime.scheduler.prefill import ChunkPolicy, Prefill, RowPrefill
 from mlpdeploy.runtime.scheduler.prefix import PrefixCache
 from mlpdeploy.runtime.scheduler.request import QueueFull, Request
+from mlpdeploy.runtime.scheduler.rows import Rows
 from mlpdeploy.runtime.scheduler.slots import Slots
 from mlpdeploy.runtime.step import Stepper
 from mlpdeploy.runtime.ties import DEFAULT_MARGIN
@@ -59,7 +65,8 @@ class Scheduler:
         context = self.stepper.layout.max_positions
         self.budget = self.options.budget(context)
         self.columns = min(context, self.budget)  # one row holds a whole budget's sequence at most
-        self.slots = Slots(self.stepper, self.options.max_batch, self.columns)
+        self.fused = self.options.fused(self.stepper.ragged, engine.path.name)
+        self.slots = (Rows if self.fused else Slots)(self.stepper, self.options.max_batch, self.columns)
         self.chunks = ChunkPolicy(self.options.prefill_stall, self.options.prefill_chunk, self.options.smallest_chunk)
         self.prefixes = PrefixCache(self.options.prefix_cache_mb << 20)
         self.drafting = None
@@ -71,7 +78,7 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._admitted: deque[Request] = deque()  # admitted, waiting for their prefill
-        self._prefill: Prefill | None = None
+        self._prefill: Prefill | RowPrefill | None = None
         self._joining: Joining | None = None  # prefilled, its cache going into a row
         self._reserved = 0
         self._closed = False
@@ -176,6 +183,9 @@ class Scheduler:
     def _iteration(self) -> None:
         for request in [r for r in self.slots.requests if r is not None and r.cancelled]:
             self._leave(request, "cancelled")
+        if self.fused:
+            self._fused_step()
+            return
         self._prefill_chunk()
         self.slots.advance_move(self.options.copy_step_bytes)
         if self.slots.active:
@@ -231,17 +241,72 @@ class Scheduler:
         elif joining.advance(self.slots, self.options.copy_step_bytes):
             self._joining = None
 
-    def _decode_step(self) -> None:
-        state = self.slots.state()
+    def _fused_step(self) -> None:
+        """One ragged step: the head prompt's next chunk (if one prefills) and every decoding row's token."""
+        job = self._row_prefill()
         rows = self.slots.active
+        if job is None and not rows:
+            return
+        if job is None and self.drafting is not None and rows == 1 and not (self._admitted or self._waiting):
+            self._speculative_round()
+            return
+        chunk = job.chunk(self.chunks.fused_size(job.remaining, rows)) if job is not None else None
+        decoding = list(self.slots.requests)
         start = time.perf_counter()
-        logits = self.stepper.step(state, np.array(self.slots.pending, np.int64)[:, None])[:, -1]
+        logits = self.slots.step(chunk)
         seconds = time.perf_counter() - start
-        self.chunks.observe_step(rows, seconds)
-        for observer in self.observers:
-            observer.step(self.slots.live, seconds)
+        if rows:
+            if chunk is not None:
+                self.chunks.observe_fused(rows, len(chunk[1]), seconds)
+            else:
+                self.chunks.observe_step(rows, seconds)
+            for observer in self.observers:
+                observer.step(rows, seconds)
+        self._decoded(decoding, logits[len(logits) - rows:])
+        if job is not None and not job.remaining:
+            self._row_prefilled(job, logits[0])
+
+    def _row_prefill(self) -> RowPrefill | None:
+        """The prompt prefilling into its row: the one under way, else the next admitted one (its row
+        taken, a kept prefix copied in)."""
+        job = self._prefill
+        if job is not None and job.request.cancelled:
+            self._prefill = None
+            self.slots.release(job.row)
+            self._release(job.request, "cancelled")
+        if self._prefill is None:
+            while self._admitted and self._admitted[0].cancelled:
+                self._release(self._admitted.popleft(), "cancelled")
+            if not self._admitted:
+                return None
+            with self._cond:
+                request = self._admitted.popleft()
+            row = self.slots.take()
+            reused, kept = self.prefixes.match(request.prompt)
+            if reused:
+                self.slots.copy_in(row, kept, reused)
+            self._prefill = RowPrefill(request, row, reused)
+            request.reused_tokens = reused
+        return self._prefill
+
+    def _row_prefilled(self, job: RowPrefill, logits: np.ndarray) -> None:
+        """The prompt is in its row: keep a copy for later prompts sharing its prefix (up to `copy_step_bytes`:
+        the copy stalls the loop), emit its first token and let it decode from the next step."""
+        self._prefill = None
+        request, length = job.request, len(job.request.prompt)
+        if self.prefixes.budget_bytes and length * self.slots.column_bytes <= self.options.copy_step_bytes:
+            self.prefixes.keep(request.prompt, self.slots.copy_out(job.row, length))
+        token = request.pick(logits)
+        if request.emit(token):
+            self.slots.release(job.row)
+            self._release(request)
+            return
+        self.slots.join(request, job.row, token)
+
+    def _decoded(self, requests: list[Request | None], logits: np.ndarray) -> None:
+        """Each row's next token from its logits (rows in `requests` order; None: a hole); the finished leave."""
         finished = []
-        for row, request in enumerate(self.slots.requests):
+        for row, request in enumerate(requests):
             if request is None:  # a hole: its dummy token's logits are not used
                 continue
             token = request.pick(logits[row])
@@ -253,9 +318,22 @@ class Scheduler:
         for request in reversed(finished):
             self._leave(request)
 
+    def _decode_step(self) -> None:
+        state = self.slots.state()
+        rows = self.slots.active
+        start = time.perf_counter()
+        logits = self.stepper.step(state, np.array(self.slots.pending, np.int64)[:, None])[:, -1]
+        seconds = time.perf_counter() - start
+        self.chunks.observe_step(rows, seconds)
+        for observer in self.observers:
+            observer.step(self.slots.live, seconds)
+        self._decoded(self.slots.requests, logits)
+
     def _speculative_round(self) -> None:
         start = time.perf_counter()
         done = self.drafting.round(self.slots)
+        if self.fused:
+            self.slots.sync()
         for observer in self.observers:
             observer.step(1, time.perf_counter() - start)
         if done:

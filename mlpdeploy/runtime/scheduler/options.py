@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mlpdeploy.errors import MlpdeployError
 
 DEFAULT_PREFIX_CACHE_MB = 128
+PREFILL_MODES = ("auto", "fused", "separate")
 DEFAULT_COLUMNS = 2048  # the default cache budget: this many tokens per row (or the model's context, if shorter)
 
 
@@ -26,7 +27,10 @@ class SchedulerOptions:
     prefills only the rest (`prefix.PrefixCache`; 0: none kept). `copy_step_bytes`: while others
     decode, a copy of cache columns between rows goes at most this many bytes a step — a prefilled
     prompt going into its batch row (`joining.Joining`), the last row moving into the place of one
-    that left (`Slots.leave`); SmolLM2-135M: 46 KB a token, 8 MiB ≈ 180 tokens ≈ 4 ms."""
+    that left (`Slots.leave`); SmolLM2-135M: 46 KB a token, 8 MiB ≈ 180 tokens ≈ 4 ms. `prefill`:
+    "fused" runs each prompt chunk inside the others' decode step (builds that take ragged steps:
+    `--ort-kernels` with CachedAttention), "separate" as a step of its own between theirs, "auto"
+    fused where the build allows."""
 
     max_batch: int = 16
     max_queue_delay_us: int = 100
@@ -37,6 +41,7 @@ class SchedulerOptions:
     smallest_chunk: int = 4
     prefix_cache_mb: int = DEFAULT_PREFIX_CACHE_MB
     copy_step_bytes: int = 8 << 20
+    prefill: str = "auto"
 
     def __post_init__(self):
         if self.max_batch < 1:
@@ -53,8 +58,17 @@ class SchedulerOptions:
             raise MlpdeployError(f"the prefix cache (--prefix-cache-mb) takes 0 MiB (off) or more, got {self.prefix_cache_mb}")
         if self.copy_step_bytes < 1:
             raise MlpdeployError(f"copy_step_bytes must be at least 1, got {self.copy_step_bytes}")
+        if self.prefill not in PREFILL_MODES:
+            raise MlpdeployError(f"prefill is one of {', '.join(PREFILL_MODES)}, got {self.prefill!r}")
         if self.prefill_chunk is not None and self.prefill_chunk < 1:
             raise MlpdeployError(f"a fixed prefill chunk (prefill_chunk) takes at least 1 token, got {self.prefill_chunk}")
+
+    def fused(self, ragged: bool, build: str) -> bool:
+        """Whether prompts prefill inside the decode step, for a build that takes ragged steps or not."""
+        if self.prefill == "fused" and not ragged:
+            raise MlpdeployError(f"{build} takes no ragged steps, which fused prefill needs; rebuild it with --ort-kernels "
+                                 "(CachedAttention) or use --prefill separate")
+        return ragged and self.prefill != "separate"
 
     def budget(self, context: int) -> int:
         """The cache budget in tokens for a model of `context` positions."""

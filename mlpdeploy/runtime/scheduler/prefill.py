@@ -7,6 +7,12 @@ batch's next free row (`Slots.join`). While no other sequence decodes, the promp
 step — exactly the solo prefill. While others decode, the scheduler alternates their decode step
 with one chunk, sized so that the chunk takes about `prefill_stall` of their decode steps
 (`ChunkPolicy`): the others' next token is delayed by that much, not by the whole prompt.
+
+Builds that take ragged steps (CachedAttention's `token_rows`) prefill differently: the prompt goes
+straight into its own batch row (`RowPrefill`, `rows.Rows`), each chunk inside the others' decode
+step, sized so that it adds about `prefill_stall` of a decode step to that step
+(`ChunkPolicy.fused_size`) — the same delay to the others, without a step of its own, a second
+read of every weight or a copy into the row.
 """
 
 from __future__ import annotations
@@ -55,6 +61,24 @@ class Prefill:
         return seconds
 
 
+class RowPrefill:
+    """One request's prompt going into batch row `row` in chunks that ride in decode steps (module docstring);
+    `reused` of its first tokens were copied from a kept prefix."""
+
+    def __init__(self, request: Request, row: int, reused: int = 0):
+        self.request, self.row = request, row
+        self.done = self.reused = reused
+
+    @property
+    def remaining(self) -> int:
+        return len(self.request.prompt) - self.done
+
+    def chunk(self, tokens: int) -> tuple[int, list[int]]:
+        """The next `tokens` prompt tokens as a (row, tokens) segment of a ragged step, counted as done."""
+        start, self.done = self.done, self.done + tokens
+        return self.row, self.request.prompt[start:self.done]
+
+
 class ChunkPolicy:
     """How many prompt tokens one prefill step takes while `rows` other sequences decode.
 
@@ -75,6 +99,7 @@ class ChunkPolicy:
         self.step_seconds: dict[int, float] = {}
         self.base: float | None = None
         self.per_token: float | None = None
+        self.fused_per_token: float | None = None  # what a prompt token adds to a decode step it rides in
 
     def size(self, remaining: int, rows: int, last: tuple[int, float] | None = None) -> int:
         """Tokens for the next chunk of a prompt with `remaining` tokens left; `last`: (tokens, seconds)
@@ -99,6 +124,28 @@ class ChunkPolicy:
             if remaining <= fitting(FINISH * self.stall * step):
                 return remaining  # the prompt's last chunk: a little longer rather than one more read of every weight
         return remaining if remaining - tokens < self.smallest else tokens
+
+    def fused_size(self, remaining: int, rows: int) -> int:
+        """Tokens for the next chunk of a prompt riding in a decode step of `rows` rows (module docstring):
+        those estimated to add `stall` × that step's time, `smallest` at least; a remainder under
+        `smallest` goes with it. With nothing decoding, the whole prompt (the solo prefill)."""
+        if self.fixed is not None:
+            return min(self.fixed, remaining)
+        if rows == 0:
+            return remaining
+        tokens = self.smallest
+        step = self._step(rows)
+        if step is not None and self.fused_per_token is not None:
+            tokens = max(tokens, int(self.stall * step / self.fused_per_token))
+        return remaining if remaining - tokens < self.smallest else tokens
+
+    def observe_fused(self, rows: int, tokens: int, seconds: float) -> None:
+        """A decode step of `rows` rows that carried `tokens` prompt tokens took `seconds`."""
+        step = self._step(rows)
+        if step is None:
+            return
+        floor = step / 32  # a noisy step timed at or under a plain one must not make tokens look free
+        self.fused_per_token = _blend(self.fused_per_token, max((seconds - step) / tokens, floor))
 
     def observe_step(self, rows: int, seconds: float) -> None:
         self.step_seconds[rows] = _blend(self.step_seconds.get(rows), seconds)

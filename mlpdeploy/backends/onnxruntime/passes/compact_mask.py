@@ -26,6 +26,7 @@ from mlpdeploy.passes.matching import add_initializer, unique_name, value_names
 
 MS = MS_DOMAIN
 BIAS_INPUT = 10  # GroupQueryAttention's attention_bias
+BIAS_NAME = "compact_attention_bias"  # the rebuilt bias (and `_unmasked`): the plain causal + padding mask
 ALLOWED_SOURCES = {"input_ids", "attention_mask", "position_ids"}
 
 
@@ -96,7 +97,7 @@ def _compact_nodes(graph, ids, mask, masked: float, dtype):
     unmasked = node("Where", [has_key.outputs[0], where.outputs[0], zero_bias], "bias_unmasked")
     nodes += [where, kept, any_kept, has_key, unmasked]
     candidates = [where.outputs[0], unmasked.outputs[0]]
-    for out, name in zip(candidates, ("compact_attention_bias", "compact_attention_bias_unmasked")):
+    for out, name in zip(candidates, (BIAS_NAME, f"{BIAS_NAME}_unmasked")):
         out.name = unique_name(name, taken)
         out.dtype = ir.DataType.from_numpy(np.dtype(dtype))
     return nodes, candidates

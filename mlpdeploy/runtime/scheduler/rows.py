@@ -1,0 +1,121 @@
+"""The running batch's cache for builds that take ragged steps: a sequence keeps one row from its
+prefill to its end.
+
+With CachedAttention's ragged mode (`Stepper.step_segments`) one session run feeds each row its
+own tokens, so the whole cache [max_batch, kv_heads, columns, head_dim] is bound once and a step
+names the rows it feeds: a prompt is prefilled straight into the row it will decode in (its chunks
+ride in the others' decode steps), and a sequence that ends frees its row where it is — nothing
+is copied between rows and no row stands empty in a step (compare `Slots`, which keeps the
+sequences in leading rows for builds whose attention takes [rows, width] steps only).
+
+`requests` / `pending` list the decoding sequences in the order they joined, `order` their rows.
+A speculative round for a lone sequence runs on a one-row state over its row (`sole_state`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mlpdeploy.runtime.scheduler.request import Request
+from mlpdeploy.runtime.step import Stepper, StepState
+
+
+class Rows:
+    """Fixed cache rows, the sequences decoding in them and the token each feeds next."""
+
+    def __init__(self, stepper: Stepper, rows: int, columns: int):
+        self.stepper, self.rows, self.columns = stepper, rows, columns
+        self.buffers = stepper.cache_buffers(rows, columns)
+        self.column_bytes = sum(b[0, :, 0].nbytes for b in self.buffers.values())  # one row's column, every buffer
+        self.batch = stepper.rows_state(self.buffers, np.zeros(rows, np.int64))
+        self.order: list[int] = []  # the decoding sequences' rows
+        self.requests: list[Request] = []
+        self.pending: list[int] = []
+        self.moving = None  # rows never move (the loop asks, as of `Slots`)
+        self._free = list(range(rows - 1, -1, -1))  # pop() gives the lowest free row
+        self._sole: tuple[int, StepState] | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self.requests)
+
+    @property
+    def live(self) -> int:
+        return len(self.requests)
+
+    def take(self) -> int:
+        """A free row for a prompt to prefill into (the caller admitted no more than `rows` sequences)."""
+        return self._free.pop()
+
+    def release(self, row: int) -> None:
+        """Give a row back (its sequence ended, or its prefill stopped): its length drops to 0."""
+        self.batch.positions[row] = 0
+        self._free.append(row)
+
+    def length(self, row: int) -> int:
+        return int(self.batch.positions[row])
+
+    def join(self, request: Request, row: int, pending: int) -> None:
+        """`request`, prefilled into `row`, decodes from the next step on, feeding `pending` first."""
+        self.order.append(row)
+        self.requests.append(request)
+        self.pending.append(pending)
+
+    def leave(self, request: Request, piece_bytes: int | None = None) -> None:
+        """Remove `request` and free its row at once (`piece_bytes`: as `Slots.leave` takes it; nothing moves here)."""
+        index = self.requests.index(request)
+        row = self.order.pop(index)
+        self.requests.pop(index)
+        self.pending.pop(index)
+        self.release(row)
+
+    def advance_move(self, piece_bytes: int) -> None:
+        """Nothing: rows never move."""
+
+    def clear(self) -> list[Request]:
+        """Drop every sequence and free every row (after a failed step); returns the decoding ones."""
+        requests = self.requests
+        self.order, self.requests, self.pending, self._sole = [], [], [], None
+        self.batch.positions[:] = 0
+        self.batch.length = 0
+        self._free = list(range(self.rows - 1, -1, -1))
+        return requests
+
+    def copy_in(self, row: int, kept: dict[str, np.ndarray], columns: int) -> None:
+        """Columns 0..columns-1 of one-row cache arrays `kept` into `row`, its length set to `columns`."""
+        for name, buffer in self.buffers.items():
+            buffer[row, :, :columns] = kept[name][0, :, :columns]
+        self.batch.positions[row] = columns
+
+    def copy_out(self, row: int, columns: int) -> dict[str, np.ndarray]:
+        """A copy of `row`'s first `columns` columns as one-row arrays [1, kv_heads, columns, head_dim]."""
+        return {name: buffer[row: row + 1, :, :columns].copy() for name, buffer in self.buffers.items()}
+
+    def step(self, chunk: tuple[int, list[int]] | None) -> np.ndarray:
+        """One ragged step: `chunk` (row, prompt tokens) first if given, then every decoding row's pending
+        token. Returns the logits [1 + active, vocab] with a chunk (its last token's first), else [active, vocab]."""
+        segments = ([chunk] if chunk is not None else []) + [(row, [token]) for row, token in zip(self.order, self.pending)]
+        return self.stepper.step_segments(self.batch, segments, len(self.order) + (chunk is not None))
+
+    def state(self) -> StepState:
+        """The lone decoding sequence's one-row state, for a speculative round (`sole_state`)."""
+        return self.sole_state()
+
+    def sole_state(self) -> StepState:
+        """A one-row state over the first decoding sequence's row (views: its steps write the row in place),
+        its length taken from the batch; `sync` folds it back."""
+        row = self.order[0]
+        if self._sole is None or self._sole[0] != row:
+            views = {name: buffer[row: row + 1] for name, buffer in self.buffers.items()}
+            self._sole = (row, self.stepper.rows_state(views, self.batch.positions[row: row + 1]))
+        state = self._sole[1]
+        state.positions[0] = self.batch.positions[row]
+        state.length = int(state.positions[0])
+        return state
+
+    def sync(self) -> None:
+        """Fold the one-row state's length (a speculative round moved it) back into the batch."""
+        if self._sole is not None:
+            row, state = self._sole
+            self.batch.positions[row] = state.positions[0]
+            self.batch.length = int(self.batch.positions.max(initial=0))
