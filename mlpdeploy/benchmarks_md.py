@@ -38,6 +38,9 @@ TITLES = {
     "batch_step": ("A decode step against its rows: the ceiling of batching", "bench/batch_step.py",
                    "One decode step of r rows (the scheduler's own step) in one-row steps, r × t(1) / t(r) — the most batching "
                    "gives over one client at that occupancy — and ONNX Runtime's profile of it by operator."),
+    "fused_prefill": ("A prompt chunk inside the decode step", "bench/fused_prefill.py",
+                      "r decoding rows and a c-token prompt chunk: the rows' step alone, then the chunk as a step of its own "
+                      "(`--prefill separate`) against one ragged step of both (`--prefill fused`, CachedAttention's token_rows)."),
     "verify_cost": ("What a speculative verify pass costs", "bench/verify_cost.py",
                     "One run over s tokens of one sequence against a one-token step, per build (MatMulNBits, and --ort-kernels' "
                     "MatMulInt4 / MatMulInt8): what the adaptive draft length weighs acceptance against."),

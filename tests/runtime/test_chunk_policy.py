@@ -50,3 +50,34 @@ def test_the_previous_chunk_of_the_prompt_raises_the_per_token_cost():
 @pytest.mark.parametrize("fixed", [1, 7])
 def test_a_fixed_chunk_is_taken_as_it_is(fixed):
     assert ChunkPolicy(1.0, fixed=fixed).size(100, rows=3) == fixed
+
+
+def fused(stall: float = 1.0, smallest: int = 2, per_token_ms: float = 0.5) -> ChunkPolicy:
+    """A policy that has seen decode steps of 1 / 4 / 8 rows (4 / 6 / 9 ms) and a 4-row step carrying 10
+    prompt tokens that took `per_token_ms` a token more (fused prefill: no base, the step reads the weights)."""
+    chunks = ChunkPolicy(stall, smallest=smallest)
+    for rows, ms in {1: 4.0, 4: 6.0, 8: 9.0}.items():
+        chunks.observe_step(rows, ms / 1e3)
+    chunks.observe_fused(4, 10, (6.0 + 10 * per_token_ms) / 1e3)
+    return chunks
+
+
+def test_fused_chunks_add_the_stall_to_the_step():
+    assert fused(stall=1.0).fused_size(1000, rows=4) == 12  # 6 ms / 0.5 ms a token
+    assert fused(stall=0.25).fused_size(1000, rows=8) == 4  # 2.25 ms / 0.5
+    assert fused(stall=1.0).fused_size(1000, rows=0) == 1000  # nothing decoding: every prompt whole
+    assert fused(stall=0.1, smallest=3).fused_size(1000, rows=4) == 3  # the smallest chunk wins
+
+
+def test_fused_chunks_finish_a_prompt_that_fits_the_allowance():
+    chunks = fused(stall=1.0)
+    assert chunks.fused_size(int(FINISH * 12), rows=4) == 18
+    assert chunks.fused_size(19, rows=4) == 12
+
+
+def test_a_fused_step_timed_under_a_plain_one_does_not_make_tokens_free():
+    chunks = fused()
+    for _ in range(50):
+        chunks.observe_fused(4, 10, 5.0e-3)  # faster than the 6 ms plain step: noise
+    assert chunks.fused_per_token == pytest.approx(6.0e-3 / 32, rel=0.05)
+    assert 30 <= chunks.fused_size(10_000, rows=4) <= 32  # 6 ms / (6 ms / 32), where 0.5 ms a token gave 12

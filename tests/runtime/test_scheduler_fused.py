@@ -149,3 +149,27 @@ def test_fused_prefill_needs_a_ragged_build(zoo_build):
     with pytest.raises(MlpdeployError, match="takes no ragged steps, which fused prefill needs; rebuild it with --ort-kernels"):
         Scheduler(engine, SchedulerOptions(prefill="fused"))
     assert not Scheduler(engine, SchedulerOptions()).fused
+
+
+def test_prompts_arriving_together_prefill_in_one_run(small_int4_kernels):
+    """Three prompts gathered by the queue delay with nothing decoding: one run prefills all three
+    (each in its own row), and each answer is its solo answer."""
+    solo = solo_for(small_int4_kernels)
+    scheduler = Scheduler(small_int4_kernels, SchedulerOptions(max_batch=4, max_queue_delay_us=300_000))
+    runs, firsts = [], {}
+    session = small_int4_kernels.session
+    original = session.run_with_iobinding
+    session.run_with_iobinding = lambda binding: (runs.append(1), original(binding))[1]
+    prompts = [[9, 8, 7, 6, 5], [1, 2], [30, 31, 32, 33, 34, 35, 36, 37, 38]]
+    try:
+        handles = [scheduler.submit(p, 6, on_event=lambda kind, value, i=i: kind == "token" and firsts.setdefault(i, len(runs)))
+                   for i, p in enumerate(prompts)]
+        for handle in handles:
+            handle._done.wait(30)
+        assert firsts == {0: 1, 1: 1, 2: 1}
+        for prompt, handle in zip(prompts, handles):
+            expected, _, ties = solo(prompt, 6)
+            check_same_greedy(expected, handle.tokens, handle.near_ties, ties)
+    finally:
+        session.run_with_iobinding = original
+        scheduler.close()

@@ -37,6 +37,16 @@ def test_serve_port_in_use(zoo_build):
         busy.close()
 
 
+def test_serve_fused_prefill_needs_a_ragged_build(zoo_build):
+    """`serve --prefill fused` on a decoder built without --ort-kernels: a one-line error before listening."""
+    from mlpdeploy.runtime.scheduler import SchedulerOptions
+    from mlpdeploy.serving.server import Server
+
+    with pytest.raises(MlpdeployError, match=r"llama-tiny-kv\.ort\.onnx takes no ragged steps, which fused prefill needs; rebuild it "
+                                              r"with --ort-kernels \(CachedAttention\) or use --prefill separate"):
+        Server([zoo_build("llama-tiny", kv_cache=True)], port=0, batching=SchedulerOptions(prefill="fused"))
+
+
 def test_serve_two_models_with_one_name(zoo_build, tmp_path):
     from mlpdeploy.serving.models import load_models
 

@@ -16,9 +16,10 @@ sequence that ends (a stop token, max_tokens) or is cancelled leaves at once and
 and its budget. Each request samples with its own settings and seed, as the solo loop does.
 
 Builds that take ragged steps (`--ort-kernels`' CachedAttention with its `token_rows` input) run
-fused prefill instead (`SchedulerOptions.prefill`): the head prompt goes into a row of its own
-(`rows.Rows`) a chunk at a time inside the decode step of every other row — one session run an
-iteration, no prefill step between decode steps and no copy into the row (`prefill.RowPrefill`).
+fused prefill instead (`SchedulerOptions.prefill`): every admitted prompt goes into a row of its
+own (`rows.Rows`) a chunk at a time inside the decode step of every other row, the step's prompt
+tokens shared out in arrival order — one session run an iteration, no prefill step between decode
+steps and no copy into the row (`prefill.RowPrefill`).
 
 With a drafter (speculative decoding), a round of drafts is verified whenever one sequence is the
 whole batch and none waits; under load every step is a plain decode step (docs/serving.md: a
@@ -78,7 +79,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._waiting: deque[Request] = deque()
         self._admitted: deque[Request] = deque()  # admitted, waiting for their prefill
-        self._prefill: Prefill | RowPrefill | None = None
+        self._prefill: Prefill | None = None
+        self._filling: list[RowPrefill] = []  # fused prefill: the prompts going into their rows
         self._joining: Joining | None = None  # prefilled, its cache going into a row
         self._reserved = 0
         self._closed = False
@@ -124,7 +126,8 @@ class Scheduler:
     def stats(self) -> dict:
         """Where requests are now: active rows, prefilling, joining their row, admitted, waiting, cache tokens reserved."""
         with self._cond:
-            return {"active": self.slots.active, "prefilling": int(self._prefill is not None), "joining": int(self._joining is not None),
+            return {"active": self.slots.active, "prefilling": int(self._prefill is not None) + len(self._filling),
+                    "joining": int(self._joining is not None),
                     "admitted": len(self._admitted), "waiting": len(self._waiting), "reserved_tokens": self._reserved}
 
     def close(self) -> None:
@@ -142,7 +145,8 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._closed and not (self._waiting or self._admitted or self._prefill or self._joining or self.slots.active):
+                while not self._closed and not (self._waiting or self._admitted or self._prefill or self._filling or self._joining
+                                                or self.slots.active):
                     self._cond.wait()
                 if self._closed:
                     break
@@ -157,7 +161,7 @@ class Scheduler:
     def _fill_delay(self) -> None:
         """Idle (nothing running) with requests waiting: give the batch up to max_queue_delay_us to fill."""
         delay = self.options.max_queue_delay_us / 1e6
-        if not delay or self.slots.active or self._prefill or self._joining or self._admitted or not self._waiting:
+        if not delay or self.slots.active or self._prefill or self._filling or self._joining or self._admitted or not self._waiting:
             return
         deadline = self._waiting[0].arrived + delay
         while not self._closed and len(self._waiting) < self.options.max_batch and (left := deadline - time.perf_counter()) > 0:
@@ -172,7 +176,7 @@ class Scheduler:
                 request.end("cancelled")
                 self._notify(request)
                 continue
-            rows = self.slots.active + len(self._admitted) + (self._prefill is not None) + (self._joining is not None)
+            rows = self.slots.active + len(self._admitted) + len(self._filling) + (self._prefill is not None) + (self._joining is not None)
             if rows >= self.options.max_batch or self._reserved + request.reserved > self.budget:
                 return
             self._waiting.popleft()
@@ -242,57 +246,74 @@ class Scheduler:
             self._joining = None
 
     def _fused_step(self) -> None:
-        """One ragged step: the head prompt's next chunk (if one prefills) and every decoding row's token."""
-        job = self._row_prefill()
+        """One ragged step: chunks of the prompts prefilling (FIFO, `ChunkPolicy.fused_size` tokens in all) and
+        every decoding row's token."""
+        jobs = self._row_prefills()
         rows = self.slots.active
-        if job is None and not rows:
+        if not jobs and not rows:
             return
-        if job is None and self.drafting is not None and rows == 1 and not (self._admitted or self._waiting):
+        if not jobs and self.drafting is not None and rows == 1 and not self._waiting:
             self._speculative_round()
             return
-        chunk = job.chunk(self.chunks.fused_size(job.remaining, rows)) if job is not None else None
+        plan = self._plan(jobs, rows)
+        plan.sort(key=lambda item: item[0].remaining == item[1])  # the chunks that end their prompt last (Rows.step)
+        finishing = [job for job, tokens in plan if job.remaining == tokens]
+        chunks = [job.chunk(tokens) for job, tokens in plan]
         decoding = list(self.slots.requests)
         start = time.perf_counter()
-        logits = self.slots.step(chunk)
+        firsts, logits = self.slots.step(chunks, len(finishing))
         seconds = time.perf_counter() - start
         if rows:
-            if chunk is not None:
-                self.chunks.observe_fused(rows, len(chunk[1]), seconds)
+            if chunks:
+                self.chunks.observe_fused(rows, sum(len(tokens) for _, tokens in chunks), seconds)
             else:
                 self.chunks.observe_step(rows, seconds)
             for observer in self.observers:
                 observer.step(rows, seconds)
-        self._decoded(decoding, logits[len(logits) - rows:])
-        if job is not None and not job.remaining:
-            self._row_prefilled(job, logits[0])
+        self._decoded(decoding, logits)
+        for job, first in zip(finishing, firsts):
+            self._row_prefilled(job, first)
 
-    def _row_prefill(self) -> RowPrefill | None:
-        """The prompt prefilling into its row: the one under way, else the next admitted one (its row
-        taken, a kept prefix copied in)."""
-        job = self._prefill
-        if job is not None and job.request.cancelled:
-            self._prefill = None
+    def _plan(self, jobs: list[RowPrefill], rows: int) -> list[tuple[RowPrefill, int]]:
+        """(job, tokens) for this step: the step's prompt tokens (`fused_size`) shared out in arrival order; a
+        prompt left with fewer than `smallest_chunk` tokens takes them now."""
+        left = self.chunks.fused_size(sum(job.remaining for job in jobs), rows)
+        plan = []
+        for job in jobs:
+            if left <= 0:
+                break
+            tokens = min(job.remaining, left)
+            if job.remaining - tokens < self.options.smallest_chunk:
+                tokens = job.remaining
+            plan.append((job, tokens))
+            left -= tokens
+        return plan
+
+    def _row_prefills(self) -> list[RowPrefill]:
+        """The prompts prefilling into their rows: every admitted one starts (its row taken, a kept prefix
+        copied in); the cancelled ones end."""
+        for job in [job for job in self._filling if job.request.cancelled]:
+            self._filling.remove(job)
             self.slots.release(job.row)
             self._release(job.request, "cancelled")
-        if self._prefill is None:
-            while self._admitted and self._admitted[0].cancelled:
-                self._release(self._admitted.popleft(), "cancelled")
-            if not self._admitted:
-                return None
+        while self._admitted:
             with self._cond:
                 request = self._admitted.popleft()
+            if request.cancelled:
+                self._release(request, "cancelled")
+                continue
             row = self.slots.take()
             reused, kept = self.prefixes.match(request.prompt)
             if reused:
                 self.slots.copy_in(row, kept, reused)
-            self._prefill = RowPrefill(request, row, reused)
+            self._filling.append(RowPrefill(request, row, reused))
             request.reused_tokens = reused
-        return self._prefill
+        return self._filling
 
     def _row_prefilled(self, job: RowPrefill, logits: np.ndarray) -> None:
         """The prompt is in its row: keep a copy for later prompts sharing its prefix (up to `copy_step_bytes`:
         the copy stalls the loop), emit its first token and let it decode from the next step."""
-        self._prefill = None
+        self._filling.remove(job)
         request, length = job.request, len(job.request.prompt)
         if self.prefixes.budget_bytes and length * self.slots.column_bytes <= self.options.copy_step_bytes:
             self.prefixes.keep(request.prompt, self.slots.copy_out(job.row, length))
@@ -368,6 +389,8 @@ class Scheduler:
             if self._prefill is not None:
                 failed.append(self._prefill.request)
                 self._prefill = None
+            failed += [job.request for job in self._filling]
+            self._filling.clear()
             if self._joining is not None:
                 failed.append(self._joining.request)
                 self._joining = None

@@ -126,9 +126,10 @@ class ChunkPolicy:
         return remaining if remaining - tokens < self.smallest else tokens
 
     def fused_size(self, remaining: int, rows: int) -> int:
-        """Tokens for the next chunk of a prompt riding in a decode step of `rows` rows (module docstring):
-        those estimated to add `stall` × that step's time, `smallest` at least; a remainder under
-        `smallest` goes with it. With nothing decoding, the whole prompt (the solo prefill)."""
+        """Prompt tokens for a decode step of `rows` rows to carry (module docstring; `remaining`: the prompts'
+        tokens left): those estimated to add `stall` × that step's time, `smallest` at least; all of them
+        when they fit `FINISH` times that, as the separate policy's last chunk; a remainder under
+        `smallest` goes too. With nothing decoding, every one (each prompt's solo prefill)."""
         if self.fixed is not None:
             return min(self.fixed, remaining)
         if rows == 0:
@@ -137,6 +138,8 @@ class ChunkPolicy:
         step = self._step(rows)
         if step is not None and self.fused_per_token is not None:
             tokens = max(tokens, int(self.stall * step / self.fused_per_token))
+            if remaining <= FINISH * tokens:
+                return remaining  # the last chunk of a prompt (or of a few chat prompts): a little longer, one step sooner
         return remaining if remaining - tokens < self.smallest else tokens
 
     def observe_fused(self, rows: int, tokens: int, seconds: float) -> None:

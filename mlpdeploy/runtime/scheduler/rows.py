@@ -91,11 +91,18 @@ class Rows:
         """A copy of `row`'s first `columns` columns as one-row arrays [1, kv_heads, columns, head_dim]."""
         return {name: buffer[row: row + 1, :, :columns].copy() for name, buffer in self.buffers.items()}
 
-    def step(self, chunk: tuple[int, list[int]] | None) -> np.ndarray:
-        """One ragged step: `chunk` (row, prompt tokens) first if given, then every decoding row's pending
-        token. Returns the logits [1 + active, vocab] with a chunk (its last token's first), else [active, vocab]."""
-        segments = ([chunk] if chunk is not None else []) + [(row, [token]) for row, token in zip(self.order, self.pending)]
-        return self.stepper.step_segments(self.batch, segments, len(self.order) + (chunk is not None))
+    def step(self, chunks: list[tuple[int, list[int]]], finishing: int) -> tuple[np.ndarray, np.ndarray]:
+        """One ragged step: `chunks` (row, prompt tokens), the last `finishing` of them ending their prompts,
+        then every decoding row's pending token. Returns the logits of the finishing chunks' last tokens
+        [finishing, vocab] and of the decoding rows [active, vocab] (the step keeps only the logits from the
+        first finishing chunk's last token on)."""
+        segments = chunks + [(row, [token]) for row, token in zip(self.order, self.pending)]
+        ends = np.cumsum([len(tokens) for _, tokens in chunks], dtype=np.int64) - 1
+        total = int(ends[-1]) + 1 + self.active if len(chunks) else self.active
+        wanted = ends[len(chunks) - finishing:]
+        first = int(wanted[0]) if finishing else total - self.active
+        logits = self.stepper.step_segments(self.batch, segments, total - first)
+        return logits[wanted - first], logits[len(logits) - self.active:]
 
     def state(self) -> StepState:
         """The lone decoding sequence's one-row state, for a speculative round (`sole_state`)."""
