@@ -105,13 +105,9 @@ class ChunkPolicy:
         """Tokens for the next chunk of a prompt with `remaining` tokens left; `last`: (tokens, seconds)
         of this prompt's previous chunk: its per-token cost, where higher than the running estimate,
         is used (a chunk's attention grows with the prompt tokens before it)."""
-        if self.fixed is not None:
-            return min(self.fixed, remaining)
-        if rows == 0:
-            return remaining
-        tokens = self.smallest
-        step = self._step(rows)
-        if step is not None and self.base is not None:
+        def fit(step: float) -> tuple[int, int] | None:
+            if self.base is None:
+                return None
             per_token = self.per_token if self.per_token is not None else self.base / 4
             if last is not None and last[0] > 1:
                 per_token = max(per_token, max(last[1] - self.base, 0.0) / (last[0] - 1))  # the larger: chunks err small
@@ -120,26 +116,38 @@ class ChunkPolicy:
             def fitting(seconds: float) -> int:  # the tokens of a chunk estimated to take `seconds`
                 return 1 + int(max(0.0, seconds - self.base) / per_token)
 
-            tokens = max(tokens, fitting(self.stall * step))
-            if remaining <= fitting(FINISH * self.stall * step):
-                return remaining  # the prompt's last chunk: a little longer rather than one more read of every weight
-        return remaining if remaining - tokens < self.smallest else tokens
+            # the prompt's last chunk may take FINISH stalls: a little longer rather than one more read of every weight
+            return fitting(self.stall * step), fitting(FINISH * self.stall * step)
+
+        return self._sized(remaining, rows, fit)
 
     def fused_size(self, remaining: int, rows: int) -> int:
         """Prompt tokens for a decode step of `rows` rows to carry (module docstring; `remaining`: the prompts'
         tokens left): those estimated to add `stall` × that step's time, `smallest` at least; all of them
-        when they fit `FINISH` times that, as the separate policy's last chunk; a remainder under
-        `smallest` goes too. With nothing decoding, every one (each prompt's solo prefill)."""
+        when they fit `FINISH` times that (one step sooner), as the separate policy's last chunk; a
+        remainder under `smallest` goes too. With nothing decoding, every one (each prompt's solo prefill)."""
+        def fit(step: float) -> tuple[int, int] | None:
+            if self.fused_per_token is None:
+                return None
+            tokens = int(self.stall * step / self.fused_per_token)
+            return tokens, int(FINISH * tokens)
+
+        return self._sized(remaining, rows, fit)
+
+    def _sized(self, remaining: int, rows: int, fit) -> int:
+        """The chunk rules both policies share; `fit(step seconds)`: (tokens for the stall, tokens for the
+        finish allowance) from the estimates, or None before there are any."""
         if self.fixed is not None:
             return min(self.fixed, remaining)
         if rows == 0:
             return remaining
         tokens = self.smallest
         step = self._step(rows)
-        if step is not None and self.fused_per_token is not None:
-            tokens = max(tokens, int(self.stall * step / self.fused_per_token))
-            if remaining <= FINISH * tokens:
-                return remaining  # the last chunk of a prompt (or of a few chat prompts): a little longer, one step sooner
+        fitted = fit(step) if step is not None else None
+        if fitted is not None:
+            tokens = max(tokens, fitted[0])
+            if remaining <= fitted[1]:
+                return remaining
         return remaining if remaining - tokens < self.smallest else tokens
 
     def observe_fused(self, rows: int, tokens: int, seconds: float) -> None:
