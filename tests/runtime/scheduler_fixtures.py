@@ -1,5 +1,5 @@
-"""What the scheduler's tests share: the int4 --ort-kernels zoo build, solo answers, a gate that
-holds the loop, and random workloads checked against solo answers."""
+"""What the scheduler's tests share: solo answers, a gate that holds the loop, and random workloads
+checked against solo answers (the int4 --ort-kernels zoo build is conftest.py's `small_int4_kernels`)."""
 
 from __future__ import annotations
 
@@ -15,22 +15,6 @@ from mlpdeploy.runtime.ties import check_same_greedy
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import strategies as st  # noqa: E402
-
-
-@pytest.fixture(scope="session")
-def small_int4_kernels(zoo_export, tmp_path_factory):
-    """llama-small int4 (block 32, accuracy level 4) built with --ort-kernels: its linears run MatMulInt4."""
-    from mlpdeploy.backends import get_backend
-    from mlpdeploy.backends.onnxruntime import OrtOptions
-    from mlpdeploy.passes import rewrite_model
-    from mlpdeploy.passes.pipeline import PassSpec
-
-    _, exported = zoo_export("llama-small", True)
-    out = tmp_path_factory.mktemp("int4-kernels")
-    rewritten = rewrite_model(exported, out / "model.opt.onnx", [PassSpec("quantize-weights", {"format": "int4"})]).model_path
-    result = get_backend("onnxruntime").build(rewritten, out / "model.ort.onnx", OrtOptions(device="cpu", kernels=True))
-    assert result.info["ort_kernels"]["nodes"]["MatMulInt4"] > 0
-    return Engine.load(out / "model.ort.onnx")
 
 
 class Solo:

@@ -23,9 +23,8 @@ from mlpdeploy.runtime.ties import check_same_greedy
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
-from .scheduler_fixtures import Gate, run_workload, small_int4_kernels, solo_for, workloads  # noqa: E402, F401
+from .scheduler_fixtures import Gate, run_workload, solo_for, workloads  # noqa: E402
 
 
 @pytest.fixture(scope="module")

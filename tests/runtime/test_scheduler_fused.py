@@ -18,7 +18,7 @@ from mlpdeploy.runtime.ties import check_same_greedy
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from .scheduler_fixtures import Gate, run_workload, small_int4_kernels, solo_for, workloads  # noqa: E402, F401
+from .scheduler_fixtures import run_workload, solo_for, workloads  # noqa: E402
 
 
 def test_the_kernel_build_takes_ragged_steps(small_int4_kernels):
