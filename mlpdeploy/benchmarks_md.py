@@ -41,6 +41,9 @@ TITLES = {
     "fused_prefill": ("A prompt chunk inside the decode step", "bench/fused_prefill.py",
                       "r decoding rows and a c-token prompt chunk: the rows' step alone, then the chunk as a step of its own "
                       "(`--prefill separate`) against one ragged step of both (`--prefill fused`, CachedAttention's token_rows)."),
+    "scheduler_load": ("In-flight batching without HTTP", "bench/scheduler_load.py",
+                       "The serving benchmark's chat prompts and closed loop straight on the scheduler, in one process: "
+                       "tokens/s, inter-token gaps, the decode step's time and rows per step, every answer checked."),
     "verify_cost": ("What a speculative verify pass costs", "bench/verify_cost.py",
                     "One run over s tokens of one sequence against a one-token step, per build (MatMulNBits, and --ort-kernels' "
                     "MatMulInt4 / MatMulInt8): what the adaptive draft length weighs acceptance against."),

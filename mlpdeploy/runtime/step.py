@@ -74,6 +74,7 @@ class StepState:
     binding: Any = None
     step_logits: np.ndarray | None = None  # [batch, 1, vocab], bound as the output of one-token steps
     logits_preallocated: bool = False  # whether the binding's logits output is `step_logits` now
+    ragged_logits: np.ndarray | None = None  # [1, n, vocab]: ragged steps write the logits they keep into its first columns
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
     contiguous: bool = True
     row_lengths: bool = False  # each row its own length (positions[r]), no padding (module docstring)
@@ -239,10 +240,19 @@ class Stepper:
         binding.bind_ortvalue_input(TOKEN_ROWS, ort.OrtValue.ortvalue_from_numpy(token_rows))
         binding.bind_ortvalue_input(LOGITS_TO_KEEP, self._keep(keep))
         state.logits_preallocated = False
+        logits = None
+        if self.step_vocab is not None and not self.extra_outputs:  # into an array of the state's: no OrtValue per output back
+            if state.ragged_logits is None or state.ragged_logits.shape[1] < keep:
+                state.ragged_logits = np.empty((1, max(keep, state.batch + 1), self.step_vocab), np.float32)
+            logits = state.ragged_logits[:, :keep]
         for name in self.engine.output_names:
-            if name not in self.shared:
+            if name == "logits" and logits is not None:
+                binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(logits))
+            elif name not in self.shared:
                 binding.bind_output(name, "cpu")
         self.engine.session.run_with_iobinding(binding)
+        if logits is not None:
+            return logits[0] if state.reuse_logits else logits[0].copy()
         outputs = dict(zip(self.engine.output_names, binding.get_outputs()))
         if self.extra_outputs:
             state.outputs = {name: outputs[name].numpy() for name in self.extra_outputs}

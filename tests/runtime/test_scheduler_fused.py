@@ -39,6 +39,10 @@ def test_the_kernel_build_takes_ragged_steps(small_int4_kernels):
     assert np.array_equal(firsts[0], alone[0][0]) and np.array_equal(firsts[1], alone[1][0])
     assert np.array_equal(logits[0], alone[2][0])
     assert np.array_equal(logits[1], alone[0][1]) and np.array_equal(logits[2], alone[1][1])
+    # a one-token step of every row on the same state (its own logits buffer), then a ragged one again
+    assert stepper.step(state, np.full((4, 1), 7))[:, -1].shape == (4, logits.shape[1])
+    assert stepper.step_segments(state, [(2, [1, 2, 3])], 1).shape == (1, logits.shape[1])
+    assert state.positions.tolist() == [4, 5, 4, 9]
 
 
 @pytest.mark.parametrize("segments, message", [([(0, [1]), (0, [2])], "each row of 0..3 at most once"),

@@ -28,6 +28,7 @@ class Rows:
         self.buffers = stepper.cache_buffers(rows, columns)
         self.column_bytes = sum(b[0, :, 0].nbytes for b in self.buffers.values())  # one row's column, every buffer
         self.batch = stepper.rows_state(self.buffers, np.zeros(rows, np.int64))
+        self.batch.reuse_logits = True  # the scheduler uses a step's logits before its next step
         self.order: list[int] = []  # the decoding sequences' rows
         self.requests: list[Request] = []
         self.pending: list[int] = []
