@@ -177,3 +177,28 @@ def test_prompts_arriving_together_prefill_in_one_run(small_int4_kernels):
     finally:
         session.run_with_iobinding = original
         scheduler.close()
+
+
+def test_a_long_prompt_is_copied_to_the_prefix_cache_a_piece_a_step(small_int4_kernels):
+    """With copies of 2 columns a step, a finished 30-token prompt reaches the prefix cache over the
+    following steps while it decodes; a prompt starting with it then prefills only its rest, and the
+    answer is the solo one. A sequence that ends before its copy is done leaves nothing kept."""
+    solo = solo_for(small_int4_kernels)
+    stepper = Stepper(small_int4_kernels)
+    column = sum(2 * stepper.layout.kv_heads * stepper.layout.head_dim * 4 for _ in stepper.layout.layers)
+    scheduler = Scheduler(small_int4_kernels, SchedulerOptions(max_batch=4, copy_step_bytes=2 * column))
+    long = [int(t) for t in np.random.default_rng(3).integers(1, 255, 30)]
+    try:
+        short_lived = scheduler.submit([7] + long[1:], 2)  # ends long before its 15 pieces are copied
+        short_lived.wait(30)
+        assert scheduler.prefixes.entries == {} and scheduler._keeping == []
+        first = scheduler.submit(long, 24)
+        first.wait(30)
+        assert tuple(long) in scheduler.prefixes.entries and scheduler._keeping == []
+        follow = scheduler.submit(long + [5, 6, 7], 8)
+        follow.wait(30)
+        assert follow.reused_tokens == 30
+        expected, _, ties = solo(long + [5, 6, 7], 8)
+        check_same_greedy(expected, follow.tokens, follow.near_ties, ties)
+    finally:
+        scheduler.close()

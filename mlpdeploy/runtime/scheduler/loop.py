@@ -45,7 +45,7 @@ from mlpdeploy.runtime.scheduler.options import SchedulerOptions
 from mlpdeploy.runtime.scheduler.prefill import ChunkPolicy, Prefill, RowPrefill
 from mlpdeploy.runtime.scheduler.prefix import PrefixCache
 from mlpdeploy.runtime.scheduler.request import QueueFull, Request
-from mlpdeploy.runtime.scheduler.rows import Rows
+from mlpdeploy.runtime.scheduler.rows import KeptCopy, Rows
 from mlpdeploy.runtime.scheduler.slots import Slots
 from mlpdeploy.runtime.step import Stepper
 from mlpdeploy.runtime.ties import DEFAULT_MARGIN
@@ -81,6 +81,7 @@ class Scheduler:
         self._admitted: deque[Request] = deque()  # admitted, waiting for their prefill
         self._prefill: Prefill | None = None
         self._filling: list[RowPrefill] = []  # fused prefill: the prompts going into their rows
+        self._keeping: list[KeptCopy] = []  # fused prefill: prompts copied out of their rows for the prefix cache
         self._joining: Joining | None = None  # prefilled, its cache going into a row
         self._reserved = 0
         self._closed = False
@@ -248,6 +249,7 @@ class Scheduler:
     def _fused_step(self) -> None:
         """One ragged step: chunks of the prompts prefilling (FIFO, `ChunkPolicy.fused_size` tokens in all) and
         every decoding row's token."""
+        self._keep_piece()
         jobs = self._row_prefills()
         rows = self.slots.active
         if not jobs and not rows:
@@ -311,18 +313,30 @@ class Scheduler:
         return self._filling
 
     def _row_prefilled(self, job: RowPrefill, logits: np.ndarray) -> None:
-        """The prompt is in its row: keep a copy for later prompts sharing its prefix (up to `copy_step_bytes`:
-        the copy stalls the loop), emit its first token and let it decode from the next step."""
+        """The prompt is in its row: emit its first token and let it decode from the next step; its columns go
+        to the prefix cache, at once when they fit a `copy_step_bytes` piece, else a piece a step."""
         self._filling.remove(job)
-        request, length = job.request, len(job.request.prompt)
-        if self.prefixes.budget_bytes and length * self.slots.column_bytes <= self.options.copy_step_bytes:
-            self.prefixes.keep(request.prompt, self.slots.copy_out(job.row, length))
+        request = job.request
+        copy = None
+        if self.prefixes.takes(len(request.prompt), len(request.prompt) * self.slots.column_bytes):
+            copy = KeptCopy(self.slots, request, job.row)
+            if copy.advance(self.slots, self.options.copy_step_bytes):  # it fits one piece: kept at once
+                self.prefixes.keep(request.prompt, copy.buffers)
+                copy = None
         token = request.pick(logits)
-        if request.emit(token):
+        if request.emit(token):  # done at its first token: its row goes back now, a copy under way with it
             self.slots.release(job.row)
             self._release(request)
             return
         self.slots.join(request, job.row, token)
+        if copy is not None:
+            self._keeping.append(copy)
+
+    def _keep_piece(self) -> None:
+        """The next piece of the oldest prompt copy for the prefix cache (`rows.KeptCopy`)."""
+        if self._keeping and self._keeping[0].advance(self.slots, self.options.copy_step_bytes):
+            copy = self._keeping.pop(0)
+            self.prefixes.keep(copy.request.prompt, copy.buffers)
 
     def _decoded(self, requests: list[Request | None], logits: np.ndarray) -> None:
         """Each row's next token from its logits (rows in `requests` order; None: a hole); the finished leave."""
@@ -361,6 +375,7 @@ class Scheduler:
             self._leave(self.slots.requests[0])
 
     def _leave(self, request: Request, finish: str | None = None) -> None:
+        self._keeping = [copy for copy in self._keeping if copy.request is not request]  # its row is not its prompt's any more
         self.slots.leave(request, self.options.copy_step_bytes)
         if self.drafting is not None:
             self.drafting.reset()
@@ -391,6 +406,7 @@ class Scheduler:
                 self._prefill = None
             failed += [job.request for job in self._filling]
             self._filling.clear()
+            self._keeping.clear()
             if self._joining is not None:
                 failed.append(self._joining.request)
                 self._joining = None

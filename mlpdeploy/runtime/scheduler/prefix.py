@@ -73,11 +73,15 @@ class PrefixCache:
         self.reused_tokens += shared
         return shared, self.entries[key]
 
+    def takes(self, tokens: int, size: int) -> bool:
+        """Whether a prompt of `tokens` tokens whose cache is `size` bytes would be kept."""
+        return size <= self.budget_bytes and tokens >= MIN_REUSE + MIN_REST
+
     def keep(self, prompt: Sequence[int], buffers: dict[str, np.ndarray]) -> None:
         """Keep `buffers` (one-row cache arrays holding exactly `prompt`'s columns; not copied)."""
         size = sum(b.nbytes for b in buffers.values())
         key = tuple(int(t) for t in prompt)
-        if size > self.budget_bytes or len(key) < MIN_REUSE + MIN_REST:
+        if not self.takes(len(key), size):
             return
         if key in self.entries:
             self._touch(key)
