@@ -63,11 +63,10 @@ class Prefill:
 
 class RowPrefill:
     """One request's prompt going into batch row `row` in chunks that ride in decode steps (module docstring);
-    `reused` of its first tokens were copied from a kept prefix."""
+    its first `done` tokens are in the row already (copied from a kept prefix)."""
 
-    def __init__(self, request: Request, row: int, reused: int = 0):
-        self.request, self.row = request, row
-        self.done = self.reused = reused
+    def __init__(self, request: Request, row: int, done: int = 0):
+        self.request, self.row, self.done = request, row, done
 
     @property
     def remaining(self) -> int:

@@ -9,7 +9,7 @@ is copied between rows and no row stands empty in a step (compare `Slots`, which
 sequences in leading rows for builds whose attention takes [rows, width] steps only).
 
 `requests` / `pending` list the decoding sequences in the order they joined, `order` their rows.
-A speculative round for a lone sequence runs on a one-row state over its row (`sole_state`). A
+A speculative round for a lone sequence runs on a one-row state over its row (`state`). A
 prefilled prompt's columns, which no later step of its row overwrites, are copied out for the
 prefix cache a piece a step (`KeptCopy`).
 """
@@ -26,7 +26,7 @@ class Rows:
     """Fixed cache rows, the sequences decoding in them and the token each feeds next."""
 
     def __init__(self, stepper: Stepper, rows: int, columns: int):
-        self.stepper, self.rows, self.columns = stepper, rows, columns
+        self.stepper, self.rows = stepper, rows
         self.buffers = stepper.cache_buffers(rows, columns)
         self.column_bytes = sum(b[0, :, 0].nbytes for b in self.buffers.values())  # one row's column, every buffer
         self.batch = stepper.rows_state(self.buffers, np.zeros(rows, np.int64))
@@ -34,16 +34,11 @@ class Rows:
         self.order: list[int] = []  # the decoding sequences' rows
         self.requests: list[Request] = []
         self.pending: list[int] = []
-        self.moving = None  # rows never move (the loop asks, as of `Slots`)
         self._free = list(range(rows - 1, -1, -1))  # pop() gives the lowest free row
         self._sole: tuple[int, StepState] | None = None
 
     @property
     def active(self) -> int:
-        return len(self.requests)
-
-    @property
-    def live(self) -> int:
         return len(self.requests)
 
     def take(self) -> int:
@@ -54,9 +49,6 @@ class Rows:
         """Give a row back (its sequence ended, or its prefill stopped): its length drops to 0."""
         self.batch.positions[row] = 0
         self._free.append(row)
-
-    def length(self, row: int) -> int:
-        return int(self.batch.positions[row])
 
     def join(self, request: Request, row: int, pending: int) -> None:
         """`request`, prefilled into `row`, decodes from the next step on, feeding `pending` first."""
@@ -71,9 +63,6 @@ class Rows:
         self.requests.pop(index)
         self.pending.pop(index)
         self.release(row)
-
-    def advance_move(self, piece_bytes: int) -> None:
-        """Nothing: rows never move."""
 
     def clear(self) -> list[Request]:
         """Drop every sequence and free every row (after a failed step); returns the decoding ones."""
@@ -104,12 +93,9 @@ class Rows:
         return logits[wanted - first], logits[len(logits) - self.active:]
 
     def state(self) -> StepState:
-        """The lone decoding sequence's one-row state, for a speculative round (`sole_state`)."""
-        return self.sole_state()
-
-    def sole_state(self) -> StepState:
-        """A one-row state over the first decoding sequence's row (views: its steps write the row in place),
-        its length taken from the batch; `sync` folds it back."""
+        """For a speculative round of the lone decoding sequence (`drafting.SoloDrafting`, as it takes `Slots.state`):
+        a one-row state over its row (views: its steps write the row in place), its length taken from the
+        batch; `sync` folds it back."""
         row = self.order[0]
         if self._sole is None or self._sole[0] != row:
             views = {name: buffer[row: row + 1] for name, buffer in self.buffers.items()}
